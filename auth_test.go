@@ -1,0 +1,508 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"golang.org/x/crypto/bcrypt"
+)
+
+func TestSignup(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.signup("taken@example.com", "password123")
+
+	tests := []struct {
+		name   string
+		body   any
+		status int
+		code   string
+	}{
+		{"creates an account", credentials{"new@example.com", "password123"}, 201, ""},
+		{"refuses an email that is taken", credentials{"taken@example.com", "password123"}, 409, "email_taken"},
+		{"compares emails trimmed and lower-cased", credentials{"  TAKEN@Example.COM ", "password123"}, 409, "email_taken"},
+		{"refuses an address without @", credentials{"nobody.example.com", "password123"}, 400, "invalid_email"},
+		{"refuses an address without a domain", credentials{"nobody@", "password123"}, 400, "invalid_email"},
+		{"refuses an address with spaces inside", credentials{"no body@example.com", "password123"}, 400, "invalid_email"},
+		{"refuses an empty email", credentials{"", "password123"}, 400, "invalid_email"},
+		{"refuses a password under 8 bytes", credentials{"short@example.com", "1234567"}, 400, "weak_password"},
+		{"refuses a password over 1024 bytes", credentials{"long@example.com", strings.Repeat("p", 1025)}, 400, "weak_password"},
+		{"accepts a password of exactly 1024 bytes", credentials{"max@example.com", strings.Repeat("p", 1024)}, 201, ""},
+		{"refuses malformed JSON", `{"email":`, 400, "invalid_request"},
+		{"refuses a number for email", `{"email":1,"password":"password123"}`, 400, "invalid_request"},
+		{"refuses an operator object for email", `{"email":{"$ne":null},"password":"password123"}`, 400, "invalid_request"},
+		{"refuses trailing data", `{"email":"t@example.com","password":"password123"}{}`, 400, "invalid_request"},
+		{"refuses an empty body", ``, 400, "invalid_request"},
+		{"refuses an array", `[]`, 400, "invalid_request"},
+		{"refuses a body over the limit", `{"email":"` + strings.Repeat("a", 10000) + `"}`, 413, "payload_too_large"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := e.do("POST", "/auth/signup", tt.body).want(t, tt.status, tt.code)
+			if tt.status == 201 {
+				if r.str("id") == "" || r.str("created_at") == "" || len(r.body) != 3 {
+					t.Fatalf("body %s, want id, email and created_at", r.raw)
+				}
+			} else if r.str("message") == "" {
+				t.Fatalf("error without a message: %s", r.raw)
+			}
+		})
+	}
+}
+
+func TestSignupStoresOnlyAnArgon2idHash(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	r := e.signup("  Hash@Example.com", "password123")
+	if r.str("email") != "hash@example.com" {
+		t.Fatalf("email %q, want it trimmed and lower-cased", r.str("email"))
+	}
+	if strings.Contains(r.raw, "password") || strings.Contains(r.raw, "argon") {
+		t.Fatalf("the answer mentions the password: %s", r.raw)
+	}
+	u, err := e.store.UserByEmail(context.Background(), "hash@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(u.PasswordHash, "$argon2id$v=19$m=19456,t=2,p=1$") || strings.Contains(u.PasswordHash, "password123") {
+		t.Fatalf("stored hash %q, want an argon2id PHC string with OWASP parameters", u.PasswordHash)
+	}
+	if parts := strings.Split(u.PasswordHash, "$"); len(parts) != 6 || len(parts[4]) != 22 {
+		t.Fatalf("hash %q: want a 16-byte salt", u.PasswordHash)
+	}
+	if strings.Contains(e.logs.String(), "password123") || strings.Contains(e.logs.String(), u.PasswordHash) {
+		t.Fatal("a log line holds the password or its hash")
+	}
+}
+
+func TestSimultaneousSignupsOfOneEmailCreateOneAccount(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	const n = 12
+	statuses := make(chan int, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			email := "race@example.com"
+			if i%2 == 1 {
+				email = " RACE@example.com"
+			}
+			statuses <- e.do("POST", "/auth/signup", credentials{email, "password123"}).status
+		}()
+	}
+	wg.Wait()
+	close(statuses)
+	count := map[int]int{}
+	for s := range statuses {
+		count[s]++
+	}
+	if count[201] != 1 || count[409] != n-1 {
+		t.Fatalf("statuses %v, want one 201 and %d 409", count, n-1)
+	}
+}
+
+func TestLogin(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.signup("login@example.com", "password123")
+
+	t.Run("answers both tokens with their lifetimes", func(t *testing.T) {
+		r := e.do("POST", "/auth/login", credentials{" LOGIN@example.com", "password123"}).want(t, 200, "")
+		if r.str("token_type") != "Bearer" || r.body["expires_in"] != 180.0 || r.body["refresh_expires_in"] != 300.0 ||
+			r.str("access_token") == "" || r.str("refresh_token") == "" {
+			t.Fatalf("body %s", r.raw)
+		}
+	})
+	t.Run("answers a wrong password and an unknown email identically", func(t *testing.T) {
+		wrong := e.do("POST", "/auth/login", credentials{"login@example.com", "wrong-password"}).want(t, 401, "invalid_credentials")
+		unknown := e.do("POST", "/auth/login", credentials{"nobody@example.com", "password123"}).want(t, 401, "invalid_credentials")
+		if wrong.raw != unknown.raw {
+			t.Fatalf("bodies differ: %s and %s", wrong.raw, unknown.raw)
+		}
+	})
+	for _, tt := range []struct {
+		name, body string
+		status     int
+		code       string
+	}{
+		{"refuses a missing password", `{"email":"login@example.com"}`, 400, "invalid_request"},
+		{"refuses an operator object for password", `{"email":"login@example.com","password":{"$gt":""}}`, 400, "invalid_request"},
+		{"refuses an operator object for email", `{"email":{"$ne":null},"password":"password123"}`, 400, "invalid_request"},
+		{"refuses an empty body", ``, 400, "invalid_request"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e.do("POST", "/auth/login", tt.body).want(t, tt.status, tt.code)
+		})
+	}
+}
+
+func TestProtectedPage(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, func(c *config) { c.accessTTL = time.Minute })
+	email, access, refresh := e.user()
+
+	for _, tt := range []struct {
+		name    string
+		headers []string
+	}{
+		{"accepts the seed's header", []string{"authorization_access", access}},
+		{"accepts the seed's header with a Bearer prefix", []string{"authorization_access", "Bearer " + access}},
+		{"accepts Authorization: Bearer", []string{"Authorization", "Bearer " + access}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := e.do("GET", "/auth/page", nil, tt.headers...).want(t, 200, "")
+			user, _ := r.body["user"].(map[string]any)
+			if left, _ := r.body["expires_in"].(float64); user["email"] != email || user["id"] == "" || left < 59 || left > 60 {
+				t.Fatalf("body %s", r.raw)
+			}
+			if r.header.Get("X-User-Email") != email || r.header.Get("X-User-Id") != user["id"] {
+				t.Fatalf("identity headers %v", r.header)
+			}
+		})
+	}
+	t.Run("answers HEAD as a forward-auth probe", func(t *testing.T) {
+		r := e.do("HEAD", "/auth/page", nil, "Authorization", "Bearer "+access)
+		if r.status != 200 || r.header.Get("X-User-Email") != email {
+			t.Fatalf("HEAD: %d %v", r.status, r.header)
+		}
+	})
+	t.Run("ignores identity headers sent by the client", func(t *testing.T) {
+		r := e.do("GET", "/auth/page", nil, "Authorization", "Bearer "+access, "X-User-Email", "admin@example.com", "X-User-Id", "admin")
+		if r.header.Get("X-User-Email") != email {
+			t.Fatalf("X-User-Email %q", r.header.Get("X-User-Email"))
+		}
+	})
+	t.Run("says token_missing with a bare Bearer challenge", func(t *testing.T) {
+		r := e.do("GET", "/auth/page", nil).want(t, 401, "token_missing")
+		if r.header.Get("WWW-Authenticate") != "Bearer" {
+			t.Fatalf("WWW-Authenticate %q", r.header.Get("WWW-Authenticate"))
+		}
+	})
+	t.Run("refuses garbage", func(t *testing.T) {
+		e.do("GET", "/auth/page", nil, "Authorization", "Bearer not.a.token").want(t, 401, "token_invalid")
+	})
+	t.Run("refuses a refresh token", func(t *testing.T) {
+		e.page(refresh).want(t, 401, "token_invalid")
+	})
+	t.Run("says token_expired once the access token expires", func(t *testing.T) {
+		e2 := newTestEnv(t, func(c *config) { c.accessTTL = time.Minute })
+		_, access, _ := e2.user()
+		e2.clock.Advance(time.Minute + clockSkew)
+		r := e2.page(access).want(t, 401, "token_expired")
+		if h := r.header.Get("WWW-Authenticate"); !strings.HasPrefix(h, `Bearer error="invalid_token", error_description=`) {
+			t.Fatalf("WWW-Authenticate %q", h)
+		}
+	})
+}
+
+func TestRefresh(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	_, access, refresh := e.user()
+
+	t.Run("issues new tokens from the seed's header", func(t *testing.T) {
+		_, _, refresh := e.user()
+		r := e.refresh(refresh).want(t, 200, "")
+		if r.str("refresh_token") == refresh || r.str("refresh_token") == "" {
+			t.Fatal("want a new refresh token")
+		}
+		e.page(r.str("access_token")).want(t, 200, "")
+		e.refresh(r.str("refresh_token")).want(t, 200, "")
+	})
+	t.Run("takes the token from the body", func(t *testing.T) {
+		_, _, refresh := e.user()
+		e.do("POST", "/auth/refresh", map[string]string{"refresh_token": refresh}).want(t, 200, "")
+	})
+	t.Run("tolerates a Bearer prefix", func(t *testing.T) {
+		_, _, refresh := e.user()
+		e.do("POST", "/auth/refresh", nil, "authorization_refresh", "Bearer "+refresh).want(t, 200, "")
+	})
+	t.Run("refuses an access token", func(t *testing.T) {
+		e.refresh(access).want(t, 401, "token_invalid")
+	})
+	t.Run("says token_missing without a token", func(t *testing.T) {
+		e.do("POST", "/auth/refresh", nil).want(t, 401, "token_missing")
+	})
+	t.Run("refuses a malformed body", func(t *testing.T) {
+		e.do("POST", "/auth/refresh", `{"refresh_token":5}`).want(t, 400, "invalid_request")
+	})
+	t.Run("says token_expired for an expired refresh token", func(t *testing.T) {
+		e2 := newTestEnv(t)
+		_, _, refresh := e2.user()
+		e2.clock.Advance(5*time.Minute + clockSkew)
+		e2.refresh(refresh).want(t, 401, "token_expired")
+	})
+	_ = refresh
+}
+
+func TestLogout(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+
+	t.Run("ends the session of both tokens", func(t *testing.T) {
+		_, access, refresh := e.user()
+		e.do("POST", "/auth/logout", nil, "authorization_access", access, "authorization_refresh", refresh).want(t, 200, "")
+		e.page(access).want(t, 401, "token_revoked")
+		e.refresh(refresh).want(t, 401, "token_revoked")
+	})
+	t.Run("ends the whole session with the access token alone", func(t *testing.T) {
+		_, access, refresh := e.user()
+		e.do("POST", "/auth/logout", nil, "Authorization", "Bearer "+access).want(t, 200, "")
+		e.refresh(refresh).want(t, 401, "token_revoked")
+	})
+	t.Run("ends the whole session with the refresh token alone", func(t *testing.T) {
+		_, access, refresh := e.user()
+		e.do("POST", "/auth/logout", map[string]string{"refresh_token": refresh}).want(t, 200, "")
+		e.page(access).want(t, 401, "token_revoked")
+	})
+	t.Run("ends tokens the session issued later by refresh", func(t *testing.T) {
+		_, access, refresh := e.user()
+		r := e.refresh(refresh).want(t, 200, "")
+		e.do("POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
+		e.page(r.str("access_token")).want(t, 401, "token_revoked")
+		e.refresh(r.str("refresh_token")).want(t, 401, "token_revoked")
+	})
+	t.Run("leaves other sessions of the same user alone", func(t *testing.T) {
+		email, access, _ := e.user()
+		other, _ := e.login(email, "correct horse battery")
+		e.do("POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
+		e.page(other).want(t, 200, "")
+	})
+	t.Run("answers 200 twice", func(t *testing.T) {
+		_, access, _ := e.user()
+		e.do("POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
+		e.do("POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
+	})
+	t.Run("accepts expired but authentic tokens", func(t *testing.T) {
+		e2 := newTestEnv(t)
+		_, access, refresh := e2.user()
+		e2.clock.Advance(10 * time.Minute)
+		e2.do("POST", "/auth/logout", nil, "authorization_access", access, "authorization_refresh", refresh).want(t, 200, "")
+	})
+	t.Run("refuses a token with a bad signature", func(t *testing.T) {
+		_, access, _ := e.user()
+		forged := access[:len(access)-4] + "AAAA"
+		e.do("POST", "/auth/logout", nil, "authorization_access", forged).want(t, 401, "token_invalid")
+	})
+	t.Run("says token_missing without tokens", func(t *testing.T) {
+		e.do("POST", "/auth/logout", nil).want(t, 401, "token_missing")
+	})
+	t.Run("records ids and expiries, never raw tokens", func(t *testing.T) {
+		_, access, refresh := e.user()
+		e.do("POST", "/auth/logout", nil, "authorization_access", access, "authorization_refresh", refresh).want(t, 200, "")
+		cur, err := e.store.blacklist.Find(context.Background(), bson.D{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var docs []bson.M
+		if err := cur.All(context.Background(), &docs); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range docs {
+			s := fmt.Sprint(d)
+			if strings.Contains(s, access) || strings.Contains(s, refresh) || strings.Contains(s, "eyJ") {
+				t.Fatalf("blacklist holds a raw token: %v", d)
+			}
+			if _, ok := d["expires_at"]; !ok {
+				t.Fatalf("blacklist entry without expiry: %v", d)
+			}
+		}
+	})
+}
+
+func TestVerify(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	email, access, refresh := e.user()
+
+	for _, tt := range []struct {
+		name, token, use string
+	}{{"describes an access token", access, "access"}, {"describes a refresh token", refresh, "refresh"}} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := e.do("POST", "/auth/verify", map[string]string{"token": tt.token}).want(t, 200, "")
+			c, _ := r.body["claims"].(map[string]any)
+			if r.body["valid"] != true || r.str("token_use") != tt.use || c["email"] != email || c["sub"] == "" ||
+				c["jti"] == "" || c["sid"] == "" || c["iat"] == nil || c["exp"] == nil || c["iss"] != "auth" {
+				t.Fatalf("body %s", r.raw)
+			}
+		})
+	}
+	t.Run("reads the token from a header when the body has none", func(t *testing.T) {
+		e.do("POST", "/auth/verify", nil, "authorization_access", access).want(t, 200, "")
+	})
+	t.Run("refuses a forged token", func(t *testing.T) {
+		e.do("POST", "/auth/verify", map[string]string{"token": access + "x"}).want(t, 401, "token_invalid")
+	})
+	t.Run("says token_missing without a token", func(t *testing.T) {
+		e.do("POST", "/auth/verify", `{}`).want(t, 401, "token_missing")
+	})
+	t.Run("says token_revoked after logout", func(t *testing.T) {
+		_, access, _ := e.user()
+		e.do("POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
+		e.do("POST", "/auth/verify", map[string]string{"token": access}).want(t, 401, "token_revoked")
+	})
+	t.Run("says token_expired after expiry", func(t *testing.T) {
+		e2 := newTestEnv(t)
+		_, access, _ := e2.user()
+		e2.clock.Advance(3*time.Minute + clockSkew)
+		e2.do("POST", "/auth/verify", map[string]string{"token": access}).want(t, 401, "token_expired")
+	})
+}
+
+// sign makes a token with arbitrary claims and method, to test what the parser refuses.
+func sign(tb testing.TB, method jwt.SigningMethod, key any, c jwt.MapClaims) string {
+	tb.Helper()
+	s, err := jwt.NewWithClaims(method, c).SignedString(key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
+}
+
+func TestTokenParserRefusesAnythingButComplete(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	tok := newTokens([]byte(testSecret), "auth", 3*time.Minute, 5*time.Minute, func() time.Time { return now })
+	full := func() jwt.MapClaims {
+		return jwt.MapClaims{"iss": "auth", "sub": "u1", "email": "a@example.com", "jti": "j1", "sid": "s1",
+			"token_use": "access", "iat": now.Unix(), "exp": now.Add(time.Minute).Unix()}
+	}
+	without := func(k string) jwt.MapClaims { c := full(); delete(c, k); return c }
+	with := func(k string, v any) jwt.MapClaims { c := full(); c[k] = v; return c }
+	hs := func(c jwt.MapClaims) string { return sign(t, jwt.SigningMethodHS256, []byte(testSecret), c) }
+
+	if _, err := tok.parse(hs(full()), useAccess); err != nil {
+		t.Fatalf("a complete token is refused: %v", err)
+	}
+	for _, tt := range []struct {
+		name, token string
+	}{
+		{"alg none", sign(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, full())},
+		{"HS512", sign(t, jwt.SigningMethodHS512, []byte(testSecret), full())},
+		{"another secret", sign(t, jwt.SigningMethodHS256, []byte(strings.Repeat("x", 32)), full())},
+		{"no exp", hs(without("exp"))},
+		{"no iat", hs(without("iat"))},
+		{"no iss", hs(without("iss"))},
+		{"another issuer", hs(with("iss", "evil"))},
+		{"no jti", hs(without("jti"))},
+		{"no sid", hs(without("sid"))},
+		{"no sub", hs(without("sub"))},
+		{"no token_use", hs(without("token_use"))},
+		{"a refresh token where access is wanted", hs(with("token_use", "refresh"))},
+		{"an unknown token_use", hs(with("token_use", "id"))},
+		{"iat in the future", hs(with("iat", now.Add(time.Hour).Unix()))},
+		{"exp as a string", hs(with("exp", "tomorrow"))},
+		{"garbage", "a.b.c"},
+		{"empty", ""},
+	} {
+		t.Run("refuses "+tt.name, func(t *testing.T) {
+			if _, err := tok.parse(tt.token, useAccess); err != errTokenInvalid {
+				t.Fatalf("got %v, want token_invalid", err)
+			}
+		})
+	}
+	t.Run("allows a few seconds of clock skew", func(t *testing.T) {
+		if _, err := tok.parse(hs(with("exp", now.Add(-clockSkew/2).Unix())), useAccess); err != nil {
+			t.Fatalf("got %v", err)
+		}
+		if _, err := tok.parse(hs(with("exp", now.Add(-clockSkew-time.Second).Unix())), useAccess); err != errTokenExpired {
+			t.Fatalf("got %v, want token_expired", err)
+		}
+	})
+}
+
+func TestUnknownRoutesAndMethodsAnswerJSON(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.do("GET", "/nowhere", nil).want(t, 404, "not_found")
+	r := e.do("GET", "/auth/login", nil).want(t, 405, "method_not_allowed")
+	if r.header.Get("Allow") != "POST" {
+		t.Fatalf("Allow %q, want POST", r.header.Get("Allow"))
+	}
+	e.do("GET", "/healthz", nil).want(t, 200, "")
+	e.do("GET", "/readyz", nil).want(t, 200, "")
+}
+
+func TestLoginAcceptsBcryptHashesAndUpgradesThem(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	hash, _ := bcrypt.GenerateFromPassword([]byte("node-era-password"), bcrypt.MinCost)
+	ctx := context.Background()
+	if err := e.store.CreateUser(ctx, &User{ID: "legacy", Email: "legacy@example.com", PasswordHash: string(hash), CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	e.do("POST", "/auth/login", credentials{"legacy@example.com", "wrong-password"}).want(t, 401, "invalid_credentials")
+	e.login("legacy@example.com", "node-era-password")
+	u, err := e.store.UserByEmail(ctx, "legacy@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(u.PasswordHash, "$argon2id$") {
+		t.Fatalf("hash after login %q, want argon2id", u.PasswordHash)
+	}
+	e.login("legacy@example.com", "node-era-password")
+}
+
+func TestDatabaseUnreachableAnswers503(t *testing.T) {
+	t.Parallel()
+	client, err := connectMongo("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=500")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Disconnect(context.Background()) })
+	store := &mongoStore{users: client.Database("x").Collection("users"), blacklist: client.Database("x").Collection("blacklist"),
+		refreshUses: client.Database("x").Collection("refresh_tokens"), failures: client.Database("x").Collection("login_failures")}
+	cfg := testConfig(t)
+	e := &testEnv{tb: t, cfg: cfg, clock: newClock(), logs: &syncBuffer{}}
+	e.deps = newDeps(cfg, store, []byte(testSecret), e.clock.Now, newLogger(e.logs, cfg))
+	e.srv = httptestServer(t, newHandler(e.deps, cfg))
+
+	e.do("POST", "/auth/signup", credentials{"a@example.com", "password123"}).want(t, 503, "unavailable")
+	r := e.do("POST", "/auth/login", credentials{"a@example.com", "password123"}).want(t, 503, "unavailable")
+	if r.header.Get("Retry-After") == "" {
+		t.Fatal("503 without Retry-After")
+	}
+	e.do("GET", "/readyz", nil).want(t, 503, "unavailable")
+	e.do("GET", "/healthz", nil).want(t, 200, "")
+	if strings.Contains(r.raw, "127.0.0.1") {
+		t.Fatalf("the answer leaks the internal error: %s", r.raw)
+	}
+}
+
+func TestConfig(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"refuses MONGODB_URI without JWT_SECRET", map[string]string{"MONGODB_URI": "mongodb://db"}, "JWT_SECRET"},
+		{"refuses a short JWT_SECRET", map[string]string{"MONGODB_URI": "mongodb://db", "JWT_SECRET": "short"}, "JWT_SECRET"},
+		{"refuses a duration without a unit", map[string]string{"ACCESS_TOKEN_TTL": "180"}, "ACCESS_TOKEN_TTL"},
+		{"refuses a bad CIDR", map[string]string{"TRUSTED_PROXIES": "10.0.0.0/33"}, "TRUSTED_PROXIES"},
+		{"refuses a bad port", map[string]string{"PORT": "http"}, "PORT"},
+		{"accepts a complete production setup", map[string]string{"MONGODB_URI": "mongodb://db", "JWT_SECRET": testSecret}, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := loadConfig(func(k string) string { return tt.env[k] })
+			if (err == nil) != (tt.want == "") || (err != nil && !strings.Contains(err.Error(), tt.want)) {
+				t.Fatalf("got %v, want an error naming %q", err, tt.want)
+			}
+		})
+	}
+	t.Run("refuses to start without a secret in production", func(t *testing.T) {
+		env := map[string]string{"MONGODB_URI": "mongodb://127.0.0.1:1"}
+		err := run(context.Background(), nil, func(k string) string { return env[k] }, &syncBuffer{}, &syncBuffer{})
+		if err == nil || !strings.Contains(err.Error(), "JWT_SECRET") {
+			t.Fatalf("run: %v", err)
+		}
+	})
+}

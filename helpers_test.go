@@ -1,0 +1,254 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/mongo"
+)
+
+// The tests talk to a real MongoDB wire-protocol server: MONGODB_URI when set, otherwise one
+// embedded FerretDB for the whole run. Every test gets a database of its own.
+var (
+	testMongoURI string
+	testClient   *mongo.Client
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	testMongoURI = os.Getenv("MONGODB_URI")
+	if testMongoURI == "" {
+		dir, err := os.MkdirTemp("", "authtest-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		dev, err := startDevDB(dir, slog.New(slog.DiscardHandler))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "embedded FerretDB:", err)
+			return 1
+		}
+		defer dev.stop()
+		testMongoURI = dev.uri
+	}
+	var err error
+	if testClient, err = connectMongo(testMongoURI); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer testClient.Disconnect(context.Background())
+	return m.Run()
+}
+
+// clock is a settable time source, so that expiry is tested by moving time, not by sleeping.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *clock { return &clock{t: time.Now()} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// syncBuffer collects log output from many goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// testEnv is one service under test: the real handler on a real listener, over its own database.
+type testEnv struct {
+	tb     testing.TB
+	cfg    config
+	clock  *clock
+	store  *mongoStore
+	deps   *deps
+	srv    *httptest.Server
+	logs   *syncBuffer
+	secret []byte
+}
+
+const testSecret = "test-secret-that-is-at-least-32-bytes-long"
+
+// testConfig is the default configuration, as an empty environment gives it.
+func testConfig(tb testing.TB) config {
+	tb.Helper()
+	c, err := loadConfig(func(string) string { return "" })
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
+// newTestDB returns a fresh, empty database that is dropped when the test ends.
+func newTestDB(tb testing.TB) *mongo.Database {
+	tb.Helper()
+	var b [6]byte
+	rand.Read(b[:])
+	name := "t_" + hex.EncodeToString(b[:])
+	db := testClient.Database(name)
+	tb.Cleanup(func() { db.Drop(context.Background()) })
+	return db
+}
+
+func newTestEnv(tb testing.TB, opts ...func(*config)) *testEnv {
+	tb.Helper()
+	return newTestEnvOn(tb, newTestDB(tb), opts...)
+}
+
+// newTestEnvOn starts a service instance on db; two of them on one db are two instances of one
+// deployment.
+func newTestEnvOn(tb testing.TB, db *mongo.Database, opts ...func(*config)) *testEnv {
+	tb.Helper()
+	cfg := testConfig(tb)
+	for _, o := range opts {
+		o(&cfg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	store, err := newMongoStore(ctx, db)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	e := &testEnv{tb: tb, cfg: cfg, clock: newClock(), store: store, logs: &syncBuffer{}, secret: []byte(testSecret)}
+	e.deps = newDeps(cfg, store, e.secret, e.clock.Now, newLogger(e.logs, cfg))
+	if err := e.deps.revocations.sync(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	e.srv = httptestServer(tb, newHandler(e.deps, cfg))
+	return e
+}
+
+func httptestServer(tb testing.TB, h http.Handler) *httptest.Server {
+	srv := httptest.NewServer(h)
+	tb.Cleanup(srv.Close)
+	return srv
+}
+
+// response is what a test reads of an answer.
+type response struct {
+	status int
+	header http.Header
+	body   map[string]any
+	raw    string
+}
+
+func (r response) str(key string) string {
+	s, _ := r.body[key].(string)
+	return s
+}
+
+// do sends a request; body is JSON-encoded unless it is a string, which is sent as it is.
+func (e *testEnv) do(method, path string, body any, headers ...string) response {
+	e.tb.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	default:
+		j, err := json.Marshal(b)
+		if err != nil {
+			e.tb.Fatal(err)
+		}
+		rd = bytes.NewReader(j)
+	}
+	req, err := http.NewRequest(method, e.srv.URL+path, rd)
+	if err != nil {
+		e.tb.Fatal(err)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	res, err := e.srv.Client().Do(req)
+	if err != nil {
+		e.tb.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer res.Body.Close()
+	raw, _ := io.ReadAll(res.Body)
+	r := response{status: res.StatusCode, header: res.Header, raw: string(raw)}
+	json.Unmarshal(raw, &r.body)
+	return r
+}
+
+// want fails the test unless r has the status and, when code is not empty, the error code.
+func (r response) want(tb testing.TB, status int, code string) response {
+	tb.Helper()
+	if r.status != status || (code != "" && r.str("error") != code) {
+		tb.Fatalf("got %d %s, want %d %s", r.status, r.raw, status, code)
+	}
+	if ct := r.header.Get("Content-Type"); r.raw != "" && ct != "application/json" {
+		tb.Fatalf("Content-Type %q, want application/json", ct)
+	}
+	return r
+}
+
+func (e *testEnv) signup(email, password string) response {
+	e.tb.Helper()
+	return e.do("POST", "/auth/signup", credentials{email, password}).want(e.tb, http.StatusCreated, "")
+}
+
+// login returns the access and refresh tokens of a successful login.
+func (e *testEnv) login(email, password string) (access, refresh string) {
+	e.tb.Helper()
+	r := e.do("POST", "/auth/login", credentials{email, password}).want(e.tb, http.StatusOK, "")
+	return r.str("access_token"), r.str("refresh_token")
+}
+
+// user signs up a fresh account and logs it in.
+func (e *testEnv) user() (email, access, refresh string) {
+	e.tb.Helper()
+	email = strings.ToLower("user-" + newID()[:8] + "@example.com")
+	e.signup(email, "correct horse battery")
+	access, refresh = e.login(email, "correct horse battery")
+	return email, access, refresh
+}
+
+func (e *testEnv) page(access string) response {
+	e.tb.Helper()
+	return e.do("GET", "/auth/page", nil, "Authorization", "Bearer "+access)
+}
+
+func (e *testEnv) refresh(refresh string) response {
+	e.tb.Helper()
+	return e.do("POST", "/auth/refresh", nil, "authorization_refresh", refresh)
+}

@@ -1,0 +1,239 @@
+// Command auth is a drop-in authentication microservice: sign-up, login, refresh-token rotation,
+// logout and a forward-auth endpoint, on MongoDB.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if err := run(context.Background(), os.Args, os.Getenv, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "auth:", err)
+		os.Exit(1)
+	}
+}
+
+// config is everything the environment sets; see the README's table.
+type config struct {
+	port           string
+	mongoURI       string
+	mongoDatabase  string
+	jwtSecret      string
+	issuer         string
+	accessTTL      time.Duration
+	refreshTTL     time.Duration
+	reuseInterval  time.Duration
+	syncInterval   time.Duration
+	dataDir        string
+	logLevel       slog.Level
+	logFormat      string
+	trustedProxies []netip.Prefix
+	corsOrigins    []string
+	failureWindow  time.Duration
+	maxFailures    int
+	maxClientFails int
+	hashConcurrent int
+	hashQueue      int
+	metrics        bool
+}
+
+func loadConfig(getenv func(string) string) (config, error) {
+	env := func(key, def string) string {
+		if v := strings.TrimSpace(getenv(key)); v != "" {
+			return v
+		}
+		return def
+	}
+	var errs []error
+	dur := func(key, def string) time.Duration {
+		d, err := time.ParseDuration(env(key, def))
+		if err != nil || d < 0 || (d == 0 && key != "REFRESH_REUSE_INTERVAL") {
+			errs = append(errs, fmt.Errorf("%s: want a positive Go duration such as %s, got %q", key, def, getenv(key)))
+		}
+		return d
+	}
+	num := func(key string, def int) int {
+		n, err := strconv.Atoi(env(key, strconv.Itoa(def)))
+		if err != nil || n < 0 {
+			errs = append(errs, fmt.Errorf("%s: want a whole number, got %q", key, getenv(key)))
+		}
+		return n
+	}
+	c := config{
+		port:           env("PORT", "7878"),
+		mongoURI:       env("MONGODB_URI", ""),
+		mongoDatabase:  env("MONGODB_DATABASE", "auth"),
+		jwtSecret:      getenv("JWT_SECRET"),
+		issuer:         env("JWT_ISSUER", "auth"),
+		accessTTL:      dur("ACCESS_TOKEN_TTL", "3m"),
+		refreshTTL:     dur("REFRESH_TOKEN_TTL", "5m"),
+		reuseInterval:  dur("REFRESH_REUSE_INTERVAL", "10s"),
+		syncInterval:   dur("REVOCATION_SYNC_INTERVAL", "1s"),
+		dataDir:        env("DATA_DIR", "./data"),
+		logFormat:      env("LOG_FORMAT", "json"),
+		corsOrigins:    strings.FieldsFunc(getenv("CORS_ALLOWED_ORIGINS"), func(r rune) bool { return r == ',' || r == ' ' }),
+		failureWindow:  dur("LOGIN_FAILURE_WINDOW", "5m"),
+		maxFailures:    num("LOGIN_MAX_FAILURES", 5),
+		maxClientFails: num("LOGIN_MAX_CLIENT_FAILURES", 50),
+		hashConcurrent: max(num("HASH_CONCURRENCY", runtime.NumCPU()), 1),
+		hashQueue:      num("HASH_QUEUE", 32),
+		metrics:        env("METRICS_ENABLED", "true") != "false",
+	}
+	if err := c.logLevel.UnmarshalText([]byte(env("LOG_LEVEL", "info"))); err != nil {
+		errs = append(errs, fmt.Errorf("LOG_LEVEL: want debug, info, warn or error, got %q", getenv("LOG_LEVEL")))
+	}
+	if c.logFormat != "json" && c.logFormat != "text" {
+		errs = append(errs, fmt.Errorf("LOG_FORMAT: want json or text, got %q", c.logFormat))
+	}
+	if _, err := strconv.ParseUint(c.port, 10, 16); err != nil {
+		errs = append(errs, fmt.Errorf("PORT: want a port number, got %q", c.port))
+	}
+	var err error
+	if c.trustedProxies, err = parseTrustedProxies(getenv("TRUSTED_PROXIES")); err != nil {
+		errs = append(errs, err)
+	}
+	if c.jwtSecret != "" && len(c.jwtSecret) < 32 {
+		errs = append(errs, errors.New("JWT_SECRET: must be at least 32 bytes; generate one with: openssl rand -base64 48"))
+	}
+	if c.mongoURI != "" && c.jwtSecret == "" {
+		errs = append(errs, errors.New("JWT_SECRET: required when MONGODB_URI is set (at least 32 bytes; generate one with: openssl rand -base64 48)"))
+	}
+	return c, errors.Join(errs...)
+}
+
+func newLogger(w io.Writer, c config) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: c.logLevel}
+	if c.logFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// newDeps wires the service's parts together over store.
+func newDeps(c config, store Store, secret []byte, now func() time.Time, log *slog.Logger) *deps {
+	return &deps{
+		log:         log,
+		now:         now,
+		store:       store,
+		tokens:      newTokens(secret, c.issuer, c.accessTTL, c.refreshTTL, now),
+		revocations: newRevocations(store, now, log),
+		throttle: &throttle{store: store, now: now, window: c.failureWindow,
+			maxAccount: c.maxFailures, maxClient: c.maxClientFails},
+		hasher:         newHasher(c.hashConcurrent, c.hashQueue, 3*time.Second),
+		clients:        clientIPs{trusted: c.trustedProxies},
+		reuseInterval:  c.reuseInterval,
+		metricsEnabled: c.metrics,
+	}
+}
+
+// newHandler is the whole HTTP service: the routes inside the middleware chain, recovery outermost.
+func newHandler(d *deps, c config) http.Handler {
+	mux := http.NewServeMux()
+	addRoutes(mux, d)
+	var h http.Handler = mux
+	h = cors(c.corsOrigins)(h)
+	h = accessLog(d.log, d.now)(h)
+	h = recoverer(d.log)(h)
+	return h
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	c, err := loadConfig(getenv)
+	if err != nil {
+		return err
+	}
+	log := newLogger(stdout, c)
+
+	secret := []byte(c.jwtSecret)
+	uri := c.mongoURI
+	if uri == "" {
+		dev, err := startDevDB(c.dataDir, log)
+		if err != nil {
+			return err
+		}
+		defer dev.stop() // after the client disconnects: the database closes last
+		uri = dev.uri
+		if len(secret) == 0 {
+			if secret, err = devSecret(c.dataDir); err != nil {
+				return err
+			}
+		}
+		log.Warn("development default: embedded FerretDB (SQLite) under DATA_DIR with a generated JWT secret; set MONGODB_URI and JWT_SECRET in production",
+			"data_dir", c.dataDir)
+	}
+
+	client, err := connectMongo(uri)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		client.Disconnect(ctx)
+	}()
+	startCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	store, err := newMongoStore(startCtx, client.Database(c.mongoDatabase))
+	if err != nil {
+		return fmt.Errorf("mongodb at start: %w", err)
+	}
+	d := newDeps(c, store, secret, time.Now, log)
+	if err := d.revocations.sync(startCtx); err != nil {
+		return fmt.Errorf("loading the blacklist: %w", err)
+	}
+	bg, stopBG := context.WithCancel(context.Background())
+	defer stopBG()
+	go d.revocations.run(bg, c.syncInterval, time.Minute)
+
+	srv := &http.Server{
+		Handler:           newHandler(d, c),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      15 * time.Second,
+		IdleTimeout:       90 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	ln, err := net.Listen("tcp", ":"+c.port)
+	if err != nil {
+		return err
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "access_ttl", c.accessTTL.String(),
+		"refresh_ttl", c.refreshTTL.String())
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	select {
+	case err := <-serveErr:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	shutCtx, cancelShut := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancelShut()
+	if err := srv.Shutdown(shutCtx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-serveErr; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}

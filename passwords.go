@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/argon2"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// argon2id with OWASP's first recommended parameter set: 19 MiB, 2 passes, 1 lane.
+const (
+	argonMemory  = 19 * 1024 // KiB
+	argonTime    = 2
+	argonThreads = 1
+	argonSaltLen = 16
+	argonKeyLen  = 32
+)
+
+var b64 = base64.RawStdEncoding
+
+// hashPassword returns the PHC string of password: $argon2id$v=19$m=19456,t=2,p=1$salt$hash.
+func hashPassword(password string) string {
+	salt := make([]byte, argonSaltLen)
+	rand.Read(salt)
+	key := argon2.IDKey([]byte(password), salt, argonTime, argonMemory, argonThreads, argonKeyLen)
+	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s",
+		argon2.Version, argonMemory, argonTime, argonThreads, b64.EncodeToString(salt), b64.EncodeToString(key))
+}
+
+// checkPassword reports whether password matches hash, and whether hash should be replaced by
+// a hashPassword of today's parameters (true for bcrypt hashes from the Node service).
+func checkPassword(hash, password string) (ok, rehash bool) {
+	if strings.HasPrefix(hash, "$2a$") || strings.HasPrefix(hash, "$2b$") || strings.HasPrefix(hash, "$2y$") {
+		return bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)) == nil, true
+	}
+	var (
+		version, mem, t int
+		threads         uint8
+		saltB64, keyB64 string
+	)
+	parts := strings.Split(hash, "$")
+	if len(parts) != 6 || parts[1] != "argon2id" {
+		return false, false
+	}
+	if _, err := fmt.Sscanf(parts[2], "v=%d", &version); err != nil || version != argon2.Version {
+		return false, false
+	}
+	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &mem, &t, &threads); err != nil ||
+		mem <= 0 || mem > 1<<22 || t <= 0 || t > 100 || threads == 0 {
+		return false, false
+	}
+	saltB64, keyB64 = parts[4], parts[5]
+	salt, err1 := b64.DecodeString(saltB64)
+	key, err2 := b64.DecodeString(keyB64)
+	if err1 != nil || err2 != nil || len(key) == 0 {
+		return false, false
+	}
+	got := argon2.IDKey([]byte(password), salt, uint32(t), uint32(mem), threads, uint32(len(key)))
+	ok = subtle.ConstantTimeCompare(got, key) == 1
+	return ok, ok && (mem != argonMemory || t != argonTime || threads != argonThreads || len(key) != argonKeyLen)
+}
+
+// dummyHash is checked against when a login names no account, so that an unknown email costs
+// the same time as a wrong password.
+var dummyHash = hashPassword("not the password of anyone at all")
+
+// errBusy says every hashing slot and queue place is taken.
+var errBusy = errors.New("password hashing at capacity")
+
+// hasher bounds the memory that password hashing takes: at most cap(slots) hashes run at once
+// (19 MiB each), at most cap(queue) more wait for a slot, each for at most wait; anything beyond
+// is turned away at once rather than piling up goroutines and memory.
+type hasher struct {
+	slots chan struct{}
+	queue chan struct{}
+	wait  time.Duration
+}
+
+func newHasher(concurrent, queued int, wait time.Duration) *hasher {
+	return &hasher{slots: make(chan struct{}, concurrent), queue: make(chan struct{}, concurrent+queued), wait: wait}
+}
+
+// do runs f in a hashing slot, or returns errBusy.
+func (h *hasher) do(ctx context.Context, f func()) error {
+	select {
+	case h.queue <- struct{}{}:
+	default:
+		return errBusy
+	}
+	defer func() { <-h.queue }()
+	timer := time.NewTimer(h.wait)
+	defer timer.Stop()
+	select {
+	case h.slots <- struct{}{}:
+	case <-timer.C:
+		return errBusy
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-h.slots }()
+	f()
+	return nil
+}

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+)
+
+// revocations is this instance's copy of the unexpired blacklist, so that checking a token never
+// waits on the database. Revocations made here are in it at once; those made by other instances
+// arrive by polling the blacklist by its created_at index every syncEvery (change streams are not
+// available on every server). Entries leave when every token they match has expired, so memory is
+// bounded by the number of live revocations.
+type revocations struct {
+	store Store
+	now   func() time.Time
+	log   *slog.Logger
+
+	mu       sync.RWMutex
+	jtis     map[string]time.Time // token id -> when the entry may be forgotten
+	sids     map[string]time.Time // login session id -> likewise
+	lastSync time.Time            // start of the last successful poll
+}
+
+const (
+	jtiPrefix = "jti:"
+	sidPrefix = "sid:"
+	// syncOverlap re-reads the recent past on every poll, so that an entry written by another
+	// instance whose clock lags or whose write landed late is still seen.
+	syncOverlap = 10 * time.Second
+)
+
+func newRevocations(store Store, now func() time.Time, log *slog.Logger) *revocations {
+	return &revocations{store: store, now: now, log: log,
+		jtis: make(map[string]time.Time), sids: make(map[string]time.Time)}
+}
+
+// revoked reports whether c's token or its whole session has been revoked.
+func (r *revocations) revoked(c *claims) bool {
+	now := r.now()
+	r.mu.RLock()
+	exp, ok := r.jtis[c.ID]
+	if !ok || !now.Before(exp) {
+		exp, ok = r.sids[c.Session]
+	}
+	r.mu.RUnlock()
+	return ok && now.Before(exp)
+}
+
+// add puts revocations into memory; the caller stores them.
+func (r *revocations) add(revs ...Revocation) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, rev := range revs {
+		if id, ok := strings.CutPrefix(rev.ID, sidPrefix); ok {
+			r.sids[id] = rev.ExpiresAt
+		} else if id, ok := strings.CutPrefix(rev.ID, jtiPrefix); ok {
+			r.jtis[id] = rev.ExpiresAt
+		}
+	}
+}
+
+// revoke records revs here and in the database. They are in force on this instance even when the
+// database write fails, and the error tells the client to try again so that the others learn too.
+func (r *revocations) revoke(ctx context.Context, revs ...Revocation) error {
+	r.add(revs...)
+	return r.store.Revoke(ctx, revs...)
+}
+
+// sync reads the revocations created since the last poll (all unexpired ones the first time).
+func (r *revocations) sync(ctx context.Context) error {
+	start := r.now()
+	r.mu.RLock()
+	since := r.lastSync
+	r.mu.RUnlock()
+	if !since.IsZero() {
+		since = since.Add(-syncOverlap)
+	}
+	revs, err := r.store.RevocationsSince(ctx, since, start)
+	if err != nil {
+		return err
+	}
+	r.add(revs...)
+	r.mu.Lock()
+	r.lastSync = start
+	r.mu.Unlock()
+	return nil
+}
+
+// lag is how old the newest successful poll is.
+func (r *revocations) lag() time.Duration {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if r.lastSync.IsZero() {
+		return 0
+	}
+	return r.now().Sub(r.lastSync)
+}
+
+func (r *revocations) size() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.jtis) + len(r.sids)
+}
+
+// forgetExpired drops the entries that can no longer match a live token.
+func (r *revocations) forgetExpired() {
+	now := r.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, m := range []map[string]time.Time{r.jtis, r.sids} {
+		for id, exp := range m {
+			if !now.Before(exp) {
+				delete(m, id)
+			}
+		}
+	}
+}
+
+// run polls every syncEvery and purges expired entries, from memory and from the database, every
+// purgeEvery, until ctx ends.
+func (r *revocations) run(ctx context.Context, syncEvery, purgeEvery time.Duration) {
+	syncT := time.NewTicker(syncEvery)
+	defer syncT.Stop()
+	purgeT := time.NewTicker(purgeEvery)
+	defer purgeT.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-syncT.C:
+			if err := r.sync(ctx); err != nil && ctx.Err() == nil {
+				r.log.Warn("revocation sync failed; checking tokens against the last known list",
+					"err", err, "lag", r.lag().String())
+			}
+		case <-purgeT.C:
+			r.forgetExpired()
+			if err := r.store.Purge(ctx, r.now()); err != nil && ctx.Err() == nil {
+				r.log.Warn("purge of expired records failed", "err", err)
+			}
+		}
+	}
+}
