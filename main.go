@@ -49,6 +49,13 @@ type config struct {
 	hashConcurrent int
 	hashQueue      int
 	metrics        bool
+
+	// HTTP server limits; fixed defaults, fields so that tests can shorten them.
+	readHeaderTimeout time.Duration
+	readTimeout       time.Duration
+	writeTimeout      time.Duration
+	idleTimeout       time.Duration
+	maxHeaderBytes    int
 }
 
 func loadConfig(getenv func(string) string) (config, error) {
@@ -92,6 +99,12 @@ func loadConfig(getenv func(string) string) (config, error) {
 		hashConcurrent: max(num("HASH_CONCURRENCY", runtime.NumCPU()), 1),
 		hashQueue:      num("HASH_QUEUE", 32),
 		metrics:        env("METRICS_ENABLED", "true") != "false",
+
+		readHeaderTimeout: 5 * time.Second,
+		readTimeout:       10 * time.Second,
+		writeTimeout:      15 * time.Second,
+		idleTimeout:       90 * time.Second,
+		maxHeaderBytes:    16 << 10,
 	}
 	if err := c.logLevel.UnmarshalText([]byte(env("LOG_LEVEL", "info"))); err != nil {
 		errs = append(errs, fmt.Errorf("LOG_LEVEL: want debug, info, warn or error, got %q", getenv("LOG_LEVEL")))
@@ -151,6 +164,20 @@ func newHandler(d *deps, c config) http.Handler {
 	return h
 }
 
+// newHTTPServer bounds what one client can hold: a slow-loris sender is cut off after
+// readHeaderTimeout, a slow body after readTimeout, and headers beyond maxHeaderBytes get 431.
+func newHTTPServer(c config, h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: c.readHeaderTimeout,
+		ReadTimeout:       c.readTimeout,
+		WriteTimeout:      c.writeTimeout,
+		IdleTimeout:       c.idleTimeout,
+		MaxHeaderBytes:    c.maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
+
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -202,15 +229,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer stopBG()
 	go d.revocations.run(bg, c.syncInterval, time.Minute)
 
-	srv := &http.Server{
-		Handler:           newHandler(d, c),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      15 * time.Second,
-		IdleTimeout:       90 * time.Second,
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	srv := newHTTPServer(c, newHandler(d, c), log)
 	ln, err := net.Listen("tcp", ":"+c.port)
 	if err != nil {
 		return err

@@ -1,0 +1,100 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+// serveLikeRun puts e's handler behind the http.Server that run builds, limits and all.
+func serveLikeRun(e *testEnv) {
+	e.tb.Helper()
+	srv := httptest.NewUnstartedServer(nil)
+	srv.Config = newHTTPServer(e.cfg, newHandler(e.deps, e.cfg), newLogger(e.logs, e.cfg))
+	srv.Start()
+	e.tb.Cleanup(srv.Close)
+	e.srv = srv
+}
+
+func TestSlowLorisClientIsCutOffByTheHeaderTimeout(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, func(c *config) { c.readHeaderTimeout = 200 * time.Millisecond })
+	serveLikeRun(e)
+
+	conn, err := net.Dial("tcp", e.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// One header byte every 50ms: each arrives well within any per-read timeout, but the
+	// header as a whole would take a minute.
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		if _, err := io.WriteString(conn, "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "); err != nil {
+			return
+		}
+		for range 1200 {
+			if _, err := conn.Write([]byte("a")); err != nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second)) // hang detector
+	_, err = io.ReadAll(conn)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("the server still held the connection of a client that never finished its header")
+	}
+	conn.Close()
+	<-stopped
+	e.do("GET", "/healthz", nil).want(t, 200, "")
+}
+
+func TestOversizedHeadersAnswer431(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	serveLikeRun(e)
+	r := e.do("GET", "/healthz", nil, "X-Big", strings.Repeat("a", 2*e.cfg.maxHeaderBytes))
+	if r.status != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("got %d %s, want 431", r.status, r.raw)
+	}
+	e.do("GET", "/healthz", nil).want(t, 200, "")
+}
+
+func TestOversizedBodiesAnswer413OnEveryEndpointThatReadsOne(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	serveLikeRun(e)
+	big := `{"email":"a@example.com","password":"` + strings.Repeat("a", maxBody) + `"}`
+	for _, ep := range []struct{ method, path string }{
+		{"POST", "/auth/signup"},
+		{"POST", "/auth/login"},
+		{"POST", "/auth/refresh"},
+		{"POST", "/auth/logout"},
+		{"POST", "/auth/verify"},
+		{"GET", "/auth/verify"},
+	} {
+		t.Run(ep.method+" "+ep.path, func(t *testing.T) {
+			e.do(ep.method, ep.path, big).want(t, 413, "payload_too_large")
+		})
+	}
+}
+
+// readResponse reads one HTTP answer from a raw connection.
+func readResponse(tb testing.TB, conn net.Conn) *http.Response {
+	tb.Helper()
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second)) // hang detector
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return res
+}
