@@ -1,0 +1,203 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// tcpProxy stands between the driver and the database so that a test can cut the line and
+// reconnect it to a restarted database, which listens on a new port, while the client keeps
+// the one address it was given.
+type tcpProxy struct {
+	ln       net.Listener
+	mu       sync.Mutex
+	upstream string // "" refuses every connection
+	conns    map[net.Conn]struct{}
+}
+
+func newTCPProxy(tb testing.TB, upstream string) *tcpProxy {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p := &tcpProxy{ln: ln, upstream: upstream, conns: make(map[net.Conn]struct{})}
+	tb.Cleanup(func() {
+		ln.Close()
+		p.cut()
+	})
+	go p.serve()
+	return p
+}
+
+func (p *tcpProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *tcpProxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		go p.pipe(c)
+	}
+}
+
+func (p *tcpProxy) pipe(c net.Conn) {
+	p.mu.Lock()
+	up := p.upstream
+	p.mu.Unlock()
+	if up == "" {
+		c.Close()
+		return
+	}
+	u, err := net.DialTimeout("tcp", up, time.Second)
+	if err != nil {
+		c.Close()
+		return
+	}
+	p.mu.Lock()
+	if p.upstream != up { // cut while dialling
+		p.mu.Unlock()
+		c.Close()
+		u.Close()
+		return
+	}
+	p.conns[c], p.conns[u] = struct{}{}, struct{}{}
+	p.mu.Unlock()
+	done := make(chan struct{}, 2)
+	go func() { io.Copy(u, c); done <- struct{}{} }()
+	go func() { io.Copy(c, u); done <- struct{}{} }()
+	<-done
+	c.Close()
+	u.Close()
+	p.mu.Lock()
+	delete(p.conns, c)
+	delete(p.conns, u)
+	p.mu.Unlock()
+}
+
+// cut drops every open connection and refuses new ones, as a database host that went away does.
+func (p *tcpProxy) cut() { p.connect("") }
+
+// connect sends new connections to upstream, dropping the open ones.
+func (p *tcpProxy) connect(upstream string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.upstream = upstream
+	for c := range p.conns {
+		c.Close()
+	}
+}
+
+// startOwnDevDB starts an embedded FerretDB of the test's own on dir and returns its host:port.
+func startOwnDevDB(tb testing.TB, dir string) (addr string, stop func()) {
+	tb.Helper()
+	dev, err := startDevDB(dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	u, err := url.Parse(dev.uri)
+	if err != nil {
+		dev.stop()
+		tb.Fatal(err)
+	}
+	var once sync.Once
+	stop = func() { once.Do(dev.stop) }
+	tb.Cleanup(stop)
+	return u.Host, stop
+}
+
+// timed runs f and fails the test if it hangs; it is a hang detector, not a speed goal.
+func timed[T any](tb testing.TB, what string, f func() T) T {
+	tb.Helper()
+	start := time.Now()
+	v := f()
+	if d := time.Since(start); d > 10*time.Second {
+		tb.Fatalf("%s took %s: a client would have given up", what, d)
+	}
+	return v
+}
+
+func TestServiceRidesOutADatabaseOutage(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	dbAddr, stopDB := startOwnDevDB(t, dir)
+	proxy := newTCPProxy(t, dbAddr)
+	client, err := connectMongo("mongodb://" + proxy.addr() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Disconnect(context.Background()) })
+	e := newTestEnvOn(t, client.Database("auth"))
+
+	email, kept, keptRefresh := e.user()
+	_, ended, endedRefresh := e.user()
+	e.do("POST", "/auth/logout", nil, "authorization_access", ended).want(t, 200, "")
+	_, late, _ := e.user()
+
+	// Cut first: FerretDB waits a few seconds for open connections before it stops.
+	proxy.cut()
+	stopDB()
+
+	t.Run("during the outage", func(t *testing.T) {
+		for _, tt := range []struct {
+			name, method, path string
+			body               any
+			headers            []string
+			status             int
+			code               string
+		}{
+			{"signup answers 503", "POST", "/auth/signup", credentials{"new@example.com", "password123"}, nil, 503, "unavailable"},
+			{"login answers 503", "POST", "/auth/login", credentials{email, "correct horse battery"}, nil, 503, "unavailable"},
+			{"refresh answers 503", "POST", "/auth/refresh", nil, []string{"authorization_refresh", keptRefresh}, 503, "unavailable"},
+			{"refresh still refuses a token revoked before the outage", "POST", "/auth/refresh", nil, []string{"authorization_refresh", endedRefresh}, 401, "token_revoked"},
+			{"readyz answers 503", "GET", "/readyz", nil, nil, 503, "unavailable"},
+			{"healthz answers 200", "GET", "/healthz", nil, nil, 200, ""},
+			{"page lets a valid token through from memory", "GET", "/auth/page", nil, []string{"Authorization", "Bearer " + kept}, 200, ""},
+			{"page refuses a token revoked before the outage", "GET", "/auth/page", nil, []string{"Authorization", "Bearer " + ended}, 401, "token_revoked"},
+		} {
+			r := timed(t, tt.name, func() response { return e.do(tt.method, tt.path, tt.body, tt.headers...) })
+			r.want(t, tt.status, tt.code)
+			if tt.status == 503 && r.header.Get("Retry-After") == "" {
+				t.Errorf("%s: 503 without Retry-After", tt.name)
+			}
+		}
+	})
+
+	t.Run("a logout during the outage answers 503 yet holds on this instance", func(t *testing.T) {
+		timed(t, "logout", func() response {
+			return e.do("POST", "/auth/logout", nil, "authorization_access", late)
+		}).want(t, 503, "unavailable")
+		e.page(late).want(t, 401, "token_revoked")
+	})
+
+	dbAddr, _ = startOwnDevDB(t, dir)
+	proxy.connect(dbAddr)
+
+	t.Run("after the outage", func(t *testing.T) {
+		deadline := time.Now().Add(30 * time.Second)
+		for e.do("GET", "/readyz", nil).status != 200 {
+			if time.Now().After(deadline) {
+				t.Fatal("readyz still not 200 30s after the database came back")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		e.login(email, "correct horse battery")
+		e.page(kept).want(t, 200, "")
+		e.page(ended).want(t, 401, "token_revoked")
+		// The client retries the logout that got a 503; now every instance learns of it.
+		e.do("POST", "/auth/logout", nil, "authorization_access", late).want(t, 200, "")
+		e.page(late).want(t, 401, "token_revoked")
+	})
+
+	if strings.Contains(e.logs.String(), "panic") {
+		t.Fatalf("a panic was logged:\n%s", e.logs)
+	}
+}
