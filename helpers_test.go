@@ -28,6 +28,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(runMainEnv) == "1" {
+		main()
+		os.Exit(0)
+	}
 	os.Exit(testMain(m))
 }
 
