@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -48,6 +49,7 @@ type config struct {
 	maxClientFails int
 	hashConcurrent int
 	hashQueue      int
+	memoryLimit    int64 // bytes; 0 leaves the Go runtime's default (or GOMEMLIMIT)
 	metrics        bool
 
 	// HTTP server limits; fixed defaults, fields so that tests can shorten them.
@@ -96,8 +98,11 @@ func loadConfig(getenv func(string) string) (config, error) {
 		failureWindow:  dur("LOGIN_FAILURE_WINDOW", "5m"),
 		maxFailures:    num("LOGIN_MAX_FAILURES", 5),
 		maxClientFails: num("LOGIN_MAX_CLIENT_FAILURES", 50),
-		hashConcurrent: max(num("HASH_CONCURRENCY", runtime.NumCPU()), 1),
+		// Each hash holds 19 MiB: more than four at once would break the memory budget (see
+		// BENCHMARKS.md, "Login storm") on a large machine without buying much.
+		hashConcurrent: max(num("HASH_CONCURRENCY", min(runtime.NumCPU(), 4)), 1),
 		hashQueue:      num("HASH_QUEUE", 32),
+		memoryLimit:    int64(num("MEMORY_LIMIT_MIB", 160)) << 20,
 		metrics:        env("METRICS_ENABLED", "true") != "false",
 
 		readHeaderTimeout: 5 * time.Second,
@@ -187,6 +192,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	log := newLogger(stdout, c)
+	if c.memoryLimit > 0 && getenv("GOMEMLIMIT") == "" {
+		// A soft limit makes the collector reclaim the 19 MiB buffers of finished hashes before
+		// the heap doubles, which is what keeps a login storm's peak RSS flat.
+		debug.SetMemoryLimit(c.memoryLimit)
+	}
 
 	secret := []byte(c.jwtSecret)
 	uri := c.mongoURI

@@ -146,7 +146,8 @@ func (f *inFlight) finish() response {
 // same path as SIGTERM, and returns what run returned.
 func startRun(tb testing.TB, dataDir, port string) (s service, stop func() error) {
 	tb.Helper()
-	env := map[string]string{"DATA_DIR": dataDir, "PORT": port}
+	// MEMORY_LIMIT_MIB=0: the limit is process-wide, and this process is the whole test suite.
+	env := map[string]string{"DATA_DIR": dataDir, "PORT": port, "MEMORY_LIMIT_MIB": "0"}
 	logs := &syncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	exited := make(chan error, 1)
