@@ -23,6 +23,16 @@ const (
 	argonKeyLen  = 32
 )
 
+// The most a stored hash may ask of one check. The hasher's memory budget assumes about 19 MiB
+// per hash; a hash claiming gigabytes or hours (a corrupted or planted record) is refused rather
+// than run. Node's bcrypt default cost is 10; 14 already takes about a second.
+const (
+	maxArgonMemory  = 64 * 1024 // KiB
+	maxArgonTime    = 10
+	maxArgonThreads = 16
+	maxBcryptCost   = 14
+)
+
 var b64 = base64.RawStdEncoding
 
 // hashPassword returns the PHC string of password: $argon2id$v=19$m=19456,t=2,p=1$salt$hash.
@@ -38,6 +48,9 @@ func hashPassword(password string) string {
 // a hashPassword of today's parameters (true for bcrypt hashes from the Node service).
 func checkPassword(hash, password string) (ok, rehash bool) {
 	if strings.HasPrefix(hash, "$2a$") || strings.HasPrefix(hash, "$2b$") || strings.HasPrefix(hash, "$2y$") {
+		if cost, err := bcrypt.Cost([]byte(hash)); err != nil || cost > maxBcryptCost {
+			return false, false
+		}
 		return bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)) == nil, true
 	}
 	var (
@@ -53,13 +66,13 @@ func checkPassword(hash, password string) (ok, rehash bool) {
 		return false, false
 	}
 	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &mem, &t, &threads); err != nil ||
-		mem <= 0 || mem > 1<<22 || t <= 0 || t > 100 || threads == 0 {
+		mem <= 0 || mem > maxArgonMemory || t <= 0 || t > maxArgonTime || threads == 0 || threads > maxArgonThreads {
 		return false, false
 	}
 	saltB64, keyB64 = parts[4], parts[5]
 	salt, err1 := b64.DecodeString(saltB64)
 	key, err2 := b64.DecodeString(keyB64)
-	if err1 != nil || err2 != nil || len(key) == 0 {
+	if err1 != nil || err2 != nil || len(salt) < 8 || len(salt) > 64 || len(key) < 16 || len(key) > 64 {
 		return false, false
 	}
 	got := argon2.IDKey([]byte(password), salt, uint32(t), uint32(mem), threads, uint32(len(key)))
