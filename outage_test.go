@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -18,7 +17,9 @@ import (
 type tcpProxy struct {
 	ln       net.Listener
 	mu       sync.Mutex
-	upstream string // "" refuses every connection
+	flowing  *sync.Cond // on mu; signalled when stalled ends
+	upstream string     // "" refuses every connection
+	stalled  bool       // bytes are held, as on a network that drops every packet
 	conns    map[net.Conn]struct{}
 }
 
@@ -29,6 +30,7 @@ func newTCPProxy(tb testing.TB, upstream string) *tcpProxy {
 		tb.Fatal(err)
 	}
 	p := &tcpProxy{ln: ln, upstream: upstream, conns: make(map[net.Conn]struct{})}
+	p.flowing = sync.NewCond(&p.mu)
 	tb.Cleanup(func() {
 		ln.Close()
 		p.cut()
@@ -72,8 +74,8 @@ func (p *tcpProxy) pipe(c net.Conn) {
 	p.conns[c], p.conns[u] = struct{}{}, struct{}{}
 	p.mu.Unlock()
 	done := make(chan struct{}, 2)
-	go func() { io.Copy(u, c); done <- struct{}{} }()
-	go func() { io.Copy(c, u); done <- struct{}{} }()
+	go func() { p.copy(u, c); done <- struct{}{} }()
+	go func() { p.copy(c, u); done <- struct{}{} }()
 	<-done
 	c.Close()
 	u.Close()
@@ -81,6 +83,35 @@ func (p *tcpProxy) pipe(c net.Conn) {
 	delete(p.conns, c)
 	delete(p.conns, u)
 	p.mu.Unlock()
+}
+
+// copy is io.Copy that holds every chunk while the proxy is stalled.
+func (p *tcpProxy) copy(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			for p.stalled {
+				p.flowing.Wait()
+			}
+			p.mu.Unlock()
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// stall stops passing bytes on every connection, open or new, without closing any: the
+// database host is still there as far as TCP can tell, but never answers.
+func (p *tcpProxy) stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stalled = true
 }
 
 // cut drops every open connection and refuses new ones, as a database host that went away does.
@@ -94,6 +125,8 @@ func (p *tcpProxy) connect(upstream string) {
 	for c := range p.conns {
 		c.Close()
 	}
+	p.stalled = false
+	p.flowing.Broadcast()
 }
 
 // startOwnDevDB starts an embedded FerretDB of the test's own on dir and returns its host:port.
@@ -200,4 +233,48 @@ func TestServiceRidesOutADatabaseOutage(t *testing.T) {
 	if strings.Contains(e.logs.String(), "panic") {
 		t.Fatalf("a panic was logged:\n%s", e.logs)
 	}
+}
+
+func TestServiceAnswersInBoundedTimeWhenTheDatabaseStopsAnswering(t *testing.T) {
+	t.Parallel()
+	dbAddr, _ := startOwnDevDB(t, t.TempDir())
+	proxy := newTCPProxy(t, dbAddr)
+	client, err := connectMongo("mongodb://" + proxy.addr() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Disconnect(context.Background()) })
+	e := newTestEnvOn(t, client.Database("auth"))
+	email, access, _ := e.user()
+
+	// Unlike a refused connection, silence is only ended by the driver's own timeouts.
+	proxy.stall()
+	for _, tt := range []struct {
+		name, method, path string
+		body               any
+		headers            []string
+		status             int
+		code               string
+	}{
+		{"login answers 503", "POST", "/auth/login", credentials{email, "correct horse battery"}, nil, 503, "unavailable"},
+		{"signup answers 503", "POST", "/auth/signup", credentials{"new@example.com", "password123"}, nil, 503, "unavailable"},
+		{"readyz answers 503", "GET", "/readyz", nil, nil, 503, "unavailable"},
+		{"healthz answers 200", "GET", "/healthz", nil, nil, 200, ""},
+		{"page answers from memory", "GET", "/auth/page", nil, []string{"Authorization", "Bearer " + access}, 200, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			timed(t, tt.name, func() response { return e.do(tt.method, tt.path, tt.body, tt.headers...) }).
+				want(t, tt.status, tt.code)
+		})
+	}
+
+	proxy.connect(dbAddr)
+	deadline := time.Now().Add(30 * time.Second)
+	for e.do("GET", "/readyz", nil).status != 200 {
+		if time.Now().After(deadline) {
+			t.Fatal("readyz still not 200 30s after the database answered again")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.login(email, "correct horse battery")
 }
