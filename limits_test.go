@@ -58,6 +58,40 @@ func TestSlowLorisClientIsCutOffByTheHeaderTimeout(t *testing.T) {
 	e.do("GET", "/healthz", nil).want(t, 200, "")
 }
 
+func TestSlowBodyIsCutOffByTheReadTimeout(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, func(c *config) { c.readTimeout = 300 * time.Millisecond })
+	serveLikeRun(e)
+
+	conn, err := net.Dial("tcp", e.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for range 600 {
+			if _, err := conn.Write([]byte(" ")); err != nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second)) // hang detector
+	res, err := io.ReadAll(conn)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("the server still held the connection of a client that never finished its body")
+	}
+	if strings.Contains(string(res), " 200 ") {
+		t.Fatalf("a body that never arrived was answered with success:\n%s", res)
+	}
+	conn.Close()
+	<-stopped
+}
+
 func TestOversizedHeadersAnswer431(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
