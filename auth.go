@@ -9,8 +9,10 @@ import (
 	"log/slog"
 	"net/http"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // addRoutes lists the whole API.
@@ -251,15 +253,27 @@ func handleLogin(d *deps) http.Handler {
 			email = strings.ToLower(strings.TrimSpace(req.Email))
 		}
 		client := d.clients.of(r)
-		if wait, err := d.throttle.wait(ctx, client, email); err != nil {
+		// The throttle and the account are read at once: the work around the hash must stay
+		// small next to the hash itself.
+		var (
+			u       *User
+			userErr error
+			fetched = make(chan struct{})
+		)
+		go func() {
+			defer close(fetched)
+			u, userErr = d.store.UserByEmail(ctx, email)
+		}()
+		wait, failures, err := d.throttle.wait(ctx, client, email)
+		<-fetched
+		if err != nil {
 			return err
 		} else if wait > 0 {
 			w.Header().Set("Retry-After", retryAfter(wait))
 			return errTooManyAttempts
 		}
-		u, err := d.store.UserByEmail(ctx, email)
-		if err != nil && !errors.Is(err, ErrNotFound) {
-			return err
+		if userErr != nil && !errors.Is(userErr, ErrNotFound) {
+			return userErr
 		}
 		// An unknown email is checked against a dummy hash, so that it takes as long as a wrong
 		// password and the answer is the same.
@@ -287,8 +301,10 @@ func handleLogin(d *deps) http.Handler {
 				}
 			}
 		}
-		if err := d.throttle.succeeded(ctx, client, email); err != nil {
-			d.log.Warn("clearing login failures failed", "err", err)
+		if failures > 0 {
+			if err := d.throttle.succeeded(ctx, client, email); err != nil {
+				d.log.Warn("clearing login failures failed", "err", err)
+			}
 		}
 		pair, err := d.tokens.issue(u.ID, u.Email, newID())
 		if err != nil {
@@ -443,22 +459,47 @@ func handleVerify(d *deps) http.Handler {
 }
 
 func handlePage(d *deps) http.Handler {
-	type user struct {
-		ID    string `json:"id"`
-		Email string `json:"email"`
-	}
-	type response struct {
-		User      user  `json:"user"`
-		ExpiresIn int64 `json:"expires_in"`
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c := claimsFrom(r.Context())
+		left := max(int64(c.expiresAt().Sub(d.now())/time.Second), 0)
+		// This answers every request a forward-auth proxy serves, so its body is appended by
+		// hand: {"user":{"id":...,"email":...},"expires_in":...}.
+		b := make([]byte, 0, 128)
+		b = append(b, `{"user":{"id":`...)
+		b = appendJSONString(b, c.Subject)
+		b = append(b, `,"email":`...)
+		b = appendJSONString(b, c.Email)
+		b = append(b, `},"expires_in":`...)
+		b = strconv.AppendInt(b, left, 10)
+		b = append(b, "}\n"...)
 		h := w.Header()
 		h["X-User-Id"] = []string{c.Subject}
 		h["X-User-Email"] = []string{c.Email}
-		left := max(int64(c.expiresAt().Sub(d.now())/time.Second), 0)
-		encode(w, http.StatusOK, response{user{c.Subject, c.Email}, left})
+		h["Content-Type"] = []string{"application/json"}
+		h["Cache-Control"] = []string{"no-store"}
+		w.Write(b)
 	})
+}
+
+// appendJSONString appends s as a JSON string, escaping what JSON requires.
+func appendJSONString(b []byte, s string) []byte {
+	if !utf8.ValidString(s) {
+		j, _ := json.Marshal(s) // replaces invalid bytes, as every other answer does
+		return append(b, j...)
+	}
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < 0x20:
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '"')
 }
 
 func handleHealthz() http.Handler {
