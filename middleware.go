@@ -5,21 +5,22 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
 type ctxKey int
 
-const (
-	infoKey ctxKey = iota
-	claimsKey
-)
+const infoKey ctxKey = 0
 
-// reqInfo travels with a request so that the access log can name what inner layers learnt.
+// reqInfo travels with a request under one context key: its id, and the verified identity once
+// requireAccess has checked the token, which the access log also reads. One context value per
+// request rather than one per fact keeps the forward-auth check to a single request copy.
 type reqInfo struct {
 	id     string
-	userID string
+	claims *claims
 }
 
 func requestID(ctx context.Context) string {
@@ -31,8 +32,10 @@ func requestID(ctx context.Context) string {
 
 // claimsFrom returns the verified access token of a request that passed requireAccess.
 func claimsFrom(ctx context.Context) *claims {
-	c, _ := ctx.Value(claimsKey).(*claims)
-	return c
+	if info, ok := ctx.Value(infoKey).(*reqInfo); ok {
+		return info.claims
+	}
+	return nil
 }
 
 // recoverer turns a panic into a logged 500, so that one bad request cannot take the process down.
@@ -69,34 +72,61 @@ func saneRequestID(s string) bool {
 	return true
 }
 
+// requestIDs makes request ids unique without a system call per request: a random prefix per
+// process and a counter.
+type requestIDs struct {
+	prefix string
+	n      atomic.Uint64
+}
+
+func newRequestIDs() *requestIDs { return &requestIDs{prefix: newID()[:12]} }
+
+func (g *requestIDs) next() string {
+	var b [32]byte
+	id := append(append(b[:0], g.prefix...), '-')
+	return string(strconv.AppendUint(id, g.n.Add(1), 36))
+}
+
 // accessLog gives every request an id (the client's X-Request-Id when sane) and logs one line
-// when it is answered.
-func accessLog(log *slog.Logger, now func() time.Time) func(http.Handler) http.Handler {
+// when it is answered. It runs on every forward-auth check, so it allocates once per request and
+// builds its record without a slice of attributes.
+func accessLog(log *slog.Logger, now func() time.Time, ids *requestIDs) func(http.Handler) http.Handler {
+	type tracked struct {
+		statusWriter
+		info reqInfo
+	}
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := now()
-			info := &reqInfo{id: r.Header.Get("X-Request-Id")}
-			if !saneRequestID(info.id) {
-				info.id = newID()
+			t := &tracked{statusWriter: statusWriter{ResponseWriter: w}}
+			t.info.id = r.Header.Get("X-Request-Id")
+			if !saneRequestID(t.info.id) {
+				t.info.id = ids.next()
 			}
-			w.Header()["X-Request-Id"] = []string{info.id}
-			sw := &statusWriter{ResponseWriter: w}
-			next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), infoKey, info)))
-			if sw.status == 0 {
-				sw.status = http.StatusOK
+			w.Header()["X-Request-Id"] = []string{t.info.id}
+			ctx := context.WithValue(r.Context(), infoKey, &t.info)
+			next.ServeHTTP(&t.statusWriter, r.WithContext(ctx))
+			if t.status == 0 {
+				t.status = http.StatusOK
 			}
-			attrs := []slog.Attr{
+			h := log.Handler()
+			if !h.Enabled(ctx, slog.LevelInfo) {
+				return
+			}
+			end := now()
+			rec := slog.NewRecord(end, slog.LevelInfo, "request", 0)
+			rec.AddAttrs(
 				slog.String("method", r.Method),
 				slog.String("path", r.URL.Path),
-				slog.Int("status", sw.status),
-				slog.Float64("duration_ms", float64(now().Sub(start).Microseconds())/1000),
-				slog.Int("bytes", sw.bytes),
-				slog.String("request_id", info.id),
+				slog.Int("status", t.status),
+				slog.Float64("duration_ms", float64(end.Sub(start).Microseconds())/1000),
+				slog.Int("bytes", t.bytes),
+			)
+			rec.AddAttrs(slog.String("request_id", t.info.id))
+			if t.info.claims != nil {
+				rec.AddAttrs(slog.String("user_id", t.info.claims.Subject))
 			}
-			if info.userID != "" {
-				attrs = append(attrs, slog.String("user_id", info.userID))
-			}
-			log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+			h.Handle(ctx, rec)
 		})
 	}
 }
@@ -208,11 +238,12 @@ func requireAccess(d *deps) func(http.Handler) http.Handler {
 				writeError(w, r, d.log, errTokenRevoked)
 				return
 			}
-			ctx := r.Context()
-			if info, ok := ctx.Value(infoKey).(*reqInfo); ok {
-				info.userID = c.Subject
+			if info, ok := r.Context().Value(infoKey).(*reqInfo); ok {
+				info.claims = c
+			} else {
+				r = r.WithContext(context.WithValue(r.Context(), infoKey, &reqInfo{claims: c}))
 			}
-			next.ServeHTTP(w, r.WithContext(context.WithValue(ctx, claimsKey, c)))
+			next.ServeHTTP(w, r)
 		})
 	}
 }
