@@ -26,6 +26,9 @@ func addRoutes(mux *http.ServeMux, d *deps) {
 	mux.Handle("/auth/page", requireAccess(d)(handlePage(d)))
 	mux.Handle("GET /healthz", handleHealthz())
 	mux.Handle("GET /readyz", handleReadyz(d))
+	if d.metricsEnabled {
+		mux.Handle("GET /metrics", handleMetrics(d))
+	}
 }
 
 // deps are what the handlers share; each handler uses the few it needs.
@@ -40,6 +43,7 @@ type deps struct {
 	clients        clientIPs
 	reuseInterval  time.Duration
 	metricsEnabled bool
+	metrics        *metrics
 }
 
 // apiError is an answer to the client: a status and the {"error","message"} body.
@@ -255,6 +259,7 @@ func handleLogin(d *deps) http.Handler {
 			return err
 		} else if wait > 0 {
 			w.Header().Set("Retry-After", retryAfter(wait))
+			d.metrics.login(loginThrottled)
 			return errTooManyAttempts
 		}
 		u, err := d.store.UserByEmail(ctx, email)
@@ -275,6 +280,7 @@ func handleLogin(d *deps) http.Handler {
 			if err := d.throttle.failed(ctx, client, email); err != nil {
 				return err
 			}
+			d.metrics.login(loginInvalidCredentials)
 			return errInvalidCredentials
 		}
 		if rehash {
@@ -294,6 +300,7 @@ func handleLogin(d *deps) http.Handler {
 		if err != nil {
 			return err
 		}
+		d.metrics.login(loginSuccess)
 		encode(w, http.StatusOK, pair)
 		return nil
 	})
@@ -358,6 +365,8 @@ func handleRefresh(d *deps) http.Handler {
 			if err := d.revocations.revoke(ctx, rev); err != nil {
 				return err
 			}
+			d.metrics.revoked(rev)
+			d.metrics.refresh(refreshReused)
 			d.log.LogAttrs(ctx, slog.LevelWarn, "refresh token reused; session revoked",
 				slog.String("request_id", requestID(ctx)), slog.String("user_id", c.Subject))
 			return errTokenReused
@@ -367,6 +376,11 @@ func handleRefresh(d *deps) http.Handler {
 		pair, err := d.tokens.issue(c.Subject, c.Email, c.Session)
 		if err != nil {
 			return err
+		}
+		if won {
+			d.metrics.refresh(refreshRotated)
+		} else {
+			d.metrics.refresh(refreshReuseGrace)
 		}
 		encode(w, http.StatusOK, pair)
 		return nil
@@ -401,6 +415,7 @@ func handleLogout(d *deps) http.Handler {
 		if err := d.revocations.revoke(r.Context(), revs...); err != nil {
 			return err
 		}
+		d.metrics.revoked(revs...)
 		encode(w, http.StatusOK, map[string]string{"message": "logged out"})
 		return nil
 	})

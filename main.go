@@ -125,6 +125,8 @@ func newLogger(w io.Writer, c config) *slog.Logger {
 
 // newDeps wires the service's parts together over store.
 func newDeps(c config, store Store, secret []byte, now func() time.Time, log *slog.Logger) *deps {
+	m := newMetrics()
+	store = meteredStore{store, m}
 	return &deps{
 		log:         log,
 		now:         now,
@@ -137,6 +139,7 @@ func newDeps(c config, store Store, secret []byte, now func() time.Time, log *sl
 		clients:        clientIPs{trusted: c.trustedProxies},
 		reuseInterval:  c.reuseInterval,
 		metricsEnabled: c.metrics,
+		metrics:        m,
 	}
 }
 
@@ -146,7 +149,7 @@ func newHandler(d *deps, c config) http.Handler {
 	addRoutes(mux, d)
 	var h http.Handler = mux
 	h = cors(c.corsOrigins)(h)
-	h = accessLog(d.log, d.now)(h)
+	h = accessLog(d.log, d.now, d.metrics)(h)
 	h = recoverer(d.log)(h)
 	return h
 }

@@ -69,9 +69,9 @@ func saneRequestID(s string) bool {
 	return true
 }
 
-// accessLog gives every request an id (the client's X-Request-Id when sane) and logs one line
-// when it is answered.
-func accessLog(log *slog.Logger, now func() time.Time) func(http.Handler) http.Handler {
+// accessLog gives every request an id (the client's X-Request-Id when sane), and when it is
+// answered logs one line and counts it in m.
+func accessLog(log *slog.Logger, now func() time.Time, m *metrics) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := now()
@@ -81,15 +81,24 @@ func accessLog(log *slog.Logger, now func() time.Time) func(http.Handler) http.H
 			}
 			w.Header()["X-Request-Id"] = []string{info.id}
 			sw := &statusWriter{ResponseWriter: w}
-			next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), infoKey, info)))
+			inner := r.WithContext(context.WithValue(r.Context(), infoKey, info))
+			next.ServeHTTP(sw, inner)
 			if sw.status == 0 {
 				sw.status = http.StatusOK
 			}
+			took := now().Sub(start)
+			// ServeMux notes the pattern it matched on the request it was given: inner, as long as
+			// the middleware in between passes requests on unchanged.
+			route := inner.Pattern
+			if route == "" {
+				route = "unmatched"
+			}
+			m.observe(route, r.Method, sw.status, took)
 			attrs := []slog.Attr{
 				slog.String("method", r.Method),
 				slog.String("path", r.URL.Path),
 				slog.Int("status", sw.status),
-				slog.Float64("duration_ms", float64(now().Sub(start).Microseconds())/1000),
+				slog.Float64("duration_ms", float64(took.Microseconds())/1000),
 				slog.Int("bytes", sw.bytes),
 				slog.String("request_id", info.id),
 			}
