@@ -301,6 +301,7 @@ func handleLogin(d *deps) http.Handler {
 			return err
 		}
 		d.metrics.login(loginSuccess)
+		noteUser(ctx, u.ID)
 		encode(w, http.StatusOK, pair)
 		return nil
 	})
@@ -382,6 +383,7 @@ func handleRefresh(d *deps) http.Handler {
 		} else {
 			d.metrics.refresh(refreshReuseGrace)
 		}
+		noteUser(ctx, c.Subject)
 		encode(w, http.StatusOK, pair)
 		return nil
 	})
@@ -408,6 +410,7 @@ func handleLogout(d *deps) http.Handler {
 			if err != nil && !errors.Is(err, errTokenExpired) {
 				return err
 			}
+			noteUser(r.Context(), c.Subject)
 			revs = append(revs,
 				Revocation{ID: jtiPrefix + c.ID, ExpiresAt: c.expiresAt().Add(clockSkew), CreatedAt: now},
 				Revocation{ID: sidPrefix + c.Session, ExpiresAt: now.Add(d.tokens.maxTTL()), CreatedAt: now})
@@ -452,6 +455,7 @@ func handleVerify(d *deps) http.Handler {
 		if d.revocations.revoked(c) {
 			return errTokenRevoked
 		}
+		noteUser(r.Context(), c.Subject)
 		encode(w, http.StatusOK, response{true, c.Use, c})
 		return nil
 	})

@@ -22,6 +22,13 @@ type reqInfo struct {
 	userID string
 }
 
+// noteUser names the request's user in its access log line.
+func noteUser(ctx context.Context, id string) {
+	if info, ok := ctx.Value(infoKey).(*reqInfo); ok {
+		info.userID = id
+	}
+}
+
 func requestID(ctx context.Context) string {
 	if info, ok := ctx.Value(infoKey).(*reqInfo); ok {
 		return info.id
@@ -97,6 +104,7 @@ func accessLog(log *slog.Logger, now func() time.Time, m *metrics) func(http.Han
 			attrs := []slog.Attr{
 				slog.String("method", r.Method),
 				slog.String("path", r.URL.Path),
+				slog.String("route", route),
 				slog.Int("status", sw.status),
 				slog.Float64("duration_ms", float64(took.Microseconds())/1000),
 				slog.Int("bytes", sw.bytes),
@@ -218,9 +226,7 @@ func requireAccess(d *deps) func(http.Handler) http.Handler {
 				return
 			}
 			ctx := r.Context()
-			if info, ok := ctx.Value(infoKey).(*reqInfo); ok {
-				info.userID = c.Subject
-			}
+			noteUser(ctx, c.Subject)
 			next.ServeHTTP(w, r.WithContext(context.WithValue(ctx, claimsKey, c)))
 		})
 	}
