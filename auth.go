@@ -13,8 +13,13 @@ import (
 	"time"
 )
 
-// addRoutes lists the whole API.
-func addRoutes(mux *http.ServeMux, d *deps) {
+// routeAdder is what addRoutes registers on: a *http.ServeMux, or a test listing the patterns.
+type routeAdder interface {
+	Handle(pattern string, handler http.Handler)
+}
+
+// addRoutes lists the whole API; openapi.yaml describes it.
+func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("POST /auth/signup", handleSignup(d))
 	mux.Handle("POST /auth/login", handleLogin(d))
 	mux.Handle("POST /auth/refresh", handleRefresh(d))
@@ -26,6 +31,7 @@ func addRoutes(mux *http.ServeMux, d *deps) {
 	mux.Handle("/auth/page", requireAccess(d)(handlePage(d)))
 	mux.Handle("GET /healthz", handleHealthz())
 	mux.Handle("GET /readyz", handleReadyz(d))
+	mux.Handle("GET /openapi.yaml", handleOpenAPI())
 	if d.metricsEnabled {
 		mux.Handle("GET /metrics", handleMetrics(d))
 	}
