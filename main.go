@@ -91,7 +91,6 @@ func loadConfig(getenv func(string) string) (config, error) {
 		maxClientFails: num("LOGIN_MAX_CLIENT_FAILURES", 50),
 		hashConcurrent: max(num("HASH_CONCURRENCY", runtime.NumCPU()), 1),
 		hashQueue:      num("HASH_QUEUE", 32),
-		metrics:        env("METRICS_ENABLED", "true") != "false",
 	}
 	if err := c.logLevel.UnmarshalText([]byte(env("LOG_LEVEL", "info"))); err != nil {
 		errs = append(errs, fmt.Errorf("LOG_LEVEL: want debug, info, warn or error, got %q", getenv("LOG_LEVEL")))
@@ -103,6 +102,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 		errs = append(errs, fmt.Errorf("PORT: want a port number, got %q", c.port))
 	}
 	var err error
+	if c.metrics, err = strconv.ParseBool(env("METRICS_ENABLED", "true")); err != nil {
+		errs = append(errs, fmt.Errorf("METRICS_ENABLED: want true or false, got %q", getenv("METRICS_ENABLED")))
+	}
 	if c.trustedProxies, err = parseTrustedProxies(getenv("TRUSTED_PROXIES")); err != nil {
 		errs = append(errs, err)
 	}

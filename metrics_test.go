@@ -167,6 +167,25 @@ func newUnreachableEnv(tb testing.TB) *testEnv {
 	return e
 }
 
+func TestMetricsEnabledSetting(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		value string
+		want  bool
+	}{{"", true}, {"true", true}, {"false", false}, {"0", false}} {
+		c, err := loadConfig(func(k string) string { return map[string]string{"METRICS_ENABLED": tt.value}[k] })
+		if err != nil || c.metrics != tt.want {
+			t.Errorf("METRICS_ENABLED=%q: metrics %v, %v; want %v", tt.value, c.metrics, err, tt.want)
+		}
+	}
+	t.Run("refuses a value that is not a boolean rather than guess", func(t *testing.T) {
+		_, err := loadConfig(func(k string) string { return map[string]string{"METRICS_ENABLED": "no"}[k] })
+		if err == nil || !strings.Contains(err.Error(), "METRICS_ENABLED") {
+			t.Fatalf("got %v, want an error naming METRICS_ENABLED", err)
+		}
+	})
+}
+
 func TestMetricsEndpointIsOffWhenDisabled(t *testing.T) {
 	t.Parallel()
 	off, err := loadConfig(func(k string) string { return map[string]string{"METRICS_ENABLED": "false"}[k] })
