@@ -15,8 +15,13 @@ import (
 	"unicode/utf8"
 )
 
-// addRoutes lists the whole API.
-func addRoutes(mux *http.ServeMux, d *deps) {
+// routeAdder is what addRoutes registers on: a *http.ServeMux, or a test listing the patterns.
+type routeAdder interface {
+	Handle(pattern string, handler http.Handler)
+}
+
+// addRoutes lists the whole API; openapi.yaml describes it.
+func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("POST /auth/signup", handleSignup(d))
 	mux.Handle("POST /auth/login", handleLogin(d))
 	mux.Handle("POST /auth/refresh", handleRefresh(d))
@@ -28,6 +33,10 @@ func addRoutes(mux *http.ServeMux, d *deps) {
 	mux.Handle("/auth/page", requireAccess(d)(handlePage(d)))
 	mux.Handle("GET /healthz", handleHealthz())
 	mux.Handle("GET /readyz", handleReadyz(d))
+	mux.Handle("GET /openapi.yaml", handleOpenAPI())
+	if d.metricsEnabled {
+		mux.Handle("GET /metrics", handleMetrics(d))
+	}
 }
 
 // deps are what the handlers share; each handler uses the few it needs.
@@ -42,6 +51,7 @@ type deps struct {
 	clients        clientIPs
 	reuseInterval  time.Duration
 	metricsEnabled bool
+	metrics        *metrics
 }
 
 // apiError is an answer to the client: a status and the {"error","message"} body.
@@ -270,6 +280,7 @@ func handleLogin(d *deps) http.Handler {
 			return err
 		} else if wait > 0 {
 			w.Header().Set("Retry-After", retryAfter(wait))
+			d.metrics.login(loginThrottled)
 			return errTooManyAttempts
 		}
 		if userErr != nil && !errors.Is(userErr, ErrNotFound) {
@@ -289,6 +300,7 @@ func handleLogin(d *deps) http.Handler {
 			if err := d.throttle.failed(ctx, client, email); err != nil {
 				return err
 			}
+			d.metrics.login(loginInvalidCredentials)
 			return errInvalidCredentials
 		}
 		if rehash {
@@ -310,6 +322,8 @@ func handleLogin(d *deps) http.Handler {
 		if err != nil {
 			return err
 		}
+		d.metrics.login(loginSuccess)
+		noteUser(ctx, u.ID)
 		encode(w, http.StatusOK, pair)
 		return nil
 	})
@@ -374,6 +388,8 @@ func handleRefresh(d *deps) http.Handler {
 			if err := d.revocations.revoke(ctx, rev); err != nil {
 				return err
 			}
+			d.metrics.revoked(rev)
+			d.metrics.refresh(refreshReused)
 			d.log.LogAttrs(ctx, slog.LevelWarn, "refresh token reused; session revoked",
 				slog.String("request_id", requestID(ctx)), slog.String("user_id", c.Subject))
 			return errTokenReused
@@ -384,6 +400,12 @@ func handleRefresh(d *deps) http.Handler {
 		if err != nil {
 			return err
 		}
+		if won {
+			d.metrics.refresh(refreshRotated)
+		} else {
+			d.metrics.refresh(refreshReuseGrace)
+		}
+		noteUser(ctx, c.Subject)
 		encode(w, http.StatusOK, pair)
 		return nil
 	})
@@ -410,6 +432,7 @@ func handleLogout(d *deps) http.Handler {
 			if err != nil && !errors.Is(err, errTokenExpired) {
 				return err
 			}
+			noteUser(r.Context(), c.Subject)
 			revs = append(revs,
 				Revocation{ID: jtiPrefix + c.ID, ExpiresAt: c.expiresAt().Add(clockSkew), CreatedAt: now},
 				Revocation{ID: sidPrefix + c.Session, ExpiresAt: now.Add(d.tokens.maxTTL()), CreatedAt: now})
@@ -417,6 +440,7 @@ func handleLogout(d *deps) http.Handler {
 		if err := d.revocations.revoke(r.Context(), revs...); err != nil {
 			return err
 		}
+		d.metrics.revoked(revs...)
 		encode(w, http.StatusOK, map[string]string{"message": "logged out"})
 		return nil
 	})
@@ -453,6 +477,7 @@ func handleVerify(d *deps) http.Handler {
 		if d.revocations.revoked(c) {
 			return errTokenRevoked
 		}
+		noteUser(r.Context(), c.Subject)
 		encode(w, http.StatusOK, response{true, c.Use, c})
 		return nil
 	})

@@ -93,7 +93,6 @@ func loadConfig(getenv func(string) string) (config, error) {
 		maxClientFails: num("LOGIN_MAX_CLIENT_FAILURES", 50),
 		hashConcurrent: max(num("HASH_CONCURRENCY", runtime.NumCPU()), 1),
 		hashQueue:      num("HASH_QUEUE", 32),
-		metrics:        env("METRICS_ENABLED", "true") != "false",
 	}
 	if err := c.logLevel.UnmarshalText([]byte(env("LOG_LEVEL", "info"))); err != nil {
 		errs = append(errs, fmt.Errorf("LOG_LEVEL: want debug, info, warn or error, got %q", getenv("LOG_LEVEL")))
@@ -105,6 +104,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 		errs = append(errs, fmt.Errorf("PORT: want a port number, got %q", c.port))
 	}
 	var err error
+	if c.metrics, err = strconv.ParseBool(env("METRICS_ENABLED", "true")); err != nil {
+		errs = append(errs, fmt.Errorf("METRICS_ENABLED: want true or false, got %q", getenv("METRICS_ENABLED")))
+	}
 	if c.trustedProxies, err = parseTrustedProxies(getenv("TRUSTED_PROXIES")); err != nil {
 		errs = append(errs, err)
 	}
@@ -127,6 +129,8 @@ func newLogger(w io.Writer, c config) *slog.Logger {
 
 // newDeps wires the service's parts together over store.
 func newDeps(c config, store Store, secret []byte, now func() time.Time, log *slog.Logger) *deps {
+	m := newMetrics()
+	store = meteredStore{store, m}
 	return &deps{
 		log:         log,
 		now:         now,
@@ -139,6 +143,7 @@ func newDeps(c config, store Store, secret []byte, now func() time.Time, log *sl
 		clients:        clientIPs{trusted: c.trustedProxies},
 		reuseInterval:  c.reuseInterval,
 		metricsEnabled: c.metrics,
+		metrics:        m,
 	}
 }
 
@@ -148,7 +153,7 @@ func newHandler(d *deps, c config) http.Handler {
 	addRoutes(mux, d)
 	var h http.Handler = mux
 	h = cors(c.corsOrigins)(h)
-	h = accessLog(d.log, d.now, newRequestIDs())(h)
+	h = accessLog(d.log, d.now, newRequestIDs(), d.metrics)(h)
 	h = recoverer(d.log)(h)
 	return h
 }

@@ -20,7 +20,15 @@ const infoKey ctxKey = 0
 // request rather than one per fact keeps the forward-auth check to a single request copy.
 type reqInfo struct {
 	id     string
+	userID string
 	claims *claims
+}
+
+// noteUser names the request's user in its access log line.
+func noteUser(ctx context.Context, id string) {
+	if info, ok := ctx.Value(infoKey).(*reqInfo); ok {
+		info.userID = id
+	}
 }
 
 func requestID(ctx context.Context) string {
@@ -87,10 +95,10 @@ func (g *requestIDs) next() string {
 	return string(strconv.AppendUint(id, g.n.Add(1), 36))
 }
 
-// accessLog gives every request an id (the client's X-Request-Id when sane) and logs one line
-// when it is answered. It runs on every forward-auth check, so it allocates once per request and
-// builds its record without a slice of attributes.
-func accessLog(log *slog.Logger, now func() time.Time, ids *requestIDs) func(http.Handler) http.Handler {
+// accessLog gives every request an id (the client's X-Request-Id when sane), and when it is
+// answered logs one line and counts it in m. It runs on every forward-auth check, so it allocates
+// once per request and builds its record without a slice of attributes.
+func accessLog(log *slog.Logger, now func() time.Time, ids *requestIDs, m *metrics) func(http.Handler) http.Handler {
 	type tracked struct {
 		statusWriter
 		info reqInfo
@@ -105,26 +113,35 @@ func accessLog(log *slog.Logger, now func() time.Time, ids *requestIDs) func(htt
 			}
 			w.Header()["X-Request-Id"] = []string{t.info.id}
 			ctx := context.WithValue(r.Context(), infoKey, &t.info)
-			next.ServeHTTP(&t.statusWriter, r.WithContext(ctx))
+			inner := r.WithContext(ctx)
+			next.ServeHTTP(&t.statusWriter, inner)
 			if t.status == 0 {
 				t.status = http.StatusOK
 			}
+			end := now()
+			took := end.Sub(start)
+			// ServeMux notes the pattern it matched on the request it was given: inner, as long as
+			// the middleware in between passes requests on unchanged.
+			route := inner.Pattern
+			if route == "" {
+				route = "unmatched"
+			}
+			m.observe(route, r.Method, t.status, took)
 			h := log.Handler()
 			if !h.Enabled(ctx, slog.LevelInfo) {
 				return
 			}
-			end := now()
 			rec := slog.NewRecord(end, slog.LevelInfo, "request", 0)
 			rec.AddAttrs(
 				slog.String("method", r.Method),
 				slog.String("path", r.URL.Path),
+				slog.String("route", route),
 				slog.Int("status", t.status),
-				slog.Float64("duration_ms", float64(end.Sub(start).Microseconds())/1000),
-				slog.Int("bytes", t.bytes),
+				slog.Float64("duration_ms", float64(took.Microseconds())/1000),
 			)
-			rec.AddAttrs(slog.String("request_id", t.info.id))
-			if t.info.claims != nil {
-				rec.AddAttrs(slog.String("user_id", t.info.claims.Subject))
+			rec.AddAttrs(slog.Int("bytes", t.bytes), slog.String("request_id", t.info.id))
+			if t.info.userID != "" {
+				rec.AddAttrs(slog.String("user_id", t.info.userID))
 			}
 			h.Handle(ctx, rec)
 		})
@@ -239,9 +256,9 @@ func requireAccess(d *deps) func(http.Handler) http.Handler {
 				return
 			}
 			if info, ok := r.Context().Value(infoKey).(*reqInfo); ok {
-				info.claims = c
+				info.claims, info.userID = c, c.Subject
 			} else {
-				r = r.WithContext(context.WithValue(r.Context(), infoKey, &reqInfo{claims: c}))
+				r = r.WithContext(context.WithValue(r.Context(), infoKey, &reqInfo{claims: c, userID: c.Subject}))
 			}
 			next.ServeHTTP(w, r)
 		})
