@@ -160,3 +160,12 @@ func listHas(values []string, tok string) bool {
 	}
 	return false
 }
+
+func TestCORSForgivesATrailingSlashInTheSetting(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, func(c *config) { c.corsOrigins = []string{"https://app.example.com/"} })
+	r := e.do("GET", "/healthz", nil, "Origin", "https://app.example.com").want(t, 200, "")
+	if got := r.header.Get("Access-Control-Allow-Origin"); got != "https://app.example.com" {
+		t.Fatalf("Access-Control-Allow-Origin %q", got)
+	}
+}

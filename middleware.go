@@ -196,7 +196,7 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 func cors(origins []string) func(http.Handler) http.Handler {
 	allowed := make(map[string]bool, len(origins))
 	for _, o := range origins {
-		allowed[o] = true
+		allowed[strings.TrimSuffix(o, "/")] = true // browsers never send the slash
 	}
 	return func(next http.Handler) http.Handler {
 		if len(allowed) == 0 {
