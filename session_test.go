@@ -112,8 +112,9 @@ func TestRefreshRotation(t *testing.T) {
 				winner = r
 			}
 		}
-		if counts["200 "] != 1 || counts["401 token_reused"] != n-1 {
-			t.Fatalf("outcomes %v, want one 200 and %d token_reused", counts, n-1)
+		// A loser may also find the session already revoked by another loser's reuse verdict.
+		if counts["200 "] != 1 || counts["401 token_reused"] < 1 || counts["401 token_reused"]+counts["401 token_revoked"] != n-1 {
+			t.Fatalf("outcomes %v, want one 200 and %d token_reused or token_revoked", counts, n-1)
 		}
 		// The reuse ended the session, the winner's new tokens included.
 		e.page(winner.str("access_token")).want(t, 401, "token_revoked")
