@@ -335,7 +335,7 @@ type refreshBody struct {
 
 // refreshToken takes the refresh token from the seed's header or, failing that, the body.
 func refreshToken(w http.ResponseWriter, r *http.Request) (string, error) {
-	if t := bearer(r.Header.Get("authorization_refresh")); t != "" {
+	if t := bearer(header(r, hdrRefresh)); t != "" {
 		return t, nil
 	}
 	var body refreshBody
@@ -345,12 +345,27 @@ func refreshToken(w http.ResponseWriter, r *http.Request) (string, error) {
 	return bearer(body.RefreshToken), nil
 }
 
+// The seed's header names, as net/http stores them (it canonicalises only the first letter of a
+// name with an underscore). Looking them up by their stored form spares the forward-auth check a
+// canonicalisation and an allocation per request.
+const (
+	hdrAccess  = "Authorization_access"
+	hdrRefresh = "Authorization_refresh"
+)
+
+func header(r *http.Request, canonical string) string {
+	if v := r.Header[canonical]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
 // accessToken takes the access token from the seed's header or the standard one.
 func accessToken(r *http.Request) string {
-	if t := bearer(r.Header.Get("authorization_access")); t != "" {
+	if t := bearer(header(r, hdrAccess)); t != "" {
 		return t
 	}
-	return bearer(r.Header.Get("Authorization"))
+	return bearer(header(r, "Authorization"))
 }
 
 func handleRefresh(d *deps) http.Handler {
@@ -465,7 +480,7 @@ func handleVerify(d *deps) http.Handler {
 			raw = accessToken(r)
 		}
 		if raw == "" {
-			raw = bearer(r.Header.Get("authorization_refresh"))
+			raw = bearer(header(r, hdrRefresh))
 		}
 		if raw == "" {
 			return errTokenMissing

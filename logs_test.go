@@ -44,8 +44,8 @@ func TestAccessLog(t *testing.T) {
 				t.Errorf("%s = %v, want %v in %v", key, l[key], want, l)
 			}
 		}
-		if _, ok := l["duration_ms"].(float64); !ok {
-			t.Errorf("no duration_ms in %v", l)
+		if _, ok := l["duration_us"].(float64); !ok {
+			t.Errorf("no duration_us in %v", l)
 		}
 	})
 	t.Run("says unmatched for the route of an unknown path, and no user", func(t *testing.T) {
