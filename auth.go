@@ -9,12 +9,19 @@ import (
 	"log/slog"
 	"net/http"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
-// addRoutes lists the whole API.
-func addRoutes(mux *http.ServeMux, d *deps) {
+// routeAdder is what addRoutes registers on: a *http.ServeMux, or a test listing the patterns.
+type routeAdder interface {
+	Handle(pattern string, handler http.Handler)
+}
+
+// addRoutes lists the whole API; openapi.yaml describes it.
+func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("POST /auth/signup", handleSignup(d))
 	mux.Handle("POST /auth/login", handleLogin(d))
 	mux.Handle("POST /auth/refresh", handleRefresh(d))
@@ -26,6 +33,10 @@ func addRoutes(mux *http.ServeMux, d *deps) {
 	mux.Handle("/auth/page", requireAccess(d)(handlePage(d)))
 	mux.Handle("GET /healthz", handleHealthz())
 	mux.Handle("GET /readyz", handleReadyz(d))
+	mux.Handle("GET /openapi.yaml", handleOpenAPI())
+	if d.metricsEnabled {
+		mux.Handle("GET /metrics", handleMetrics(d))
+	}
 }
 
 // deps are what the handlers share; each handler uses the few it needs.
@@ -40,6 +51,7 @@ type deps struct {
 	clients        clientIPs
 	reuseInterval  time.Duration
 	metricsEnabled bool
+	metrics        *metrics
 }
 
 // apiError is an answer to the client: a status and the {"error","message"} body.
@@ -251,15 +263,28 @@ func handleLogin(d *deps) http.Handler {
 			email = strings.ToLower(strings.TrimSpace(req.Email))
 		}
 		client := d.clients.of(r)
-		if wait, err := d.throttle.wait(ctx, client, email); err != nil {
+		// The throttle and the account are read at once: the work around the hash must stay
+		// small next to the hash itself.
+		var (
+			u       *User
+			userErr error
+			fetched = make(chan struct{})
+		)
+		go func() {
+			defer close(fetched)
+			u, userErr = d.store.UserByEmail(ctx, email)
+		}()
+		wait, failures, err := d.throttle.wait(ctx, client, email)
+		<-fetched
+		if err != nil {
 			return err
 		} else if wait > 0 {
 			w.Header().Set("Retry-After", retryAfter(wait))
+			d.metrics.login(loginThrottled)
 			return errTooManyAttempts
 		}
-		u, err := d.store.UserByEmail(ctx, email)
-		if err != nil && !errors.Is(err, ErrNotFound) {
-			return err
+		if userErr != nil && !errors.Is(userErr, ErrNotFound) {
+			return userErr
 		}
 		// An unknown email is checked against a dummy hash, so that it takes as long as a wrong
 		// password and the answer is the same.
@@ -275,6 +300,7 @@ func handleLogin(d *deps) http.Handler {
 			if err := d.throttle.failed(ctx, client, email); err != nil {
 				return err
 			}
+			d.metrics.login(loginInvalidCredentials)
 			return errInvalidCredentials
 		}
 		if rehash {
@@ -287,13 +313,17 @@ func handleLogin(d *deps) http.Handler {
 				}
 			}
 		}
-		if err := d.throttle.succeeded(ctx, client, email); err != nil {
-			d.log.Warn("clearing login failures failed", "err", err)
+		if failures > 0 {
+			if err := d.throttle.succeeded(ctx, client, email); err != nil {
+				d.log.Warn("clearing login failures failed", "err", err)
+			}
 		}
 		pair, err := d.tokens.issue(u.ID, u.Email, newID())
 		if err != nil {
 			return err
 		}
+		d.metrics.login(loginSuccess)
+		noteUser(ctx, u.ID)
 		encode(w, http.StatusOK, pair)
 		return nil
 	})
@@ -305,7 +335,7 @@ type refreshBody struct {
 
 // refreshToken takes the refresh token from the seed's header or, failing that, the body.
 func refreshToken(w http.ResponseWriter, r *http.Request) (string, error) {
-	if t := bearer(r.Header.Get("authorization_refresh")); t != "" {
+	if t := bearer(header(r, hdrRefresh)); t != "" {
 		return t, nil
 	}
 	var body refreshBody
@@ -315,12 +345,27 @@ func refreshToken(w http.ResponseWriter, r *http.Request) (string, error) {
 	return bearer(body.RefreshToken), nil
 }
 
+// The seed's header names, as net/http stores them (it canonicalises only the first letter of a
+// name with an underscore). Looking them up by their stored form spares the forward-auth check a
+// canonicalisation and an allocation per request.
+const (
+	hdrAccess  = "Authorization_access"
+	hdrRefresh = "Authorization_refresh"
+)
+
+func header(r *http.Request, canonical string) string {
+	if v := r.Header[canonical]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
 // accessToken takes the access token from the seed's header or the standard one.
 func accessToken(r *http.Request) string {
-	if t := bearer(r.Header.Get("authorization_access")); t != "" {
+	if t := bearer(header(r, hdrAccess)); t != "" {
 		return t
 	}
-	return bearer(r.Header.Get("Authorization"))
+	return bearer(header(r, "Authorization"))
 }
 
 func handleRefresh(d *deps) http.Handler {
@@ -358,6 +403,8 @@ func handleRefresh(d *deps) http.Handler {
 			if err := d.revocations.revoke(ctx, rev); err != nil {
 				return err
 			}
+			d.metrics.revoked(rev)
+			d.metrics.refresh(refreshReused)
 			d.log.LogAttrs(ctx, slog.LevelWarn, "refresh token reused; session revoked",
 				slog.String("request_id", requestID(ctx)), slog.String("user_id", c.Subject))
 			return errTokenReused
@@ -368,6 +415,12 @@ func handleRefresh(d *deps) http.Handler {
 		if err != nil {
 			return err
 		}
+		if won {
+			d.metrics.refresh(refreshRotated)
+		} else {
+			d.metrics.refresh(refreshReuseGrace)
+		}
+		noteUser(ctx, c.Subject)
 		encode(w, http.StatusOK, pair)
 		return nil
 	})
@@ -394,6 +447,7 @@ func handleLogout(d *deps) http.Handler {
 			if err != nil && !errors.Is(err, errTokenExpired) {
 				return err
 			}
+			noteUser(r.Context(), c.Subject)
 			revs = append(revs,
 				Revocation{ID: jtiPrefix + c.ID, ExpiresAt: c.expiresAt().Add(clockSkew), CreatedAt: now},
 				Revocation{ID: sidPrefix + c.Session, ExpiresAt: now.Add(d.tokens.maxTTL()), CreatedAt: now})
@@ -401,6 +455,7 @@ func handleLogout(d *deps) http.Handler {
 		if err := d.revocations.revoke(r.Context(), revs...); err != nil {
 			return err
 		}
+		d.metrics.revoked(revs...)
 		encode(w, http.StatusOK, map[string]string{"message": "logged out"})
 		return nil
 	})
@@ -425,7 +480,7 @@ func handleVerify(d *deps) http.Handler {
 			raw = accessToken(r)
 		}
 		if raw == "" {
-			raw = bearer(r.Header.Get("authorization_refresh"))
+			raw = bearer(header(r, hdrRefresh))
 		}
 		if raw == "" {
 			return errTokenMissing
@@ -437,28 +492,54 @@ func handleVerify(d *deps) http.Handler {
 		if d.revocations.revoked(c) {
 			return errTokenRevoked
 		}
+		noteUser(r.Context(), c.Subject)
 		encode(w, http.StatusOK, response{true, c.Use, c})
 		return nil
 	})
 }
 
 func handlePage(d *deps) http.Handler {
-	type user struct {
-		ID    string `json:"id"`
-		Email string `json:"email"`
-	}
-	type response struct {
-		User      user  `json:"user"`
-		ExpiresIn int64 `json:"expires_in"`
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c := claimsFrom(r.Context())
+		left := max(int64(c.expiresAt().Sub(d.now())/time.Second), 0)
+		// This answers every request a forward-auth proxy serves, so its body is appended by
+		// hand: {"user":{"id":...,"email":...},"expires_in":...}.
+		b := make([]byte, 0, 128)
+		b = append(b, `{"user":{"id":`...)
+		b = appendJSONString(b, c.Subject)
+		b = append(b, `,"email":`...)
+		b = appendJSONString(b, c.Email)
+		b = append(b, `},"expires_in":`...)
+		b = strconv.AppendInt(b, left, 10)
+		b = append(b, "}\n"...)
 		h := w.Header()
 		h["X-User-Id"] = []string{c.Subject}
 		h["X-User-Email"] = []string{c.Email}
-		left := max(int64(c.expiresAt().Sub(d.now())/time.Second), 0)
-		encode(w, http.StatusOK, response{user{c.Subject, c.Email}, left})
+		h["Content-Type"] = []string{"application/json"}
+		h["Cache-Control"] = []string{"no-store"}
+		w.Write(b)
 	})
+}
+
+// appendJSONString appends s as a JSON string, escaping what JSON requires.
+func appendJSONString(b []byte, s string) []byte {
+	if !utf8.ValidString(s) {
+		j, _ := json.Marshal(s) // replaces invalid bytes, as every other answer does
+		return append(b, j...)
+	}
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < 0x20:
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '"')
 }
 
 func handleHealthz() http.Handler {

@@ -203,6 +203,57 @@ func TestProtectedPage(t *testing.T) {
 	})
 }
 
+// Proxies ask /auth/page with the method of the request they guard, with or without its body,
+// and understand only 2xx and 401 (nginx turns anything else into a 500 for the client).
+func TestForwardAuthAnswersEveryMethodWithOnly200Or401(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	email, access, refresh := e.user()
+	_, revoked, _ := e.user()
+	e.do("POST", "/auth/logout", nil, "Authorization", "Bearer "+revoked).want(t, 200, "")
+	past := func() time.Time { return e.clock.Now().Add(-time.Hour) }
+	expired, err := newTokens(e.secret, e.cfg.issuer, time.Minute, time.Minute, past).issue("someone", "someone@example.com", newID())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, method := range []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"} {
+		for _, tt := range []struct {
+			name    string
+			headers []string
+			status  int
+		}{
+			{"a valid token", []string{"Authorization", "Bearer " + access}, 200},
+			{"a valid token in the seed's header", []string{"authorization_access", access}, 200},
+			{"no token", nil, 401},
+			{"garbage", []string{"Authorization", "Bearer not.a.token"}, 401},
+			{"a refresh token", []string{"Authorization", "Bearer " + refresh}, 401},
+			{"an expired token", []string{"Authorization", "Bearer " + expired.AccessToken}, 401},
+			{"a revoked token", []string{"Authorization", "Bearer " + revoked}, 401},
+		} {
+			for _, body := range []struct{ name, text string }{
+				{"no body", ""},
+				{"a form body", "a=1&b=2"},
+				{"a body larger than any the service reads", strings.Repeat("x", 4*maxBody)},
+			} {
+				t.Run(fmt.Sprintf("%s with %s and %s answers %d", method, tt.name, body.name, tt.status), func(t *testing.T) {
+					var b any
+					if body.text != "" {
+						b = body.text
+					}
+					r := e.do(method, "/auth/page", b, tt.headers...).want(t, tt.status, "")
+					if tt.status == 200 && r.header.Get("X-User-Email") != email {
+						t.Fatalf("X-User-Email %q, want %q", r.header.Get("X-User-Email"), email)
+					}
+					if tt.status == 401 && !strings.HasPrefix(r.header.Get("WWW-Authenticate"), "Bearer") {
+						t.Fatalf("WWW-Authenticate %q", r.header.Get("WWW-Authenticate"))
+					}
+				})
+			}
+		}
+	}
+}
+
 func TestRefresh(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)

@@ -58,8 +58,8 @@ type Store interface {
 
 	// AddFailure records one failed login under each key.
 	AddFailure(ctx context.Context, at, expires time.Time, keys ...string) error
-	// RecentFailures lists, newest first, at most limit failure times of key after since.
-	RecentFailures(ctx context.Context, key string, since time.Time, limit int) ([]time.Time, error)
+	// Failures lists, newest first, the failure times after since of each of keys.
+	Failures(ctx context.Context, since time.Time, keys ...string) (map[string][]time.Time, error)
 	// ClearFailures forgets the failures of key.
 	ClearFailures(ctx context.Context, key string) error
 
@@ -250,10 +250,12 @@ func (s *mongoStore) AddFailure(ctx context.Context, at, expires time.Time, keys
 	return storeErr(err)
 }
 
-func (s *mongoStore) RecentFailures(ctx context.Context, key string, since time.Time, limit int) ([]time.Time, error) {
+func (s *mongoStore) Failures(ctx context.Context, since time.Time, keys ...string) (map[string][]time.Time, error) {
+	// One query for every key: a login asks about its account and its client in one round trip.
+	// The throttle itself keeps the number of recent failures per key small.
 	cur, err := s.failures.Find(ctx,
-		bson.D{{Key: "key", Value: key}, {Key: "at", Value: bson.D{{Key: "$gt", Value: since}}}},
-		options.Find().SetSort(bson.D{{Key: "at", Value: -1}}).SetLimit(int64(limit)))
+		bson.D{{Key: "key", Value: bson.D{{Key: "$in", Value: keys}}}, {Key: "at", Value: bson.D{{Key: "$gt", Value: since}}}},
+		options.Find().SetSort(bson.D{{Key: "at", Value: -1}}).SetLimit(1000))
 	if err != nil {
 		return nil, storeErr(err)
 	}
@@ -261,11 +263,11 @@ func (s *mongoStore) RecentFailures(ctx context.Context, key string, since time.
 	if err := cur.All(ctx, &fs); err != nil {
 		return nil, storeErr(err)
 	}
-	times := make([]time.Time, len(fs))
-	for i, f := range fs {
-		times[i] = f.At
+	out := make(map[string][]time.Time, len(keys))
+	for _, f := range fs {
+		out[f.Key] = append(out[f.Key], f.At)
 	}
-	return times, nil
+	return out, nil
 }
 
 func (s *mongoStore) ClearFailures(ctx context.Context, key string) error {

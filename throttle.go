@@ -37,28 +37,26 @@ func clientPrefix(a netip.Addr) string {
 	return a.Unmap().String()
 }
 
-// wait answers how long client must wait before trying to log in as email; zero means go ahead.
-func (t *throttle) wait(ctx context.Context, client netip.Addr, email string) (time.Duration, error) {
+// wait answers how long client must wait before trying to log in as email (zero: go ahead), and
+// how many recent failures that account has from that client.
+func (t *throttle) wait(ctx context.Context, client netip.Addr, email string) (time.Duration, int, error) {
 	now := t.now()
 	account, clientKey := throttleKeys(client, email)
+	recent, err := t.store.Failures(ctx, now.Add(-t.window), account, clientKey)
+	if err != nil {
+		return 0, 0, err
+	}
 	var longest time.Duration
 	for _, lim := range []struct {
 		key string
 		max int
 	}{{account, t.maxAccount}, {clientKey, t.maxClient}} {
-		if lim.max <= 0 {
-			continue
-		}
-		times, err := t.store.RecentFailures(ctx, lim.key, now.Add(-t.window), lim.max)
-		if err != nil {
-			return 0, err
-		}
-		if len(times) >= lim.max {
+		if times := recent[lim.key]; lim.max > 0 && len(times) >= lim.max {
 			// The count drops below max once the max-th newest failure leaves the window.
 			longest = max(longest, times[lim.max-1].Add(t.window).Sub(now))
 		}
 	}
-	return longest, nil
+	return longest, len(recent[account]), nil
 }
 
 func (t *throttle) failed(ctx context.Context, client netip.Addr, email string) error {

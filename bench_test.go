@@ -1,0 +1,148 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Speed lives here and in scripts/loadtest.sh, never in timed assertions; BENCHMARKS.md has the
+// figures and the commands that made them.
+
+func benchTokens() *tokens {
+	return newTokens([]byte(testSecret), "auth", 3*time.Minute, 5*time.Minute, time.Now)
+}
+
+func BenchmarkTokenIssue(b *testing.B) {
+	tok := benchTokens()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := tok.issue("user-id", "user@example.com", "session-id"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkTokenParse is a first sight of a token: signature, JSON and claims checks.
+func BenchmarkTokenParse(b *testing.B) {
+	tok := benchTokens()
+	pair, _ := tok.issue("user-id", "user@example.com", "session-id")
+	b.ReportAllocs()
+	for b.Loop() {
+		tok.verified = newVerifiedCache(1) // defeat the cache: measure the full parse
+		if _, err := tok.parse(pair.AccessToken, useAccess); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkTokenParseCached is every later sight of the same token.
+func BenchmarkTokenParseCached(b *testing.B) {
+	tok := benchTokens()
+	pair, _ := tok.issue("user-id", "user@example.com", "session-id")
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := tok.parse(pair.AccessToken, useAccess); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// benchHandler is the whole middleware chain and routes over an in-memory-only path: /auth/page
+// never reaches the store, so none is needed.
+func benchHandler(b *testing.B) (http.Handler, string) {
+	cfg := testConfig(b)
+	d := newDeps(cfg, nil, []byte(testSecret), time.Now, slog.New(slog.DiscardHandler))
+	pair, err := d.tokens.issue("user-id", "user@example.com", "session-id")
+	if err != nil {
+		b.Fatal(err)
+	}
+	d.revocations.add(Revocation{ID: sidPrefix + "another-session", ExpiresAt: time.Now().Add(time.Hour)})
+	return newHandler(d, cfg), pair.AccessToken
+}
+
+// BenchmarkPage is one forward-auth check through the full handler chain, as a proxy makes it.
+func BenchmarkPage(b *testing.B) {
+	h, access := benchHandler(b)
+	req := httptest.NewRequest("GET", "/auth/page", nil)
+	req.Header.Set("Authorization", "Bearer "+access)
+	b.ReportAllocs()
+	for b.Loop() {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != 200 {
+			b.Fatal(w.Code, w.Body.String())
+		}
+	}
+}
+
+// BenchmarkPageParallel is the same check from every core at once, to expose lock contention.
+func BenchmarkPageParallel(b *testing.B) {
+	h, access := benchHandler(b)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		req := httptest.NewRequest("GET", "/auth/page", nil)
+		req.Header.Set("Authorization", "Bearer "+access)
+		for pb.Next() {
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, req)
+			if w.Code != 200 {
+				b.Error(w.Code)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkPasswordHash is the floor of a login: one argon2id check.
+func BenchmarkPasswordHash(b *testing.B) {
+	hash := hashPassword("correct horse battery")
+	for b.Loop() {
+		if ok, _ := checkPassword(hash, "correct horse battery"); !ok {
+			b.Fatal("no match")
+		}
+	}
+}
+
+// BenchmarkLogin is a whole successful login against the database: compare with
+// BenchmarkPasswordHash for what the work around the hash adds.
+func BenchmarkLogin(b *testing.B) {
+	e := newTestEnv(b)
+	e.signup("bench@example.com", "correct horse battery")
+	body := `{"email":"bench@example.com","password":"correct horse battery"}`
+	h := e.srv.Config.Handler
+	for b.Loop() {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequestWithContext(context.Background(), "POST", "/auth/login", strings.NewReader(body)))
+		if w.Code != 200 {
+			b.Fatal(w.Code, w.Body.String())
+		}
+	}
+}
+
+// BenchmarkLoginUnknownEmail should cost what BenchmarkLoginWrongPassword costs: the clock must
+// not tell which emails have accounts.
+func BenchmarkLoginUnknownEmail(b *testing.B) {
+	benchFailedLogin(b, `{"email":"nobody@example.com","password":"correct horse battery"}`)
+}
+
+func BenchmarkLoginWrongPassword(b *testing.B) {
+	benchFailedLogin(b, `{"email":"bench@example.com","password":"wrong horse battery"}`)
+}
+
+func benchFailedLogin(b *testing.B, body string) {
+	e := newTestEnv(b, func(c *config) { c.maxFailures, c.maxClientFails = 0, 0 })
+	e.signup("bench@example.com", "correct horse battery")
+	h := e.srv.Config.Handler
+	for b.Loop() {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequestWithContext(context.Background(), "POST", "/auth/login", strings.NewReader(body)))
+		if w.Code != 401 {
+			b.Fatal(w.Code, w.Body.String())
+		}
+	}
+}

@@ -1,0 +1,393 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// nginxConf is the nginx configuration the README shows; the end-to-end tests run exactly this
+// text, with only the addresses changed.
+const nginxConf = "deploy/nginx.conf"
+
+func TestREADMEShowsTheNginxConfigurationTheTestsRun(t *testing.T) {
+	t.Parallel()
+	conf, err := os.ReadFile(nginxConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(readme), "```nginx\n"+string(conf)+"```\n") {
+		t.Fatalf("README.md must show %s verbatim in an nginx code block", nginxConf)
+	}
+}
+
+func TestNginxInFrontOfTheService(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	px := startNginxFront(t, e)
+	email, access, refresh := e.user()
+	id := userID(t, e, access)
+
+	t.Run("lets a valid token through and tells the app who the user is", func(t *testing.T) {
+		for _, tt := range []struct {
+			name    string
+			headers []string
+		}{
+			{"Authorization: Bearer", []string{"Authorization", "Bearer " + access}},
+			{"the seed's authorization_access header", []string{"authorization_access", access}},
+		} {
+			t.Run(tt.name, func(t *testing.T) {
+				got := px.app(t, "GET", "/orders?page=2", "", tt.headers...)
+				got.wantIdentity(t, id, email)
+				if got.URI != "/orders?page=2" {
+					t.Fatalf("the app saw %q, want /orders?page=2", got.URI)
+				}
+			})
+		}
+	})
+
+	t.Run("asks with every method and leaves the body to the app", func(t *testing.T) {
+		for _, method := range []string{"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"} {
+			t.Run(method, func(t *testing.T) {
+				body := ""
+				if method == "POST" || method == "PUT" || method == "PATCH" {
+					body = `{"item":"book","quantity":2}`
+				}
+				got := px.app(t, method, "/orders", body, "Authorization", "Bearer "+access)
+				got.wantIdentity(t, id, email)
+				if got.Method != method || got.Body != body {
+					t.Fatalf("the app saw %s %q, want %s %q", got.Method, got.Body, method, body)
+				}
+			})
+		}
+		t.Run("HEAD", func(t *testing.T) {
+			if r := px.do(t, "HEAD", "/orders", "", "Authorization", "Bearer "+access); r.status != 200 {
+				t.Fatalf("HEAD: %d", r.status)
+			}
+		})
+	})
+
+	t.Run("turns away a request without a valid token with 401 and never reaches the app", func(t *testing.T) {
+		_, loggedOut, _ := e.user()
+		e.do("POST", "/auth/logout", nil, "Authorization", "Bearer "+loggedOut).want(t, 200, "")
+		for _, tt := range []struct {
+			name      string
+			headers   []string
+			challenge string
+		}{
+			{"no token", nil, "Bearer"},
+			{"garbage", []string{"Authorization", "Bearer not.a.token"}, `Bearer error="invalid_token"`},
+			{"garbage in the seed's header", []string{"authorization_access", "garbage"}, `Bearer error="invalid_token"`},
+			{"a refresh token", []string{"Authorization", "Bearer " + refresh}, `Bearer error="invalid_token"`},
+			{"a logged-out token", []string{"Authorization", "Bearer " + loggedOut}, `Bearer error="invalid_token"`},
+			{"identity headers and no token", []string{"X-User-Id", id, "X-User-Email", email}, "Bearer"},
+		} {
+			t.Run(tt.name, func(t *testing.T) {
+				for _, method := range []string{"GET", "POST"} {
+					before := px.appHits.Load()
+					r := px.do(t, method, "/orders", `{"item":"book"}`, tt.headers...)
+					if r.status != http.StatusUnauthorized {
+						t.Fatalf("%s: got %d %s, want 401", method, r.status, r.raw)
+					}
+					if h := r.header.Get("WWW-Authenticate"); !strings.HasPrefix(h, tt.challenge) {
+						t.Fatalf("%s: WWW-Authenticate %q, want it to start with %q", method, h, tt.challenge)
+					}
+					if px.appHits.Load() != before {
+						t.Fatalf("%s: the app was reached", method)
+					}
+				}
+			})
+		}
+	})
+
+	t.Run("replaces identity headers the client sends with the token's", func(t *testing.T) {
+		got := px.app(t, "GET", "/orders", "", "Authorization", "Bearer "+access,
+			"X-User-Id", "admin", "X-User-Email", "admin@example.com",
+			"X_User_Id", "admin", "X_User_Email", "admin@example.com")
+		got.wantIdentity(t, id, email)
+	})
+
+	t.Run("serves the service's own endpoints on the same origin", func(t *testing.T) {
+		r := px.do(t, "POST", "/auth/login", `{"email":"`+email+`","password":"correct horse battery"}`)
+		r.want(t, 200, "")
+		px.app(t, "GET", "/orders", "", "Authorization", "Bearer "+r.str("access_token")).wantIdentity(t, id, email)
+	})
+}
+
+func TestNginxTurnsAwayAnExpiredTokenUntilTheClientRefreshes(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	px := startNginxFront(t, e)
+	email, access, refresh := e.user()
+	id := userID(t, e, access)
+	e.clock.Advance(e.cfg.accessTTL + clockSkew + time.Second)
+
+	r := px.do(t, "GET", "/orders", "", "Authorization", "Bearer "+access)
+	if r.status != http.StatusUnauthorized {
+		t.Fatalf("expired token: got %d, want 401", r.status)
+	}
+	// The signal a single-page app acts on: nginx passes the service's challenge through.
+	if h := r.header.Get("WWW-Authenticate"); !strings.Contains(h, `error="invalid_token"`) || !strings.Contains(h, "expired") {
+		t.Fatalf("WWW-Authenticate %q, want invalid_token saying the token expired", h)
+	}
+	fresh := px.do(t, "POST", "/auth/refresh", "", "authorization_refresh", refresh).want(t, 200, "")
+	px.app(t, "GET", "/orders", "", "Authorization", "Bearer "+fresh.str("access_token")).wantIdentity(t, id, email)
+}
+
+// userID asks the service who the holder of access is.
+func userID(tb testing.TB, e *testEnv, access string) string {
+	tb.Helper()
+	user, _ := e.page(access).want(tb, 200, "").body["user"].(map[string]any)
+	id, _ := user["id"].(string)
+	if id == "" {
+		tb.Fatal("no user id")
+	}
+	return id
+}
+
+// nginxFront is a real nginx, configured as the README says, in front of one service and of an
+// app that echoes what reaches it.
+type nginxFront struct {
+	url     string
+	client  *http.Client
+	appHits *atomic.Int64
+}
+
+// echoed is what the app saw of a request.
+type echoed struct {
+	Method string      `json:"method"`
+	URI    string      `json:"uri"`
+	Header http.Header `json:"header"`
+	Body   string      `json:"body"`
+}
+
+// wantIdentity fails unless the app was told exactly this user, under every spelling of the
+// identity headers an app framework might read.
+func (got echoed) wantIdentity(tb testing.TB, id, email string) {
+	tb.Helper()
+	for name, want := range map[string]string{"x-user-id": id, "x-user-email": email} {
+		var values []string
+		for k, v := range got.Header {
+			if strings.ReplaceAll(strings.ToLower(k), "_", "-") == name {
+				values = append(values, v...)
+			}
+		}
+		if len(values) != 1 || values[0] != want {
+			tb.Fatalf("the app saw %s %q, want only %q; headers %v", name, values, want, got.Header)
+		}
+	}
+}
+
+func startEchoApp(tb testing.TB) (*httptest.Server, *atomic.Int64) {
+	tb.Helper()
+	hits := new(atomic.Int64)
+	srv := httptestServer(tb, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(echoed{r.Method, r.RequestURI, r.Header, string(body)})
+	}))
+	return srv, hits
+}
+
+// nginxBinary finds nginx, or skips the test: nginx is a system package, not a Go dependency.
+func nginxBinary(tb testing.TB) string {
+	tb.Helper()
+	if p, err := exec.LookPath("nginx"); err == nil {
+		return p
+	}
+	if _, err := os.Stat("/usr/sbin/nginx"); err == nil {
+		return "/usr/sbin/nginx"
+	}
+	tb.Skip("nginx is not installed (apt-get install nginx-light); skipping the end-to-end reverse-proxy test")
+	return ""
+}
+
+// startNginxFront runs nginx in the foreground with the README's configuration, pointed at e and
+// at a fresh echo app, and stops it when the test ends.
+func startNginxFront(tb testing.TB, e *testEnv) *nginxFront {
+	tb.Helper()
+	bin := nginxBinary(tb)
+	app, hits := startEchoApp(tb)
+	tr := &http.Transport{}
+	tb.Cleanup(tr.CloseIdleConnections)
+	px := &nginxFront{client: &http.Client{Transport: tr, Timeout: 30 * time.Second}, appHits: hits}
+	// The port is free when asked for but could be taken before nginx binds it; try again then.
+	for attempt := 1; ; attempt++ {
+		addr := freeLoopbackAddr(tb)
+		err := runNginx(tb, bin, nginxConfig(tb, bin, addr, hostPort(tb, e.srv.URL), hostPort(tb, app.URL)), addr)
+		if err == nil {
+			px.url = "http://" + addr
+			return px
+		}
+		if !errors.Is(err, errAddrInUse) || attempt == 3 {
+			tb.Fatal(err)
+		}
+	}
+}
+
+func hostPort(tb testing.TB, rawURL string) string {
+	tb.Helper()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return u.Host
+}
+
+func freeLoopbackAddr(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// nginxConfig is a whole nginx.conf for a test: the README's configuration inside an http block,
+// with its addresses replaced, and every file nginx writes kept in a temporary directory.
+func nginxConfig(tb testing.TB, bin, listen, auth, app string) (dir string) {
+	tb.Helper()
+	b, err := os.ReadFile(nginxConf)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	site := string(b)
+	for _, r := range [][2]string{
+		{"listen 80;", "listen " + listen + ";"},
+		{"server 127.0.0.1:7878;", "server " + auth + ";"},
+		{"server 127.0.0.1:8080;", "server " + app + ";"},
+	} {
+		if strings.Count(site, r[0]) != 1 {
+			tb.Fatalf("%s no longer holds exactly one %q, which the test replaces", nginxConf, r[0])
+		}
+		site = strings.Replace(site, r[0], r[1], 1)
+	}
+	dir = tb.TempDir()
+	var c strings.Builder
+	fmt.Fprintf(&c, "daemon off;\nmaster_process off;\npid %q;\nerror_log %q notice;\n",
+		filepath.Join(dir, "nginx.pid"), filepath.Join(dir, "error.log"))
+	if os.Geteuid() == 0 {
+		// Otherwise nginx, started by root, looks up and switches to "nobody".
+		c.WriteString("user root;\n")
+	}
+	c.WriteString("events { worker_connections 64; }\nhttp {\naccess_log off;\n")
+	fmt.Fprintf(&c, "client_body_temp_path %q;\nproxy_temp_path %q;\n",
+		filepath.Join(dir, "body"), filepath.Join(dir, "proxy"))
+	// The packaged binary writes its other temporary files under /var/lib/nginx unless told
+	// otherwise, and fails where it may not; a module left out of the build must not be named.
+	v, _ := exec.Command(bin, "-V").CombinedOutput()
+	for _, m := range []string{"fastcgi", "uwsgi", "scgi"} {
+		if !strings.Contains(string(v), "--without-http_"+m+"_module") {
+			fmt.Fprintf(&c, "%s_temp_path %q;\n", m, filepath.Join(dir, m))
+		}
+	}
+	c.WriteString(site)
+	c.WriteString("}\n")
+	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(c.String()), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return dir
+}
+
+var errAddrInUse = errors.New("address in use")
+
+// runNginx starts nginx on the configuration in dir and returns once it accepts connections on
+// addr. nginx runs as one foreground process, killed when the test ends.
+func runNginx(tb testing.TB, bin, dir, addr string) error {
+	tb.Helper()
+	errLog := filepath.Join(dir, "error.log")
+	cmd := exec.Command(bin, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-e", errLog)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	tb.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+		if tb.Failed() {
+			log, _ := os.ReadFile(errLog)
+			tb.Logf("nginx error log:\n%s%s", out, log)
+		}
+	})
+	probe := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 2 * time.Second}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		select {
+		case <-exited:
+			log, _ := os.ReadFile(errLog)
+			if strings.Contains(string(log)+out.String(), "Address already in use") {
+				return errAddrInUse
+			}
+			return fmt.Errorf("nginx exited at start: %v\n%s%s", cmd.ProcessState, out, log)
+		default:
+		}
+		// Asking over HTTP, not only connecting, tells nginx from anything else that got the port.
+		if res, err := probe.Get("http://" + addr + "/"); err == nil {
+			res.Body.Close()
+			if strings.HasPrefix(res.Header.Get("Server"), "nginx") {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return errors.New("nginx did not accept connections within 15s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// do sends a request through nginx; body is sent as it is.
+func (px *nginxFront) do(tb testing.TB, method, path, body string, headers ...string) response {
+	tb.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, px.url+path, rd)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	res, err := px.client.Do(req)
+	if err != nil {
+		tb.Fatalf("%s %s through nginx: %v", method, path, err)
+	}
+	defer res.Body.Close()
+	raw, _ := io.ReadAll(res.Body)
+	r := response{status: res.StatusCode, header: res.Header, raw: string(raw)}
+	json.Unmarshal(raw, &r.body)
+	return r
+}
+
+// app sends a request that nginx must let through, and returns what the app saw of it.
+func (px *nginxFront) app(tb testing.TB, method, path, body string, headers ...string) echoed {
+	tb.Helper()
+	r := px.do(tb, method, path, body, headers...)
+	var got echoed
+	if r.status != http.StatusOK || json.Unmarshal([]byte(r.raw), &got) != nil {
+		tb.Fatalf("%s %s through nginx: got %d %s, want 200 from the app", method, path, r.status, r.raw)
+	}
+	return got
+}

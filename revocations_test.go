@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+)
+
+func TestRevocationsAcrossInstances(t *testing.T) {
+	t.Parallel()
+
+	t.Run("a logout on one instance is refused by another after one poll", func(t *testing.T) {
+		t.Parallel()
+		db := newTestDB(t)
+		a, b := newTestEnvOn(t, db), newTestEnvOn(t, db)
+		_, access, _ := a.user()
+		b.page(access).want(t, 200, "")
+		a.do("POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
+		a.page(access).want(t, 401, "token_revoked") // the same instance: at once
+		if err := b.deps.revocations.sync(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		b.page(access).want(t, 401, "token_revoked")
+	})
+
+	t.Run("the background poll brings a logout within the sync interval", func(t *testing.T) {
+		t.Parallel()
+		db := newTestDB(t)
+		a, b := newTestEnvOn(t, db), newTestEnvOn(t, db)
+		ctx, cancel := context.WithCancel(t.Context())
+		t.Cleanup(cancel)
+		const interval = 100 * time.Millisecond
+		go b.deps.revocations.run(ctx, interval, time.Hour)
+		_, access, _ := a.user()
+		a.do("POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
+		// A generous bound that only catches a poll that never comes; the figure itself is the
+		// interval, which the test cannot time on a shared machine.
+		deadline := time.Now().Add(50 * interval)
+		for b.page(access).status == 200 {
+			if time.Now().After(deadline) {
+				t.Fatalf("instance b still accepts a token revoked %v ago", 50*interval)
+			}
+			time.Sleep(interval / 4)
+		}
+		b.page(access).want(t, 401, "token_revoked")
+	})
+
+	t.Run("a revocation written by an instance whose clock lags is still seen", func(t *testing.T) {
+		t.Parallel()
+		db := newTestDB(t)
+		a, b := newTestEnvOn(t, db), newTestEnvOn(t, db)
+		b.clock.Advance(5 * time.Second) // b runs ahead of a
+		if err := b.deps.revocations.sync(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		_, access, _ := a.user()
+		a.do("POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
+		if err := b.deps.revocations.sync(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		b.page(access).want(t, 401, "token_revoked")
+	})
+
+	t.Run("a new instance loads every live revocation at start", func(t *testing.T) {
+		t.Parallel()
+		db := newTestDB(t)
+		a := newTestEnvOn(t, db)
+		_, access, _ := a.user()
+		a.do("POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
+		a.clock.Advance(time.Minute)
+		newTestEnvOn(t, db).page(access).want(t, 401, "token_revoked")
+	})
+}
+
+func TestExpiredRevocationsLeaveMemoryAndTheDatabase(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	for i := range 3 {
+		_, access, refresh := e.user()
+		e.do("POST", "/auth/logout", nil, "authorization_access", access, "authorization_refresh", refresh).want(t, 200, "")
+		_ = i
+	}
+	r := e.deps.revocations
+	if r.size() != 3*3 { // per logout: two token ids and one session id
+		t.Fatalf("size %d, want 9", r.size())
+	}
+	count := func() int64 {
+		n, err := e.store.blacklist.CountDocuments(t.Context(), bson.D{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if count() != 9 {
+		t.Fatalf("%d blacklist documents, want 9", count())
+	}
+	// Access tokens (3m) expire first: their entries go, the sessions' stay.
+	e.clock.Advance(3*time.Minute + 2*clockSkew)
+	r.forgetExpired()
+	if err := e.store.Purge(t.Context(), e.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if r.size() != 6 || count() != 6 {
+		t.Fatalf("after the access tokens expired: %d in memory, %d stored, want 6 and 6", r.size(), count())
+	}
+	e.clock.Advance(5 * time.Minute)
+	r.forgetExpired()
+	if err := e.store.Purge(t.Context(), e.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if r.size() != 0 || count() != 0 {
+		t.Fatalf("after everything expired: %d in memory, %d stored, want none", r.size(), count())
+	}
+}
+
+func TestVerifiedTokenCacheStaysBounded(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	v := newVerifiedCache(100)
+	for i := range 1000 {
+		v.put("token-"+strconv.Itoa(i), &claims{Expiry: now.Add(time.Minute).Unix()}, now)
+		if len(v.m) > 100 {
+			t.Fatalf("%d entries after %d puts, want at most 100", len(v.m), i+1)
+		}
+	}
+	if _, ok := v.get("token-999"); !ok {
+		t.Fatal("the newest entry is missing")
+	}
+}
+
+func TestCachedTokensAreStillCheckedForExpiryAndRevocation(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	_, access, _ := e.user()
+	e.page(access).want(t, 200, "") // now cached
+	e.clock.Advance(3*time.Minute + clockSkew)
+	e.page(access).want(t, 401, "token_expired")
+
+	_, access, _ = e.user()
+	e.page(access).want(t, 200, "")
+	e.do("POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
+	e.page(access).want(t, 401, "token_revoked")
+}

@@ -1,0 +1,259 @@
+package main
+
+import (
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// claimsOf reads a token's claims as /auth/verify reports them.
+func (e *testEnv) claimsOf(token string) map[string]any {
+	e.tb.Helper()
+	r := e.do("POST", "/auth/verify", map[string]string{"token": token}).want(e.tb, 200, "")
+	c, _ := r.body["claims"].(map[string]any)
+	return c
+}
+
+// refreshAll presents one refresh token n times at once, spread over the given instances.
+func refreshAll(tb testing.TB, token string, n int, envs ...*testEnv) []response {
+	tb.Helper()
+	out := make([]response, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			out[i] = envs[i%len(envs)].refresh(token)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return out
+}
+
+func TestRefreshRotation(t *testing.T) {
+	t.Parallel()
+
+	t.Run("a retired token presented again within the reuse interval continues the same session", func(t *testing.T) {
+		t.Parallel()
+		e := newTestEnv(t)
+		_, _, refresh := e.user()
+		first := e.refresh(refresh).want(t, 200, "")
+		e.clock.Advance(9 * time.Second)
+		second := e.refresh(refresh).want(t, 200, "")
+		if e.claimsOf(first.str("access_token"))["sid"] != e.claimsOf(second.str("access_token"))["sid"] {
+			t.Fatal("the second refresh started another session")
+		}
+		e.page(first.str("access_token")).want(t, 200, "")
+		e.page(second.str("access_token")).want(t, 200, "")
+	})
+
+	t.Run("a retired token presented after the reuse interval ends the whole session", func(t *testing.T) {
+		t.Parallel()
+		e := newTestEnv(t)
+		email, access, refresh := e.user()
+		otherAccess, _ := e.login(email, "correct horse battery")
+		rotated := e.refresh(refresh).want(t, 200, "")
+		e.clock.Advance(10 * time.Second)
+
+		r := e.refresh(refresh).want(t, 401, "token_reused")
+		if r.header.Get("WWW-Authenticate") == "" {
+			t.Fatal("401 without WWW-Authenticate")
+		}
+		e.page(access).want(t, 401, "token_revoked")
+		e.page(rotated.str("access_token")).want(t, 401, "token_revoked")
+		e.refresh(rotated.str("refresh_token")).want(t, 401, "token_revoked")
+		e.page(otherAccess).want(t, 200, "")
+	})
+
+	t.Run("eight simultaneous refreshes with one token all succeed and one logout ends them all", func(t *testing.T) {
+		t.Parallel()
+		e := newTestEnv(t)
+		_, _, refresh := e.user()
+		results := refreshAll(t, refresh, 8, e)
+		for _, r := range results {
+			r.want(t, 200, "")
+			e.page(r.str("access_token")).want(t, 200, "")
+		}
+		for _, r := range results {
+			e.refresh(r.str("refresh_token")).want(t, 200, "")
+		}
+		e.do("POST", "/auth/logout", nil, "authorization_access", results[3].str("access_token")).want(t, 200, "")
+		for _, r := range results {
+			e.page(r.str("access_token")).want(t, 401, "token_revoked")
+		}
+	})
+
+	t.Run("simultaneous refreshes across two instances all succeed", func(t *testing.T) {
+		t.Parallel()
+		db := newTestDB(t)
+		a, b := newTestEnvOn(t, db), newTestEnvOn(t, db)
+		_, _, refresh := a.user()
+		for _, r := range refreshAll(t, refresh, 8, a, b) {
+			r.want(t, 200, "")
+		}
+	})
+
+	t.Run("without a reuse interval exactly one of many racing refreshes wins", func(t *testing.T) {
+		t.Parallel()
+		e := newTestEnv(t, func(c *config) { c.reuseInterval = 0 })
+		_, _, refresh := e.user()
+		const n = 16
+		counts := map[string]int{}
+		var winner response
+		for _, r := range refreshAll(t, refresh, n, e) {
+			counts[strconv.Itoa(r.status)+" "+r.str("error")]++
+			if r.status == 200 {
+				winner = r
+			}
+		}
+		// A loser may also find the session already revoked by another loser's reuse verdict.
+		if counts["200 "] != 1 || counts["401 token_reused"] < 1 || counts["401 token_reused"]+counts["401 token_revoked"] != n-1 {
+			t.Fatalf("outcomes %v, want one 200 and %d token_reused or token_revoked", counts, n-1)
+		}
+		// The reuse ended the session, the winner's new tokens included.
+		e.page(winner.str("access_token")).want(t, 401, "token_revoked")
+	})
+
+	t.Run("reuse seen by another instance is refused there and everywhere", func(t *testing.T) {
+		t.Parallel()
+		db := newTestDB(t)
+		a, b := newTestEnvOn(t, db), newTestEnvOn(t, db)
+		_, access, refresh := a.user()
+		a.refresh(refresh).want(t, 200, "")
+		b.clock.Advance(time.Minute)
+		b.refresh(refresh).want(t, 401, "token_reused")
+		b.page(access).want(t, 401, "token_revoked")
+		if err := a.deps.revocations.sync(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		a.page(access).want(t, 401, "token_revoked")
+	})
+}
+
+// from sends a login as if from client ip through a trusted proxy.
+func (e *testEnv) loginFrom(ip, email, password string) response {
+	e.tb.Helper()
+	return e.do("POST", "/auth/login", credentials{email, password}, "X-Forwarded-For", ip)
+}
+
+func trustLoopback(c *config) {
+	c.trustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+}
+
+func TestLoginThrottling(t *testing.T) {
+	t.Parallel()
+	const attacker, victim = "203.0.113.5", "198.51.100.7"
+
+	t.Run("locks an account for the client that failed too often, with Retry-After", func(t *testing.T) {
+		t.Parallel()
+		e := newTestEnv(t, trustLoopback)
+		email, _, _ := e.user()
+		for range 5 {
+			e.loginFrom(attacker, email, "wrong guess").want(t, 401, "invalid_credentials")
+		}
+		r := e.loginFrom(attacker, email, "correct horse battery").want(t, 429, "too_many_attempts")
+		if s, _ := strconv.Atoi(r.header.Get("Retry-After")); s <= 0 || s > 300 {
+			t.Fatalf("Retry-After %q, want 1..300 seconds", r.header.Get("Retry-After"))
+		}
+		t.Run("but not for the account's owner on another client", func(t *testing.T) {
+			e.loginFrom(victim, email, "correct horse battery").want(t, 200, "")
+		})
+		t.Run("until the window passes", func(t *testing.T) {
+			e.clock.Advance(5*time.Minute + time.Second)
+			e.loginFrom(attacker, email, "correct horse battery").want(t, 200, "")
+		})
+	})
+
+	t.Run("ignores X-Forwarded-For from an untrusted peer", func(t *testing.T) {
+		t.Parallel()
+		e := newTestEnv(t)
+		email, _, _ := e.user()
+		for i := range 5 {
+			e.loginFrom("192.0.2."+strconv.Itoa(i), email, "wrong guess").want(t, 401, "invalid_credentials")
+		}
+		e.loginFrom("192.0.2.99", email, "wrong guess").want(t, 429, "too_many_attempts")
+	})
+
+	t.Run("caps one client's failures across many accounts", func(t *testing.T) {
+		t.Parallel()
+		e := newTestEnv(t, trustLoopback, func(c *config) { c.maxClientFails = 3 })
+		for i := range 3 {
+			e.loginFrom(attacker, "nobody"+strconv.Itoa(i)+"@example.com", "guess").want(t, 401, "invalid_credentials")
+		}
+		email, _, _ := e.user()
+		e.loginFrom(attacker, email, "correct horse battery").want(t, 429, "too_many_attempts")
+		e.loginFrom(victim, email, "correct horse battery").want(t, 200, "")
+	})
+
+	t.Run("forgets an account's failures after a success", func(t *testing.T) {
+		t.Parallel()
+		e := newTestEnv(t, trustLoopback)
+		email, _, _ := e.user()
+		for range 2 {
+			for range 4 {
+				e.loginFrom(victim, email, "typo").want(t, 401, "invalid_credentials")
+			}
+			e.loginFrom(victim, email, "correct horse battery").want(t, 200, "")
+		}
+	})
+
+	t.Run("holds across instances sharing the database", func(t *testing.T) {
+		t.Parallel()
+		db := newTestDB(t)
+		a, b := newTestEnvOn(t, db, trustLoopback), newTestEnvOn(t, db, trustLoopback)
+		email, _, _ := a.user()
+		for range 5 {
+			a.loginFrom(attacker, email, "wrong guess").want(t, 401, "invalid_credentials")
+		}
+		b.loginFrom(attacker, email, "wrong guess").want(t, 429, "too_many_attempts")
+	})
+}
+
+func TestClientIPs(t *testing.T) {
+	t.Parallel()
+	trusted, err := parseTrustedProxies("10.0.0.0/8, 192.0.2.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name, remote, xff string
+		trusted           bool
+		want              string
+	}{
+		{"uses the peer when nothing is trusted", "203.0.113.9:1000", "1.2.3.4", false, "203.0.113.9"},
+		{"uses the peer when it is not a trusted proxy", "203.0.113.9:1000", "1.2.3.4", true, "203.0.113.9"},
+		{"reads the client a trusted proxy names", "10.1.2.3:1000", "1.2.3.4", true, "1.2.3.4"},
+		{"skips trusted hops from the right", "10.1.2.3:1000", "1.2.3.4, 5.6.7.8, 10.9.9.9", true, "5.6.7.8"},
+		{"trusts a single address", "192.0.2.1:1000", "1.2.3.4", true, "1.2.3.4"},
+		{"stops at garbage", "10.1.2.3:1000", "nonsense", true, "10.1.2.3"},
+		{"handles IPv6 peers", "[2001:db8::1]:1000", "1.2.3.4", true, "2001:db8::1"},
+		{"unmaps IPv4-in-IPv6", "[::ffff:203.0.113.9]:1000", "", false, "203.0.113.9"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := clientIPs{}
+			if tt.trusted {
+				c.trusted = trusted
+			}
+			r, _ := http.NewRequest("GET", "/", nil)
+			r.RemoteAddr = tt.remote
+			if tt.xff != "" {
+				r.Header.Set("X-Forwarded-For", tt.xff)
+			}
+			if got := c.of(r).String(); got != tt.want {
+				t.Fatalf("got %s, want %s", got, tt.want)
+			}
+		})
+	}
+	t.Run("counts an IPv6 client by its /64", func(t *testing.T) {
+		a, b := netip.MustParseAddr("2001:db8:1:2::1"), netip.MustParseAddr("2001:db8:1:2:ffff::9")
+		if clientPrefix(a) != clientPrefix(b) {
+			t.Fatalf("%s and %s differ", clientPrefix(a), clientPrefix(b))
+		}
+	})
+}
