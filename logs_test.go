@@ -1,11 +1,16 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
+	"math/rand/v2"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 )
 
 // accessLines returns the access log lines of e, decoded, by request id.
@@ -186,4 +191,49 @@ func TestLogsNeverHoldPasswordsTokensOrHashes(t *testing.T) {
 			t.Errorf("the log holds %s", what)
 		}
 	}
+}
+
+// TestFlatJSONHandlerWritesWhatSlogWrites pins the fast access-line encoder to slog's own: the
+// same records through both handlers must give the same bytes.
+func TestFlatJSONHandlerWritesWhatSlogWrites(t *testing.T) {
+	t.Parallel()
+	strs := []string{"", "plain", `quote " and \ backslash`, "new\nline\r\ttab", "\x00\x01\x1f\x7f",
+		"<script>&amp;</script>", "héllo wörld ✓ 𝄞", "bad \xff\xfe utf8", "sep \u2028 \u2029 end", "trailing \xc3"}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 200 {
+		b := make([]byte, rng.IntN(24))
+		for i := range b {
+			b[i] = byte(rng.IntN(256))
+		}
+		strs = append(strs, string(b))
+	}
+	at := time.Date(2026, 11, 29, 8, 30, 29, 301842010, time.UTC)
+	for i, s := range strs {
+		for _, level := range []slog.Level{slog.LevelInfo, slog.LevelWarn, slog.LevelError + 2} {
+			rec := slog.NewRecord(at, level, s, 0)
+			rec.AddAttrs(slog.String("method", "GET"), slog.String(s, s), slog.Int("status", 200-i),
+				slog.Int64("duration_us", int64(i)*1000), slog.Uint64("n", uint64(i)), slog.Bool("ok", i%2 == 0),
+				slog.String("", "ignored"))
+			var want, got bytes.Buffer
+			if err := slog.NewJSONHandler(&want, nil).Handle(context.Background(), rec); err != nil {
+				t.Fatal(err)
+			}
+			if err := newLogger(&got, testConfig(t)).Handler().Handle(context.Background(), rec); err != nil {
+				t.Fatal(err)
+			}
+			if got.String() != want.String() {
+				t.Fatalf("for %q:\n got %s\nwant %s", s, got.String(), want.String())
+			}
+		}
+	}
+	t.Run("leaves records it cannot write flat to slog", func(t *testing.T) {
+		rec := slog.NewRecord(at, slog.LevelInfo, "m", 0)
+		rec.AddAttrs(slog.Float64("f", 0.1), slog.Any("e", errors.New("boom")), slog.Group("g", slog.Int("x", 1)))
+		var want, got bytes.Buffer
+		slog.NewJSONHandler(&want, nil).Handle(context.Background(), rec)
+		newLogger(&got, testConfig(t)).Handler().Handle(context.Background(), rec)
+		if got.String() != want.String() {
+			t.Fatalf("got %s want %s", got.String(), want.String())
+		}
+	})
 }

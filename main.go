@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -18,7 +17,6 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -137,14 +135,6 @@ func loadConfig(getenv func(string) string) (config, error) {
 	return c, errors.Join(errs...)
 }
 
-func newLogger(w io.Writer, c config) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: c.logLevel}
-	if c.logFormat == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
-	}
-	return slog.New(slog.NewJSONHandler(w, opts))
-}
-
 // newDeps wires the service's parts together over store.
 func newDeps(c config, store Store, secret []byte, now func() time.Time, log *slog.Logger) *deps {
 	m := newMetrics()
@@ -205,6 +195,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		// A soft limit makes the collector reclaim the 19 MiB buffers of finished hashes before
 		// the heap doubles, which is what keeps a login storm's peak RSS flat.
 		debug.SetMemoryLimit(c.memoryLimit)
+		if getenv("GOGC") == "" {
+			// With the heap capped by the limit, the collector need not also run every time
+			// the few MiB of live data double: under a forward-auth load that was a tenth of
+			// the CPU (BENCHMARKS.md).
+			debug.SetGCPercent(400)
+		}
 	}
 
 	secret := []byte(c.jwtSecret)
@@ -275,39 +271,4 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log.Info("stopped")
 	return nil
-}
-
-// logBuffer batches log lines so that an access line costs a copy into memory rather than a write
-// system call per request; it is flushed every 100ms and when run returns, so at most that much is
-// lost if the process is killed outright.
-type logBuffer struct {
-	mu sync.Mutex
-	w  *bufio.Writer
-}
-
-func newLogBuffer(w io.Writer) *logBuffer { return &logBuffer{w: bufio.NewWriterSize(w, 64<<10)} }
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.w.Write(p)
-}
-
-func (b *logBuffer) Flush() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.w.Flush()
-}
-
-func (b *logBuffer) flushEvery(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			b.Flush()
-		}
-	}
 }

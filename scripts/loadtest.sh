@@ -44,15 +44,17 @@ measure() {
   echo "$rps $p99 ${non2xx:-0}"
 }
 
-wrk -t2 -c$conns -d2s "http://127.0.0.1:$base/" >/dev/null
-wrk -t2 -c$conns -d2s -H "Authorization: Bearer $token" "http://127.0.0.1:$svc/auth/page" >/dev/null
+# Both servers get the very same requests, token included; the baseline ignores it.
+auth=(-H "Authorization: Bearer $token")
+wrk -t2 -c$conns -d2s "${auth[@]}" "http://127.0.0.1:$base/" >/dev/null
+wrk -t2 -c$conns -d2s "${auth[@]}" "http://127.0.0.1:$svc/auth/page" >/dev/null
 
 echo "wrk -t2 -c$conns -d${secs}s, $rounds rounds, $(nproc) cores, $(go version | awk '{print $3}')"
 printf '%-6s %14s %10s %14s %10s %7s %7s\n' round baseline_rps p99_ms page_rps p99_ms ratio p99x
 best=0
 for r in $(seq "$rounds"); do
-  read -r brps bp99 _ < <(measure "http://127.0.0.1:$base/")
-  read -r prps pp99 non2xx < <(measure -H "Authorization: Bearer $token" "http://127.0.0.1:$svc/auth/page")
+  read -r brps bp99 _ < <(measure "${auth[@]}" "http://127.0.0.1:$base/")
+  read -r prps pp99 non2xx < <(measure "${auth[@]}" "http://127.0.0.1:$svc/auth/page")
   if [ "$non2xx" != 0 ]; then echo "round $r: $non2xx answers were not 2xx" >&2; exit 1; fi
   ratio=$(python3 -c "print(f'{$prps/$brps:.2f}')")
   p99x=$(python3 -c "print(f'{$pp99/$bp99:.2f}')")
