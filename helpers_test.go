@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -181,9 +182,16 @@ func (r response) str(key string) string {
 	return s
 }
 
-// do sends a request; body is JSON-encoded unless it is a string, which is sent as it is.
+// do sends a request to e; see send.
 func (e *testEnv) do(method, path string, body any, headers ...string) response {
 	e.tb.Helper()
+	return send(e.tb, e.srv.Client(), method, e.srv.URL+path, body, headers...)
+}
+
+// send makes one request and reads its answer; body is JSON-encoded unless it is a string, which
+// is sent as it is, and headers are name, value pairs.
+func send(tb testing.TB, client *http.Client, method, url string, body any, headers ...string) response {
+	tb.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -192,26 +200,37 @@ func (e *testEnv) do(method, path string, body any, headers ...string) response 
 	default:
 		j, err := json.Marshal(b)
 		if err != nil {
-			e.tb.Fatal(err)
+			tb.Fatal(err)
 		}
 		rd = bytes.NewReader(j)
 	}
-	req, err := http.NewRequest(method, e.srv.URL+path, rd)
+	req, err := http.NewRequest(method, url, rd)
 	if err != nil {
-		e.tb.Fatal(err)
+		tb.Fatal(err)
 	}
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])
 	}
-	res, err := e.srv.Client().Do(req)
+	res, err := client.Do(req)
 	if err != nil {
-		e.tb.Fatalf("%s %s: %v", method, path, err)
+		tb.Fatalf("%s %s: %v", method, url, err)
 	}
 	defer res.Body.Close()
 	raw, _ := io.ReadAll(res.Body)
 	r := response{status: res.StatusCode, header: res.Header, raw: string(raw)}
 	json.Unmarshal(raw, &r.body)
 	return r
+}
+
+// freeLoopbackAddr returns a 127.0.0.1 address that nothing listens on at the moment.
+func freeLoopbackAddr(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 // want fails the test unless r has the status and, when code is not empty, the error code.

@@ -108,7 +108,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 		readTimeout:       10 * time.Second,
 		writeTimeout:      15 * time.Second,
 		idleTimeout:       90 * time.Second,
-		maxHeaderBytes:    16 << 10,
+		// Above what nginx forwards by default (4 x 8 KiB), so that a proxied request with big
+		// cookies reaches the token check instead of a 431 that nginx would turn into a 500.
+		maxHeaderBytes: 64 << 10,
 	}
 	if err := c.logLevel.UnmarshalText([]byte(env("LOG_LEVEL", "info"))); err != nil {
 		errs = append(errs, fmt.Errorf("LOG_LEVEL: want debug, info, warn or error, got %q", getenv("LOG_LEVEL")))

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -249,16 +248,6 @@ func hostPort(tb testing.TB, rawURL string) string {
 		tb.Fatal(err)
 	}
 	return u.Host
-}
-
-func freeLoopbackAddr(tb testing.TB) string {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // nginxConfig is a whole nginx.conf for a test: the README's configuration inside an http block,
