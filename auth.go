@@ -258,6 +258,11 @@ func handleLogin(d *deps) http.Handler {
 			return &apiError{http.StatusBadRequest, "invalid_request", "email and password are required"}
 		}
 		ctx := r.Context()
+		release, err := d.hasher.admit()
+		if err != nil {
+			return err
+		}
+		defer release()
 		email, _ := normalizeEmail(req.Email)
 		if email == "" {
 			email = strings.ToLower(strings.TrimSpace(req.Email))
@@ -293,7 +298,7 @@ func handleLogin(d *deps) http.Handler {
 			hash = u.PasswordHash
 		}
 		var ok, rehash bool
-		if err := d.hasher.do(ctx, func() { ok, rehash = checkPassword(hash, req.Password) }); err != nil {
+		if err := d.hasher.run(ctx, func() { ok, rehash = checkPassword(hash, req.Password) }); err != nil {
 			return err
 		}
 		if u == nil || !ok {
@@ -307,7 +312,7 @@ func handleLogin(d *deps) http.Handler {
 			// Moved over from bcrypt, or from older argon2id parameters: upgrade while we know the
 			// password. A failure here costs nothing but a later retry.
 			var fresh string
-			if d.hasher.do(ctx, func() { fresh = hashPassword(req.Password) }) == nil {
+			if d.hasher.run(ctx, func() { fresh = hashPassword(req.Password) }) == nil {
 				if err := d.store.SetPasswordHash(ctx, u.ID, fresh); err != nil {
 					d.log.Warn("password rehash not saved", "user_id", u.ID, "err", err)
 				}

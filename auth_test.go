@@ -557,3 +557,27 @@ func TestConfig(t *testing.T) {
 		}
 	})
 }
+
+func TestLoginsBeyondTheHashingQueueAreTurnedAwayAtOnce(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, func(c *config) { c.hashConcurrent, c.hashQueue = 1, 1 })
+	e.signup("queue@example.com", "password123")
+	var releases []func()
+	for range 2 { // the running slot and the one waiting place
+		release, err := e.deps.hasher.admit()
+		if err != nil {
+			t.Fatal(err)
+		}
+		releases = append(releases, release)
+	}
+	for _, path := range []string{"/auth/login", "/auth/signup"} {
+		r := e.do("POST", path, credentials{"queue@example.com", "password123"}).want(t, 503, "unavailable")
+		if r.header.Get("Retry-After") == "" {
+			t.Fatalf("%s: 503 without Retry-After", path)
+		}
+	}
+	for _, release := range releases {
+		release()
+	}
+	e.login("queue@example.com", "password123")
+}

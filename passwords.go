@@ -100,14 +100,20 @@ func newHasher(concurrent, queued int, wait time.Duration) *hasher {
 	return &hasher{slots: make(chan struct{}, concurrent), queue: make(chan struct{}, concurrent+queued), wait: wait}
 }
 
-// do runs f in a hashing slot, or returns errBusy.
-func (h *hasher) do(ctx context.Context, f func()) error {
+// admit takes a place in the queue, or answers errBusy at once when it is full. A login takes its
+// place before it reads the database, so that a storm is turned away before it costs anything.
+// The caller must call release when it is done hashing.
+func (h *hasher) admit() (release func(), err error) {
 	select {
 	case h.queue <- struct{}{}:
+		return func() { <-h.queue }, nil
 	default:
-		return errBusy
+		return nil, errBusy
 	}
-	defer func() { <-h.queue }()
+}
+
+// run computes f in a hashing slot, waiting at most h.wait for one; the caller holds a place.
+func (h *hasher) run(ctx context.Context, f func()) error {
 	timer := time.NewTimer(h.wait)
 	defer timer.Stop()
 	select {
@@ -120,4 +126,14 @@ func (h *hasher) do(ctx context.Context, f func()) error {
 	defer func() { <-h.slots }()
 	f()
 	return nil
+}
+
+// do is admit and run for one hash.
+func (h *hasher) do(ctx context.Context, f func()) error {
+	release, err := h.admit()
+	if err != nil {
+		return err
+	}
+	defer release()
+	return h.run(ctx, f)
 }
