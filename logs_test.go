@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -236,4 +237,28 @@ func TestFlatJSONHandlerWritesWhatSlogWrites(t *testing.T) {
 			t.Fatalf("got %s want %s", got.String(), want.String())
 		}
 	})
+}
+
+func TestAPanickingHandlerIsAnswered500AndStillLoggedAndCounted(t *testing.T) {
+	t.Parallel()
+	logs := &syncBuffer{}
+	log := newLogger(logs, testConfig(t))
+	m := newMetrics()
+	boom := http.HandlerFunc(func(http.ResponseWriter, *http.Request) { panic("boom") })
+	h := recoverer(log)(accessLog(log, time.Now, newRequestIDs(), m)(boom))
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest("GET", "/explode", nil))
+	if w.Code != 500 || !strings.Contains(w.Body.String(), `"internal"`) || strings.Contains(w.Body.String(), "boom") {
+		t.Fatalf("answer %d %s, want a 500 internal that does not show the panic", w.Code, w.Body.String())
+	}
+	out := logs.String()
+	if !strings.Contains(out, `"msg":"request"`) || !strings.Contains(out, `"status":500`) {
+		t.Fatalf("no access line with status 500 in %s", out)
+	}
+	if !strings.Contains(out, `"msg":"panic"`) || !strings.Contains(out, "logs_test.go") {
+		t.Fatalf("the panic's stack, down to where it happened, is not logged: %s", out)
+	}
+	if exposed := string(m.expose(gauges{})); !strings.Contains(exposed, `status="500"`) {
+		t.Fatalf("the 500 is not counted:\n%s", exposed)
+	}
 }

@@ -49,6 +49,7 @@ type config struct {
 	maxClientFails int
 	hashConcurrent int
 	hashQueue      int
+	hashWait       time.Duration
 	memoryLimit    int64 // bytes; 0 leaves the Go runtime's default (or GOMEMLIMIT)
 	metrics        bool
 
@@ -102,6 +103,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		// BENCHMARKS.md, "Login storm") on a large machine without buying much.
 		hashConcurrent: max(num("HASH_CONCURRENCY", min(runtime.NumCPU(), 4)), 1),
 		hashQueue:      num("HASH_QUEUE", 32),
+		hashWait:       dur("HASH_WAIT", "3s"),
 		memoryLimit:    int64(num("MEMORY_LIMIT_MIB", 160)) << 20,
 
 		readHeaderTimeout: 5 * time.Second,
@@ -149,7 +151,7 @@ func newDeps(c config, store Store, secret []byte, now func() time.Time, log *sl
 		revocations: newRevocations(store, now, log),
 		throttle: &throttle{store: store, now: now, window: c.failureWindow,
 			maxAccount: c.maxFailures, maxClient: c.maxClientFails},
-		hasher:         newHasher(c.hashConcurrent, c.hashQueue, 3*time.Second),
+		hasher:         newHasher(c.hashConcurrent, c.hashQueue, c.hashWait),
 		clients:        clientIPs{trusted: c.trustedProxies},
 		reuseInterval:  c.reuseInterval,
 		metricsEnabled: c.metrics,

@@ -114,40 +114,55 @@ func accessLog(log *slog.Logger, now func() time.Time, ids *requestIDs, m *metri
 			w.Header()["X-Request-Id"] = []string{t.info.id}
 			ctx := context.WithValue(r.Context(), infoKey, &t.info)
 			inner := r.WithContext(ctx)
+			defer func() {
+				// A panic is still a request: it is counted and logged as the 500 that recoverer,
+				// outside, answers (with the stack), and then passed on to it.
+				if v := recover(); v != nil {
+					if t.status == 0 {
+						t.status = http.StatusInternalServerError
+					}
+					defer panic(v)
+				}
+				// ServeMux notes the pattern it matched on the request it was given: inner, as long
+				// as the middleware in between passes requests on unchanged.
+				logRequest(log, m, ctx, r, inner.Pattern, &t.statusWriter, &t.info, start, now())
+			}()
 			next.ServeHTTP(&t.statusWriter, inner)
-			if t.status == 0 {
-				t.status = http.StatusOK
-			}
-			end := now()
-			took := end.Sub(start)
-			// ServeMux notes the pattern it matched on the request it was given: inner, as long as
-			// the middleware in between passes requests on unchanged.
-			route := inner.Pattern
-			if route == "" {
-				route = "unmatched"
-			}
-			m.observe(route, r.Method, t.status, took)
-			h := log.Handler()
-			if !h.Enabled(ctx, slog.LevelInfo) {
-				return
-			}
-			rec := slog.NewRecord(end, slog.LevelInfo, "request", 0)
-			rec.AddAttrs(
-				slog.String("method", r.Method),
-				slog.String("path", r.URL.Path),
-				slog.String("route", route),
-				slog.Int("status", t.status),
-				// Whole microseconds: slog writes floats through json.Marshal, which costs more
-				// than the rest of the line.
-				slog.Int64("duration_us", took.Microseconds()),
-			)
-			rec.AddAttrs(slog.Int("bytes", t.bytes), slog.String("request_id", t.info.id))
-			if t.info.userID != "" {
-				rec.AddAttrs(slog.String("user_id", t.info.userID))
-			}
-			h.Handle(ctx, rec)
 		})
 	}
+}
+
+// logRequest counts an answered request and writes its access line.
+func logRequest(log *slog.Logger, m *metrics, ctx context.Context, r *http.Request, pattern string,
+	t *statusWriter, info *reqInfo, start, end time.Time) {
+	if t.status == 0 {
+		t.status = http.StatusOK
+	}
+	took := end.Sub(start)
+	route := pattern
+	if route == "" {
+		route = "unmatched"
+	}
+	m.observe(route, r.Method, t.status, took)
+	h := log.Handler()
+	if !h.Enabled(ctx, slog.LevelInfo) {
+		return
+	}
+	rec := slog.NewRecord(end, slog.LevelInfo, "request", 0)
+	rec.AddAttrs(
+		slog.String("method", r.Method),
+		slog.String("path", r.URL.Path),
+		slog.String("route", route),
+		slog.Int("status", t.status),
+		// Whole microseconds: slog writes floats through json.Marshal, which costs more
+		// than the rest of the line.
+		slog.Int64("duration_us", took.Microseconds()),
+	)
+	rec.AddAttrs(slog.Int("bytes", t.bytes), slog.String("request_id", info.id))
+	if info.userID != "" {
+		rec.AddAttrs(slog.String("user_id", info.userID))
+	}
+	h.Handle(ctx, rec)
 }
 
 // statusWriter records the status and size of an answer for the access log. It also rewrites
