@@ -583,3 +583,22 @@ func TestLoginsBeyondTheHashingQueueAreTurnedAwayAtOnce(t *testing.T) {
 	}
 	e.login("queue@example.com", "password123")
 }
+
+// The Node service's bcrypt silently used only the first 72 bytes of a password; a user who
+// chose a longer one must still get in, and with the whole password from then on.
+func TestLoginAcceptsALongPasswordHashedByBcryptFromItsFirst72Bytes(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	long := strings.Repeat("correct horse battery staple ", 4) // 116 bytes
+	hash, err := bcrypt.GenerateFromPassword([]byte(long[:72]), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := e.store.CreateUser(ctx, &User{ID: "long", Email: "long@example.com", PasswordHash: string(hash), CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	e.login("long@example.com", long)
+	e.login("long@example.com", long) // now against the argon2id hash of all 116 bytes
+	e.do("POST", "/auth/login", credentials{"long@example.com", long[:72]}).want(t, 401, "invalid_credentials")
+}
