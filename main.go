@@ -30,6 +30,7 @@ func main() {
 
 // config is everything the environment sets; see the README's table.
 type config struct {
+	host           string
 	port           string
 	mongoURI       string
 	mongoDatabase  string
@@ -84,6 +85,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		return n
 	}
 	c := config{
+		host:           env("HOST", ""),
 		port:           env("PORT", "7878"),
 		mongoURI:       env("MONGODB_URI", ""),
 		mongoDatabase:  env("MONGODB_DATABASE", "auth"),
@@ -250,7 +252,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	go logOut.flushEvery(bg, 100*time.Millisecond)
 
 	srv := newHTTPServer(c, newHandler(d, c), log)
-	ln, err := net.Listen("tcp", ":"+c.port)
+	ln, err := net.Listen("tcp", net.JoinHostPort(c.host, c.port))
 	if err != nil {
 		return err
 	}

@@ -119,7 +119,7 @@ func (f *inFlight) finish() response {
 func startRun(tb testing.TB, dataDir, port string) (s service, stop func() error) {
 	tb.Helper()
 	// MEMORY_LIMIT_MIB=0: the limit is process-wide, and this process is the whole test suite.
-	env := map[string]string{"DATA_DIR": dataDir, "PORT": port, "MEMORY_LIMIT_MIB": "0"}
+	env := map[string]string{"DATA_DIR": dataDir, "HOST": "127.0.0.1", "PORT": port, "MEMORY_LIMIT_MIB": "0"}
 	logs := &syncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	exited := make(chan error, 1)
