@@ -213,7 +213,10 @@ func send(tb testing.TB, client *http.Client, method, url string, body any, head
 	}
 	res, err := client.Do(req)
 	if err != nil {
-		tb.Fatalf("%s %s: %v", method, url, err)
+		// Errorf, not Fatalf: tb may be a parent test whose helpers a subtest calls, and only the
+		// test's own goroutine may stop it. The empty answer then fails the caller's own check.
+		tb.Errorf("%s %s: %v", method, url, err)
+		return response{}
 	}
 	defer res.Body.Close()
 	raw, _ := io.ReadAll(res.Body)
@@ -233,6 +236,16 @@ func freeLoopbackAddr(tb testing.TB) string {
 	return ln.Addr().String()
 }
 
+// expect is want for the harness's own helpers, which subtests call with their parent's tb: it
+// marks the test failed without stopping a goroutine that is not the test's.
+func (r response) expect(tb testing.TB, status int) response {
+	tb.Helper()
+	if r.status != status {
+		tb.Errorf("got %d %s, want %d", r.status, r.raw, status)
+	}
+	return r
+}
+
 // want fails the test unless r has the status and, when code is not empty, the error code.
 func (r response) want(tb testing.TB, status int, code string) response {
 	tb.Helper()
@@ -247,13 +260,13 @@ func (r response) want(tb testing.TB, status int, code string) response {
 
 func (e *testEnv) signup(email, password string) response {
 	e.tb.Helper()
-	return e.do("POST", "/auth/signup", credentials{email, password}).want(e.tb, http.StatusCreated, "")
+	return e.do("POST", "/auth/signup", credentials{email, password}).expect(e.tb, http.StatusCreated)
 }
 
 // login returns the access and refresh tokens of a successful login.
 func (e *testEnv) login(email, password string) (access, refresh string) {
 	e.tb.Helper()
-	r := e.do("POST", "/auth/login", credentials{email, password}).want(e.tb, http.StatusOK, "")
+	r := e.do("POST", "/auth/login", credentials{email, password}).expect(e.tb, http.StatusOK)
 	return r.str("access_token"), r.str("refresh_token")
 }
 

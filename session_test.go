@@ -12,7 +12,7 @@ import (
 // claimsOf reads a token's claims as /auth/verify reports them.
 func (e *testEnv) claimsOf(token string) map[string]any {
 	e.tb.Helper()
-	r := e.do("POST", "/auth/verify", map[string]string{"token": token}).want(e.tb, 200, "")
+	r := e.do("POST", "/auth/verify", map[string]string{"token": token}).expect(e.tb, 200)
 	c, _ := r.body["claims"].(map[string]any)
 	return c
 }
