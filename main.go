@@ -53,6 +53,7 @@ type config struct {
 	hashWait       time.Duration
 	memoryLimit    int64 // bytes; 0 leaves the Go runtime's default (or GOMEMLIMIT)
 	metrics        bool
+	metricsAddr    string // serve /metrics here instead of on the API's port
 
 	// HTTP server limits; fixed defaults, fields so that tests can shorten them.
 	readHeaderTimeout time.Duration
@@ -86,6 +87,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	c := config{
 		host:           env("HOST", ""),
+		metricsAddr:    env("METRICS_ADDR", ""),
 		port:           env("PORT", "7878"),
 		mongoURI:       env("MONGODB_URI", ""),
 		mongoDatabase:  env("MONGODB_DATABASE", "auth"),
@@ -156,7 +158,7 @@ func newDeps(c config, store Store, secret []byte, now func() time.Time, log *sl
 		hasher:         newHasher(c.hashConcurrent, c.hashQueue, c.hashWait),
 		clients:        clientIPs{trusted: c.trustedProxies},
 		reuseInterval:  c.reuseInterval,
-		metricsEnabled: c.metrics,
+		metricsEnabled: c.metrics && c.metricsAddr == "",
 		metrics:        m,
 	}
 }
@@ -251,29 +253,53 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	go d.revocations.run(bg, c.syncInterval, time.Minute)
 	go logOut.flushEvery(bg, 100*time.Millisecond)
 
-	srv := newHTTPServer(c, newHandler(d, c), log)
-	ln, err := net.Listen("tcp", net.JoinHostPort(c.host, c.port))
-	if err != nil {
-		return err
+	type listener struct {
+		name, addr string
+		srv        *http.Server
 	}
-	log.Info("listening", "addr", ln.Addr().String(), "access_ttl", c.accessTTL.String(),
-		"refresh_ttl", c.refreshTTL.String())
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	listeners := []listener{{"api", net.JoinHostPort(c.host, c.port), newHTTPServer(c, newHandler(d, c), log)}}
+	if c.metrics && c.metricsAddr != "" {
+		// Metrics on a port of their own, which operators can keep off the proxy's network.
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", handleMetrics(d))
+		listeners = append(listeners, listener{"metrics", c.metricsAddr, newHTTPServer(c, mux, log)})
+	}
+	serveErr := make(chan error, len(listeners))
+	for i, l := range listeners {
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			for _, started := range listeners[:i] {
+				started.srv.Close()
+			}
+			return err
+		}
+		log.Info("listening", "serves", l.name, "addr", ln.Addr().String(),
+			"access_ttl", c.accessTTL.String(), "refresh_ttl", c.refreshTTL.String())
+		go func() { serveErr <- l.srv.Serve(ln) }()
+	}
 
+	var failed error
+	pending := len(listeners)
 	select {
-	case err := <-serveErr:
-		return err
+	case failed = <-serveErr:
+		pending--
 	case <-ctx.Done():
 	}
 	log.Info("shutting down")
 	shutCtx, cancelShut := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancelShut()
-	if err := srv.Shutdown(shutCtx); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
+	for _, l := range listeners {
+		if err := l.srv.Shutdown(shutCtx); err != nil && failed == nil {
+			failed = fmt.Errorf("shutdown: %w", err)
+		}
 	}
-	if err := <-serveErr; !errors.Is(err, http.ErrServerClosed) {
-		return err
+	for ; pending > 0; pending-- {
+		if err := <-serveErr; !errors.Is(err, http.ErrServerClosed) && failed == nil {
+			failed = err
+		}
+	}
+	if failed != nil {
+		return failed
 	}
 	log.Info("stopped")
 	return nil

@@ -116,10 +116,13 @@ func (f *inFlight) finish() response {
 
 // startRun runs the service in this process on dataDir and port; stop cancels its context, the
 // same path as SIGTERM, and returns what run returned.
-func startRun(tb testing.TB, dataDir, port string) (s service, stop func() error) {
+func startRun(tb testing.TB, dataDir, port string, extraEnv ...string) (s service, stop func() error) {
 	tb.Helper()
 	// MEMORY_LIMIT_MIB=0: the limit is process-wide, and this process is the whole test suite.
 	env := map[string]string{"DATA_DIR": dataDir, "HOST": "127.0.0.1", "PORT": port, "MEMORY_LIMIT_MIB": "0"}
+	for i := 0; i+1 < len(extraEnv); i += 2 {
+		env[extraEnv[i]] = extraEnv[i+1]
+	}
 	logs := &syncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	exited := make(chan error, 1)
@@ -231,5 +234,19 @@ func TestSIGTERMFinishesInFlightRequestsAndExitsZero(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), `"msg":"stopped"`) {
 		t.Fatalf("no clean stop in the log:\n%s", &out)
+	}
+}
+
+func TestMetricsCanHaveAPortOfTheirOwn(t *testing.T) {
+	t.Parallel()
+	metricsAddr := freeLoopbackAddr(t)
+	s, stop := startRun(t, t.TempDir(), freePort(t), "METRICS_ADDR", metricsAddr)
+	s.do("GET", "/metrics", nil).want(t, 404, "not_found")
+	m := service{t, "http://" + metricsAddr}.do("GET", "/metrics", nil)
+	if m.status != 200 || !strings.Contains(m.raw, "auth_http_requests_total") {
+		t.Fatalf("metrics port: %d %.200s", m.status, m.raw)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("run: %v", err)
 	}
 }
