@@ -191,6 +191,16 @@ func TestLoginThrottling(t *testing.T) {
 		e.loginFrom(victim, email, "correct horse battery").want(t, 200, "")
 	})
 
+	t.Run("is off when its limits are zero", func(t *testing.T) {
+		t.Parallel()
+		e := newTestEnv(t, trustLoopback, func(c *config) { c.maxFailures, c.maxClientFails = 0, 0 })
+		email, _, _ := e.user()
+		for range 8 {
+			e.loginFrom(attacker, email, "wrong guess").want(t, 401, "invalid_credentials")
+		}
+		e.loginFrom(attacker, email, "correct horse battery").want(t, 200, "")
+	})
+
 	t.Run("forgets an account's failures after a success", func(t *testing.T) {
 		t.Parallel()
 		e := newTestEnv(t, trustLoopback)
