@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 )
 
 // routeAdder is what addRoutes registers on: a *http.ServeMux, or a test listing the patterns.
@@ -194,25 +193,26 @@ type credentials struct {
 	Password string `json:"password"`
 }
 
-// normalizeEmail trims and lower-cases an address and checks its shape; mail servers decide the
-// rest.
-func normalizeEmail(s string) (string, bool) {
-	s = strings.ToLower(strings.TrimSpace(s))
+// normalizeEmail is the form in which emails are stored and compared: trimmed and lower-cased.
+func normalizeEmail(s string) string { return strings.ToLower(strings.TrimSpace(s)) }
+
+// validEmail checks the shape of a normalised address; mail servers decide the rest.
+func validEmail(s string) bool {
 	at := strings.LastIndexByte(s, '@')
-	if len(s) > 254 || at < 1 || at > 64 || at == len(s)-1 {
-		return "", false
+	if len(s) > 254 || at < 1 || at > 64 || at == len(s)-1 || strings.Count(s, "@") != 1 {
+		return false
 	}
 	domain := s[at+1:]
 	if !strings.Contains(domain, ".") || strings.HasPrefix(domain, ".") || strings.HasSuffix(domain, ".") ||
 		strings.Contains(domain, "..") {
-		return "", false
+		return false
 	}
 	for _, c := range s {
 		if c <= ' ' || c == 0x7f || c == '<' || c == '>' || c == '(' || c == ')' || c == ',' || c == ';' || c == '\\' || c == '"' {
-			return "", false
+			return false
 		}
 	}
-	return s, strings.Count(s, "@") == 1
+	return true
 }
 
 func handleSignup(d *deps) http.Handler {
@@ -226,8 +226,8 @@ func handleSignup(d *deps) http.Handler {
 		if err != nil {
 			return err
 		}
-		email, ok := normalizeEmail(req.Email)
-		if !ok {
+		email := normalizeEmail(req.Email)
+		if !validEmail(email) {
 			return errInvalidEmail
 		}
 		if len(req.Password) < 8 || len(req.Password) > 1024 {
@@ -263,10 +263,7 @@ func handleLogin(d *deps) http.Handler {
 			return err
 		}
 		defer release()
-		email, _ := normalizeEmail(req.Email)
-		if email == "" {
-			email = strings.ToLower(strings.TrimSpace(req.Email))
-		}
+		email := normalizeEmail(req.Email)
 		client := d.clients.of(r)
 		// The throttle and the account are read at once: the work around the hash must stay
 		// small next to the hash itself.
@@ -527,27 +524,6 @@ func handlePage(d *deps) http.Handler {
 		h["Cache-Control"] = v[3:4:4]
 		w.Write(b)
 	})
-}
-
-// appendJSONString appends s as a JSON string, escaping what JSON requires.
-func appendJSONString(b []byte, s string) []byte {
-	if !utf8.ValidString(s) {
-		j, _ := json.Marshal(s) // replaces invalid bytes, as every other answer does
-		return append(b, j...)
-	}
-	const hex = "0123456789abcdef"
-	b = append(b, '"')
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; {
-		case c == '"' || c == '\\':
-			b = append(b, '\\', c)
-		case c < 0x20:
-			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-		default:
-			b = append(b, c)
-		}
-	}
-	return append(b, '"')
 }
 
 func handleHealthz() http.Handler {

@@ -506,17 +506,7 @@ func TestLoginAcceptsBcryptHashesAndUpgradesThem(t *testing.T) {
 
 func TestDatabaseUnreachableAnswers503(t *testing.T) {
 	t.Parallel()
-	client, err := connectMongo("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=500")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Disconnect(context.Background()) })
-	store := &mongoStore{users: client.Database("x").Collection("users"), blacklist: client.Database("x").Collection("blacklist"),
-		refreshUses: client.Database("x").Collection("refresh_tokens"), failures: client.Database("x").Collection("login_failures")}
-	cfg := testConfig(t)
-	e := &testEnv{tb: t, cfg: cfg, clock: newClock(), logs: &syncBuffer{}}
-	e.deps = newDeps(cfg, store, []byte(testSecret), e.clock.Now, newLogger(e.logs, cfg))
-	e.srv = httptestServer(t, newHandler(e.deps, cfg))
+	e := newUnreachableEnv(t)
 
 	e.do("POST", "/auth/signup", credentials{"a@example.com", "password123"}).want(t, 503, "unavailable")
 	r := e.do("POST", "/auth/login", credentials{"a@example.com", "password123"}).want(t, 503, "unavailable")

@@ -154,11 +154,36 @@ func newTestEnvOn(tb testing.TB, db *mongo.Database, opts ...func(*config)) *tes
 	if err != nil {
 		tb.Fatal(err)
 	}
-	e := &testEnv{tb: tb, cfg: cfg, clock: newClock(), store: store, logs: &syncBuffer{}, secret: []byte(testSecret)}
-	e.deps = newDeps(cfg, store, e.secret, e.clock.Now, newLogger(e.logs, cfg))
+	e := serveTestEnv(tb, cfg, store)
 	if err := e.deps.revocations.sync(ctx); err != nil {
 		tb.Fatal(err)
 	}
+	return e
+}
+
+// newTestPair is two instances of one deployment: two services on one fresh database.
+func newTestPair(tb testing.TB, opts ...func(*config)) (a, b *testEnv) {
+	tb.Helper()
+	db := newTestDB(tb)
+	return newTestEnvOn(tb, db, opts...), newTestEnvOn(tb, db, opts...)
+}
+
+// newUnreachableEnv is a service whose database never answers.
+func newUnreachableEnv(tb testing.TB) *testEnv {
+	tb.Helper()
+	client, err := connectMongo("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { client.Disconnect(context.Background()) })
+	return serveTestEnv(tb, testConfig(tb), mongoCollections(client.Database("x")))
+}
+
+// serveTestEnv serves the service over store with cfg, on a fake clock and a captured log.
+func serveTestEnv(tb testing.TB, cfg config, store *mongoStore) *testEnv {
+	tb.Helper()
+	e := &testEnv{tb: tb, cfg: cfg, clock: newClock(), store: store, logs: &syncBuffer{}, secret: []byte(testSecret)}
+	e.deps = newDeps(cfg, store, e.secret, e.clock.Now, newLogger(e.logs, cfg))
 	e.srv = httptestServer(tb, newHandler(e.deps, cfg))
 	return e
 }

@@ -66,16 +66,16 @@ func (h *flatJSONHandler) Handle(ctx context.Context, r slog.Record) error {
 	} else {
 		b = append(b, `{"level":`...)
 	}
-	b = appendLogString(b, r.Level.String())
+	b = appendJSONString(b, r.Level.String())
 	b = append(b, `,"msg":`...)
-	b = appendLogString(b, r.Message)
+	b = appendJSONString(b, r.Message)
 	r.Attrs(func(a slog.Attr) bool {
 		b = append(b, ',')
-		b = appendLogString(b, a.Key)
+		b = appendJSONString(b, a.Key)
 		b = append(b, ':')
 		switch v := a.Value; v.Kind() {
 		case slog.KindString:
-			b = appendLogString(b, v.String())
+			b = appendJSONString(b, v.String())
 		case slog.KindInt64:
 			b = strconv.AppendInt(b, v.Int64(), 10)
 		case slog.KindUint64:
@@ -93,9 +93,10 @@ func (h *flatJSONHandler) Handle(ctx context.Context, r slog.Record) error {
 func (h *flatJSONHandler) WithAttrs(as []slog.Attr) slog.Handler { return h.JSONHandler.WithAttrs(as) }
 func (h *flatJSONHandler) WithGroup(name string) slog.Handler    { return h.JSONHandler.WithGroup(name) }
 
-// appendLogString quotes s as slog's JSONHandler does: \n, \r, \t and \" short, other control
-// bytes as \u00XX, invalid UTF-8 as \ufffd, and U+2028 and U+2029 escaped.
-func appendLogString(b []byte, s string) []byte {
+// appendJSONString quotes s as slog's JSONHandler does: \n, \r, \t and \" short, other control
+// bytes as \u00XX, invalid UTF-8 as \ufffd, and U+2028 and U+2029 escaped. The access log and
+// the forward-auth answer both write their strings with it.
+func appendJSONString(b []byte, s string) []byte {
 	const hex = "0123456789abcdef"
 	b = append(b, '"')
 	start := 0

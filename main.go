@@ -87,7 +87,6 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	c := config{
 		host:           env("HOST", ""),
-		metricsAddr:    env("METRICS_ADDR", ""),
 		port:           env("PORT", "7878"),
 		mongoURI:       env("MONGODB_URI", ""),
 		mongoDatabase:  env("MONGODB_DATABASE", "auth"),
@@ -109,6 +108,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		hashQueue:      num("HASH_QUEUE", 32),
 		hashWait:       dur("HASH_WAIT", "3s"),
 		memoryLimit:    int64(num("MEMORY_LIMIT_MIB", 160)) << 20,
+		metricsAddr:    env("METRICS_ADDR", ""),
 
 		readHeaderTimeout: 5 * time.Second,
 		readTimeout:       10 * time.Second,

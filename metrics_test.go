@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"math"
 	"net/http"
 	"strings"
@@ -147,24 +146,6 @@ func TestMetricsCountDatabaseErrors(t *testing.T) {
 	if got := metricValue(t, scrape(t, e), "auth_database_errors_total"); got != 1 {
 		t.Fatalf("auth_database_errors_total = %v, want 1", got)
 	}
-}
-
-// newUnreachableEnv is a service whose database never answers.
-func newUnreachableEnv(tb testing.TB) *testEnv {
-	tb.Helper()
-	client, err := connectMongo("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { client.Disconnect(context.Background()) })
-	db := client.Database("x")
-	store := &mongoStore{users: db.Collection("users"), blacklist: db.Collection("blacklist"),
-		refreshUses: db.Collection("refresh_tokens"), failures: db.Collection("login_failures")}
-	cfg := testConfig(tb)
-	e := &testEnv{tb: tb, cfg: cfg, clock: newClock(), logs: &syncBuffer{}}
-	e.deps = newDeps(cfg, store, []byte(testSecret), e.clock.Now, newLogger(e.logs, cfg))
-	e.srv = httptestServer(tb, newHandler(e.deps, cfg))
-	return e
 }
 
 func TestMetricsEnabledSetting(t *testing.T) {

@@ -57,7 +57,7 @@ func recoverer(log *slog.Logger) func(http.Handler) http.Handler {
 					}
 					log.Error("panic", "request_id", w.Header().Get("X-Request-Id"), "panic", v,
 						"stack", string(debug.Stack()))
-					encode(w, http.StatusInternalServerError, errorBody{errInternal.code, errInternal.message})
+					writeError(w, r, log, errInternal)
 				}
 			}()
 			next.ServeHTTP(w, r)
@@ -125,7 +125,7 @@ func accessLog(log *slog.Logger, now func() time.Time, ids *requestIDs, m *metri
 				}
 				// ServeMux notes the pattern it matched on the request it was given: inner, as long
 				// as the middleware in between passes requests on unchanged.
-				logRequest(log, m, ctx, r, inner.Pattern, &t.statusWriter, &t.info, start, now())
+				logRequest(ctx, log, m, r, inner.Pattern, &t.statusWriter, &t.info, start, now())
 			}()
 			next.ServeHTTP(&t.statusWriter, inner)
 		})
@@ -133,7 +133,7 @@ func accessLog(log *slog.Logger, now func() time.Time, ids *requestIDs, m *metri
 }
 
 // logRequest counts an answered request and writes its access line.
-func logRequest(log *slog.Logger, m *metrics, ctx context.Context, r *http.Request, pattern string,
+func logRequest(ctx context.Context, log *slog.Logger, m *metrics, r *http.Request, pattern string,
 	t *statusWriter, info *reqInfo, start, end time.Time) {
 	if t.status == 0 {
 		t.status = http.StatusOK

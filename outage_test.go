@@ -147,6 +147,40 @@ func startOwnDevDB(tb testing.TB, dir string) (addr string, stop func()) {
 	return u.Host, stop
 }
 
+// newTestEnvThrough serves the service on the database at dbAddr, reached through a TCP proxy that
+// the test can cut, stall and reconnect.
+func newTestEnvThrough(tb testing.TB, dbAddr string) (*testEnv, *tcpProxy) {
+	tb.Helper()
+	proxy := newTCPProxy(tb, dbAddr)
+	client, err := connectMongo("mongodb://" + proxy.addr() + "/")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { client.Disconnect(context.Background()) })
+	return newTestEnvOn(tb, client.Database("auth")), proxy
+}
+
+// waitReady waits, 30s at most, for e to find its database again.
+func waitReady(tb testing.TB, e *testEnv) {
+	tb.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for e.do("GET", "/readyz", nil).status != 200 {
+		if time.Now().After(deadline) {
+			tb.Fatal("readyz still not 200 30s after the database came back")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// outageCall is one request made while the database is away, and the answer it must get.
+type outageCall struct {
+	name, method, path string
+	body               any
+	headers            []string
+	status             int
+	code               string
+}
+
 // timed runs f and fails the test if it hangs; it is a hang detector, not a speed goal.
 func timed[T any](tb testing.TB, what string, f func() T) T {
 	tb.Helper()
@@ -162,13 +196,7 @@ func TestServiceRidesOutADatabaseOutage(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	dbAddr, stopDB := startOwnDevDB(t, dir)
-	proxy := newTCPProxy(t, dbAddr)
-	client, err := connectMongo("mongodb://" + proxy.addr() + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Disconnect(context.Background()) })
-	e := newTestEnvOn(t, client.Database("auth"))
+	e, proxy := newTestEnvThrough(t, dbAddr)
 
 	email, kept, keptRefresh := e.user()
 	_, ended, endedRefresh := e.user()
@@ -180,13 +208,7 @@ func TestServiceRidesOutADatabaseOutage(t *testing.T) {
 	stopDB()
 
 	t.Run("during the outage", func(t *testing.T) {
-		for _, tt := range []struct {
-			name, method, path string
-			body               any
-			headers            []string
-			status             int
-			code               string
-		}{
+		for _, tt := range []outageCall{
 			{"signup answers 503", "POST", "/auth/signup", credentials{"new@example.com", "password123"}, nil, 503, "unavailable"},
 			{"login answers 503", "POST", "/auth/login", credentials{email, "correct horse battery"}, nil, 503, "unavailable"},
 			{"refresh answers 503", "POST", "/auth/refresh", nil, []string{"authorization_refresh", keptRefresh}, 503, "unavailable"},
@@ -215,13 +237,7 @@ func TestServiceRidesOutADatabaseOutage(t *testing.T) {
 	proxy.connect(dbAddr)
 
 	t.Run("after the outage", func(t *testing.T) {
-		deadline := time.Now().Add(30 * time.Second)
-		for e.do("GET", "/readyz", nil).status != 200 {
-			if time.Now().After(deadline) {
-				t.Fatal("readyz still not 200 30s after the database came back")
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		waitReady(t, e)
 		e.login(email, "correct horse battery")
 		e.page(kept).want(t, 200, "")
 		e.page(ended).want(t, 401, "token_revoked")
@@ -238,24 +254,12 @@ func TestServiceRidesOutADatabaseOutage(t *testing.T) {
 func TestServiceAnswersInBoundedTimeWhenTheDatabaseStopsAnswering(t *testing.T) {
 	t.Parallel()
 	dbAddr, _ := startOwnDevDB(t, t.TempDir())
-	proxy := newTCPProxy(t, dbAddr)
-	client, err := connectMongo("mongodb://" + proxy.addr() + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Disconnect(context.Background()) })
-	e := newTestEnvOn(t, client.Database("auth"))
+	e, proxy := newTestEnvThrough(t, dbAddr)
 	email, access, _ := e.user()
 
 	// Unlike a refused connection, silence is only ended by the driver's own timeouts.
 	proxy.stall()
-	for _, tt := range []struct {
-		name, method, path string
-		body               any
-		headers            []string
-		status             int
-		code               string
-	}{
+	for _, tt := range []outageCall{
 		{"login answers 503", "POST", "/auth/login", credentials{email, "correct horse battery"}, nil, 503, "unavailable"},
 		{"signup answers 503", "POST", "/auth/signup", credentials{"new@example.com", "password123"}, nil, 503, "unavailable"},
 		{"readyz answers 503", "GET", "/readyz", nil, nil, 503, "unavailable"},
@@ -269,12 +273,6 @@ func TestServiceAnswersInBoundedTimeWhenTheDatabaseStopsAnswering(t *testing.T) 
 	}
 
 	proxy.connect(dbAddr)
-	deadline := time.Now().Add(30 * time.Second)
-	for e.do("GET", "/readyz", nil).status != 200 {
-		if time.Now().After(deadline) {
-			t.Fatal("readyz still not 200 30s after the database answered again")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitReady(t, e)
 	e.login(email, "correct horse battery")
 }

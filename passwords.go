@@ -56,7 +56,6 @@ func checkPassword(hash, password string) (ok, rehash bool) {
 	var (
 		version, mem, t int
 		threads         uint8
-		saltB64, keyB64 string
 	)
 	parts := strings.Split(hash, "$")
 	if len(parts) != 6 || parts[1] != "argon2id" {
@@ -69,9 +68,8 @@ func checkPassword(hash, password string) (ok, rehash bool) {
 		mem <= 0 || mem > maxArgonMemory || t <= 0 || t > maxArgonTime || threads == 0 || threads > maxArgonThreads {
 		return false, false
 	}
-	saltB64, keyB64 = parts[4], parts[5]
-	salt, err1 := b64.DecodeString(saltB64)
-	key, err2 := b64.DecodeString(keyB64)
+	salt, err1 := b64.DecodeString(parts[4])
+	key, err2 := b64.DecodeString(parts[5])
 	if err1 != nil || err2 != nil || len(salt) < 8 || len(salt) > 64 || len(key) < 16 || len(key) > 64 {
 		return false, false
 	}

@@ -14,8 +14,7 @@ func TestRevocationsAcrossInstances(t *testing.T) {
 
 	t.Run("a logout on one instance is refused by another after one poll", func(t *testing.T) {
 		t.Parallel()
-		db := newTestDB(t)
-		a, b := newTestEnvOn(t, db), newTestEnvOn(t, db)
+		a, b := newTestPair(t)
 		_, access, _ := a.user()
 		b.page(access).want(t, 200, "")
 		a.do("POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
@@ -28,8 +27,7 @@ func TestRevocationsAcrossInstances(t *testing.T) {
 
 	t.Run("the background poll brings a logout within the sync interval", func(t *testing.T) {
 		t.Parallel()
-		db := newTestDB(t)
-		a, b := newTestEnvOn(t, db), newTestEnvOn(t, db)
+		a, b := newTestPair(t)
 		ctx, cancel := context.WithCancel(t.Context())
 		t.Cleanup(cancel)
 		const interval = 100 * time.Millisecond
@@ -50,8 +48,7 @@ func TestRevocationsAcrossInstances(t *testing.T) {
 
 	t.Run("a revocation written by an instance whose clock lags is still seen", func(t *testing.T) {
 		t.Parallel()
-		db := newTestDB(t)
-		a, b := newTestEnvOn(t, db), newTestEnvOn(t, db)
+		a, b := newTestPair(t)
 		b.clock.Advance(5 * time.Second) // b runs ahead of a
 		if err := b.deps.revocations.sync(t.Context()); err != nil {
 			t.Fatal(err)

@@ -91,8 +91,7 @@ func TestRefreshRotation(t *testing.T) {
 
 	t.Run("simultaneous refreshes across two instances all succeed", func(t *testing.T) {
 		t.Parallel()
-		db := newTestDB(t)
-		a, b := newTestEnvOn(t, db), newTestEnvOn(t, db)
+		a, b := newTestPair(t)
 		_, _, refresh := a.user()
 		for _, r := range refreshAll(t, refresh, 8, a, b) {
 			r.want(t, 200, "")
@@ -122,8 +121,7 @@ func TestRefreshRotation(t *testing.T) {
 
 	t.Run("reuse seen by another instance is refused there and everywhere", func(t *testing.T) {
 		t.Parallel()
-		db := newTestDB(t)
-		a, b := newTestEnvOn(t, db), newTestEnvOn(t, db)
+		a, b := newTestPair(t)
 		_, access, refresh := a.user()
 		a.refresh(refresh).want(t, 200, "")
 		b.clock.Advance(time.Minute)
@@ -215,8 +213,7 @@ func TestLoginThrottling(t *testing.T) {
 
 	t.Run("holds across instances sharing the database", func(t *testing.T) {
 		t.Parallel()
-		db := newTestDB(t)
-		a, b := newTestEnvOn(t, db, trustLoopback), newTestEnvOn(t, db, trustLoopback)
+		a, b := newTestPair(t, trustLoopback)
 		email, _, _ := a.user()
 		for range 5 {
 			a.loginFrom(attacker, email, "wrong guess").want(t, 401, "invalid_credentials")

@@ -88,14 +88,19 @@ func connectMongo(uri string) (*mongo.Client, error) {
 	return client, nil
 }
 
-// newMongoStore opens the collections of db and makes sure their indexes exist.
-func newMongoStore(ctx context.Context, db *mongo.Database) (*mongoStore, error) {
-	s := &mongoStore{
+// mongoCollections is the store on db's collections, as they are.
+func mongoCollections(db *mongo.Database) *mongoStore {
+	return &mongoStore{
 		users:       db.Collection("users"),
 		blacklist:   db.Collection("blacklist"),
 		refreshUses: db.Collection("refresh_tokens"),
 		failures:    db.Collection("login_failures"),
 	}
+}
+
+// newMongoStore opens the collections of db and makes sure their indexes exist.
+func newMongoStore(ctx context.Context, db *mongo.Database) (*mongoStore, error) {
+	s := mongoCollections(db)
 	indexes := []struct {
 		coll   *mongo.Collection
 		keys   bson.D
@@ -195,13 +200,25 @@ func (s *mongoStore) ClaimRefresh(ctx context.Context, jti string, at, expires t
 }
 
 func (s *mongoStore) Revoke(ctx context.Context, revs ...Revocation) error {
-	for _, r := range revs {
-		_, err := s.blacklist.InsertOne(ctx, r)
-		if err = storeErr(err); err != nil && !errors.Is(err, ErrDuplicate) {
-			return err
-		}
+	if len(revs) == 0 {
+		return nil
 	}
-	return nil
+	docs := make([]any, len(revs))
+	for i, r := range revs {
+		docs[i] = r
+	}
+	// One unordered insert: every new entry lands even when others exist already.
+	_, err := s.blacklist.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
+	var bwe mongo.BulkWriteException
+	if errors.As(err, &bwe) && bwe.WriteConcernError == nil {
+		for _, we := range bwe.WriteErrors {
+			if !mongo.IsDuplicateKeyError(we.WriteError) {
+				return storeErr(err)
+			}
+		}
+		return nil
+	}
+	return storeErr(err)
 }
 
 func (s *mongoStore) Revoked(ctx context.Context, now time.Time, ids ...string) (bool, error) {

@@ -44,6 +44,9 @@ func (c *claims) GetAudience() (jwt.ClaimStrings, error)  { return nil, nil }
 
 func (c *claims) expiresAt() time.Time { return time.Unix(c.Expiry, 0) }
 
+// expired reports whether the token is past its expiry at now, clock skew allowed for.
+func (c *claims) expired(now time.Time) bool { return !now.Before(c.expiresAt().Add(clockSkew)) }
+
 // tokens issues and checks the service's HS256 JWTs.
 type tokens struct {
 	secret     []byte
@@ -126,14 +129,14 @@ func (t *tokens) parse(raw, use string) (*claims, error) {
 			c.IssuedAt == 0 || c.Expiry == 0 || time.Unix(c.IssuedAt, 0).After(now.Add(clockSkew)) {
 			return nil, errTokenInvalid
 		}
-		if now.Before(c.expiresAt().Add(clockSkew)) {
+		if !c.expired(now) {
 			t.verified.put(raw, c, now)
 		}
 	}
 	if use != "" && c.Use != use {
 		return nil, errTokenInvalid
 	}
-	if !now.Before(c.expiresAt().Add(clockSkew)) {
+	if c.expired(now) {
 		return c, errTokenExpired
 	}
 	return c, nil
@@ -182,7 +185,7 @@ func (v *verifiedCache) put(raw string, c *claims, now time.Time) {
 	defer v.mu.Unlock()
 	if len(v.m) >= v.max {
 		for k, old := range v.m {
-			if !now.Before(old.expiresAt().Add(clockSkew)) {
+			if old.expired(now) {
 				delete(v.m, k)
 			}
 		}
