@@ -16,7 +16,7 @@ import (
 func TestSignup(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
-	e.signup("taken@example.com", "password123")
+	e.signup(t, "taken@example.com", "password123")
 
 	tests := []struct {
 		name   string
@@ -44,7 +44,7 @@ func TestSignup(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := e.do("POST", "/auth/signup", tt.body).want(t, tt.status, tt.code)
+			r := e.do(t, "POST", "/auth/signup", tt.body).want(t, tt.status, tt.code)
 			if tt.status == 201 {
 				if r.str("id") == "" || r.str("created_at") == "" || len(r.body) != 3 {
 					t.Fatalf("body %s, want id, email and created_at", r.raw)
@@ -59,7 +59,7 @@ func TestSignup(t *testing.T) {
 func TestSignupStoresOnlyAnArgon2idHash(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
-	r := e.signup("  Hash@Example.com", "password123")
+	r := e.signup(t, "  Hash@Example.com", "password123")
 	if r.str("email") != "hash@example.com" {
 		t.Fatalf("email %q, want it trimmed and lower-cased", r.str("email"))
 	}
@@ -97,7 +97,7 @@ func TestSimultaneousSignupsOfOneEmailCreateOneAccount(t *testing.T) {
 			if i%2 == 1 {
 				email = " RACE@example.com"
 			}
-			statuses <- e.do("POST", "/auth/signup", credentials{email, "password123"}).status
+			statuses <- e.do(t, "POST", "/auth/signup", credentials{email, "password123"}).status
 		}()
 	}
 	wg.Wait()
@@ -114,18 +114,18 @@ func TestSimultaneousSignupsOfOneEmailCreateOneAccount(t *testing.T) {
 func TestLogin(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
-	e.signup("login@example.com", "password123")
+	e.signup(t, "login@example.com", "password123")
 
 	t.Run("answers both tokens with their lifetimes", func(t *testing.T) {
-		r := e.do("POST", "/auth/login", credentials{" LOGIN@example.com", "password123"}).want(t, 200, "")
+		r := e.do(t, "POST", "/auth/login", credentials{" LOGIN@example.com", "password123"}).want(t, 200, "")
 		if r.str("token_type") != "Bearer" || r.body["expires_in"] != 180.0 || r.body["refresh_expires_in"] != 300.0 ||
 			r.str("access_token") == "" || r.str("refresh_token") == "" {
 			t.Fatalf("body %s", r.raw)
 		}
 	})
 	t.Run("answers a wrong password and an unknown email identically", func(t *testing.T) {
-		wrong := e.do("POST", "/auth/login", credentials{"login@example.com", "wrong-password"}).want(t, 401, "invalid_credentials")
-		unknown := e.do("POST", "/auth/login", credentials{"nobody@example.com", "password123"}).want(t, 401, "invalid_credentials")
+		wrong := e.do(t, "POST", "/auth/login", credentials{"login@example.com", "wrong-password"}).want(t, 401, "invalid_credentials")
+		unknown := e.do(t, "POST", "/auth/login", credentials{"nobody@example.com", "password123"}).want(t, 401, "invalid_credentials")
 		if wrong.raw != unknown.raw {
 			t.Fatalf("bodies differ: %s and %s", wrong.raw, unknown.raw)
 		}
@@ -141,7 +141,7 @@ func TestLogin(t *testing.T) {
 		{"refuses an empty body", ``, 400, "invalid_request"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			e.do("POST", "/auth/login", tt.body).want(t, tt.status, tt.code)
+			e.do(t, "POST", "/auth/login", tt.body).want(t, tt.status, tt.code)
 		})
 	}
 }
@@ -149,18 +149,18 @@ func TestLogin(t *testing.T) {
 func TestProtectedPage(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t, func(c *config) { c.accessTTL = time.Minute })
-	email, access, refresh := e.user()
+	email, access, refresh := e.user(t)
 
 	for _, tt := range []struct {
 		name    string
 		headers []string
 	}{
-		{"accepts the seed's header", []string{"authorization_access", access}},
-		{"accepts the seed's header with a Bearer prefix", []string{"authorization_access", "Bearer " + access}},
+		{"accepts the original service's header", []string{"authorization_access", access}},
+		{"accepts the original service's header with a Bearer prefix", []string{"authorization_access", "Bearer " + access}},
 		{"accepts Authorization: Bearer", []string{"Authorization", "Bearer " + access}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			r := e.do("GET", "/auth/page", nil, tt.headers...).want(t, 200, "")
+			r := e.do(t, "GET", "/auth/page", nil, tt.headers...).want(t, 200, "")
 			user, _ := r.body["user"].(map[string]any)
 			if left, _ := r.body["expires_in"].(float64); user["email"] != email || user["id"] == "" || left < 59 || left > 60 {
 				t.Fatalf("body %s", r.raw)
@@ -171,34 +171,34 @@ func TestProtectedPage(t *testing.T) {
 		})
 	}
 	t.Run("answers HEAD as a forward-auth probe", func(t *testing.T) {
-		r := e.do("HEAD", "/auth/page", nil, "Authorization", "Bearer "+access)
+		r := e.do(t, "HEAD", "/auth/page", nil, "Authorization", "Bearer "+access)
 		if r.status != 200 || r.header.Get("X-User-Email") != email {
 			t.Fatalf("HEAD: %d %v", r.status, r.header)
 		}
 	})
 	t.Run("ignores identity headers sent by the client", func(t *testing.T) {
-		r := e.do("GET", "/auth/page", nil, "Authorization", "Bearer "+access, "X-User-Email", "admin@example.com", "X-User-Id", "admin")
+		r := e.do(t, "GET", "/auth/page", nil, "Authorization", "Bearer "+access, "X-User-Email", "admin@example.com", "X-User-Id", "admin")
 		if r.header.Get("X-User-Email") != email {
 			t.Fatalf("X-User-Email %q", r.header.Get("X-User-Email"))
 		}
 	})
 	t.Run("says token_missing with a bare Bearer challenge", func(t *testing.T) {
-		r := e.do("GET", "/auth/page", nil).want(t, 401, "token_missing")
+		r := e.do(t, "GET", "/auth/page", nil).want(t, 401, "token_missing")
 		if r.header.Get("WWW-Authenticate") != "Bearer" {
 			t.Fatalf("WWW-Authenticate %q", r.header.Get("WWW-Authenticate"))
 		}
 	})
 	t.Run("refuses garbage", func(t *testing.T) {
-		e.do("GET", "/auth/page", nil, "Authorization", "Bearer not.a.token").want(t, 401, "token_invalid")
+		e.do(t, "GET", "/auth/page", nil, "Authorization", "Bearer not.a.token").want(t, 401, "token_invalid")
 	})
 	t.Run("refuses a refresh token", func(t *testing.T) {
-		e.page(refresh).want(t, 401, "token_invalid")
+		e.page(t, refresh).want(t, 401, "token_invalid")
 	})
 	t.Run("says token_expired once the access token expires", func(t *testing.T) {
 		e2 := newTestEnv(t, func(c *config) { c.accessTTL = time.Minute })
-		_, access, _ := e2.user()
+		_, access, _ := e2.user(t)
 		e2.clock.Advance(time.Minute + clockSkew)
-		r := e2.page(access).want(t, 401, "token_expired")
+		r := e2.page(t, access).want(t, 401, "token_expired")
 		if h := r.header.Get("WWW-Authenticate"); !strings.HasPrefix(h, `Bearer error="invalid_token", error_description=`) {
 			t.Fatalf("WWW-Authenticate %q", h)
 		}
@@ -210,9 +210,9 @@ func TestProtectedPage(t *testing.T) {
 func TestForwardAuthAnswersEveryMethodWithOnly200Or401(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
-	email, access, refresh := e.user()
-	_, revoked, _ := e.user()
-	e.do("POST", "/auth/logout", nil, "Authorization", "Bearer "+revoked).want(t, 200, "")
+	email, access, refresh := e.user(t)
+	_, revoked, _ := e.user(t)
+	e.do(t, "POST", "/auth/logout", nil, "Authorization", "Bearer "+revoked).want(t, 200, "")
 	past := func() time.Time { return e.clock.Now().Add(-time.Hour) }
 	expired, err := newTokens(e.secret, e.cfg.issuer, time.Minute, time.Minute, past).issue("someone", "someone@example.com", newID())
 	if err != nil {
@@ -226,7 +226,7 @@ func TestForwardAuthAnswersEveryMethodWithOnly200Or401(t *testing.T) {
 			status  int
 		}{
 			{"a valid token", []string{"Authorization", "Bearer " + access}, 200},
-			{"a valid token in the seed's header", []string{"authorization_access", access}, 200},
+			{"a valid token in the original service's header", []string{"authorization_access", access}, 200},
 			{"no token", nil, 401},
 			{"garbage", []string{"Authorization", "Bearer not.a.token"}, 401},
 			{"a refresh token", []string{"Authorization", "Bearer " + refresh}, 401},
@@ -243,7 +243,7 @@ func TestForwardAuthAnswersEveryMethodWithOnly200Or401(t *testing.T) {
 					if body.text != "" {
 						b = body.text
 					}
-					r := e.do(method, "/auth/page", b, tt.headers...).want(t, tt.status, "")
+					r := e.do(t, method, "/auth/page", b, tt.headers...).want(t, tt.status, "")
 					if tt.status == 200 && r.header.Get("X-User-Email") != email {
 						t.Fatalf("X-User-Email %q, want %q", r.header.Get("X-User-Email"), email)
 					}
@@ -259,39 +259,39 @@ func TestForwardAuthAnswersEveryMethodWithOnly200Or401(t *testing.T) {
 func TestRefresh(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
-	_, access, refresh := e.user()
+	_, access, refresh := e.user(t)
 
-	t.Run("issues new tokens from the seed's header", func(t *testing.T) {
-		_, _, refresh := e.user()
-		r := e.refresh(refresh).want(t, 200, "")
+	t.Run("issues new tokens from the original service's header", func(t *testing.T) {
+		_, _, refresh := e.user(t)
+		r := e.refresh(t, refresh).want(t, 200, "")
 		if r.str("refresh_token") == refresh || r.str("refresh_token") == "" {
 			t.Fatal("want a new refresh token")
 		}
-		e.page(r.str("access_token")).want(t, 200, "")
-		e.refresh(r.str("refresh_token")).want(t, 200, "")
+		e.page(t, r.str("access_token")).want(t, 200, "")
+		e.refresh(t, r.str("refresh_token")).want(t, 200, "")
 	})
 	t.Run("takes the token from the body", func(t *testing.T) {
-		_, _, refresh := e.user()
-		e.do("POST", "/auth/refresh", map[string]string{"refresh_token": refresh}).want(t, 200, "")
+		_, _, refresh := e.user(t)
+		e.do(t, "POST", "/auth/refresh", map[string]string{"refresh_token": refresh}).want(t, 200, "")
 	})
 	t.Run("tolerates a Bearer prefix", func(t *testing.T) {
-		_, _, refresh := e.user()
-		e.do("POST", "/auth/refresh", nil, "authorization_refresh", "Bearer "+refresh).want(t, 200, "")
+		_, _, refresh := e.user(t)
+		e.do(t, "POST", "/auth/refresh", nil, "authorization_refresh", "Bearer "+refresh).want(t, 200, "")
 	})
 	t.Run("refuses an access token", func(t *testing.T) {
-		e.refresh(access).want(t, 401, "token_invalid")
+		e.refresh(t, access).want(t, 401, "token_invalid")
 	})
 	t.Run("says token_missing without a token", func(t *testing.T) {
-		e.do("POST", "/auth/refresh", nil).want(t, 401, "token_missing")
+		e.do(t, "POST", "/auth/refresh", nil).want(t, 401, "token_missing")
 	})
 	t.Run("refuses a malformed body", func(t *testing.T) {
-		e.do("POST", "/auth/refresh", `{"refresh_token":5}`).want(t, 400, "invalid_request")
+		e.do(t, "POST", "/auth/refresh", `{"refresh_token":5}`).want(t, 400, "invalid_request")
 	})
 	t.Run("says token_expired for an expired refresh token", func(t *testing.T) {
 		e2 := newTestEnv(t)
-		_, _, refresh := e2.user()
+		_, _, refresh := e2.user(t)
 		e2.clock.Advance(5*time.Minute + clockSkew)
-		e2.refresh(refresh).want(t, 401, "token_expired")
+		e2.refresh(t, refresh).want(t, 401, "token_expired")
 	})
 	_ = refresh
 }
@@ -301,56 +301,56 @@ func TestLogout(t *testing.T) {
 	e := newTestEnv(t)
 
 	t.Run("ends the session of both tokens", func(t *testing.T) {
-		_, access, refresh := e.user()
-		e.do("POST", "/auth/logout", nil, "authorization_access", access, "authorization_refresh", refresh).want(t, 200, "")
-		e.page(access).want(t, 401, "token_revoked")
-		e.refresh(refresh).want(t, 401, "token_revoked")
+		_, access, refresh := e.user(t)
+		e.do(t, "POST", "/auth/logout", nil, "authorization_access", access, "authorization_refresh", refresh).want(t, 200, "")
+		e.page(t, access).want(t, 401, "token_revoked")
+		e.refresh(t, refresh).want(t, 401, "token_revoked")
 	})
 	t.Run("ends the whole session with the access token alone", func(t *testing.T) {
-		_, access, refresh := e.user()
-		e.do("POST", "/auth/logout", nil, "Authorization", "Bearer "+access).want(t, 200, "")
-		e.refresh(refresh).want(t, 401, "token_revoked")
+		_, access, refresh := e.user(t)
+		e.do(t, "POST", "/auth/logout", nil, "Authorization", "Bearer "+access).want(t, 200, "")
+		e.refresh(t, refresh).want(t, 401, "token_revoked")
 	})
 	t.Run("ends the whole session with the refresh token alone", func(t *testing.T) {
-		_, access, refresh := e.user()
-		e.do("POST", "/auth/logout", map[string]string{"refresh_token": refresh}).want(t, 200, "")
-		e.page(access).want(t, 401, "token_revoked")
+		_, access, refresh := e.user(t)
+		e.do(t, "POST", "/auth/logout", map[string]string{"refresh_token": refresh}).want(t, 200, "")
+		e.page(t, access).want(t, 401, "token_revoked")
 	})
 	t.Run("ends tokens the session issued later by refresh", func(t *testing.T) {
-		_, access, refresh := e.user()
-		r := e.refresh(refresh).want(t, 200, "")
-		e.do("POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
-		e.page(r.str("access_token")).want(t, 401, "token_revoked")
-		e.refresh(r.str("refresh_token")).want(t, 401, "token_revoked")
+		_, access, refresh := e.user(t)
+		r := e.refresh(t, refresh).want(t, 200, "")
+		e.do(t, "POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
+		e.page(t, r.str("access_token")).want(t, 401, "token_revoked")
+		e.refresh(t, r.str("refresh_token")).want(t, 401, "token_revoked")
 	})
 	t.Run("leaves other sessions of the same user alone", func(t *testing.T) {
-		email, access, _ := e.user()
-		other, _ := e.login(email, "correct horse battery")
-		e.do("POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
-		e.page(other).want(t, 200, "")
+		email, access, _ := e.user(t)
+		other, _ := e.login(t, email, "correct horse battery")
+		e.do(t, "POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
+		e.page(t, other).want(t, 200, "")
 	})
 	t.Run("answers 200 twice", func(t *testing.T) {
-		_, access, _ := e.user()
-		e.do("POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
-		e.do("POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
+		_, access, _ := e.user(t)
+		e.do(t, "POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
+		e.do(t, "POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
 	})
 	t.Run("accepts expired but authentic tokens", func(t *testing.T) {
 		e2 := newTestEnv(t)
-		_, access, refresh := e2.user()
+		_, access, refresh := e2.user(t)
 		e2.clock.Advance(10 * time.Minute)
-		e2.do("POST", "/auth/logout", nil, "authorization_access", access, "authorization_refresh", refresh).want(t, 200, "")
+		e2.do(t, "POST", "/auth/logout", nil, "authorization_access", access, "authorization_refresh", refresh).want(t, 200, "")
 	})
 	t.Run("refuses a token with a bad signature", func(t *testing.T) {
-		_, access, _ := e.user()
+		_, access, _ := e.user(t)
 		forged := access[:len(access)-4] + "AAAA"
-		e.do("POST", "/auth/logout", nil, "authorization_access", forged).want(t, 401, "token_invalid")
+		e.do(t, "POST", "/auth/logout", nil, "authorization_access", forged).want(t, 401, "token_invalid")
 	})
 	t.Run("says token_missing without tokens", func(t *testing.T) {
-		e.do("POST", "/auth/logout", nil).want(t, 401, "token_missing")
+		e.do(t, "POST", "/auth/logout", nil).want(t, 401, "token_missing")
 	})
 	t.Run("records ids and expiries, never raw tokens", func(t *testing.T) {
-		_, access, refresh := e.user()
-		e.do("POST", "/auth/logout", nil, "authorization_access", access, "authorization_refresh", refresh).want(t, 200, "")
+		_, access, refresh := e.user(t)
+		e.do(t, "POST", "/auth/logout", nil, "authorization_access", access, "authorization_refresh", refresh).want(t, 200, "")
 		cur, err := e.store.blacklist.Find(context.Background(), bson.D{})
 		if err != nil {
 			t.Fatal(err)
@@ -374,13 +374,13 @@ func TestLogout(t *testing.T) {
 func TestVerify(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
-	email, access, refresh := e.user()
+	email, access, refresh := e.user(t)
 
 	for _, tt := range []struct {
 		name, token, use string
 	}{{"describes an access token", access, "access"}, {"describes a refresh token", refresh, "refresh"}} {
 		t.Run(tt.name, func(t *testing.T) {
-			r := e.do("POST", "/auth/verify", map[string]string{"token": tt.token}).want(t, 200, "")
+			r := e.do(t, "POST", "/auth/verify", map[string]string{"token": tt.token}).want(t, 200, "")
 			c, _ := r.body["claims"].(map[string]any)
 			if r.body["valid"] != true || r.str("token_use") != tt.use || c["email"] != email || c["sub"] == "" ||
 				c["jti"] == "" || c["sid"] == "" || c["iat"] == nil || c["exp"] == nil || c["iss"] != "auth" {
@@ -389,24 +389,24 @@ func TestVerify(t *testing.T) {
 		})
 	}
 	t.Run("reads the token from a header when the body has none", func(t *testing.T) {
-		e.do("POST", "/auth/verify", nil, "authorization_access", access).want(t, 200, "")
+		e.do(t, "POST", "/auth/verify", nil, "authorization_access", access).want(t, 200, "")
 	})
 	t.Run("refuses a forged token", func(t *testing.T) {
-		e.do("POST", "/auth/verify", map[string]string{"token": access + "x"}).want(t, 401, "token_invalid")
+		e.do(t, "POST", "/auth/verify", map[string]string{"token": access + "x"}).want(t, 401, "token_invalid")
 	})
 	t.Run("says token_missing without a token", func(t *testing.T) {
-		e.do("POST", "/auth/verify", `{}`).want(t, 401, "token_missing")
+		e.do(t, "POST", "/auth/verify", `{}`).want(t, 401, "token_missing")
 	})
 	t.Run("says token_revoked after logout", func(t *testing.T) {
-		_, access, _ := e.user()
-		e.do("POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
-		e.do("POST", "/auth/verify", map[string]string{"token": access}).want(t, 401, "token_revoked")
+		_, access, _ := e.user(t)
+		e.do(t, "POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
+		e.do(t, "POST", "/auth/verify", map[string]string{"token": access}).want(t, 401, "token_revoked")
 	})
 	t.Run("says token_expired after expiry", func(t *testing.T) {
 		e2 := newTestEnv(t)
-		_, access, _ := e2.user()
+		_, access, _ := e2.user(t)
 		e2.clock.Advance(3*time.Minute + clockSkew)
-		e2.do("POST", "/auth/verify", map[string]string{"token": access}).want(t, 401, "token_expired")
+		e2.do(t, "POST", "/auth/verify", map[string]string{"token": access}).want(t, 401, "token_expired")
 	})
 }
 
@@ -475,13 +475,13 @@ func TestTokenParserRefusesAnythingButComplete(t *testing.T) {
 func TestUnknownRoutesAndMethodsAnswerJSON(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
-	e.do("GET", "/nowhere", nil).want(t, 404, "not_found")
-	r := e.do("GET", "/auth/login", nil).want(t, 405, "method_not_allowed")
+	e.do(t, "GET", "/nowhere", nil).want(t, 404, "not_found")
+	r := e.do(t, "GET", "/auth/login", nil).want(t, 405, "method_not_allowed")
 	if r.header.Get("Allow") != "POST" {
 		t.Fatalf("Allow %q, want POST", r.header.Get("Allow"))
 	}
-	e.do("GET", "/healthz", nil).want(t, 200, "")
-	e.do("GET", "/readyz", nil).want(t, 200, "")
+	e.do(t, "GET", "/healthz", nil).want(t, 200, "")
+	e.do(t, "GET", "/readyz", nil).want(t, 200, "")
 }
 
 func TestLoginAcceptsBcryptHashesAndUpgradesThem(t *testing.T) {
@@ -492,8 +492,8 @@ func TestLoginAcceptsBcryptHashesAndUpgradesThem(t *testing.T) {
 	if err := e.store.CreateUser(ctx, &User{ID: "legacy", Email: "legacy@example.com", PasswordHash: string(hash), CreatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	e.do("POST", "/auth/login", credentials{"legacy@example.com", "wrong-password"}).want(t, 401, "invalid_credentials")
-	e.login("legacy@example.com", "node-era-password")
+	e.do(t, "POST", "/auth/login", credentials{"legacy@example.com", "wrong-password"}).want(t, 401, "invalid_credentials")
+	e.login(t, "legacy@example.com", "node-era-password")
 	u, err := e.store.UserByEmail(ctx, "legacy@example.com")
 	if err != nil {
 		t.Fatal(err)
@@ -501,20 +501,20 @@ func TestLoginAcceptsBcryptHashesAndUpgradesThem(t *testing.T) {
 	if !strings.HasPrefix(u.PasswordHash, "$argon2id$") {
 		t.Fatalf("hash after login %q, want argon2id", u.PasswordHash)
 	}
-	e.login("legacy@example.com", "node-era-password")
+	e.login(t, "legacy@example.com", "node-era-password")
 }
 
 func TestDatabaseUnreachableAnswers503(t *testing.T) {
 	t.Parallel()
 	e := newUnreachableEnv(t)
 
-	e.do("POST", "/auth/signup", credentials{"a@example.com", "password123"}).want(t, 503, "unavailable")
-	r := e.do("POST", "/auth/login", credentials{"a@example.com", "password123"}).want(t, 503, "unavailable")
+	e.do(t, "POST", "/auth/signup", credentials{"a@example.com", "password123"}).want(t, 503, "unavailable")
+	r := e.do(t, "POST", "/auth/login", credentials{"a@example.com", "password123"}).want(t, 503, "unavailable")
 	if r.header.Get("Retry-After") == "" {
 		t.Fatal("503 without Retry-After")
 	}
-	e.do("GET", "/readyz", nil).want(t, 503, "unavailable")
-	e.do("GET", "/healthz", nil).want(t, 200, "")
+	e.do(t, "GET", "/readyz", nil).want(t, 503, "unavailable")
+	e.do(t, "GET", "/healthz", nil).want(t, 200, "")
 	if strings.Contains(r.raw, "127.0.0.1") {
 		t.Fatalf("the answer leaks the internal error: %s", r.raw)
 	}
@@ -553,25 +553,25 @@ func TestConfig(t *testing.T) {
 func TestLoginsBeyondTheHashingQueueAreTurnedAwayAtOnce(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t, func(c *config) { c.hashConcurrent, c.hashQueue = 1, 1 })
-	e.signup("queue@example.com", "password123")
-	var releases []func()
+	e.signup(t, "queue@example.com", "password123")
+	var turns []*hashTurn
 	for range 2 { // the running slot and the one waiting place
-		release, err := e.deps.hasher.admit()
+		turn, err := e.deps.hasher.admit()
 		if err != nil {
 			t.Fatal(err)
 		}
-		releases = append(releases, release)
+		turns = append(turns, turn)
 	}
 	for _, path := range []string{"/auth/login", "/auth/signup"} {
-		r := e.do("POST", path, credentials{"queue@example.com", "password123"}).want(t, 503, "unavailable")
+		r := e.do(t, "POST", path, credentials{"queue@example.com", "password123"}).want(t, 503, "unavailable")
 		if r.header.Get("Retry-After") == "" {
 			t.Fatalf("%s: 503 without Retry-After", path)
 		}
 	}
-	for _, release := range releases {
-		release()
+	for _, turn := range turns {
+		turn.done()
 	}
-	e.login("queue@example.com", "password123")
+	e.login(t, "queue@example.com", "password123")
 }
 
 // The Node service's bcrypt silently used only the first 72 bytes of a password; a user who
@@ -588,7 +588,27 @@ func TestLoginAcceptsALongPasswordHashedByBcryptFromItsFirst72Bytes(t *testing.T
 	if err := e.store.CreateUser(ctx, &User{ID: "long", Email: "long@example.com", PasswordHash: string(hash), CreatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	e.login("long@example.com", long)
-	e.login("long@example.com", long) // now against the argon2id hash of all 116 bytes
-	e.do("POST", "/auth/login", credentials{"long@example.com", long[:72]}).want(t, 401, "invalid_credentials")
+	e.login(t, "long@example.com", long)
+	e.login(t, "long@example.com", long) // now against the argon2id hash of all 116 bytes
+	e.do(t, "POST", "/auth/login", credentials{"long@example.com", long[:72]}).want(t, 401, "invalid_credentials")
+}
+
+func TestTimeoutsInMongoDBURIWinOverTheDefaults(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		uri                       string
+		selection, connect, total time.Duration
+	}{
+		{"mongodb://db/", 2 * time.Second, 2 * time.Second, 5 * time.Second},
+		{"mongodb://db/?serverSelectionTimeoutMS=300", 300 * time.Millisecond, 2 * time.Second, 5 * time.Second},
+		{"mongodb://db/?connectTimeoutMS=700&timeoutMS=9000", 2 * time.Second, 700 * time.Millisecond, 9 * time.Second},
+	} {
+		t.Run(tt.uri, func(t *testing.T) {
+			o := mongoOptions(tt.uri)
+			if *o.ServerSelectionTimeout != tt.selection || *o.ConnectTimeout != tt.connect || *o.Timeout != tt.total {
+				t.Fatalf("selection %v, connect %v, total %v; want %v, %v, %v", *o.ServerSelectionTimeout,
+					*o.ConnectTimeout, *o.Timeout, tt.selection, tt.connect, tt.total)
+			}
+		})
+	}
 }

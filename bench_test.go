@@ -56,7 +56,7 @@ func BenchmarkTokenParseCached(b *testing.B) {
 // never reaches the store, so none is needed.
 func benchHandler(b *testing.B) (http.Handler, string) {
 	cfg := testConfig(b)
-	d := newDeps(cfg, nil, []byte(testSecret), time.Now, slog.New(slog.DiscardHandler))
+	d := newDeps(cfg, nil, newMetrics(), []byte(testSecret), time.Now, slog.New(slog.DiscardHandler))
 	pair, err := d.tokens.issue("user-id", "user@example.com", "session-id")
 	if err != nil {
 		b.Fatal(err)
@@ -112,7 +112,7 @@ func BenchmarkPasswordHash(b *testing.B) {
 // BenchmarkPasswordHash for what the work around the hash adds.
 func BenchmarkLogin(b *testing.B) {
 	e := newTestEnv(b)
-	e.signup("bench@example.com", "correct horse battery")
+	e.signup(b, "bench@example.com", "correct horse battery")
 	body := `{"email":"bench@example.com","password":"correct horse battery"}`
 	h := e.srv.Config.Handler
 	for b.Loop() {
@@ -136,7 +136,7 @@ func BenchmarkLoginWrongPassword(b *testing.B) {
 
 func benchFailedLogin(b *testing.B, body string) {
 	e := newTestEnv(b, func(c *config) { c.maxFailures, c.maxClientFails = 0, 0 })
-	e.signup("bench@example.com", "correct horse battery")
+	e.signup(b, "bench@example.com", "correct horse battery")
 	h := e.srv.Config.Handler
 	for b.Loop() {
 		w := httptest.NewRecorder()

@@ -26,7 +26,7 @@ func TestCORS(t *testing.T) {
 	preflight := func(origin, method, headers string) []string {
 		return []string{"Origin", origin, "Access-Control-Request-Method", method, "Access-Control-Request-Headers", headers}
 	}
-	seedHeaders := []string{"authorization_access", "authorization_refresh", "Authorization"}
+	originalHeaders := []string{"authorization_access", "authorization_refresh", "Authorization"}
 	corsHeaders := []string{"Access-Control-Allow-Origin", "Access-Control-Allow-Credentials",
 		"Access-Control-Expose-Headers", "Access-Control-Allow-Methods", "Access-Control-Allow-Headers",
 		"Access-Control-Max-Age"}
@@ -55,17 +55,17 @@ func TestCORS(t *testing.T) {
 			includes: map[string][]string{"Vary": {"Origin"}},
 		},
 		{
-			name: "answers a listed origin's preflight 204 allowing the seed's headers and Authorization", env: listed,
+			name: "answers a listed origin's preflight 204 allowing the original service's headers and Authorization", env: listed,
 			method: "OPTIONS", path: "/auth/page", headers: preflight(app, "GET", "authorization_access"), status: 204,
 			want: map[string]string{"Access-Control-Allow-Origin": app, "Access-Control-Allow-Credentials": "true"},
-			includes: map[string][]string{"Vary": {"Origin"}, "Access-Control-Allow-Headers": seedHeaders,
+			includes: map[string][]string{"Vary": {"Origin"}, "Access-Control-Allow-Headers": originalHeaders,
 				"Access-Control-Allow-Methods": {"GET", "POST"}},
 		},
 		{
 			name: "answers a preflight for refresh allowing the refresh header", env: listed,
 			method: "OPTIONS", path: "/auth/refresh", headers: preflight(app, "POST", "authorization_refresh"), status: 204,
 			want:     map[string]string{"Access-Control-Allow-Origin": app},
-			includes: map[string][]string{"Access-Control-Allow-Headers": seedHeaders},
+			includes: map[string][]string{"Access-Control-Allow-Headers": originalHeaders},
 		},
 		{
 			name: "lets a listed origin read WWW-Authenticate on a 401", env: listed,
@@ -107,7 +107,7 @@ func TestCORS(t *testing.T) {
 			name: "answers a preflight with * but never with credentials", env: anyOrigin,
 			method: "OPTIONS", path: "/auth/page", headers: preflight("https://anywhere.example.com", "GET", "authorization"), status: 204,
 			want:     map[string]string{"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Credentials": ""},
-			includes: map[string][]string{"Access-Control-Allow-Headers": seedHeaders},
+			includes: map[string][]string{"Access-Control-Allow-Headers": originalHeaders},
 		},
 		{
 			name: "gives no CORS headers at all by default", env: none,
@@ -121,7 +121,7 @@ func TestCORS(t *testing.T) {
 		},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			r := tt.env.do(tt.method, tt.path, nil, tt.headers...)
+			r := tt.env.do(t, tt.method, tt.path, nil, tt.headers...)
 			if r.status != tt.status {
 				t.Fatalf("got %d %s, want %d", r.status, r.raw, tt.status)
 			}
@@ -164,7 +164,7 @@ func listHas(values []string, tok string) bool {
 func TestCORSForgivesATrailingSlashInTheSetting(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t, func(c *config) { c.corsOrigins = []string{"https://app.example.com/"} })
-	r := e.do("GET", "/healthz", nil, "Origin", "https://app.example.com").want(t, 200, "")
+	r := e.do(t, "GET", "/healthz", nil, "Origin", "https://app.example.com").want(t, 200, "")
 	if got := r.header.Get("Access-Control-Allow-Origin"); got != "https://app.example.com" {
 		t.Fatalf("Access-Control-Allow-Origin %q", got)
 	}

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -100,9 +99,9 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// testEnv is one service under test: the real handler on a real listener, over its own database.
+// testEnv is one service under test: the real handler, behind the http.Server that run builds, on a
+// real listener, over its own database.
 type testEnv struct {
-	tb     testing.TB
 	cfg    config
 	clock  *clock
 	store  *mongoStore
@@ -150,11 +149,12 @@ func newTestEnvOn(tb testing.TB, db *mongo.Database, opts ...func(*config)) *tes
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	store, err := newMongoStore(ctx, db)
+	m := newMetrics()
+	store, err := newMongoStore(ctx, db, m)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	e := serveTestEnv(tb, cfg, store)
+	e := serveTestEnv(tb, cfg, store, m)
 	if err := e.deps.revocations.sync(ctx); err != nil {
 		tb.Fatal(err)
 	}
@@ -171,24 +171,33 @@ func newTestPair(tb testing.TB, opts ...func(*config)) (a, b *testEnv) {
 // newUnreachableEnv is a service whose database never answers.
 func newUnreachableEnv(tb testing.TB) *testEnv {
 	tb.Helper()
+	// Nothing listens on port 1: every call fails once server selection gives up, after the URI's
+	// 300 ms rather than the service's default.
 	client, err := connectMongo("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300")
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { client.Disconnect(context.Background()) })
-	return serveTestEnv(tb, testConfig(tb), mongoCollections(client.Database("x")))
+	m := newMetrics()
+	return serveTestEnv(tb, testConfig(tb), mongoCollections(client.Database("x"), m), m)
 }
 
-// serveTestEnv serves the service over store with cfg, on a fake clock and a captured log.
-func serveTestEnv(tb testing.TB, cfg config, store *mongoStore) *testEnv {
+// serveTestEnv serves the service over store with cfg, on a fake clock and a captured log, behind
+// the http.Server that run builds, limits and all.
+func serveTestEnv(tb testing.TB, cfg config, store *mongoStore, m *metrics) *testEnv {
 	tb.Helper()
-	e := &testEnv{tb: tb, cfg: cfg, clock: newClock(), store: store, logs: &syncBuffer{}, secret: []byte(testSecret)}
-	e.deps = newDeps(cfg, store, e.secret, e.clock.Now, newLogger(e.logs, cfg))
-	e.srv = httptestServer(tb, newHandler(e.deps, cfg))
+	e := &testEnv{cfg: cfg, clock: newClock(), store: store, logs: &syncBuffer{}, secret: []byte(testSecret)}
+	log := newLogger(e.logs, cfg)
+	e.deps = newDeps(cfg, store, m, e.secret, e.clock.Now, log)
+	e.srv = httptest.NewUnstartedServer(nil)
+	e.srv.Config = newHTTPServer(cfg, newHandler(e.deps, cfg), log)
+	e.srv.Start()
+	tb.Cleanup(e.srv.Close)
 	return e
 }
 
 func httptestServer(tb testing.TB, h http.Handler) *httptest.Server {
+	tb.Helper()
 	srv := httptest.NewServer(h)
 	tb.Cleanup(srv.Close)
 	return srv
@@ -208,9 +217,9 @@ func (r response) str(key string) string {
 }
 
 // do sends a request to e; see send.
-func (e *testEnv) do(method, path string, body any, headers ...string) response {
-	e.tb.Helper()
-	return send(e.tb, e.srv.Client(), method, e.srv.URL+path, body, headers...)
+func (e *testEnv) do(tb testing.TB, method, path string, body any, headers ...string) response {
+	tb.Helper()
+	return send(tb, e.srv.Client(), method, e.srv.URL+path, body, headers...)
 }
 
 // send makes one request and reads its answer; body is JSON-encoded unless it is a string, which
@@ -238,8 +247,8 @@ func send(tb testing.TB, client *http.Client, method, url string, body any, head
 	}
 	res, err := client.Do(req)
 	if err != nil {
-		// Errorf, not Fatalf: tb may be a parent test whose helpers a subtest calls, and only the
-		// test's own goroutine may stop it. The empty answer then fails the caller's own check.
+		// Errorf, not Fatalf: tests send from goroutines of their own too, which may not stop the
+		// test. The empty answer then fails the caller's own check.
 		tb.Errorf("%s %s: %v", method, url, err)
 		return response{}
 	}
@@ -247,27 +256,6 @@ func send(tb testing.TB, client *http.Client, method, url string, body any, head
 	raw, _ := io.ReadAll(res.Body)
 	r := response{status: res.StatusCode, header: res.Header, raw: string(raw)}
 	json.Unmarshal(raw, &r.body)
-	return r
-}
-
-// freeLoopbackAddr returns a 127.0.0.1 address that nothing listens on at the moment.
-func freeLoopbackAddr(tb testing.TB) string {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-// expect is want for the harness's own helpers, which subtests call with their parent's tb: it
-// marks the test failed without stopping a goroutine that is not the test's.
-func (r response) expect(tb testing.TB, status int) response {
-	tb.Helper()
-	if r.status != status {
-		tb.Errorf("got %d %s, want %d", r.status, r.raw, status)
-	}
 	return r
 }
 
@@ -283,33 +271,33 @@ func (r response) want(tb testing.TB, status int, code string) response {
 	return r
 }
 
-func (e *testEnv) signup(email, password string) response {
-	e.tb.Helper()
-	return e.do("POST", "/auth/signup", credentials{email, password}).expect(e.tb, http.StatusCreated)
+func (e *testEnv) signup(tb testing.TB, email, password string) response {
+	tb.Helper()
+	return e.do(tb, "POST", "/auth/signup", credentials{email, password}).want(tb, http.StatusCreated, "")
 }
 
 // login returns the access and refresh tokens of a successful login.
-func (e *testEnv) login(email, password string) (access, refresh string) {
-	e.tb.Helper()
-	r := e.do("POST", "/auth/login", credentials{email, password}).expect(e.tb, http.StatusOK)
+func (e *testEnv) login(tb testing.TB, email, password string) (access, refresh string) {
+	tb.Helper()
+	r := e.do(tb, "POST", "/auth/login", credentials{email, password}).want(tb, http.StatusOK, "")
 	return r.str("access_token"), r.str("refresh_token")
 }
 
 // user signs up a fresh account and logs it in.
-func (e *testEnv) user() (email, access, refresh string) {
-	e.tb.Helper()
+func (e *testEnv) user(tb testing.TB) (email, access, refresh string) {
+	tb.Helper()
 	email = strings.ToLower("user-" + newID()[:8] + "@example.com")
-	e.signup(email, "correct horse battery")
-	access, refresh = e.login(email, "correct horse battery")
+	e.signup(tb, email, "correct horse battery")
+	access, refresh = e.login(tb, email, "correct horse battery")
 	return email, access, refresh
 }
 
-func (e *testEnv) page(access string) response {
-	e.tb.Helper()
-	return e.do("GET", "/auth/page", nil, "Authorization", "Bearer "+access)
+func (e *testEnv) page(tb testing.TB, access string) response {
+	tb.Helper()
+	return e.do(tb, "GET", "/auth/page", nil, "Authorization", "Bearer "+access)
 }
 
-func (e *testEnv) refresh(refresh string) response {
-	e.tb.Helper()
-	return e.do("POST", "/auth/refresh", nil, "authorization_refresh", refresh)
+func (e *testEnv) refresh(tb testing.TB, refresh string) response {
+	tb.Helper()
+	return e.do(tb, "POST", "/auth/refresh", nil, "authorization_refresh", refresh)
 }

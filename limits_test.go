@@ -6,26 +6,14 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 )
 
-// serveLikeRun puts e's handler behind the http.Server that run builds, limits and all.
-func serveLikeRun(e *testEnv) {
-	e.tb.Helper()
-	srv := httptest.NewUnstartedServer(nil)
-	srv.Config = newHTTPServer(e.cfg, newHandler(e.deps, e.cfg), newLogger(e.logs, e.cfg))
-	srv.Start()
-	e.tb.Cleanup(srv.Close)
-	e.srv = srv
-}
-
 func TestSlowLorisClientIsCutOffByTheHeaderTimeout(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t, func(c *config) { c.readHeaderTimeout = 200 * time.Millisecond })
-	serveLikeRun(e)
 
 	conn, err := net.Dial("tcp", e.srv.Listener.Addr().String())
 	if err != nil {
@@ -55,13 +43,12 @@ func TestSlowLorisClientIsCutOffByTheHeaderTimeout(t *testing.T) {
 	}
 	conn.Close()
 	<-stopped
-	e.do("GET", "/healthz", nil).want(t, 200, "")
+	e.do(t, "GET", "/healthz", nil).want(t, 200, "")
 }
 
 func TestSlowBodyIsCutOffByTheReadTimeout(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t, func(c *config) { c.readTimeout = 300 * time.Millisecond })
-	serveLikeRun(e)
 
 	conn, err := net.Dial("tcp", e.srv.Listener.Addr().String())
 	if err != nil {
@@ -95,18 +82,16 @@ func TestSlowBodyIsCutOffByTheReadTimeout(t *testing.T) {
 func TestOversizedHeadersAnswer431(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
-	serveLikeRun(e)
-	r := e.do("GET", "/healthz", nil, "X-Big", strings.Repeat("a", 2*e.cfg.maxHeaderBytes))
+	r := e.do(t, "GET", "/healthz", nil, "X-Big", strings.Repeat("a", 2*e.cfg.maxHeaderBytes))
 	if r.status != http.StatusRequestHeaderFieldsTooLarge {
 		t.Fatalf("got %d %s, want 431", r.status, r.raw)
 	}
-	e.do("GET", "/healthz", nil).want(t, 200, "")
+	e.do(t, "GET", "/healthz", nil).want(t, 200, "")
 }
 
 func TestOversizedBodiesAnswer413OnEveryEndpointThatReadsOne(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
-	serveLikeRun(e)
 	big := `{"email":"a@example.com","password":"` + strings.Repeat("a", maxBody) + `"}`
 	for _, ep := range []struct{ method, path string }{
 		{"POST", "/auth/signup"},
@@ -117,7 +102,7 @@ func TestOversizedBodiesAnswer413OnEveryEndpointThatReadsOne(t *testing.T) {
 		{"GET", "/auth/verify"},
 	} {
 		t.Run(ep.method+" "+ep.path, func(t *testing.T) {
-			e.do(ep.method, ep.path, big).want(t, 413, "payload_too_large")
+			e.do(t, ep.method, ep.path, big).want(t, 413, "payload_too_large")
 		})
 	}
 }

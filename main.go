@@ -22,9 +22,30 @@ import (
 )
 
 func main() {
+	// Settings of the whole process belong here rather than in run, which tests call many times in
+	// one process. A bad configuration is reported by run.
+	if c, err := loadConfig(os.Getenv); err == nil {
+		tuneRuntime(c, os.Getenv)
+	}
 	if err := run(context.Background(), os.Args, os.Getenv, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "auth:", err)
 		os.Exit(1)
+	}
+}
+
+// tuneRuntime sets the Go runtime's soft memory limit from MEMORY_LIMIT_MIB unless GOMEMLIMIT is
+// set. The limit makes the collector reclaim the 19 MiB buffers of finished hashes before the heap
+// doubles, which is what keeps a login storm's peak RSS flat.
+func tuneRuntime(c config, getenv func(string) string) {
+	if c.memoryLimit <= 0 || getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	debug.SetMemoryLimit(c.memoryLimit)
+	if getenv("GOGC") == "" {
+		// With the heap capped by the limit, the collector need not also run every time the few
+		// MiB of live data double: under a forward-auth load that was a tenth of the CPU
+		// (BENCHMARKS.md).
+		debug.SetGCPercent(400)
 	}
 }
 
@@ -143,37 +164,6 @@ func loadConfig(getenv func(string) string) (config, error) {
 	return c, errors.Join(errs...)
 }
 
-// newDeps wires the service's parts together over store.
-func newDeps(c config, store Store, secret []byte, now func() time.Time, log *slog.Logger) *deps {
-	m := newMetrics()
-	store = meteredStore{store, m}
-	return &deps{
-		log:         log,
-		now:         now,
-		store:       store,
-		tokens:      newTokens(secret, c.issuer, c.accessTTL, c.refreshTTL, now),
-		revocations: newRevocations(store, now, log),
-		throttle: &throttle{store: store, now: now, window: c.failureWindow,
-			maxAccount: c.maxFailures, maxClient: c.maxClientFails},
-		hasher:         newHasher(c.hashConcurrent, c.hashQueue, c.hashWait),
-		clients:        clientIPs{trusted: c.trustedProxies},
-		reuseInterval:  c.reuseInterval,
-		metricsEnabled: c.metrics && c.metricsAddr == "",
-		metrics:        m,
-	}
-}
-
-// newHandler is the whole HTTP service: the routes inside the middleware chain, recovery outermost.
-func newHandler(d *deps, c config) http.Handler {
-	mux := http.NewServeMux()
-	addRoutes(mux, d)
-	var h http.Handler = mux
-	h = cors(c.corsOrigins)(h)
-	h = accessLog(d.log, d.now, newRequestIDs(), d.metrics)(h)
-	h = recoverer(d.log)(h)
-	return h
-}
-
 // newHTTPServer bounds what one client can hold: a slow-loris sender is cut off after
 // readHeaderTimeout, a slow body after readTimeout, and headers beyond maxHeaderBytes get 431.
 func newHTTPServer(c config, h http.Handler, log *slog.Logger) *http.Server {
@@ -199,17 +189,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	logOut := newLogBuffer(stdout)
 	defer logOut.Flush()
 	log := newLogger(logOut, c)
-	if c.memoryLimit > 0 && getenv("GOMEMLIMIT") == "" {
-		// A soft limit makes the collector reclaim the 19 MiB buffers of finished hashes before
-		// the heap doubles, which is what keeps a login storm's peak RSS flat.
-		debug.SetMemoryLimit(c.memoryLimit)
-		if getenv("GOGC") == "" {
-			// With the heap capped by the limit, the collector need not also run every time
-			// the few MiB of live data double: under a forward-auth load that was a tenth of
-			// the CPU (BENCHMARKS.md).
-			debug.SetGCPercent(400)
-		}
-	}
 
 	secret := []byte(c.jwtSecret)
 	uri := c.mongoURI
@@ -240,11 +219,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}()
 	startCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	store, err := newMongoStore(startCtx, client.Database(c.mongoDatabase))
+	m := newMetrics()
+	store, err := newMongoStore(startCtx, client.Database(c.mongoDatabase), m)
 	if err != nil {
 		return fmt.Errorf("mongodb at start: %w", err)
 	}
-	d := newDeps(c, store, secret, time.Now, log)
+	d := newDeps(c, store, m, secret, time.Now, log)
 	if err := d.revocations.sync(startCtx); err != nil {
 		return fmt.Errorf("loading the blacklist: %w", err)
 	}
@@ -261,7 +241,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if c.metrics && c.metricsAddr != "" {
 		// Metrics on a port of their own, which operators can keep off the proxy's network.
 		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", handleMetrics(d))
+		mux.Handle("GET /metrics", handleMetrics(d.metrics, d.revocations, d.hasher))
 		listeners = append(listeners, listener{"metrics", c.metricsAddr, newHTTPServer(c, mux, log)})
 	}
 	serveErr := make(chan error, len(listeners))
@@ -273,6 +253,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			}
 			return err
 		}
+		// The address as bound, so that PORT=0 (any free port) tells where the service is.
 		log.Info("listening", "serves", l.name, "addr", ln.Addr().String(),
 			"access_ttl", c.accessTTL.String(), "refresh_ttl", c.refreshTTL.String())
 		go func() { serveErr <- l.srv.Serve(ln) }()

@@ -2,8 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"errors"
 	"net/http"
 	"sort"
 	"strconv"
@@ -148,18 +146,18 @@ type gauges struct {
 	hashesWaiting     int
 }
 
-func handleMetrics(d *deps) http.Handler {
+func handleMetrics(m *metrics, revs *revocations, h *hasher) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		running := len(d.hasher.slots)
+		running := len(h.slots)
 		g := gauges{
-			revocationEntries: d.revocations.size(),
-			revocationLag:     d.revocations.lag(),
+			revocationEntries: revs.size(),
+			revocationLag:     revs.lag(),
 			hashesRunning:     running,
-			hashesWaiting:     max(len(d.hasher.queue)-running, 0),
+			hashesWaiting:     max(len(h.queue)-running, 0),
 		}
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
-		w.Write(d.metrics.expose(g))
+		w.Write(m.expose(g))
 	})
 }
 
@@ -304,69 +302,3 @@ var (
 
 func escapeLabel(s string) string { return labelEscaper.Replace(s) }
 func escapeHelp(s string) string  { return helpEscaper.Replace(s) }
-
-// meteredStore counts the failures of a Store that are the database's: anything but a missing or
-// duplicate record, or a caller that gave up. It lists every method, so that one added to Store
-// cannot slip past uncounted.
-type meteredStore struct {
-	s Store
-	m *metrics
-}
-
-func (s meteredStore) count(err error) error {
-	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrDuplicate) && !errors.Is(err, context.Canceled) {
-		s.m.dbErrors.Add(1)
-	}
-	return err
-}
-
-func (s meteredStore) CreateUser(ctx context.Context, u *User) error {
-	return s.count(s.s.CreateUser(ctx, u))
-}
-
-func (s meteredStore) UserByEmail(ctx context.Context, email string) (*User, error) {
-	u, err := s.s.UserByEmail(ctx, email)
-	return u, s.count(err)
-}
-
-func (s meteredStore) SetPasswordHash(ctx context.Context, id, hash string) error {
-	return s.count(s.s.SetPasswordHash(ctx, id, hash))
-}
-
-func (s meteredStore) ClaimRefresh(ctx context.Context, jti string, at, expires time.Time) (bool, time.Time, error) {
-	won, first, err := s.s.ClaimRefresh(ctx, jti, at, expires)
-	return won, first, s.count(err)
-}
-
-func (s meteredStore) Revoke(ctx context.Context, revs ...Revocation) error {
-	return s.count(s.s.Revoke(ctx, revs...))
-}
-
-func (s meteredStore) Revoked(ctx context.Context, now time.Time, ids ...string) (bool, error) {
-	ok, err := s.s.Revoked(ctx, now, ids...)
-	return ok, s.count(err)
-}
-
-func (s meteredStore) RevocationsSince(ctx context.Context, since, now time.Time) ([]Revocation, error) {
-	revs, err := s.s.RevocationsSince(ctx, since, now)
-	return revs, s.count(err)
-}
-
-func (s meteredStore) AddFailure(ctx context.Context, at, expires time.Time, keys ...string) error {
-	return s.count(s.s.AddFailure(ctx, at, expires, keys...))
-}
-
-func (s meteredStore) Failures(ctx context.Context, since time.Time, keys ...string) (map[string][]time.Time, error) {
-	fs, err := s.s.Failures(ctx, since, keys...)
-	return fs, s.count(err)
-}
-
-func (s meteredStore) ClearFailures(ctx context.Context, key string) error {
-	return s.count(s.s.ClearFailures(ctx, key))
-}
-
-func (s meteredStore) Purge(ctx context.Context, now time.Time) error {
-	return s.count(s.s.Purge(ctx, now))
-}
-
-func (s meteredStore) Ping(ctx context.Context) error { return s.count(s.s.Ping(ctx)) }

@@ -16,7 +16,7 @@ import (
 // fails the test rather than a Prometheus server in production.
 func scrape(tb testing.TB, e *testEnv) map[string]*dto.MetricFamily {
 	tb.Helper()
-	r := e.do("GET", "/metrics", nil)
+	r := e.do(tb, "GET", "/metrics", nil)
 	if r.status != http.StatusOK {
 		tb.Fatalf("GET /metrics: %d %s", r.status, r.raw)
 	}
@@ -81,18 +81,18 @@ func labelOf(m *dto.Metric, name string) string {
 func TestMetricsCountWhatHappened(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t, func(c *config) { c.maxFailures = 1 })
-	_, _, refresh := e.user() // a signup and a successful login
-	e.do("POST", "/auth/login", credentials{"nobody@example.com", "wrong password"}).want(t, 401, "invalid_credentials")
-	e.do("POST", "/auth/login", credentials{"nobody@example.com", "wrong password"}).want(t, 429, "too_many_attempts")
-	e.refresh(refresh).want(t, 200, "") // rotated
-	e.refresh(refresh).want(t, 200, "") // another tab, within the reuse interval
+	_, _, refresh := e.user(t) // a signup and a successful login
+	e.do(t, "POST", "/auth/login", credentials{"nobody@example.com", "wrong password"}).want(t, 401, "invalid_credentials")
+	e.do(t, "POST", "/auth/login", credentials{"nobody@example.com", "wrong password"}).want(t, 429, "too_many_attempts")
+	e.refresh(t, refresh).want(t, 200, "") // rotated
+	e.refresh(t, refresh).want(t, 200, "") // another tab, within the reuse interval
 	e.clock.Advance(e.cfg.reuseInterval + time.Second)
-	e.refresh(refresh).want(t, 401, "token_reused") // the session ends
-	_, access, _ := e.user()
-	e.do("POST", "/auth/logout", nil, "Authorization", "Bearer "+access).want(t, 200, "")
-	e.do("GET", "/nowhere", nil).want(t, 404, "not_found")
-	e.do("GET", "/auth/login", nil).want(t, 405, "method_not_allowed")
-	e.do("BREW", "/auth/page", nil).want(t, 401, "token_missing")
+	e.refresh(t, refresh).want(t, 401, "token_reused") // the session ends
+	_, access, _ := e.user(t)
+	e.do(t, "POST", "/auth/logout", nil, "Authorization", "Bearer "+access).want(t, 200, "")
+	e.do(t, "GET", "/nowhere", nil).want(t, 404, "not_found")
+	e.do(t, "GET", "/auth/login", nil).want(t, 405, "method_not_allowed")
+	e.do(t, "BREW", "/auth/page", nil).want(t, 401, "token_missing")
 
 	fams := scrape(t, e)
 	for _, tt := range []struct {
@@ -142,7 +142,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 func TestMetricsCountDatabaseErrors(t *testing.T) {
 	t.Parallel()
 	e := newUnreachableEnv(t)
-	e.do("POST", "/auth/signup", credentials{"a@example.com", "password123"}).want(t, 503, "unavailable")
+	e.do(t, "POST", "/auth/signup", credentials{"a@example.com", "password123"}).want(t, 503, "unavailable")
 	if got := metricValue(t, scrape(t, e), "auth_database_errors_total"); got != 1 {
 		t.Fatalf("auth_database_errors_total = %v, want 1", got)
 	}
@@ -174,7 +174,7 @@ func TestMetricsEndpointIsOffWhenDisabled(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := newTestEnv(t, func(c *config) { *c = off })
-	e.do("GET", "/metrics", nil).want(t, 404, "not_found")
+	e.do(t, "GET", "/metrics", nil).want(t, 404, "not_found")
 }
 
 func TestMetricsExposition(t *testing.T) {

@@ -165,45 +165,23 @@ func logRequest(ctx context.Context, log *slog.Logger, m *metrics, r *http.Reque
 	h.Handle(ctx, rec)
 }
 
-// statusWriter records the status and size of an answer for the access log. It also rewrites
-// ServeMux's own plain-text 404 and 405 into the JSON error every other answer uses (keeping the
-// 405's Allow): a catch-all "/" route would do the 404 but would also swallow every 405.
+// statusWriter records the status and size of an answer for the access log.
 type statusWriter struct {
 	http.ResponseWriter
-	status  int
-	bytes   int
-	swallow bool
-}
-
-var muxErrors = map[int]*apiError{
-	http.StatusNotFound:         errNotFound,
-	http.StatusMethodNotAllowed: errMethodNotAllowed,
+	status int
+	bytes  int
 }
 
 func (w *statusWriter) WriteHeader(code int) {
-	if w.status != 0 {
-		return
-	}
-	w.status = code
-	if code < 400 {
-		w.ResponseWriter.WriteHeader(code)
-		return
-	}
-	if e := muxErrors[code]; e != nil && strings.HasPrefix(w.Header().Get("Content-Type"), "text/plain") {
-		w.swallow = true
-		w.Header().Del("X-Content-Type-Options")
-		encode(w.ResponseWriter, code, errorBody{e.code, e.message})
-		return
+	if w.status == 0 {
+		w.status = code
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
-		w.WriteHeader(http.StatusOK)
-	}
-	if w.swallow {
-		return len(b), nil
+		w.status = http.StatusOK
 	}
 	n, err := w.ResponseWriter.Write(b)
 	w.bytes += n
@@ -211,6 +189,51 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// muxErrorsAsJSON rewrites ServeMux's own plain-text 404 and 405 answers into the JSON error that
+// every other answer uses, keeping the 405's Allow header. A catch-all "/" route would do the 404
+// but would also swallow every 405.
+func muxErrorsAsJSON(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		next.ServeHTTP(&muxErrorWriter{ResponseWriter: w}, r)
+	})
+}
+
+var muxErrors = map[int]*apiError{
+	http.StatusNotFound:         errNotFound,
+	http.StatusMethodNotAllowed: errMethodNotAllowed,
+}
+
+type muxErrorWriter struct {
+	http.ResponseWriter
+	wrote, swallow bool
+}
+
+func (w *muxErrorWriter) WriteHeader(code int) {
+	if w.wrote {
+		return
+	}
+	w.wrote = true
+	// ServeMux answers with http.Error, which declares text/plain; the service's own 404s are JSON.
+	if e := muxErrors[code]; e != nil && strings.HasPrefix(w.Header().Get("Content-Type"), "text/plain") {
+		w.swallow = true
+		encode(w.ResponseWriter, code, errorBody{e.code, e.message})
+		return
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *muxErrorWriter) Write(b []byte) (int, error) {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.swallow {
+		return len(b), nil
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *muxErrorWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // cors lets browsers on the listed origins call the service directly. A listed origin is echoed
 // and may send credentials; "*" allows any origin but then never with credentials.
@@ -259,21 +282,21 @@ func cors(origins []string) func(http.Handler) http.Handler {
 // tells the client why not otherwise: token_expired means "call /auth/refresh and retry". It never
 // touches the database: tokens are checked by signature and the in-memory revocation list.
 // Identity headers a client sends itself are never read.
-func requireAccess(d *deps) func(http.Handler) http.Handler {
+func requireAccess(log *slog.Logger, t *tokens, revs *revocations) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			raw := accessToken(r)
 			if raw == "" {
-				writeError(w, r, d.log, errTokenMissing)
+				writeError(w, r, log, errTokenMissing)
 				return
 			}
-			c, err := d.tokens.parse(raw, useAccess)
+			c, err := t.parse(raw, useAccess)
 			if err != nil {
-				writeError(w, r, d.log, err)
+				writeError(w, r, log, err)
 				return
 			}
-			if d.revocations.revoked(c) {
-				writeError(w, r, d.log, errTokenRevoked)
+			if revs.revoked(c) {
+				writeError(w, r, log, errTokenRevoked)
 				return
 			}
 			if info, ok := r.Context().Value(infoKey).(*reqInfo); ok {
@@ -284,4 +307,25 @@ func requireAccess(d *deps) func(http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 		})
 	}
+}
+
+// handlePage answers a request that passed requireAccess: who the user is, in the body and in the
+// headers a forward-auth proxy copies onto the request it lets through.
+func handlePage(now func() time.Time) http.Handler {
+	type user struct {
+		ID    string `json:"id"`
+		Email string `json:"email"`
+	}
+	type response struct {
+		User      user  `json:"user"`
+		ExpiresIn int64 `json:"expires_in"`
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c := claimsFrom(r.Context())
+		h := w.Header()
+		h["X-User-Id"] = []string{c.Subject}
+		h["X-User-Email"] = []string{c.Email}
+		left := max(int64(c.expiresAt().Sub(now())/time.Second), 0)
+		encode(w, http.StatusOK, response{user{c.Subject, c.Email}, left})
+	})
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -40,7 +41,7 @@ func TestNginxInFrontOfTheService(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
 	px := startNginxFront(t, e)
-	email, access, refresh := e.user()
+	email, access, refresh := e.user(t)
 	id := userID(t, e, access)
 
 	t.Run("lets a valid token through and tells the app who the user is", func(t *testing.T) {
@@ -49,7 +50,7 @@ func TestNginxInFrontOfTheService(t *testing.T) {
 			headers []string
 		}{
 			{"Authorization: Bearer", []string{"Authorization", "Bearer " + access}},
-			{"the seed's authorization_access header", []string{"authorization_access", access}},
+			{"the original service's authorization_access header", []string{"authorization_access", access}},
 		} {
 			t.Run(tt.name, func(t *testing.T) {
 				got := px.app(t, "GET", "/orders?page=2", "", tt.headers...)
@@ -83,8 +84,8 @@ func TestNginxInFrontOfTheService(t *testing.T) {
 	})
 
 	t.Run("turns away a request without a valid token with 401 and never reaches the app", func(t *testing.T) {
-		_, loggedOut, _ := e.user()
-		e.do("POST", "/auth/logout", nil, "Authorization", "Bearer "+loggedOut).want(t, 200, "")
+		_, loggedOut, _ := e.user(t)
+		e.do(t, "POST", "/auth/logout", nil, "Authorization", "Bearer "+loggedOut).want(t, 200, "")
 		for _, tt := range []struct {
 			name      string
 			headers   []string
@@ -92,7 +93,7 @@ func TestNginxInFrontOfTheService(t *testing.T) {
 		}{
 			{"no token", nil, "Bearer"},
 			{"garbage", []string{"Authorization", "Bearer not.a.token"}, `Bearer error="invalid_token"`},
-			{"garbage in the seed's header", []string{"authorization_access", "garbage"}, `Bearer error="invalid_token"`},
+			{"garbage in the original service's header", []string{"authorization_access", "garbage"}, `Bearer error="invalid_token"`},
 			{"a refresh token", []string{"Authorization", "Bearer " + refresh}, `Bearer error="invalid_token"`},
 			{"a logged-out token", []string{"Authorization", "Bearer " + loggedOut}, `Bearer error="invalid_token"`},
 			{"identity headers and no token", []string{"X-User-Id", id, "X-User-Email", email}, "Bearer"},
@@ -133,7 +134,7 @@ func TestNginxTurnsAwayAnExpiredTokenUntilTheClientRefreshes(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
 	px := startNginxFront(t, e)
-	email, access, refresh := e.user()
+	email, access, refresh := e.user(t)
 	id := userID(t, e, access)
 	e.clock.Advance(e.cfg.accessTTL + clockSkew + time.Second)
 
@@ -152,7 +153,7 @@ func TestNginxTurnsAwayAnExpiredTokenUntilTheClientRefreshes(t *testing.T) {
 // userID asks the service who the holder of access is.
 func userID(tb testing.TB, e *testEnv, access string) string {
 	tb.Helper()
-	user, _ := e.page(access).want(tb, 200, "").body["user"].(map[string]any)
+	user, _ := e.page(tb, access).want(tb, 200, "").body["user"].(map[string]any)
 	id, _ := user["id"].(string)
 	if id == "" {
 		tb.Fatal("no user id")
@@ -239,6 +240,19 @@ func startNginxFront(tb testing.TB, e *testEnv) *nginxFront {
 			tb.Fatal(err)
 		}
 	}
+}
+
+// freeLoopbackAddr returns a 127.0.0.1 address that nothing listens on at the moment. nginx cannot
+// be told to take any free port and report it, so it gets one picked here, and startNginxFront
+// tries again with another when something took it in between.
+func freeLoopbackAddr(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 func hostPort(tb testing.TB, rawURL string) string {

@@ -116,7 +116,7 @@ func TestOpenAPIDocumentsEveryErrorCodeWithItsStatus(t *testing.T) {
 func TestOpenAPIDocumentIsServed(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
-	r := e.do("GET", "/openapi.yaml", nil)
+	r := e.do(t, "GET", "/openapi.yaml", nil)
 	if r.status != 200 || r.header.Get("Content-Type") != "application/yaml" {
 		t.Fatalf("got %d %q", r.status, r.header.Get("Content-Type"))
 	}

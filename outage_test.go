@@ -164,7 +164,7 @@ func newTestEnvThrough(tb testing.TB, dbAddr string) (*testEnv, *tcpProxy) {
 func waitReady(tb testing.TB, e *testEnv) {
 	tb.Helper()
 	deadline := time.Now().Add(30 * time.Second)
-	for e.do("GET", "/readyz", nil).status != 200 {
+	for e.do(tb, "GET", "/readyz", nil).status != 200 {
 		if time.Now().After(deadline) {
 			tb.Fatal("readyz still not 200 30s after the database came back")
 		}
@@ -198,10 +198,10 @@ func TestServiceRidesOutADatabaseOutage(t *testing.T) {
 	dbAddr, stopDB := startOwnDevDB(t, dir)
 	e, proxy := newTestEnvThrough(t, dbAddr)
 
-	email, kept, keptRefresh := e.user()
-	_, ended, endedRefresh := e.user()
-	e.do("POST", "/auth/logout", nil, "authorization_access", ended).want(t, 200, "")
-	_, late, _ := e.user()
+	email, kept, keptRefresh := e.user(t)
+	_, ended, endedRefresh := e.user(t)
+	e.do(t, "POST", "/auth/logout", nil, "authorization_access", ended).want(t, 200, "")
+	_, late, _ := e.user(t)
 
 	// Cut first: FerretDB waits a few seconds for open connections before it stops.
 	proxy.cut()
@@ -218,7 +218,7 @@ func TestServiceRidesOutADatabaseOutage(t *testing.T) {
 			{"page lets a valid token through from memory", "GET", "/auth/page", nil, []string{"Authorization", "Bearer " + kept}, 200, ""},
 			{"page refuses a token revoked before the outage", "GET", "/auth/page", nil, []string{"Authorization", "Bearer " + ended}, 401, "token_revoked"},
 		} {
-			r := timed(t, tt.name, func() response { return e.do(tt.method, tt.path, tt.body, tt.headers...) })
+			r := timed(t, tt.name, func() response { return e.do(t, tt.method, tt.path, tt.body, tt.headers...) })
 			r.want(t, tt.status, tt.code)
 			if tt.status == 503 && r.header.Get("Retry-After") == "" {
 				t.Errorf("%s: 503 without Retry-After", tt.name)
@@ -228,9 +228,9 @@ func TestServiceRidesOutADatabaseOutage(t *testing.T) {
 
 	t.Run("a logout during the outage answers 503 yet holds on this instance", func(t *testing.T) {
 		timed(t, "logout", func() response {
-			return e.do("POST", "/auth/logout", nil, "authorization_access", late)
+			return e.do(t, "POST", "/auth/logout", nil, "authorization_access", late)
 		}).want(t, 503, "unavailable")
-		e.page(late).want(t, 401, "token_revoked")
+		e.page(t, late).want(t, 401, "token_revoked")
 	})
 
 	dbAddr, _ = startOwnDevDB(t, dir)
@@ -238,12 +238,12 @@ func TestServiceRidesOutADatabaseOutage(t *testing.T) {
 
 	t.Run("after the outage", func(t *testing.T) {
 		waitReady(t, e)
-		e.login(email, "correct horse battery")
-		e.page(kept).want(t, 200, "")
-		e.page(ended).want(t, 401, "token_revoked")
+		e.login(t, email, "correct horse battery")
+		e.page(t, kept).want(t, 200, "")
+		e.page(t, ended).want(t, 401, "token_revoked")
 		// The client retries the logout that got a 503; now every instance learns of it.
-		e.do("POST", "/auth/logout", nil, "authorization_access", late).want(t, 200, "")
-		e.page(late).want(t, 401, "token_revoked")
+		e.do(t, "POST", "/auth/logout", nil, "authorization_access", late).want(t, 200, "")
+		e.page(t, late).want(t, 401, "token_revoked")
 	})
 
 	if strings.Contains(e.logs.String(), "panic") {
@@ -255,7 +255,7 @@ func TestServiceAnswersInBoundedTimeWhenTheDatabaseStopsAnswering(t *testing.T) 
 	t.Parallel()
 	dbAddr, _ := startOwnDevDB(t, t.TempDir())
 	e, proxy := newTestEnvThrough(t, dbAddr)
-	email, access, _ := e.user()
+	email, access, _ := e.user(t)
 
 	// Unlike a refused connection, silence is only ended by the driver's own timeouts.
 	proxy.stall()
@@ -267,12 +267,12 @@ func TestServiceAnswersInBoundedTimeWhenTheDatabaseStopsAnswering(t *testing.T) 
 		{"page answers from memory", "GET", "/auth/page", nil, []string{"Authorization", "Bearer " + access}, 200, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			timed(t, tt.name, func() response { return e.do(tt.method, tt.path, tt.body, tt.headers...) }).
+			timed(t, tt.name, func() response { return e.do(t, tt.method, tt.path, tt.body, tt.headers...) }).
 				want(t, tt.status, tt.code)
 		})
 	}
 
 	proxy.connect(dbAddr)
 	waitReady(t, e)
-	e.login(email, "correct horse battery")
+	e.login(t, email, "correct horse battery")
 }

@@ -98,40 +98,68 @@ func newHasher(concurrent, queued int, wait time.Duration) *hasher {
 	return &hasher{slots: make(chan struct{}, concurrent), queue: make(chan struct{}, concurrent+queued), wait: wait}
 }
 
+// hashTurn is a place in the hashing queue: every password hash and check runs through one, so
+// that memory and waiting stay bounded whoever asks.
+type hashTurn struct {
+	h    *hasher
+	left bool
+}
+
 // admit takes a place in the queue, or answers errBusy at once when it is full. A login takes its
 // place before it reads the database, so that a storm is turned away before it costs anything.
-// The caller must call release when it is done hashing.
-func (h *hasher) admit() (release func(), err error) {
+// The caller must call done.
+func (h *hasher) admit() (*hashTurn, error) {
 	select {
 	case h.queue <- struct{}{}:
-		return func() { <-h.queue }, nil
+		return &hashTurn{h: h}, nil
 	default:
 		return nil, errBusy
 	}
 }
 
-// run computes f in a hashing slot, waiting at most h.wait for one; the caller holds a place.
-func (h *hasher) run(ctx context.Context, f func()) error {
-	timer := time.NewTimer(h.wait)
+// done gives the place back; calling it twice is harmless.
+func (t *hashTurn) done() {
+	if !t.left {
+		t.left = true
+		<-t.h.queue
+	}
+}
+
+// verify reports whether password matches hash, and whether hash should be replaced (see
+// checkPassword).
+func (t *hashTurn) verify(ctx context.Context, hash, password string) (ok, rehash bool, err error) {
+	err = t.run(ctx, func() { ok, rehash = checkPassword(hash, password) })
+	return ok, rehash, err
+}
+
+// hash returns a new hash of password.
+func (t *hashTurn) hash(ctx context.Context, password string) (hash string, err error) {
+	err = t.run(ctx, func() { hash = hashPassword(password) })
+	return hash, err
+}
+
+// run computes f in a hashing slot, waiting at most the hasher's wait for one.
+func (t *hashTurn) run(ctx context.Context, f func()) error {
+	timer := time.NewTimer(t.h.wait)
 	defer timer.Stop()
 	select {
-	case h.slots <- struct{}{}:
+	case t.h.slots <- struct{}{}:
 	case <-timer.C:
 		return errBusy
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	defer func() { <-h.slots }()
+	defer func() { <-t.h.slots }()
 	f()
 	return nil
 }
 
-// do is admit and run for one hash.
-func (h *hasher) do(ctx context.Context, f func()) error {
-	release, err := h.admit()
+// hash is a turn of its own for one new hash.
+func (h *hasher) hash(ctx context.Context, password string) (string, error) {
+	t, err := h.admit()
 	if err != nil {
-		return err
+		return "", err
 	}
-	defer release()
-	return h.run(ctx, f)
+	defer t.done()
+	return t.hash(ctx, password)
 }

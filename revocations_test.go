@@ -15,14 +15,14 @@ func TestRevocationsAcrossInstances(t *testing.T) {
 	t.Run("a logout on one instance is refused by another after one poll", func(t *testing.T) {
 		t.Parallel()
 		a, b := newTestPair(t)
-		_, access, _ := a.user()
-		b.page(access).want(t, 200, "")
-		a.do("POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
-		a.page(access).want(t, 401, "token_revoked") // the same instance: at once
+		_, access, _ := a.user(t)
+		b.page(t, access).want(t, 200, "")
+		a.do(t, "POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
+		a.page(t, access).want(t, 401, "token_revoked") // the same instance: at once
 		if err := b.deps.revocations.sync(t.Context()); err != nil {
 			t.Fatal(err)
 		}
-		b.page(access).want(t, 401, "token_revoked")
+		b.page(t, access).want(t, 401, "token_revoked")
 	})
 
 	t.Run("the background poll brings a logout within the sync interval", func(t *testing.T) {
@@ -32,18 +32,18 @@ func TestRevocationsAcrossInstances(t *testing.T) {
 		t.Cleanup(cancel)
 		const interval = 100 * time.Millisecond
 		go b.deps.revocations.run(ctx, interval, time.Hour)
-		_, access, _ := a.user()
-		a.do("POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
+		_, access, _ := a.user(t)
+		a.do(t, "POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
 		// A generous bound that only catches a poll that never comes; the figure itself is the
 		// interval, which the test cannot time on a shared machine.
 		deadline := time.Now().Add(50 * interval)
-		for b.page(access).status == 200 {
+		for b.page(t, access).status == 200 {
 			if time.Now().After(deadline) {
 				t.Fatalf("instance b still accepts a token revoked %v ago", 50*interval)
 			}
 			time.Sleep(interval / 4)
 		}
-		b.page(access).want(t, 401, "token_revoked")
+		b.page(t, access).want(t, 401, "token_revoked")
 	})
 
 	t.Run("a revocation written by an instance whose clock lags is still seen", func(t *testing.T) {
@@ -53,22 +53,22 @@ func TestRevocationsAcrossInstances(t *testing.T) {
 		if err := b.deps.revocations.sync(t.Context()); err != nil {
 			t.Fatal(err)
 		}
-		_, access, _ := a.user()
-		a.do("POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
+		_, access, _ := a.user(t)
+		a.do(t, "POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
 		if err := b.deps.revocations.sync(t.Context()); err != nil {
 			t.Fatal(err)
 		}
-		b.page(access).want(t, 401, "token_revoked")
+		b.page(t, access).want(t, 401, "token_revoked")
 	})
 
 	t.Run("a new instance loads every live revocation at start", func(t *testing.T) {
 		t.Parallel()
 		db := newTestDB(t)
 		a := newTestEnvOn(t, db)
-		_, access, _ := a.user()
-		a.do("POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
+		_, access, _ := a.user(t)
+		a.do(t, "POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
 		a.clock.Advance(time.Minute)
-		newTestEnvOn(t, db).page(access).want(t, 401, "token_revoked")
+		newTestEnvOn(t, db).page(t, access).want(t, 401, "token_revoked")
 	})
 }
 
@@ -76,8 +76,8 @@ func TestExpiredRevocationsLeaveMemoryAndTheDatabase(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
 	for i := range 3 {
-		_, access, refresh := e.user()
-		e.do("POST", "/auth/logout", nil, "authorization_access", access, "authorization_refresh", refresh).want(t, 200, "")
+		_, access, refresh := e.user(t)
+		e.do(t, "POST", "/auth/logout", nil, "authorization_access", access, "authorization_refresh", refresh).want(t, 200, "")
 		_ = i
 	}
 	r := e.deps.revocations
@@ -131,13 +131,13 @@ func TestVerifiedTokenCacheStaysBounded(t *testing.T) {
 func TestCachedTokensAreStillCheckedForExpiryAndRevocation(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
-	_, access, _ := e.user()
-	e.page(access).want(t, 200, "") // now cached
+	_, access, _ := e.user(t)
+	e.page(t, access).want(t, 200, "") // now cached
 	e.clock.Advance(3*time.Minute + clockSkew)
-	e.page(access).want(t, 401, "token_expired")
+	e.page(t, access).want(t, 401, "token_expired")
 
-	_, access, _ = e.user()
-	e.page(access).want(t, 200, "")
-	e.do("POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
-	e.page(access).want(t, 401, "token_revoked")
+	_, access, _ = e.user(t)
+	e.page(t, access).want(t, 200, "")
+	e.do(t, "POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
+	e.page(t, access).want(t, 401, "token_revoked")
 }

@@ -10,9 +10,9 @@ import (
 )
 
 // claimsOf reads a token's claims as /auth/verify reports them.
-func (e *testEnv) claimsOf(token string) map[string]any {
-	e.tb.Helper()
-	r := e.do("POST", "/auth/verify", map[string]string{"token": token}).expect(e.tb, 200)
+func (e *testEnv) claimsOf(tb testing.TB, token string) map[string]any {
+	tb.Helper()
+	r := e.do(tb, "POST", "/auth/verify", map[string]string{"token": token}).want(tb, 200, "")
 	c, _ := r.body["claims"].(map[string]any)
 	return c
 }
@@ -28,7 +28,7 @@ func refreshAll(tb testing.TB, token string, n int, envs ...*testEnv) []response
 		go func() {
 			defer wg.Done()
 			<-start
-			out[i] = envs[i%len(envs)].refresh(token)
+			out[i] = envs[i%len(envs)].refresh(tb, token)
 		}()
 	}
 	close(start)
@@ -42,57 +42,57 @@ func TestRefreshRotation(t *testing.T) {
 	t.Run("a retired token presented again within the reuse interval continues the same session", func(t *testing.T) {
 		t.Parallel()
 		e := newTestEnv(t)
-		_, _, refresh := e.user()
-		first := e.refresh(refresh).want(t, 200, "")
+		_, _, refresh := e.user(t)
+		first := e.refresh(t, refresh).want(t, 200, "")
 		e.clock.Advance(9 * time.Second)
-		second := e.refresh(refresh).want(t, 200, "")
-		if e.claimsOf(first.str("access_token"))["sid"] != e.claimsOf(second.str("access_token"))["sid"] {
+		second := e.refresh(t, refresh).want(t, 200, "")
+		if e.claimsOf(t, first.str("access_token"))["sid"] != e.claimsOf(t, second.str("access_token"))["sid"] {
 			t.Fatal("the second refresh started another session")
 		}
-		e.page(first.str("access_token")).want(t, 200, "")
-		e.page(second.str("access_token")).want(t, 200, "")
+		e.page(t, first.str("access_token")).want(t, 200, "")
+		e.page(t, second.str("access_token")).want(t, 200, "")
 	})
 
 	t.Run("a retired token presented after the reuse interval ends the whole session", func(t *testing.T) {
 		t.Parallel()
 		e := newTestEnv(t)
-		email, access, refresh := e.user()
-		otherAccess, _ := e.login(email, "correct horse battery")
-		rotated := e.refresh(refresh).want(t, 200, "")
+		email, access, refresh := e.user(t)
+		otherAccess, _ := e.login(t, email, "correct horse battery")
+		rotated := e.refresh(t, refresh).want(t, 200, "")
 		e.clock.Advance(10 * time.Second)
 
-		r := e.refresh(refresh).want(t, 401, "token_reused")
+		r := e.refresh(t, refresh).want(t, 401, "token_reused")
 		if r.header.Get("WWW-Authenticate") == "" {
 			t.Fatal("401 without WWW-Authenticate")
 		}
-		e.page(access).want(t, 401, "token_revoked")
-		e.page(rotated.str("access_token")).want(t, 401, "token_revoked")
-		e.refresh(rotated.str("refresh_token")).want(t, 401, "token_revoked")
-		e.page(otherAccess).want(t, 200, "")
+		e.page(t, access).want(t, 401, "token_revoked")
+		e.page(t, rotated.str("access_token")).want(t, 401, "token_revoked")
+		e.refresh(t, rotated.str("refresh_token")).want(t, 401, "token_revoked")
+		e.page(t, otherAccess).want(t, 200, "")
 	})
 
 	t.Run("eight simultaneous refreshes with one token all succeed and one logout ends them all", func(t *testing.T) {
 		t.Parallel()
 		e := newTestEnv(t)
-		_, _, refresh := e.user()
+		_, _, refresh := e.user(t)
 		results := refreshAll(t, refresh, 8, e)
 		for _, r := range results {
 			r.want(t, 200, "")
-			e.page(r.str("access_token")).want(t, 200, "")
+			e.page(t, r.str("access_token")).want(t, 200, "")
 		}
 		for _, r := range results {
-			e.refresh(r.str("refresh_token")).want(t, 200, "")
+			e.refresh(t, r.str("refresh_token")).want(t, 200, "")
 		}
-		e.do("POST", "/auth/logout", nil, "authorization_access", results[3].str("access_token")).want(t, 200, "")
+		e.do(t, "POST", "/auth/logout", nil, "authorization_access", results[3].str("access_token")).want(t, 200, "")
 		for _, r := range results {
-			e.page(r.str("access_token")).want(t, 401, "token_revoked")
+			e.page(t, r.str("access_token")).want(t, 401, "token_revoked")
 		}
 	})
 
 	t.Run("simultaneous refreshes across two instances all succeed", func(t *testing.T) {
 		t.Parallel()
 		a, b := newTestPair(t)
-		_, _, refresh := a.user()
+		_, _, refresh := a.user(t)
 		for _, r := range refreshAll(t, refresh, 8, a, b) {
 			r.want(t, 200, "")
 		}
@@ -101,7 +101,7 @@ func TestRefreshRotation(t *testing.T) {
 	t.Run("without a reuse interval exactly one of many racing refreshes wins", func(t *testing.T) {
 		t.Parallel()
 		e := newTestEnv(t, func(c *config) { c.reuseInterval = 0 })
-		_, _, refresh := e.user()
+		_, _, refresh := e.user(t)
 		const n = 16
 		counts := map[string]int{}
 		var winner response
@@ -116,28 +116,28 @@ func TestRefreshRotation(t *testing.T) {
 			t.Fatalf("outcomes %v, want one 200 and %d token_reused or token_revoked", counts, n-1)
 		}
 		// The reuse ended the session, the winner's new tokens included.
-		e.page(winner.str("access_token")).want(t, 401, "token_revoked")
+		e.page(t, winner.str("access_token")).want(t, 401, "token_revoked")
 	})
 
 	t.Run("reuse seen by another instance is refused there and everywhere", func(t *testing.T) {
 		t.Parallel()
 		a, b := newTestPair(t)
-		_, access, refresh := a.user()
-		a.refresh(refresh).want(t, 200, "")
+		_, access, refresh := a.user(t)
+		a.refresh(t, refresh).want(t, 200, "")
 		b.clock.Advance(time.Minute)
-		b.refresh(refresh).want(t, 401, "token_reused")
-		b.page(access).want(t, 401, "token_revoked")
+		b.refresh(t, refresh).want(t, 401, "token_reused")
+		b.page(t, access).want(t, 401, "token_revoked")
 		if err := a.deps.revocations.sync(t.Context()); err != nil {
 			t.Fatal(err)
 		}
-		a.page(access).want(t, 401, "token_revoked")
+		a.page(t, access).want(t, 401, "token_revoked")
 	})
 }
 
-// from sends a login as if from client ip through a trusted proxy.
-func (e *testEnv) loginFrom(ip, email, password string) response {
-	e.tb.Helper()
-	return e.do("POST", "/auth/login", credentials{email, password}, "X-Forwarded-For", ip)
+// loginFrom sends a login as if from client ip through a trusted proxy.
+func (e *testEnv) loginFrom(tb testing.TB, ip, email, password string) response {
+	tb.Helper()
+	return e.do(tb, "POST", "/auth/login", credentials{email, password}, "X-Forwarded-For", ip)
 }
 
 func trustLoopback(c *config) {
@@ -151,74 +151,74 @@ func TestLoginThrottling(t *testing.T) {
 	t.Run("locks an account for the client that failed too often, with Retry-After", func(t *testing.T) {
 		t.Parallel()
 		e := newTestEnv(t, trustLoopback)
-		email, _, _ := e.user()
+		email, _, _ := e.user(t)
 		for range 5 {
-			e.loginFrom(attacker, email, "wrong guess").want(t, 401, "invalid_credentials")
+			e.loginFrom(t, attacker, email, "wrong guess").want(t, 401, "invalid_credentials")
 		}
-		r := e.loginFrom(attacker, email, "correct horse battery").want(t, 429, "too_many_attempts")
+		r := e.loginFrom(t, attacker, email, "correct horse battery").want(t, 429, "too_many_attempts")
 		if s, _ := strconv.Atoi(r.header.Get("Retry-After")); s <= 0 || s > 300 {
 			t.Fatalf("Retry-After %q, want 1..300 seconds", r.header.Get("Retry-After"))
 		}
 		t.Run("but not for the account's owner on another client", func(t *testing.T) {
-			e.loginFrom(victim, email, "correct horse battery").want(t, 200, "")
+			e.loginFrom(t, victim, email, "correct horse battery").want(t, 200, "")
 		})
 		t.Run("until the window passes", func(t *testing.T) {
 			e.clock.Advance(5*time.Minute + time.Second)
-			e.loginFrom(attacker, email, "correct horse battery").want(t, 200, "")
+			e.loginFrom(t, attacker, email, "correct horse battery").want(t, 200, "")
 		})
 	})
 
 	t.Run("ignores X-Forwarded-For from an untrusted peer", func(t *testing.T) {
 		t.Parallel()
 		e := newTestEnv(t)
-		email, _, _ := e.user()
+		email, _, _ := e.user(t)
 		for i := range 5 {
-			e.loginFrom("192.0.2."+strconv.Itoa(i), email, "wrong guess").want(t, 401, "invalid_credentials")
+			e.loginFrom(t, "192.0.2."+strconv.Itoa(i), email, "wrong guess").want(t, 401, "invalid_credentials")
 		}
-		e.loginFrom("192.0.2.99", email, "wrong guess").want(t, 429, "too_many_attempts")
+		e.loginFrom(t, "192.0.2.99", email, "wrong guess").want(t, 429, "too_many_attempts")
 	})
 
 	t.Run("caps one client's failures across many accounts", func(t *testing.T) {
 		t.Parallel()
 		e := newTestEnv(t, trustLoopback, func(c *config) { c.maxClientFails = 3 })
 		for i := range 3 {
-			e.loginFrom(attacker, "nobody"+strconv.Itoa(i)+"@example.com", "guess").want(t, 401, "invalid_credentials")
+			e.loginFrom(t, attacker, "nobody"+strconv.Itoa(i)+"@example.com", "guess").want(t, 401, "invalid_credentials")
 		}
-		email, _, _ := e.user()
-		e.loginFrom(attacker, email, "correct horse battery").want(t, 429, "too_many_attempts")
-		e.loginFrom(victim, email, "correct horse battery").want(t, 200, "")
+		email, _, _ := e.user(t)
+		e.loginFrom(t, attacker, email, "correct horse battery").want(t, 429, "too_many_attempts")
+		e.loginFrom(t, victim, email, "correct horse battery").want(t, 200, "")
 	})
 
 	t.Run("is off when its limits are zero", func(t *testing.T) {
 		t.Parallel()
 		e := newTestEnv(t, trustLoopback, func(c *config) { c.maxFailures, c.maxClientFails = 0, 0 })
-		email, _, _ := e.user()
+		email, _, _ := e.user(t)
 		for range 8 {
-			e.loginFrom(attacker, email, "wrong guess").want(t, 401, "invalid_credentials")
+			e.loginFrom(t, attacker, email, "wrong guess").want(t, 401, "invalid_credentials")
 		}
-		e.loginFrom(attacker, email, "correct horse battery").want(t, 200, "")
+		e.loginFrom(t, attacker, email, "correct horse battery").want(t, 200, "")
 	})
 
 	t.Run("forgets an account's failures after a success", func(t *testing.T) {
 		t.Parallel()
 		e := newTestEnv(t, trustLoopback)
-		email, _, _ := e.user()
+		email, _, _ := e.user(t)
 		for range 2 {
 			for range 4 {
-				e.loginFrom(victim, email, "typo").want(t, 401, "invalid_credentials")
+				e.loginFrom(t, victim, email, "typo").want(t, 401, "invalid_credentials")
 			}
-			e.loginFrom(victim, email, "correct horse battery").want(t, 200, "")
+			e.loginFrom(t, victim, email, "correct horse battery").want(t, 200, "")
 		}
 	})
 
 	t.Run("holds across instances sharing the database", func(t *testing.T) {
 		t.Parallel()
 		a, b := newTestPair(t, trustLoopback)
-		email, _, _ := a.user()
+		email, _, _ := a.user(t)
 		for range 5 {
-			a.loginFrom(attacker, email, "wrong guess").want(t, 401, "invalid_credentials")
+			a.loginFrom(t, attacker, email, "wrong guess").want(t, 401, "invalid_credentials")
 		}
-		b.loginFrom(attacker, email, "wrong guess").want(t, 429, "too_many_attempts")
+		b.loginFrom(t, attacker, email, "wrong guess").want(t, 429, "too_many_attempts")
 	})
 }
 

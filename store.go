@@ -69,38 +69,48 @@ type Store interface {
 }
 
 // mongoStore is the Store on MongoDB (or anything that speaks its wire protocol, such as the
-// embedded FerretDB). Atomicity comes only from unique-key inserts and single-document writes,
-// which both servers guarantee; see ../shared/MONGODB.md.
+// embedded FerretDB). Atomicity comes only from unique-key inserts and single-document deletes:
+// FerretDB, unlike MongoDB, lets two guarded findOneAndUpdate calls both win and loses concurrent
+// $inc updates, so nothing here relies on either.
 type mongoStore struct {
 	users, blacklist, refreshUses, failures *mongo.Collection
+	metrics                                 *metrics // counts the database's failures; may be nil
 }
 
+// connectMongo makes a client for uri. The driver waits 30s for a server by default, far too long
+// for a user waiting on a login, so shorter defaults come first and the URI's own
+// serverSelectionTimeoutMS, connectTimeoutMS or timeoutMS, when it has them, win.
 func connectMongo(uri string) (*mongo.Client, error) {
-	// The driver waits 30s for a server by default: far too long for a user waiting on a login.
-	opts := options.Client().ApplyURI(uri).
-		SetServerSelectionTimeout(2 * time.Second).
-		SetConnectTimeout(2 * time.Second).
-		SetTimeout(5 * time.Second)
-	client, err := mongo.Connect(opts)
+	client, err := mongo.Connect(mongoOptions(uri))
 	if err != nil {
 		return nil, fmt.Errorf("mongodb: %w", err)
 	}
 	return client, nil
 }
 
-// mongoCollections is the store on db's collections, as they are.
-func mongoCollections(db *mongo.Database) *mongoStore {
+func mongoOptions(uri string) *options.ClientOptions {
+	return options.Client().
+		SetServerSelectionTimeout(2 * time.Second).
+		SetConnectTimeout(2 * time.Second).
+		SetTimeout(5 * time.Second).
+		ApplyURI(uri)
+}
+
+// mongoCollections is the store on db's collections, as they are; m, when not nil, counts the
+// database's failures.
+func mongoCollections(db *mongo.Database, m *metrics) *mongoStore {
 	return &mongoStore{
 		users:       db.Collection("users"),
 		blacklist:   db.Collection("blacklist"),
 		refreshUses: db.Collection("refresh_tokens"),
 		failures:    db.Collection("login_failures"),
+		metrics:     m,
 	}
 }
 
 // newMongoStore opens the collections of db and makes sure their indexes exist.
-func newMongoStore(ctx context.Context, db *mongo.Database) (*mongoStore, error) {
-	s := mongoCollections(db)
+func newMongoStore(ctx context.Context, db *mongo.Database, m *metrics) (*mongoStore, error) {
+	s := mongoCollections(db, m)
 	indexes := []struct {
 		coll   *mongo.Collection
 		keys   bson.D
@@ -125,7 +135,7 @@ func newMongoStore(ctx context.Context, db *mongo.Database) (*mongoStore, error)
 			_, err = ix.coll.Indexes().CreateOne(ctx, mongo.IndexModel{Keys: ix.keys})
 		}
 		if err != nil {
-			return nil, fmt.Errorf("create index on %s: %w", ix.coll.Name(), storeErr(err))
+			return nil, fmt.Errorf("create index on %s: %w", ix.coll.Name(), s.err(err))
 		}
 	}
 	return s, nil
@@ -156,15 +166,26 @@ func storeErr(err error) error {
 	return fmt.Errorf("%w: %v", ErrUnavailable, err)
 }
 
+// err is storeErr that also counts the failures that are the database's: anything but a missing
+// or duplicate record, or a caller that gave up.
+func (s *mongoStore) err(err error) error {
+	err = storeErr(err)
+	if err != nil && s.metrics != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrDuplicate) &&
+		!errors.Is(err, context.Canceled) {
+		s.metrics.dbErrors.Add(1)
+	}
+	return err
+}
+
 func (s *mongoStore) CreateUser(ctx context.Context, u *User) error {
 	_, err := s.users.InsertOne(ctx, u)
-	return storeErr(err)
+	return s.err(err)
 }
 
 func (s *mongoStore) UserByEmail(ctx context.Context, email string) (*User, error) {
 	var u User
 	if err := s.users.FindOne(ctx, bson.D{{Key: "email", Value: email}}).Decode(&u); err != nil {
-		return nil, storeErr(err)
+		return nil, s.err(err)
 	}
 	return &u, nil
 }
@@ -173,7 +194,7 @@ func (s *mongoStore) SetPasswordHash(ctx context.Context, id, hash string) error
 	res, err := s.users.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}},
 		bson.D{{Key: "$set", Value: bson.D{{Key: "password_hash", Value: hash}}}})
 	if err != nil {
-		return storeErr(err)
+		return s.err(err)
 	}
 	if res.MatchedCount == 0 {
 		return ErrNotFound
@@ -189,12 +210,12 @@ type refreshUse struct {
 
 func (s *mongoStore) ClaimRefresh(ctx context.Context, jti string, at, expires time.Time) (bool, time.Time, error) {
 	_, err := s.refreshUses.InsertOne(ctx, refreshUse{JTI: jti, UsedAt: at, ExpiresAt: expires})
-	if err = storeErr(err); !errors.Is(err, ErrDuplicate) {
+	if err = s.err(err); !errors.Is(err, ErrDuplicate) {
 		return err == nil, at, err
 	}
 	var first refreshUse
 	if err := s.refreshUses.FindOne(ctx, bson.D{{Key: "_id", Value: jti}}).Decode(&first); err != nil {
-		return false, time.Time{}, storeErr(err)
+		return false, time.Time{}, s.err(err)
 	}
 	return false, first.UsedAt, nil
 }
@@ -213,12 +234,12 @@ func (s *mongoStore) Revoke(ctx context.Context, revs ...Revocation) error {
 	if errors.As(err, &bwe) && bwe.WriteConcernError == nil {
 		for _, we := range bwe.WriteErrors {
 			if !mongo.IsDuplicateKeyError(we.WriteError) {
-				return storeErr(err)
+				return s.err(err)
 			}
 		}
 		return nil
 	}
-	return storeErr(err)
+	return s.err(err)
 }
 
 func (s *mongoStore) Revoked(ctx context.Context, now time.Time, ids ...string) (bool, error) {
@@ -226,7 +247,7 @@ func (s *mongoStore) Revoked(ctx context.Context, now time.Time, ids ...string) 
 		{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}},
 		{Key: "expires_at", Value: bson.D{{Key: "$gt", Value: now}}},
 	}).Err()
-	switch err = storeErr(err); {
+	switch err = s.err(err); {
 	case err == nil:
 		return true, nil
 	case errors.Is(err, ErrNotFound):
@@ -241,11 +262,11 @@ func (s *mongoStore) RevocationsSince(ctx context.Context, since, now time.Time)
 		{Key: "expires_at", Value: bson.D{{Key: "$gt", Value: now}}},
 	})
 	if err != nil {
-		return nil, storeErr(err)
+		return nil, s.err(err)
 	}
 	var revs []Revocation
 	if err := cur.All(ctx, &revs); err != nil {
-		return nil, storeErr(err)
+		return nil, s.err(err)
 	}
 	return revs, nil
 }
@@ -264,7 +285,7 @@ func (s *mongoStore) AddFailure(ctx context.Context, at, expires time.Time, keys
 		docs[i] = failure{ID: bson.NewObjectID(), Key: k, At: at, ExpiresAt: expires}
 	}
 	_, err := s.failures.InsertMany(ctx, docs)
-	return storeErr(err)
+	return s.err(err)
 }
 
 func (s *mongoStore) Failures(ctx context.Context, since time.Time, keys ...string) (map[string][]time.Time, error) {
@@ -274,11 +295,11 @@ func (s *mongoStore) Failures(ctx context.Context, since time.Time, keys ...stri
 		bson.D{{Key: "key", Value: bson.D{{Key: "$in", Value: keys}}}, {Key: "at", Value: bson.D{{Key: "$gt", Value: since}}}},
 		options.Find().SetSort(bson.D{{Key: "at", Value: -1}}).SetLimit(1000))
 	if err != nil {
-		return nil, storeErr(err)
+		return nil, s.err(err)
 	}
 	var fs []failure
 	if err := cur.All(ctx, &fs); err != nil {
-		return nil, storeErr(err)
+		return nil, s.err(err)
 	}
 	out := make(map[string][]time.Time, len(keys))
 	for _, f := range fs {
@@ -289,19 +310,19 @@ func (s *mongoStore) Failures(ctx context.Context, since time.Time, keys ...stri
 
 func (s *mongoStore) ClearFailures(ctx context.Context, key string) error {
 	_, err := s.failures.DeleteMany(ctx, bson.D{{Key: "key", Value: key}})
-	return storeErr(err)
+	return s.err(err)
 }
 
 func (s *mongoStore) Purge(ctx context.Context, now time.Time) error {
 	expired := bson.D{{Key: "expires_at", Value: bson.D{{Key: "$lte", Value: now}}}}
 	for _, c := range []*mongo.Collection{s.blacklist, s.refreshUses, s.failures} {
 		if _, err := c.DeleteMany(ctx, expired); err != nil {
-			return storeErr(err)
+			return s.err(err)
 		}
 	}
 	return nil
 }
 
 func (s *mongoStore) Ping(ctx context.Context) error {
-	return storeErr(s.users.Database().Client().Ping(ctx, nil))
+	return s.err(s.users.Database().Client().Ping(ctx, nil))
 }

@@ -70,11 +70,6 @@ func (t *throttle) succeeded(ctx context.Context, client netip.Addr, email strin
 	return t.store.ClearFailures(ctx, account)
 }
 
-// retryAfter formats d as whole seconds, rounded up, for a Retry-After header.
-func retryAfter(d time.Duration) string {
-	return fmt.Sprint(int64((d + time.Second - 1) / time.Second))
-}
-
 // clientIPs finds the client of a request: the TCP peer, unless the peer is a trusted proxy, in
 // which case X-Forwarded-For is read from the right, skipping trusted hops.
 type clientIPs struct {

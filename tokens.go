@@ -3,7 +3,6 @@ package main
 import (
 	"crypto/rand"
 	"encoding/base64"
-	"strings"
 	"sync"
 	"time"
 
@@ -143,14 +142,6 @@ func (t *tokens) parse(raw, use string) (*claims, error) {
 }
 
 func (t *tokens) key(*jwt.Token) (any, error) { return t.secret, nil }
-
-// bearer strips an optional "Bearer " prefix, which clients send in either header form.
-func bearer(v string) string {
-	if len(v) > 7 && strings.EqualFold(v[:7], "bearer ") {
-		v = v[7:]
-	}
-	return strings.TrimSpace(v)
-}
 
 // newID returns 128 random bits, URL-safe: token ids, session ids and user ids.
 func newID() string {

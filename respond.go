@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"reflect"
+	"strings"
+	"time"
+)
+
+// apiError is an answer to the client: a status and the {"error","message"} body. retryAfter, when
+// set, becomes a Retry-After header.
+type apiError struct {
+	status     int
+	code       string
+	message    string
+	retryAfter time.Duration
+}
+
+func (e *apiError) Error() string { return e.code + ": " + e.message }
+
+// Is lets errors.Is match a copy made by after against the value it was copied from.
+func (e *apiError) Is(target error) bool {
+	t, ok := target.(*apiError)
+	return ok && t.code == e.code && t.status == e.status
+}
+
+// after is e with a Retry-After of d (at least a second).
+func (e *apiError) after(d time.Duration) *apiError {
+	c := *e
+	c.retryAfter = max(d, time.Second)
+	return &c
+}
+
+var (
+	errInvalidRequest     = &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "the request body must be a JSON object with the documented fields"}
+	errInvalidEmail       = &apiError{status: http.StatusBadRequest, code: "invalid_email", message: "email must be a valid address such as name@example.com"}
+	errWeakPassword       = &apiError{status: http.StatusBadRequest, code: "weak_password", message: "password must be between 8 and 1024 bytes long"}
+	errEmailTaken         = &apiError{status: http.StatusConflict, code: "email_taken", message: "an account with this email already exists"}
+	errInvalidCredentials = &apiError{status: http.StatusUnauthorized, code: "invalid_credentials", message: "email or password is incorrect"}
+	errTokenMissing       = &apiError{status: http.StatusUnauthorized, code: "token_missing", message: "no token was sent"}
+	errTokenInvalid       = &apiError{status: http.StatusUnauthorized, code: "token_invalid", message: "the token is not valid"}
+	errTokenExpired       = &apiError{status: http.StatusUnauthorized, code: "token_expired", message: "the token has expired; call /auth/refresh"}
+	errTokenRevoked       = &apiError{status: http.StatusUnauthorized, code: "token_revoked", message: "the token's session has ended; log in again"}
+	errTokenReused        = &apiError{status: http.StatusUnauthorized, code: "token_reused", message: "this refresh token was already used, so the session was ended; log in again"}
+	errTooManyAttempts    = &apiError{status: http.StatusTooManyRequests, code: "too_many_attempts", message: "too many failed logins; wait before trying again"}
+	errPayloadTooLarge    = &apiError{status: http.StatusRequestEntityTooLarge, code: "payload_too_large", message: "the request body is too large"}
+	errNotFound           = &apiError{status: http.StatusNotFound, code: "not_found", message: "no such endpoint"}
+	errMethodNotAllowed   = &apiError{status: http.StatusMethodNotAllowed, code: "method_not_allowed", message: "this endpoint does not accept that method"}
+	errUnavailable        = &apiError{status: http.StatusServiceUnavailable, code: "unavailable", message: "the service is temporarily unavailable; try again shortly"}
+	errInternal           = &apiError{status: http.StatusInternalServerError, code: "internal", message: "an internal error occurred"}
+)
+
+// handle adapts a handler that returns its error, so that every error is written in one place.
+func handle(log *slog.Logger, f func(w http.ResponseWriter, r *http.Request) error) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := f(w, r); err != nil {
+			writeError(w, r, log, err)
+		}
+	})
+}
+
+// writeError is the one error writer: it maps err to a status and code; errors that are not the
+// client's are logged with the request id and never shown.
+func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	var e *apiError
+	switch {
+	case errors.As(err, &e):
+	case errors.Is(err, ErrUnavailable), errors.Is(err, errBusy):
+		log.LogAttrs(r.Context(), slog.LevelWarn, "unavailable",
+			slog.String("request_id", requestID(r.Context())), slog.String("err", err.Error()))
+		e = errUnavailable
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		return // the client went away; nobody reads an answer
+	default:
+		log.LogAttrs(r.Context(), slog.LevelError, "internal error",
+			slog.String("request_id", requestID(r.Context())), slog.String("err", err.Error()))
+		e = errInternal
+	}
+	h := w.Header()
+	if e.retryAfter > 0 {
+		h.Set("Retry-After", retryAfter(e.retryAfter))
+	} else if e.status == http.StatusServiceUnavailable && h.Get("Retry-After") == "" {
+		h.Set("Retry-After", "1")
+	}
+	switch e.code {
+	case errTokenMissing.code:
+		h.Set("WWW-Authenticate", `Bearer`)
+	case errTokenInvalid.code, errTokenExpired.code, errTokenRevoked.code, errTokenReused.code:
+		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer error="invalid_token", error_description=%q`, e.message))
+	}
+	encode(w, e.status, errorBody{e.code, e.message})
+}
+
+// retryAfter formats d as whole seconds, rounded up, for a Retry-After header.
+func retryAfter(d time.Duration) string {
+	return fmt.Sprint(int64((d + time.Second - 1) / time.Second))
+}
+
+type errorBody struct {
+	Error   string `json:"error"`
+	Message string `json:"message"`
+}
+
+func encode(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// maxBody bounds every request body; the largest legitimate one is a 1024-byte password.
+const maxBody = 8 << 10
+
+// decode reads exactly one JSON value of type T from a size-limited body. Unknown fields are
+// ignored, so that clients of the original service may send what they always sent.
+func decode[T any](w http.ResponseWriter, r *http.Request) (T, error) {
+	var v T
+	err := decodeOptional(w, r, &v)
+	if errors.Is(err, io.EOF) {
+		return v, &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "the request body is empty; send a JSON object"}
+	}
+	return v, err
+}
+
+// decodeOptional is decode for endpoints where the body is optional: an empty body leaves v as
+// it is and returns io.EOF.
+func decodeOptional(w http.ResponseWriter, r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	err := dec.Decode(v)
+	if err == io.EOF {
+		return io.EOF
+	}
+	if err == nil {
+		if _, err = dec.Token(); err == io.EOF {
+			return nil
+		} else if err == nil {
+			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "the request body must hold exactly one JSON value"}
+		}
+	}
+	var (
+		tooBig  *http.MaxBytesError
+		typeErr *json.UnmarshalTypeError
+	)
+	switch {
+	case errors.As(err, &tooBig):
+		return errPayloadTooLarge
+	case errors.As(err, &typeErr) && typeErr.Field != "":
+		return &apiError{status: http.StatusBadRequest, code: "invalid_request",
+			message: fmt.Sprintf("field %q must be a JSON %s", typeErr.Field, jsonKind(typeErr.Type.Kind()))}
+	}
+	return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "the request body is not a valid JSON object"}
+}
+
+func jsonKind(k reflect.Kind) string {
+	switch k {
+	case reflect.String:
+		return "string"
+	case reflect.Bool:
+		return "boolean"
+	case reflect.Struct, reflect.Map:
+		return "object"
+	}
+	return "value of the documented type"
+}
+
+// The original service's header names, as net/http stores them: it upper-cases only the first
+// letter of a name with an underscore. r.Header.Get("authorization_access") would canonicalise the
+// name, allocating, on every call; the forward-auth check looks it up under the stored form.
+const (
+	hdrAccess  = "Authorization_access"
+	hdrRefresh = "Authorization_refresh"
+)
+
+func header(r *http.Request, canonical string) string {
+	if v := r.Header[canonical]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// accessToken takes the access token from the original service's header or the standard one.
+func accessToken(r *http.Request) string {
+	if t := bearer(header(r, hdrAccess)); t != "" {
+		return t
+	}
+	return bearer(header(r, "Authorization"))
+}
+
+// bearer strips an optional "Bearer " prefix, which clients send in either header form.
+func bearer(v string) string {
+	if len(v) > 7 && strings.EqualFold(v[:7], "bearer ") {
+		v = v[7:]
+	}
+	return strings.TrimSpace(v)
+}

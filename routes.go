@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+)
+
+// routeAdder is what addRoutes registers on: a *http.ServeMux, or a test listing the patterns.
+type routeAdder interface {
+	Handle(pattern string, handler http.Handler)
+}
+
+// addRoutes lists the whole API and what each route depends on; openapi.yaml describes it.
+func addRoutes(mux routeAdder, d *deps) {
+	mux.Handle("POST /auth/signup", handleSignup(d.log, d.store, d.hasher, d.now))
+	mux.Handle("POST /auth/login", handleLogin(d.log, d.clients, d.passwords, d.tokens, d.metrics))
+	mux.Handle("POST /auth/refresh", handleRefresh(d.log, d.store, d.tokens, d.revocations, d.metrics, d.reuseInterval))
+	mux.Handle("POST /auth/logout", handleLogout(d.log, d.tokens, d.revocations, d.metrics))
+	mux.Handle("POST /auth/verify", handleVerify(d.log, d.tokens, d.revocations))
+	mux.Handle("GET /auth/verify", handleVerify(d.log, d.tokens, d.revocations))
+	// Forward-auth proxies ask with whatever method they choose (nginx and Caddy with GET, others
+	// with the original one), so the protected route answers every method.
+	mux.Handle("/auth/page", requireAccess(d.log, d.tokens, d.revocations)(handlePage(d.now)))
+	mux.Handle("GET /healthz", handleHealthz())
+	mux.Handle("GET /readyz", handleReadyz(d.log, d.store))
+	mux.Handle("GET /openapi.yaml", handleOpenAPI())
+	if d.metricsEnabled {
+		mux.Handle("GET /metrics", handleMetrics(d.metrics, d.revocations, d.hasher))
+	}
+}
+
+// newHandler is the whole HTTP service: the routes inside the middleware chain, recovery outermost.
+func newHandler(d *deps, c config) http.Handler {
+	mux := http.NewServeMux()
+	addRoutes(mux, d)
+	var h http.Handler = mux
+	h = muxErrorsAsJSON(h)
+	h = cors(c.corsOrigins)(h)
+	h = accessLog(d.log, d.now, newRequestIDs(), d.metrics)(h)
+	h = recoverer(d.log)(h)
+	return h
+}
+
+// deps are the service's parts, made once by newDeps; addRoutes hands each handler the few it uses.
+type deps struct {
+	log            *slog.Logger
+	now            func() time.Time
+	store          Store
+	tokens         *tokens
+	revocations    *revocations
+	passwords      *passwordCheck
+	hasher         *hasher
+	clients        clientIPs
+	reuseInterval  time.Duration
+	metricsEnabled bool
+	metrics        *metrics
+}
+
+// newDeps wires the service's parts together over store; m also counts store's failures.
+func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.Time, log *slog.Logger) *deps {
+	h := newHasher(c.hashConcurrent, c.hashQueue, c.hashWait)
+	return &deps{
+		log:         log,
+		now:         now,
+		store:       store,
+		tokens:      newTokens(secret, c.issuer, c.accessTTL, c.refreshTTL, now),
+		revocations: newRevocations(store, now, log),
+		passwords: &passwordCheck{
+			store:  store,
+			hasher: h,
+			throttle: &throttle{store: store, now: now, window: c.failureWindow,
+				maxAccount: c.maxFailures, maxClient: c.maxClientFails},
+			log: log,
+		},
+		hasher:         h,
+		clients:        clientIPs{trusted: c.trustedProxies},
+		reuseInterval:  c.reuseInterval,
+		metricsEnabled: c.metrics && c.metricsAddr == "",
+		metrics:        m,
+	}
+}
+
+func handleHealthz() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		encode(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+}
+
+func handleReadyz(log *slog.Logger, store Store) http.Handler {
+	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := store.Ping(ctx); err != nil {
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		encode(w, http.StatusOK, map[string]string{"status": "ready"})
+		return nil
+	})
+}
