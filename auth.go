@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 type credentials struct {
@@ -18,7 +20,10 @@ type credentials struct {
 // normalizeEmail is the form in which emails are stored and compared: trimmed and lower-cased.
 func normalizeEmail(s string) string { return strings.ToLower(strings.TrimSpace(s)) }
 
-// validEmail checks the shape of a normalised address; mail servers decide the rest.
+// validEmail checks the shape of a normalised address; mail servers decide the rest. Characters
+// that do not show (zero-width spaces, bidirectional controls, other format and control
+// characters, spaces of any kind) are refused: an address must look like what it is wherever it is
+// shown, a proxy's X-User-Email header included.
 func validEmail(s string) bool {
 	at := strings.LastIndexByte(s, '@')
 	if len(s) > 254 || at < 1 || at > 64 || at == len(s)-1 || strings.Count(s, "@") != 1 {
@@ -30,7 +35,10 @@ func validEmail(s string) bool {
 		return false
 	}
 	for _, c := range s {
-		if c <= ' ' || c == 0x7f || c == '<' || c == '>' || c == '(' || c == ')' || c == ',' || c == ';' || c == '\\' || c == '"' {
+		// Not graphic: controls, format characters (Cf), private use, unassigned. U+FFFD is what
+		// JSON decoding makes of bytes that are not UTF-8.
+		if !unicode.IsGraphic(c) || unicode.IsSpace(c) || c == utf8.RuneError ||
+			c == '<' || c == '>' || c == '(' || c == ')' || c == ',' || c == ';' || c == '\\' || c == '"' {
 			return false
 		}
 	}

@@ -41,6 +41,14 @@ func TestSignup(t *testing.T) {
 		{"refuses an empty body", ``, 400, "invalid_request"},
 		{"refuses an array", `[]`, 400, "invalid_request"},
 		{"refuses a body over the limit", `{"email":"` + strings.Repeat("a", 10000) + `"}`, 413, "payload_too_large"},
+		{"refuses a zero-width space in the address", credentials{"zero\u200bwidth@example.com", "password123"}, 400, "invalid_email"},
+		{"refuses a right-to-left override", credentials{"evil\u202egro.elpmaxe@example.com", "password123"}, 400, "invalid_email"},
+		{"refuses a soft hyphen", credentials{"soft\u00adhyphen@example.com", "password123"}, 400, "invalid_email"},
+		{"refuses a no-break space", credentials{"no\u00a0break@example.com", "password123"}, 400, "invalid_email"},
+		{"refuses a byte-order mark", credentials{"\ufeffbom@example.com", "password123"}, 400, "invalid_email"},
+		{"refuses a control character", credentials{"bell\u0007@example.com", "password123"}, 400, "invalid_email"},
+		{"refuses invalid UTF-8", "{\"email\":\"bad\xff@example.com\",\"password\":\"password123\"}", 400, "invalid_email"},
+		{"accepts letters beyond ASCII", credentials{"jos\u00e9@example.com", "password123"}, 201, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -54,6 +62,48 @@ func TestSignup(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A cross-site HTML form can post text/plain (or form data) without a preflight: only a body
+// declared as JSON is read.
+func TestBodiesMustBeDeclaredJSON(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	email, access, refresh := e.user(t)
+	body := `{"email":"` + email + `","password":"correct horse battery"}`
+	for _, tt := range []struct {
+		contentType string
+		status      int
+	}{
+		{"text/plain", 415},
+		{"text/plain;charset=UTF-8", 415},
+		{"application/x-www-form-urlencoded", 415},
+		{"multipart/form-data; boundary=x", 415},
+		{"", 415},
+		{"application/json", 200},
+		{"application/json; charset=utf-8", 200},
+		{"Application/JSON; charset=UTF-8", 200},
+		{"application/json; charset=latin1", 415},
+	} {
+		t.Run(fmt.Sprintf("login with %q answers %d", tt.contentType, tt.status), func(t *testing.T) {
+			r := e.do(t, "POST", "/auth/login", body, "Content-Type", tt.contentType)
+			if tt.status == 415 {
+				r.want(t, 415, "unsupported_media_type")
+			} else {
+				r.want(t, tt.status, "")
+			}
+		})
+	}
+	for _, path := range []string{"/auth/signup", "/auth/refresh", "/auth/logout", "/auth/verify"} {
+		t.Run(path+" refuses a text/plain body", func(t *testing.T) {
+			e.do(t, "POST", path, `{"refresh_token":"x"}`, "Content-Type", "text/plain").want(t, 415, "unsupported_media_type")
+		})
+	}
+	t.Run("a body-less refresh and logout need no Content-Type", func(t *testing.T) {
+		r := e.refresh(t, refresh).want(t, 200, "")
+		e.do(t, "POST", "/auth/logout", nil, "Authorization", "Bearer "+r.str("access_token")).want(t, 200, "")
+		_ = access
+	})
 }
 
 func TestSignupStoresOnlyAnArgon2idHash(t *testing.T) {

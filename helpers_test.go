@@ -223,7 +223,8 @@ func (e *testEnv) do(tb testing.TB, method, path string, body any, headers ...st
 }
 
 // send makes one request and reads its answer; body is JSON-encoded unless it is a string, which
-// is sent as it is, and headers are name, value pairs.
+// is sent as it is, and headers are name, value pairs. A body goes as application/json unless the
+// headers say otherwise.
 func send(tb testing.TB, client *http.Client, method, url string, body any, headers ...string) response {
 	tb.Helper()
 	var rd io.Reader
@@ -241,6 +242,9 @@ func send(tb testing.TB, client *http.Client, method, url string, body any, head
 	req, err := http.NewRequest(method, url, rd)
 	if err != nil {
 		tb.Fatal(err)
+	}
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])

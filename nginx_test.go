@@ -370,6 +370,9 @@ func (px *nginxFront) do(tb testing.TB, method, path, body string, headers ...st
 	if err != nil {
 		tb.Fatal(err)
 	}
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net/http"
 	"reflect"
 	"strings"
@@ -50,6 +51,7 @@ var (
 	errTokenReused        = &apiError{status: http.StatusUnauthorized, code: "token_reused", message: "this refresh token was already used, so the session was ended; log in again"}
 	errTooManyAttempts    = &apiError{status: http.StatusTooManyRequests, code: "too_many_attempts", message: "too many failed logins; wait before trying again"}
 	errPayloadTooLarge    = &apiError{status: http.StatusRequestEntityTooLarge, code: "payload_too_large", message: "the request body is too large"}
+	errUnsupportedMedia   = &apiError{status: http.StatusUnsupportedMediaType, code: "unsupported_media_type", message: "send the request body as JSON, with Content-Type: application/json"}
 	errNotFound           = &apiError{status: http.StatusNotFound, code: "not_found", message: "no such endpoint"}
 	errMethodNotAllowed   = &apiError{status: http.StatusMethodNotAllowed, code: "method_not_allowed", message: "this endpoint does not accept that method"}
 	errUnavailable        = &apiError{status: http.StatusServiceUnavailable, code: "unavailable", message: "the service is temporarily unavailable; try again shortly"}
@@ -129,8 +131,22 @@ func decode[T any](w http.ResponseWriter, r *http.Request) (T, error) {
 }
 
 // decodeOptional is decode for endpoints where the body is optional: an empty body leaves v as
-// it is and returns io.EOF.
+// it is and returns io.EOF. A body not declared as JSON is refused with 415 before it is read: an
+// HTML form on another site can post text/plain without a preflight, and spread login guesses
+// over its visitors' browsers; a JSON body it cannot send.
 func decodeOptional(w http.ResponseWriter, r *http.Request, v any) error {
+	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
+		return io.EOF
+	}
+	if !isJSON(r.Header.Get("Content-Type")) {
+		if r.ContentLength < 0 { // a chunked body may still turn out empty
+			var one [1]byte
+			if n, _ := io.ReadFull(r.Body, one[:]); n == 0 {
+				return io.EOF
+			}
+		}
+		return errUnsupportedMedia
+	}
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	err := dec.Decode(v)
 	if err == io.EOF {
@@ -155,6 +171,16 @@ func decodeOptional(w http.ResponseWriter, r *http.Request, v any) error {
 			message: fmt.Sprintf("field %q must be a JSON %s", typeErr.Field, jsonKind(typeErr.Type.Kind()))}
 	}
 	return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "the request body is not a valid JSON object"}
+}
+
+// isJSON accepts application/json, with no charset or UTF-8, the one JSON has.
+func isJSON(contentType string) bool {
+	mt, params, err := mime.ParseMediaType(contentType)
+	if err != nil || mt != "application/json" {
+		return false
+	}
+	cs, ok := params["charset"]
+	return !ok || strings.EqualFold(cs, "utf-8")
 }
 
 func jsonKind(k reflect.Kind) string {

@@ -30,8 +30,8 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 
-curl -fs "127.0.0.1:$svc/auth/signup" -d '{"email":"load@example.com","password":"load-test-password"}' >/dev/null
-token=$(curl -fs "127.0.0.1:$svc/auth/login" -d '{"email":"load@example.com","password":"load-test-password"}' |
+curl -fs "127.0.0.1:$svc/auth/signup" --json '{"email":"load@example.com","password":"load-test-password"}' >/dev/null
+token=$(curl -fs "127.0.0.1:$svc/auth/login" --json '{"email":"load@example.com","password":"load-test-password"}' |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
 curl -fs "127.0.0.1:$svc/auth/page" -H "Authorization: Bearer $token" >/dev/null
 

@@ -40,7 +40,7 @@ for _ in $(seq 1 600); do
 	sleep 0.1
 done
 creds=$(printf '{"email":"%s","password":"%s"}' "$EMAIL" "$PASSWORD")
-curl -fsS "$base/auth/signup" -d "$creds" >/dev/null
+curl -fsS "$base/auth/signup" --json "$creds" >/dev/null
 rss_before=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
 
 fail=0
@@ -53,7 +53,7 @@ echo "peak RSS: ${peak_mib} MiB (limit ${LIMIT_MIB} MiB; ${rss_before} KiB befor
 ((peak_mib <= LIMIT_MIB)) || { echo "FAIL: peak RSS over the limit"; fail=1; }
 
 if curl -fsS "$base/healthz" >/dev/null; then echo "healthz after the storm: 200"; else echo "FAIL: healthz"; fail=1; fi
-code=$(curl -sS -o /dev/null -w '%{http_code}' "$base/auth/login" -d "$creds")
+code=$(curl -sS -o /dev/null -w '%{http_code}' "$base/auth/login" --json "$creds")
 echo "a normal login after the storm: $code"
 [[ $code == 200 ]] || fail=1
 if ! kill -0 "$pid" 2>/dev/null; then echo "FAIL: the service died"; fail=1; fi
