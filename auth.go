@@ -119,6 +119,16 @@ type passwordCheck struct {
 	throttle *throttle
 	hasher   *hasher
 	log      *slog.Logger
+	// Failed attempts allowed within the throttle's window: for one account from one client, so
+	// that an attacker cannot lock a user out of their own client, and from one client for any
+	// accounts.
+	maxAccount, maxClient int
+}
+
+// loginKeys are the throttle's keys for a login as email from client.
+func loginKeys(client netip.Addr, email string) (account, clientKey string) {
+	c := clientPrefix(client)
+	return "login|" + c + "|" + email, "login|" + c
 }
 
 // check returns the account of email when password is its password. Otherwise the error is
@@ -132,8 +142,9 @@ func (p *passwordCheck) check(ctx context.Context, client netip.Addr, email, pas
 	}
 	defer turn.done()
 	email = normalizeEmail(email)
-	// The throttle and the account are read at once: the work around the hash must stay small next
-	// to the hash itself.
+	account, clientKey := loginKeys(client, email)
+	// The attempt is recorded and the account read at once: the work around the hash must stay
+	// small next to the hash itself.
 	var (
 		u       *User
 		userErr error
@@ -143,14 +154,13 @@ func (p *passwordCheck) check(ctx context.Context, client netip.Addr, email, pas
 		defer close(fetched)
 		u, userErr = p.store.UserByEmail(ctx, email)
 	}()
-	wait, failures, err := p.throttle.wait(ctx, client, email)
+	att, err := p.throttle.begin(ctx, limit{account, p.maxAccount}, limit{clientKey, p.maxClient})
 	<-fetched
 	if err != nil {
 		return nil, err
-	} else if wait > 0 {
-		return nil, errTooManyAttempts.after(wait)
 	}
 	if userErr != nil && !errors.Is(userErr, ErrNotFound) {
+		att.forget(ctx)
 		return nil, userErr
 	}
 	// An unknown email is checked against a dummy hash, so that it takes as long as a wrong
@@ -159,15 +169,20 @@ func (p *passwordCheck) check(ctx context.Context, client netip.Addr, email, pas
 	if u != nil {
 		hash = u.PasswordHash
 	}
+	// The attempt's rank is read while the password is hashed; an attempt beyond the limit learns
+	// nothing about the password.
+	ranked := make(chan error, 1)
+	go func() { ranked <- att.check(ctx) }()
 	ok, rehash, err := turn.verify(ctx, hash, password)
+	if err := <-ranked; err != nil {
+		return nil, err
+	}
 	if err != nil {
+		att.forget(ctx) // not tried: no failure to count
 		return nil, err
 	}
 	if u == nil || !ok {
-		if err := p.throttle.failed(ctx, client, email); err != nil {
-			return nil, err
-		}
-		return nil, errInvalidCredentials
+		return nil, errInvalidCredentials // the attempt stays recorded, as a failure
 	}
 	if rehash {
 		// Moved over from bcrypt, or from older argon2id parameters: upgrade while the password is
@@ -178,10 +193,9 @@ func (p *passwordCheck) check(ctx context.Context, client netip.Addr, email, pas
 			}
 		}
 	}
-	if failures > 0 {
-		if err := p.throttle.succeeded(ctx, client, email); err != nil {
-			p.log.Warn("clearing login failures failed", "err", err)
-		}
+	// A success clears the account's failures from this client.
+	if err := att.succeeded(ctx, account); err != nil {
+		p.log.Warn("clearing login failures failed", "err", err)
 	}
 	return u, nil
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -209,6 +210,64 @@ func TestLoginThrottling(t *testing.T) {
 			}
 			e.loginFrom(t, victim, email, "correct horse battery").want(t, 200, "")
 		}
+	})
+
+	// Each attempt is counted before its hash runs: a burst cannot slip guesses past the limit.
+	for _, instances := range []int{1, 2} {
+		t.Run(fmt.Sprintf("lets at most the limit of 40 simultaneous wrong logins through on %d instances", instances), func(t *testing.T) {
+			t.Parallel()
+			roomy := func(c *config) { c.hashQueue, c.hashWait = 64, time.Minute }
+			db := newTestDB(t)
+			var envs []*testEnv
+			for range instances {
+				envs = append(envs, newTestEnvOn(t, db, trustLoopback, roomy))
+			}
+			email, _, _ := envs[0].user(t)
+			const n = 40
+			out := make([]response, n)
+			var wg sync.WaitGroup
+			start := make(chan struct{})
+			for i := range n {
+				wg.Go(func() {
+					<-start
+					out[i] = envs[i%instances].loginFrom(t, attacker, email, "wrong guess")
+				})
+			}
+			close(start)
+			wg.Wait()
+			counts := map[string]int{}
+			for _, r := range out {
+				counts[strconv.Itoa(r.status)+" "+r.str("error")]++
+			}
+			max := envs[0].cfg.maxFailures
+			if counts["401 invalid_credentials"] > max || counts["401 invalid_credentials"]+counts["429 too_many_attempts"] != n {
+				t.Fatalf("outcomes %v, want at most %d invalid_credentials and too_many_attempts for the rest", counts, max)
+			}
+			t.Logf("outcomes %v", counts)
+			envs[0].loginFrom(t, victim, email, "correct horse battery").want(t, 200, "")
+		})
+	}
+
+	t.Run("keeps an account's count whatever other accounts' failures from its client, with no client limit", func(t *testing.T) {
+		t.Parallel()
+		e := newTestEnv(t, trustLoopback, func(c *config) { c.maxClientFails = 0 })
+		email, _, _ := e.user(t)
+		for range 5 {
+			e.loginFrom(t, attacker, email, "wrong guess").want(t, 401, "invalid_credentials")
+		}
+		// 1,100 newer failures from the same client on other accounts, as if just made.
+		now := e.clock.Now()
+		var others []Attempt
+		for i := range 1100 {
+			account, client := loginKeys(netip.MustParseAddr(attacker), fmt.Sprintf("other%d@example.com", i))
+			for _, key := range []string{account, client} {
+				others = append(others, Attempt{ID: newID(), Key: key, At: now, ExpiresAt: now.Add(time.Hour)})
+			}
+		}
+		if err := e.store.AddAttempts(t.Context(), others...); err != nil {
+			t.Fatal(err)
+		}
+		e.loginFrom(t, attacker, email, "correct horse battery").want(t, 429, "too_many_attempts")
 	})
 
 	t.Run("holds across instances sharing the database", func(t *testing.T) {

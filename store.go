@@ -35,6 +35,14 @@ type Revocation struct {
 	CreatedAt time.Time `bson:"created_at"`
 }
 
+// Attempt is one try of something throttled, recorded under one key before its outcome is known.
+type Attempt struct {
+	ID        string    `bson:"_id"`
+	Key       string    `bson:"key"`
+	At        time.Time `bson:"at"`
+	ExpiresAt time.Time `bson:"expires_at"`
+}
+
 // Store is everything the service keeps. Every method takes the request's context and answers
 // ErrUnavailable when the database cannot be reached in time.
 type Store interface {
@@ -56,12 +64,13 @@ type Store interface {
 	// RevocationsSince lists revocations created at or after since that are still in force at now.
 	RevocationsSince(ctx context.Context, since, now time.Time) ([]Revocation, error)
 
-	// AddFailure records one failed login under each key.
-	AddFailure(ctx context.Context, at, expires time.Time, keys ...string) error
-	// Failures lists, newest first, the failure times after since of each of keys.
-	Failures(ctx context.Context, since time.Time, keys ...string) (map[string][]time.Time, error)
-	// ClearFailures forgets the failures of key.
-	ClearFailures(ctx context.Context, key string) error
+	// AddAttempts records attempts, whose ids the caller makes unique.
+	AddAttempts(ctx context.Context, as ...Attempt) error
+	// Attempts lists, newest first and at most limit of them, the times of the attempts of key
+	// after since, but for the one whose id is except.
+	Attempts(ctx context.Context, key string, since time.Time, except string, limit int) ([]time.Time, error)
+	// ForgetAttempts deletes the attempts with these ids and every attempt of these keys.
+	ForgetAttempts(ctx context.Context, ids []string, keys ...string) error
 
 	// Purge deletes everything that expired before now.
 	Purge(ctx context.Context, now time.Time) error
@@ -73,7 +82,7 @@ type Store interface {
 // FerretDB, unlike MongoDB, lets two guarded findOneAndUpdate calls both win and loses concurrent
 // $inc updates, so nothing here relies on either.
 type mongoStore struct {
-	users, blacklist, refreshUses, failures *mongo.Collection
+	users, blacklist, refreshUses, attempts *mongo.Collection
 	metrics                                 *metrics // counts the database's failures; may be nil
 }
 
@@ -103,7 +112,7 @@ func mongoCollections(db *mongo.Database, m *metrics) *mongoStore {
 		users:       db.Collection("users"),
 		blacklist:   db.Collection("blacklist"),
 		refreshUses: db.Collection("refresh_tokens"),
-		failures:    db.Collection("login_failures"),
+		attempts:    db.Collection("attempts"),
 		metrics:     m,
 	}
 }
@@ -121,8 +130,8 @@ func newMongoStore(ctx context.Context, db *mongo.Database, m *metrics) (*mongoS
 		{s.blacklist, bson.D{{Key: "created_at", Value: 1}}, false, false},
 		{s.blacklist, bson.D{{Key: "expires_at", Value: 1}}, false, true},
 		{s.refreshUses, bson.D{{Key: "expires_at", Value: 1}}, false, true},
-		{s.failures, bson.D{{Key: "key", Value: 1}, {Key: "at", Value: -1}}, false, false},
-		{s.failures, bson.D{{Key: "expires_at", Value: 1}}, false, true},
+		{s.attempts, bson.D{{Key: "key", Value: 1}, {Key: "at", Value: -1}}, false, false},
+		{s.attempts, bson.D{{Key: "expires_at", Value: 1}}, false, true},
 	}
 	for _, ix := range indexes {
 		opts := options.Index().SetUnique(ix.unique)
@@ -271,51 +280,50 @@ func (s *mongoStore) RevocationsSince(ctx context.Context, since, now time.Time)
 	return revs, nil
 }
 
-type failure struct {
-	ID        bson.ObjectID `bson:"_id"`
-	Key       string        `bson:"key"`
-	At        time.Time     `bson:"at"`
-	ExpiresAt time.Time     `bson:"expires_at"`
-}
-
-func (s *mongoStore) AddFailure(ctx context.Context, at, expires time.Time, keys ...string) error {
-	// One document per failure rather than a counter: $inc loses updates on FerretDB.
-	docs := make([]any, len(keys))
-	for i, k := range keys {
-		docs[i] = failure{ID: bson.NewObjectID(), Key: k, At: at, ExpiresAt: expires}
+func (s *mongoStore) AddAttempts(ctx context.Context, as ...Attempt) error {
+	// One document per attempt rather than a counter: $inc loses updates on FerretDB.
+	docs := make([]any, len(as))
+	for i, a := range as {
+		docs[i] = a
 	}
-	_, err := s.failures.InsertMany(ctx, docs)
+	_, err := s.attempts.InsertMany(ctx, docs)
 	return s.err(err)
 }
 
-func (s *mongoStore) Failures(ctx context.Context, since time.Time, keys ...string) (map[string][]time.Time, error) {
-	// One query for every key: a login asks about its account and its client in one round trip.
-	// The throttle itself keeps the number of recent failures per key small.
-	cur, err := s.failures.Find(ctx,
-		bson.D{{Key: "key", Value: bson.D{{Key: "$in", Value: keys}}}, {Key: "at", Value: bson.D{{Key: "$gt", Value: since}}}},
-		options.Find().SetSort(bson.D{{Key: "at", Value: -1}}).SetLimit(1000))
+func (s *mongoStore) Attempts(ctx context.Context, key string, since time.Time, except string, limit int) ([]time.Time, error) {
+	cur, err := s.attempts.Find(ctx,
+		bson.D{
+			{Key: "key", Value: key},
+			{Key: "at", Value: bson.D{{Key: "$gt", Value: since}}},
+			{Key: "_id", Value: bson.D{{Key: "$ne", Value: except}}},
+		},
+		options.Find().SetSort(bson.D{{Key: "at", Value: -1}}).SetLimit(int64(limit)).
+			SetProjection(bson.D{{Key: "at", Value: 1}}))
 	if err != nil {
 		return nil, s.err(err)
 	}
-	var fs []failure
-	if err := cur.All(ctx, &fs); err != nil {
+	var found []Attempt
+	if err := cur.All(ctx, &found); err != nil {
 		return nil, s.err(err)
 	}
-	out := make(map[string][]time.Time, len(keys))
-	for _, f := range fs {
-		out[f.Key] = append(out[f.Key], f.At)
+	times := make([]time.Time, len(found))
+	for i, f := range found {
+		times[i] = f.At
 	}
-	return out, nil
+	return times, nil
 }
 
-func (s *mongoStore) ClearFailures(ctx context.Context, key string) error {
-	_, err := s.failures.DeleteMany(ctx, bson.D{{Key: "key", Value: key}})
+func (s *mongoStore) ForgetAttempts(ctx context.Context, ids []string, keys ...string) error {
+	_, err := s.attempts.DeleteMany(ctx, bson.D{{Key: "$or", Value: bson.A{
+		bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: append([]string{}, ids...)}}}},
+		bson.D{{Key: "key", Value: bson.D{{Key: "$in", Value: append([]string{}, keys...)}}}},
+	}}})
 	return s.err(err)
 }
 
 func (s *mongoStore) Purge(ctx context.Context, now time.Time) error {
 	expired := bson.D{{Key: "expires_at", Value: bson.D{{Key: "$lte", Value: now}}}}
-	for _, c := range []*mongo.Collection{s.blacklist, s.refreshUses, s.failures} {
+	for _, c := range []*mongo.Collection{s.blacklist, s.refreshUses, s.attempts} {
 		if _, err := c.DeleteMany(ctx, expired); err != nil {
 			return s.err(err)
 		}

@@ -2,29 +2,133 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
-// throttle limits password guessing, in the manner of Authelia's regulation but keyed so that an
-// attacker cannot lock a user out: failures count per (account, client), so guesses from one client
-// do not block the same account from another, and a looser per-client count caps guessing across
-// many accounts. The counts live in the database, so they hold across instances and restarts.
+// throttle limits guessing, in the manner of Authelia's regulation, with the counts in the
+// database so that they hold across instances and restarts. Every attempt is recorded before the
+// work it asks for (a password hash, a sign-up) is done, and only then are the other attempts
+// under its key counted; it goes ahead when fewer than max are found. Of any attempts that all go
+// ahead, the last to count saw every other one, as each recorded itself before it counted: so
+// however many requests arrive at once, on however many instances, at most max go ahead within
+// the window. (Under a burst, fewer may: attempts that are refused count while they are being
+// refused.) An attempt that turns out well is forgotten again; one that fails stays, and is the
+// failure that counts.
 type throttle struct {
-	store      Store
-	now        func() time.Time
-	window     time.Duration
-	maxAccount int // failures for one account from one client within window
-	maxClient  int // failures from one client, any account, within window
+	store  Store
+	now    func() time.Time
+	window time.Duration
 }
 
-func throttleKeys(client netip.Addr, email string) (account, clientKey string) {
-	c := clientPrefix(client)
-	return "acct:" + c + "|" + email, "client:" + c
+// limit is at most max attempts under key within the throttle's window; 0 means no limit, and
+// then nothing is recorded.
+type limit struct {
+	key string
+	max int
+}
+
+// attempt is one try, recorded under the key of each of its limits.
+type attempt struct {
+	t      *throttle
+	docs   []Attempt
+	limits []int
+}
+
+// begin records an attempt. It answers errTooManyAttempts, and forgets the attempt, when the
+// limits were reached already; it learns that in the same round trip as it records, counting while
+// it records, so that a throttled client costs no more work. check, which counts after, decides.
+func (t *throttle) begin(ctx context.Context, limits ...limit) (*attempt, error) {
+	at := t.now().Truncate(time.Millisecond)
+	a := &attempt{t: t}
+	for _, l := range limits {
+		if l.max > 0 {
+			a.docs = append(a.docs, Attempt{ID: newID(), Key: l.key, At: at, ExpiresAt: at.Add(t.window)})
+			a.limits = append(a.limits, l.max)
+		}
+	}
+	if len(a.docs) == 0 {
+		return a, nil
+	}
+	recorded := make(chan error, 1)
+	go func() { recorded <- t.store.AddAttempts(ctx, a.docs...) }()
+	wait, err := a.ahead(ctx)
+	if err := errors.Join(err, <-recorded); err != nil {
+		return nil, err
+	}
+	if wait > 0 {
+		a.forget(ctx)
+		return nil, errTooManyAttempts.after(wait)
+	}
+	return a, nil
+}
+
+// check answers errTooManyAttempts, and forgets the attempt, when a limit's worth of other
+// attempts are recorded within the window.
+func (a *attempt) check(ctx context.Context) error {
+	if len(a.docs) == 0 {
+		return nil
+	}
+	wait, err := a.ahead(ctx)
+	if err != nil {
+		return err
+	}
+	if wait > 0 {
+		a.forget(ctx)
+		return errTooManyAttempts.after(wait)
+	}
+	return nil
+}
+
+// ahead is how long until fewer than each limit's worth of other attempts are recorded: until the
+// oldest of the newest max leaves the window. Zero when that is so already.
+func (a *attempt) ahead(ctx context.Context) (time.Duration, error) {
+	since := a.docs[0].At.Add(-a.t.window)
+	waits := make([]time.Duration, len(a.docs))
+	errs := make([]error, len(a.docs))
+	var wg sync.WaitGroup
+	for i, doc := range a.docs {
+		wg.Go(func() {
+			var others []time.Time
+			others, errs[i] = a.t.store.Attempts(ctx, doc.Key, since, doc.ID, a.limits[i])
+			if len(others) >= a.limits[i] {
+				waits[i] = others[a.limits[i]-1].Add(a.t.window).Sub(doc.At)
+			}
+		})
+	}
+	wg.Wait()
+	return slices.Max(waits), errors.Join(errs...)
+}
+
+// forget removes the attempt: it was refused before it did anything, or could not go ahead. A
+// failure to remove it leaves it counted, which errs on the safe side.
+func (a *attempt) forget(ctx context.Context) {
+	if len(a.docs) > 0 {
+		a.t.store.ForgetAttempts(context.WithoutCancel(ctx), a.ids())
+	}
+}
+
+// succeeded removes the attempt, and with it every attempt under the keys in clear.
+func (a *attempt) succeeded(ctx context.Context, clear ...string) error {
+	if len(a.docs) == 0 {
+		return nil
+	}
+	return a.t.store.ForgetAttempts(ctx, a.ids(), clear...)
+}
+
+func (a *attempt) ids() []string {
+	ids := make([]string, len(a.docs))
+	for i, d := range a.docs {
+		ids[i] = d.ID
+	}
+	return ids
 }
 
 // clientPrefix names a client: its address, or for IPv6 its /64, which one subscriber usually holds
@@ -35,39 +139,6 @@ func clientPrefix(a netip.Addr) string {
 		return p.String()
 	}
 	return a.Unmap().String()
-}
-
-// wait answers how long client must wait before trying to log in as email (zero: go ahead), and
-// how many recent failures that account has from that client.
-func (t *throttle) wait(ctx context.Context, client netip.Addr, email string) (time.Duration, int, error) {
-	now := t.now()
-	account, clientKey := throttleKeys(client, email)
-	recent, err := t.store.Failures(ctx, now.Add(-t.window), account, clientKey)
-	if err != nil {
-		return 0, 0, err
-	}
-	var longest time.Duration
-	for _, lim := range []struct {
-		key string
-		max int
-	}{{account, t.maxAccount}, {clientKey, t.maxClient}} {
-		if times := recent[lim.key]; lim.max > 0 && len(times) >= lim.max {
-			// The count drops below max once the max-th newest failure leaves the window.
-			longest = max(longest, times[lim.max-1].Add(t.window).Sub(now))
-		}
-	}
-	return longest, len(recent[account]), nil
-}
-
-func (t *throttle) failed(ctx context.Context, client netip.Addr, email string) error {
-	now := t.now()
-	account, clientKey := throttleKeys(client, email)
-	return t.store.AddFailure(ctx, now, now.Add(t.window), account, clientKey)
-}
-
-func (t *throttle) succeeded(ctx context.Context, client netip.Addr, email string) error {
-	account, _ := throttleKeys(client, email)
-	return t.store.ClearFailures(ctx, account)
 }
 
 // clientIPs finds the client of a request: the TCP peer, unless the peer is a trusted proxy, in
