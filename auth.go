@@ -48,7 +48,10 @@ func validEmail(s string) bool {
 // validPassword is the rule for every new password.
 func validPassword(p string) bool { return len(p) >= 8 && len(p) <= 1024 }
 
-func handleSignup(log *slog.Logger, store Store, h *hasher, now func() time.Time) http.Handler {
+// handleSignup creates accounts. Every sign-up that gets as far as hashing counts toward its
+// client's limit, whatever its outcome: an answer of email_taken tells whether an address has an
+// account, and each sign-up costs a hash.
+func handleSignup(log *slog.Logger, clients clientIPs, store Store, h *hasher, signups *throttle, perClient int, now func() time.Time) http.Handler {
 	type response struct {
 		ID        string    `json:"id"`
 		Email     string    `json:"email"`
@@ -66,7 +69,14 @@ func handleSignup(log *slog.Logger, store Store, h *hasher, now func() time.Time
 		if !validPassword(req.Password) {
 			return errWeakPassword
 		}
-		hash, err := h.hash(r.Context(), req.Password)
+		att, err := signups.begin(r.Context(), limit{"signup|" + clientPrefix(clients.of(r)), perClient})
+		if err != nil {
+			return err
+		}
+		if err := att.check(r.Context()); err != nil {
+			return err
+		}
+		hash, err := h.hashSignup(r.Context(), req.Password)
 		if err != nil {
 			return err
 		}
@@ -134,14 +144,24 @@ func loginKeys(client netip.Addr, email string) (account, clientKey string) {
 // check returns the account of email when password is its password. Otherwise the error is
 // errInvalidCredentials (a wrong password and an unknown email alike), errTooManyAttempts with
 // its Retry-After, errBusy, or the store's.
+//
+// The whole check, database reads and writes included, runs in a hashing slot: during a storm the
+// logins waiting for a slot cost neither hashing memory nor database work, and the database sees
+// only as many logins at once as there are slots.
 func (p *passwordCheck) check(ctx context.Context, client netip.Addr, email, password string) (*User, error) {
-	// A place in the hashing queue first, so that a storm is turned away before it costs anything.
 	turn, err := p.hasher.admit()
 	if err != nil {
 		return nil, err
 	}
 	defer turn.done()
-	email = normalizeEmail(email)
+	var u *User
+	if err := turn.run(ctx, func() { u, err = p.checkInSlot(ctx, client, normalizeEmail(email), password) }); err != nil {
+		return nil, err
+	}
+	return u, err
+}
+
+func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, email, password string) (*User, error) {
 	account, clientKey := loginKeys(client, email)
 	// The attempt is recorded and the account read at once: the work around the hash must stay
 	// small next to the hash itself.
@@ -173,12 +193,8 @@ func (p *passwordCheck) check(ctx context.Context, client netip.Addr, email, pas
 	// nothing about the password.
 	ranked := make(chan error, 1)
 	go func() { ranked <- att.check(ctx) }()
-	ok, rehash, err := turn.verify(ctx, hash, password)
+	ok, rehash := checkPassword(hash, password)
 	if err := <-ranked; err != nil {
-		return nil, err
-	}
-	if err != nil {
-		att.forget(ctx) // not tried: no failure to count
 		return nil, err
 	}
 	if u == nil || !ok {
@@ -187,10 +203,8 @@ func (p *passwordCheck) check(ctx context.Context, client netip.Addr, email, pas
 	if rehash {
 		// Moved over from bcrypt, or from older argon2id parameters: upgrade while the password is
 		// known. A failure here costs nothing but a later retry.
-		if fresh, err := turn.hash(ctx, password); err == nil {
-			if err := p.store.SetPasswordHash(ctx, u.ID, fresh); err != nil {
-				p.log.Warn("password rehash not saved", "user_id", u.ID, "err", err)
-			}
+		if err := p.store.SetPasswordHash(ctx, u.ID, hashPassword(password)); err != nil {
+			p.log.Warn("password rehash not saved", "user_id", u.ID, "err", err)
 		}
 	}
 	// A success clears the account's failures from this client.

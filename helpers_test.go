@@ -113,13 +113,15 @@ type testEnv struct {
 
 const testSecret = "test-secret-that-is-at-least-32-bytes-long"
 
-// testConfig is the default configuration, as an empty environment gives it.
+// testConfig is the default configuration, as an empty environment gives it, but for the sign-up
+// limit: tests sign up many users from one address. The sign-up throttle's own tests set it.
 func testConfig(tb testing.TB) config {
 	tb.Helper()
 	c, err := loadConfig(func(string) string { return "" })
 	if err != nil {
 		tb.Fatal(err)
 	}
+	c.signupMax = 1000
 	return c
 }
 

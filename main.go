@@ -69,6 +69,8 @@ type config struct {
 	failureWindow  time.Duration
 	maxFailures    int
 	maxClientFails int
+	signupMax      int
+	signupWindow   time.Duration
 	hashConcurrent int
 	hashQueue      int
 	hashWait       time.Duration
@@ -123,10 +125,12 @@ func loadConfig(getenv func(string) string) (config, error) {
 		failureWindow:  dur("LOGIN_FAILURE_WINDOW", "5m"),
 		maxFailures:    num("LOGIN_MAX_FAILURES", 5),
 		maxClientFails: num("LOGIN_MAX_CLIENT_FAILURES", 50),
+		signupMax:      num("SIGNUP_MAX_PER_CLIENT", 10),
+		signupWindow:   dur("SIGNUP_WINDOW", "10m"),
 		// Each hash holds 19 MiB: more than four at once would break the memory budget (see
 		// BENCHMARKS.md, "Login storm") on a large machine without buying much.
 		hashConcurrent: max(num("HASH_CONCURRENCY", min(runtime.NumCPU(), 4)), 1),
-		hashQueue:      num("HASH_QUEUE", 32),
+		hashQueue:      num("HASH_QUEUE", 512),
 		hashWait:       dur("HASH_WAIT", "3s"),
 		memoryLimit:    int64(num("MEMORY_LIMIT_MIB", 160)) << 20,
 		metricsAddr:    env("METRICS_ADDR", ""),

@@ -148,12 +148,11 @@ type gauges struct {
 
 func handleMetrics(m *metrics, revs *revocations, h *hasher) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		running := len(h.slots)
 		g := gauges{
 			revocationEntries: revs.size(),
 			revocationLag:     revs.lag(),
-			hashesRunning:     running,
-			hashesWaiting:     max(len(h.queue)-running, 0),
+			hashesRunning:     h.running(),
+			hashesWaiting:     h.waiting(),
 		}
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")

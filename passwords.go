@@ -5,9 +5,9 @@ import (
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/argon2"
@@ -79,87 +79,173 @@ func checkPassword(hash, password string) (ok, rehash bool) {
 }
 
 // dummyHash is checked against when a login names no account, so that an unknown email costs
-// the same time as a wrong password.
-var dummyHash = hashPassword("not the password of anyone at all")
+// the same time as a wrong password. Making it is the first measure of how long a hash takes.
+var dummyHash, dummyHashTook = func() (string, time.Duration) {
+	start := time.Now()
+	return hashPassword("not the password of anyone at all"), time.Since(start)
+}()
 
-// errBusy says every hashing slot and queue place is taken.
-var errBusy = errors.New("password hashing at capacity")
+// busyError says that password hashing is at capacity: the caller should come back after
+// retryAfter, when the backlog will have drained enough.
+type busyError struct{ retryAfter time.Duration }
 
-// hasher bounds the memory that password hashing takes: at most cap(slots) hashes run at once
-// (19 MiB each), at most cap(queue) more wait for a slot, each for at most wait; anything beyond
-// is turned away at once rather than piling up goroutines and memory.
+func (e *busyError) Error() string { return "password hashing at capacity" }
+
+// Is makes every busyError match errBusy.
+func (e *busyError) Is(target error) bool { _, ok := target.(*busyError); return ok }
+
+// errBusy matches any busyError with errors.Is.
+var errBusy = &busyError{}
+
+// hasher bounds the memory and the waiting that password hashing takes. At most cap(slots) hashes
+// run at once, 19 MiB each. A login or sign-up is admitted to wait for a slot only when its
+// expected wait (the turns ahead of it, times the recent time of a hash, over the slots) fits
+// within wait, and at most maxTurns are admitted at all; anything beyond is answered at once,
+// with a Retry-After from the backlog, rather than piling up goroutines that would time out
+// anyway. A waiting login costs no hashing memory, so as many wait as the cores can serve in time.
+//
+// Sign-ups run in at most half the slots (at least one) and are admitted by that share alone, so
+// that a flood of them, from however many clients, leaves logins slots of their own.
 type hasher struct {
-	slots chan struct{}
-	queue chan struct{}
-	wait  time.Duration
+	slots       chan struct{}
+	signupSlots chan struct{}
+	wait        time.Duration
+	maxTurns    int
+
+	mu      sync.Mutex
+	turns   int           // admitted and not done, sign-ups included
+	signups int           // of which sign-ups
+	took    time.Duration // moving average of one hash, measured as it runs
 }
 
 func newHasher(concurrent, queued int, wait time.Duration) *hasher {
-	return &hasher{slots: make(chan struct{}, concurrent), queue: make(chan struct{}, concurrent+queued), wait: wait}
+	return &hasher{
+		slots:       make(chan struct{}, concurrent),
+		signupSlots: make(chan struct{}, max(concurrent/2, 1)),
+		wait:        wait,
+		maxTurns:    concurrent + queued,
+		took:        dummyHashTook,
+	}
 }
 
 // hashTurn is a place in the hashing queue: every password hash and check runs through one, so
 // that memory and waiting stay bounded whoever asks.
 type hashTurn struct {
-	h    *hasher
-	left bool
+	h        *hasher
+	signup   bool
+	deadline time.Time // the latest a hash may start: wait after admission
+	left     bool
 }
 
-// admit takes a place in the queue, or answers errBusy at once when it is full. A login takes its
+// admit takes a place in the queue for a login, or answers errBusy at once. A login takes its
 // place before it reads the database, so that a storm is turned away before it costs anything.
 // The caller must call done.
-func (h *hasher) admit() (*hashTurn, error) {
-	select {
-	case h.queue <- struct{}{}:
-		return &hashTurn{h: h}, nil
-	default:
-		return nil, errBusy
+func (h *hasher) admit() (*hashTurn, error) { return h.enter(false) }
+
+func (h *hasher) enter(signup bool) (*hashTurn, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	// Logins count on the slots that sign-ups cannot take, and on the rest when no sign-up waits.
+	ahead, slots := h.turns-h.signups, cap(h.slots)-min(h.signups, cap(h.signupSlots))
+	if signup {
+		ahead, slots = h.signups, cap(h.signupSlots)
 	}
+	// The time until this turn's hash is done, were it admitted: its own hash too.
+	expected := time.Duration(ahead+1) * h.took / time.Duration(max(slots, 1))
+	if h.turns >= h.maxTurns || expected > h.wait {
+		return nil, &busyError{retryAfter: max(expected-h.wait, time.Second)}
+	}
+	h.turns++
+	if signup {
+		h.signups++
+	}
+	return &hashTurn{h: h, signup: signup, deadline: time.Now().Add(h.wait)}, nil
 }
 
 // done gives the place back; calling it twice is harmless.
 func (t *hashTurn) done() {
-	if !t.left {
-		t.left = true
-		<-t.h.queue
+	if t.left {
+		return
+	}
+	t.left = true
+	t.h.mu.Lock()
+	defer t.h.mu.Unlock()
+	t.h.turns--
+	if t.signup {
+		t.h.signups--
 	}
 }
 
-// verify reports whether password matches hash, and whether hash should be replaced (see
-// checkPassword).
-func (t *hashTurn) verify(ctx context.Context, hash, password string) (ok, rehash bool, err error) {
-	err = t.run(ctx, func() { ok, rehash = checkPassword(hash, password) })
-	return ok, rehash, err
-}
-
-// hash returns a new hash of password.
-func (t *hashTurn) hash(ctx context.Context, password string) (hash string, err error) {
-	err = t.run(ctx, func() { hash = hashPassword(password) })
-	return hash, err
-}
-
-// run computes f in a hashing slot, waiting at most the hasher's wait for one.
+// run calls f in a hashing slot, waiting for one at most until the turn's deadline; f hashes or
+// checks passwords, and may do the database work that goes with them. The slot's time feeds the
+// estimate of how long a turn takes.
 func (t *hashTurn) run(ctx context.Context, f func()) error {
-	timer := time.NewTimer(t.h.wait)
+	timer := time.NewTimer(time.Until(t.deadline))
 	defer timer.Stop()
+	busy := func() error { return &busyError{retryAfter: time.Second} }
+	if t.signup {
+		select {
+		case t.h.signupSlots <- struct{}{}:
+			defer func() { <-t.h.signupSlots }()
+		case <-timer.C:
+			return busy()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	select {
 	case t.h.slots <- struct{}{}:
 	case <-timer.C:
-		return errBusy
+		return busy()
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 	defer func() { <-t.h.slots }()
+	start := time.Now()
 	f()
+	t.h.observe(time.Since(start))
 	return nil
 }
 
-// hash is a turn of its own for one new hash.
+// observe folds the time of one hash into the moving average, a tenth at a time.
+func (h *hasher) observe(took time.Duration) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.took += (took - h.took) / 10
+}
+
+// hashSignup hashes a new account's password, in a sign-up's turn.
+func (h *hasher) hashSignup(ctx context.Context, password string) (string, error) {
+	return h.hashIn(ctx, true, password)
+}
+
+// hash hashes a new password in a turn of its own.
 func (h *hasher) hash(ctx context.Context, password string) (string, error) {
-	t, err := h.admit()
+	return h.hashIn(ctx, false, password)
+}
+
+func (h *hasher) hashIn(ctx context.Context, signup bool, password string) (hash string, err error) {
+	t, err := h.enter(signup)
 	if err != nil {
 		return "", err
 	}
 	defer t.done()
-	return t.hash(ctx, password)
+	err = t.run(ctx, func() { hash = hashPassword(password) })
+	return hash, err
+}
+
+// signupsAdmitted is how many sign-ups hold a turn.
+func (h *hasher) signupsAdmitted() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.signups
+}
+
+// running and waiting are the hashes being computed and the turns waiting, for the metrics.
+func (h *hasher) running() int { return len(h.slots) }
+
+func (h *hasher) waiting() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return max(h.turns-len(h.slots), 0)
 }

@@ -71,9 +71,12 @@ func handle(log *slog.Logger, f func(w http.ResponseWriter, r *http.Request) err
 // client's are logged with the request id and never shown.
 func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
 	var e *apiError
+	var busy *busyError
 	switch {
 	case errors.As(err, &e):
-	case errors.Is(err, ErrUnavailable), errors.Is(err, errBusy):
+	case errors.As(err, &busy):
+		e = errUnavailable.after(busy.retryAfter)
+	case errors.Is(err, ErrUnavailable):
 		log.LogAttrs(r.Context(), slog.LevelWarn, "unavailable",
 			slog.String("request_id", requestID(r.Context())), slog.String("err", err.Error()))
 		e = errUnavailable

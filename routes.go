@@ -15,7 +15,7 @@ type routeAdder interface {
 
 // addRoutes lists the whole API and what each route depends on; openapi.yaml describes it.
 func addRoutes(mux routeAdder, d *deps) {
-	mux.Handle("POST /auth/signup", handleSignup(d.log, d.store, d.hasher, d.now))
+	mux.Handle("POST /auth/signup", handleSignup(d.log, d.clients, d.store, d.hasher, d.signups, d.signupsPerClient, d.now))
 	mux.Handle("POST /auth/login", handleLogin(d.log, d.clients, d.passwords, d.tokens, d.metrics))
 	mux.Handle("POST /auth/refresh", handleRefresh(d.log, d.store, d.tokens, d.revocations, d.metrics, d.reuseInterval))
 	mux.Handle("POST /auth/logout", handleLogout(d.log, d.tokens, d.revocations, d.metrics))
@@ -46,17 +46,20 @@ func newHandler(d *deps, c config) http.Handler {
 
 // deps are the service's parts, made once by newDeps; addRoutes hands each handler the few it uses.
 type deps struct {
-	log            *slog.Logger
-	now            func() time.Time
-	store          Store
-	tokens         *tokens
-	revocations    *revocations
-	passwords      *passwordCheck
-	hasher         *hasher
-	clients        clientIPs
-	reuseInterval  time.Duration
-	metricsEnabled bool
-	metrics        *metrics
+	log         *slog.Logger
+	now         func() time.Time
+	store       Store
+	tokens      *tokens
+	revocations *revocations
+	passwords   *passwordCheck
+	// Sign-ups per client within the throttle's window.
+	signups          *throttle
+	signupsPerClient int
+	hasher           *hasher
+	clients          clientIPs
+	reuseInterval    time.Duration
+	metricsEnabled   bool
+	metrics          *metrics
 }
 
 // newDeps wires the service's parts together over store; m also counts store's failures.
@@ -76,11 +79,13 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 			maxClient:  c.maxClientFails,
 			log:        log,
 		},
-		hasher:         h,
-		clients:        clientIPs{trusted: c.trustedProxies},
-		reuseInterval:  c.reuseInterval,
-		metricsEnabled: c.metrics && c.metricsAddr == "",
-		metrics:        m,
+		signups:          &throttle{store: store, now: now, window: c.signupWindow},
+		signupsPerClient: c.signupMax,
+		hasher:           h,
+		clients:          clientIPs{trusted: c.trustedProxies},
+		reuseInterval:    c.reuseInterval,
+		metricsEnabled:   c.metrics && c.metricsAddr == "",
+		metrics:          m,
 	}
 }
 

@@ -323,3 +323,74 @@ func TestClientIPs(t *testing.T) {
 		}
 	})
 }
+
+func TestSignupThrottling(t *testing.T) {
+	t.Parallel()
+	const attacker, victim = "203.0.113.5", "198.51.100.7"
+	signupFrom := func(t *testing.T, e *testEnv, ip, email string) response {
+		t.Helper()
+		return e.do(t, "POST", "/auth/signup", credentials{email, "password123"}, "X-Forwarded-For", ip)
+	}
+
+	t.Run("counts every sign-up of a client, taken addresses too, then answers 429 with Retry-After", func(t *testing.T) {
+		t.Parallel()
+		e := newTestEnv(t, trustLoopback, func(c *config) { c.signupMax = 3 })
+		signupFrom(t, e, attacker, "a@example.com").want(t, 201, "")
+		signupFrom(t, e, attacker, "a@example.com").want(t, 409, "email_taken")
+		signupFrom(t, e, attacker, "b@example.com").want(t, 201, "")
+		r := signupFrom(t, e, attacker, "c@example.com").want(t, 429, "too_many_attempts")
+		if s, _ := strconv.Atoi(r.header.Get("Retry-After")); s <= 0 || s > 600 {
+			t.Fatalf("Retry-After %q, want 1..600 seconds", r.header.Get("Retry-After"))
+		}
+		t.Run("but another client may sign up", func(t *testing.T) {
+			signupFrom(t, e, victim, "c@example.com").want(t, 201, "")
+		})
+		t.Run("and the client again once the window has passed", func(t *testing.T) {
+			e.clock.Advance(e.cfg.signupWindow + time.Second)
+			signupFrom(t, e, attacker, "d@example.com").want(t, 201, "")
+		})
+	})
+
+	t.Run("does not count a sign-up refused for its input", func(t *testing.T) {
+		t.Parallel()
+		e := newTestEnv(t, trustLoopback, func(c *config) { c.signupMax = 1 })
+		signupFrom(t, e, attacker, "not an address").want(t, 400, "invalid_email")
+		signupFrom(t, e, attacker, "e@example.com").want(t, 201, "")
+	})
+
+	t.Run("holds across instances", func(t *testing.T) {
+		t.Parallel()
+		a, b := newTestPair(t, trustLoopback, func(c *config) { c.signupMax = 2 })
+		signupFrom(t, a, attacker, "f@example.com").want(t, 201, "")
+		signupFrom(t, b, attacker, "g@example.com").want(t, 201, "")
+		signupFrom(t, a, attacker, "h@example.com").want(t, 429, "too_many_attempts")
+	})
+
+	// Sign-ups may hold only half the hashing slots: logins go past a backlog of them.
+	t.Run("leaves logins served while sign-ups flood from many clients", func(t *testing.T) {
+		t.Parallel()
+		e := newTestEnv(t, trustLoopback, func(c *config) { c.hashConcurrent, c.hashWait = 2, time.Minute })
+		email, _, _ := e.user(t)
+		const flood = 30
+		var wg sync.WaitGroup
+		for i := range flood {
+			wg.Go(func() {
+				signupFrom(t, e, fmt.Sprintf("192.0.2.%d", i+1), fmt.Sprintf("flood%d@example.com", i))
+			})
+		}
+		defer wg.Wait()
+		deadline := time.Now().Add(time.Minute)
+		for e.deps.hasher.signupsAdmitted() < flood/3 {
+			if time.Now().After(deadline) {
+				t.Fatal("the sign-ups never queued up")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		for i := range 4 {
+			e.loginFrom(t, fmt.Sprintf("198.51.100.%d", i+1), email, "correct horse battery").want(t, 200, "")
+		}
+		if left := e.deps.hasher.signupsAdmitted(); left == 0 {
+			t.Fatal("every sign-up was done before the logins: they waited behind the flood")
+		}
+	})
+}

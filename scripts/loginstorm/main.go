@@ -1,5 +1,10 @@
-// Command loginstorm sends n logins at the same instant, each on its own connection, and counts
-// the answers. It exits non-zero unless every request got an answer of 200, 429 or 503.
+// Command loginstorm sends n logins at the same instant, each on its own connection and, through
+// X-Forwarded-For, from a client of its own (as a storm after an outage comes from many users), and
+// counts the answers. Before the storm it times a few logins one at a time, to know how many the
+// service's hashing slots can serve within its hashing wait.
+//
+// It exits non-zero unless every request got an answer of 200, 429 or 503, the slowest within
+// wait plus a second, and at least 70% of that capacity succeeded.
 package main
 
 import (
@@ -11,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -30,6 +36,8 @@ func run(args []string, stdout io.Writer) error {
 	n := fs.Int("n", 400, "simultaneous logins")
 	email := fs.String("email", "storm@example.com", "account to log in as")
 	password := fs.String("password", "correct horse battery", "its password")
+	slots := fs.Int("slots", 2, "the service's HASH_CONCURRENCY")
+	wait := fs.Duration("wait", 3*time.Second, "the service's HASH_WAIT")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long one login may take before it counts as a timeout")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -39,6 +47,37 @@ func run(args []string, stdout io.Writer) error {
 		Timeout:   *timeout,
 		Transport: &http.Transport{DisableKeepAlives: true, MaxConnsPerHost: 0},
 	}
+	// Clients from 198.18.0.0/15, the range set aside for benchmarks; the service must trust the
+	// sender's X-Forwarded-For (TRUSTED_PROXIES=127.0.0.1).
+	login := func(i int) (int, error) {
+		req, err := http.NewRequest("POST", *url, strings.NewReader(body))
+		if err != nil {
+			return 0, err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Forwarded-For", fmt.Sprintf("198.18.%d.%d", i/250, i%250+1))
+		res, err := client.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		defer res.Body.Close()
+		_, err = io.Copy(io.Discard, res.Body)
+		return res.StatusCode, err
+	}
+
+	// One login at a time, from clients the storm does not use: the time of one hash, as the
+	// service sees it on this machine.
+	var alone []time.Duration
+	for i := range 9 {
+		t0 := time.Now()
+		if code, err := login(*n + i); err != nil || code != 200 {
+			return fmt.Errorf("a login on its own: %d %v", code, err)
+		}
+		alone = append(alone, time.Since(t0))
+	}
+	slices.Sort(alone)
+	one := alone[len(alone)/2]
+	capacity := int(time.Duration(*slots) * *wait / one)
 
 	var (
 		mu       sync.Mutex
@@ -48,42 +87,39 @@ func run(args []string, stdout io.Writer) error {
 		wg       sync.WaitGroup
 	)
 	start := make(chan struct{})
-	for range *n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+	for i := range *n {
+		wg.Go(func() {
 			<-start
 			t0 := time.Now()
-			res, err := client.Post(*url, "application/json", strings.NewReader(body))
-			if err == nil {
-				_, err = io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-			}
+			code, err := login(i)
 			took := time.Since(t0)
 			mu.Lock()
 			defer mu.Unlock()
 			slowest = max(slowest, took)
 			switch {
 			case err == nil:
-				statuses[res.StatusCode]++
+				statuses[code]++
 			case isTimeout(err):
 				failures["timeout"]++
 			default:
 				failures[err.Error()]++
 			}
-		}()
+		})
 	}
 	t0 := time.Now()
 	close(start)
 	wg.Wait()
 	elapsed := time.Since(t0)
 
+	fmt.Fprintf(stdout, "one login alone: %s (median of 9); %d slots can serve %d within %s\n",
+		one.Round(100*time.Microsecond), *slots, capacity, *wait)
 	fmt.Fprintf(stdout, "%d logins in %s (slowest %s)\n", *n, elapsed.Round(time.Millisecond), slowest.Round(time.Millisecond))
 	codes := make([]int, 0, len(statuses))
 	for c := range statuses {
 		codes = append(codes, c)
 	}
 	sort.Ints(codes)
+	var problems []string
 	bad := 0
 	for _, c := range codes {
 		fmt.Fprintf(stdout, "  %d: %d\n", c, statuses[c])
@@ -95,8 +131,19 @@ func run(args []string, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "  no answer (%s): %d\n", msg, k)
 		bad += k
 	}
+	share := float64(statuses[200]) / float64(max(capacity, 1))
+	fmt.Fprintf(stdout, "succeeded: %d, %.0f%% of what the slots can serve in time (goal 70%%)\n", statuses[200], 100*share)
 	if bad > 0 {
-		return fmt.Errorf("%d of %d logins got no answer or an unexpected one", bad, *n)
+		problems = append(problems, fmt.Sprintf("%d of %d logins got no answer or an unexpected one", bad, *n))
+	}
+	if slowest > *wait+time.Second {
+		problems = append(problems, fmt.Sprintf("the slowest answer took %s, over %s", slowest.Round(time.Millisecond), *wait+time.Second))
+	}
+	if share < 0.7 {
+		problems = append(problems, "fewer than 70% of the logins the slots can serve succeeded")
+	}
+	if len(problems) > 0 {
+		return errors.New(strings.Join(problems, "; "))
 	}
 	return nil
 }
