@@ -91,7 +91,7 @@ func handleSignup(log *slog.Logger, clients clientIPs, store Store, h *hasher, s
 	})
 }
 
-func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, t *tokens, m *metrics) http.Handler {
+func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, sessions *sessionKeeper, m *metrics) http.Handler {
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		req, err := decode[credentials](w, r)
 		if err != nil {
@@ -100,7 +100,8 @@ func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, 
 		if req.Email == "" || req.Password == "" {
 			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "email and password are required"}
 		}
-		u, err := passwords.check(r.Context(), clients.of(r), req.Email, req.Password)
+		client := clients.of(r)
+		u, err := passwords.check(r.Context(), client, req.Email, req.Password)
 		switch {
 		case errors.Is(err, errInvalidCredentials):
 			m.login(loginInvalidCredentials)
@@ -111,7 +112,7 @@ func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, 
 		case err != nil:
 			return err
 		}
-		pair, err := t.issue(u.ID, u.Email, newID())
+		pair, err := sessions.start(r.Context(), u, client, r.UserAgent())
 		if err != nil {
 			return err
 		}

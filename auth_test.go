@@ -247,7 +247,7 @@ func TestProtectedPage(t *testing.T) {
 	t.Run("says token_expired once the access token expires", func(t *testing.T) {
 		e2 := newTestEnv(t, func(c *config) { c.accessTTL = time.Minute })
 		_, access, _ := e2.user(t)
-		e2.clock.Advance(time.Minute + clockSkew)
+		e2.clock.Advance(time.Minute + defaultLeeway)
 		r := e2.page(t, access).want(t, 401, "token_expired")
 		if h := r.header.Get("WWW-Authenticate"); !strings.HasPrefix(h, `Bearer error="invalid_token", error_description=`) {
 			t.Fatalf("WWW-Authenticate %q", h)
@@ -264,7 +264,7 @@ func TestForwardAuthAnswersEveryMethodWithOnly200Or401(t *testing.T) {
 	_, revoked, _ := e.user(t)
 	e.do(t, "POST", "/auth/logout", nil, "Authorization", "Bearer "+revoked).want(t, 200, "")
 	past := func() time.Time { return e.clock.Now().Add(-time.Hour) }
-	expired, err := newTokens(e.secret, e.cfg.issuer, time.Minute, time.Minute, past).issue("someone", "someone@example.com", newID())
+	expired, err := newTokens(e.secret, e.cfg.issuer, time.Minute, time.Minute, defaultLeeway, past).issue("someone", "someone@example.com", newID())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -340,7 +340,7 @@ func TestRefresh(t *testing.T) {
 	t.Run("says token_expired for an expired refresh token", func(t *testing.T) {
 		e2 := newTestEnv(t)
 		_, _, refresh := e2.user(t)
-		e2.clock.Advance(5*time.Minute + clockSkew)
+		e2.clock.Advance(5*time.Minute + defaultLeeway)
 		e2.refresh(t, refresh).want(t, 401, "token_expired")
 	})
 	_ = refresh
@@ -455,7 +455,7 @@ func TestVerify(t *testing.T) {
 	t.Run("says token_expired after expiry", func(t *testing.T) {
 		e2 := newTestEnv(t)
 		_, access, _ := e2.user(t)
-		e2.clock.Advance(3*time.Minute + clockSkew)
+		e2.clock.Advance(3*time.Minute + defaultLeeway)
 		e2.do(t, "POST", "/auth/verify", map[string]string{"token": access}).want(t, 401, "token_expired")
 	})
 }
@@ -473,7 +473,7 @@ func sign(tb testing.TB, method jwt.SigningMethod, key any, c jwt.MapClaims) str
 func TestTokenParserRefusesAnythingButComplete(t *testing.T) {
 	t.Parallel()
 	now := time.Now()
-	tok := newTokens([]byte(testSecret), "auth", 3*time.Minute, 5*time.Minute, func() time.Time { return now })
+	tok := newTokens([]byte(testSecret), "auth", 3*time.Minute, 5*time.Minute, defaultLeeway, func() time.Time { return now })
 	full := func() jwt.MapClaims {
 		return jwt.MapClaims{"iss": "auth", "sub": "u1", "email": "a@example.com", "jti": "j1", "sid": "s1",
 			"token_use": "access", "iat": now.Unix(), "exp": now.Add(time.Minute).Unix()}
@@ -513,10 +513,10 @@ func TestTokenParserRefusesAnythingButComplete(t *testing.T) {
 		})
 	}
 	t.Run("allows a few seconds of clock skew", func(t *testing.T) {
-		if _, err := tok.parse(hs(with("exp", now.Add(-clockSkew/2).Unix())), useAccess); err != nil {
+		if _, err := tok.parse(hs(with("exp", now.Add(-defaultLeeway/2).Unix())), useAccess); err != nil {
 			t.Fatalf("got %v", err)
 		}
-		if _, err := tok.parse(hs(with("exp", now.Add(-clockSkew-time.Second).Unix())), useAccess); err != errTokenExpired {
+		if _, err := tok.parse(hs(with("exp", now.Add(-defaultLeeway-time.Second).Unix())), useAccess); err != errTokenExpired {
 			t.Fatalf("got %v, want token_expired", err)
 		}
 	})

@@ -14,7 +14,7 @@ import (
 // figures and the commands that made them.
 
 func benchTokens() *tokens {
-	return newTokens([]byte(testSecret), "auth", 3*time.Minute, 5*time.Minute, time.Now)
+	return newTokens([]byte(testSecret), "auth", 3*time.Minute, 5*time.Minute, defaultLeeway, time.Now)
 }
 
 func BenchmarkTokenIssue(b *testing.B) {

@@ -113,6 +113,9 @@ type testEnv struct {
 
 const testSecret = "test-secret-that-is-at-least-32-bytes-long"
 
+// defaultLeeway is TOKEN_LEEWAY's default, which testConfig keeps.
+const defaultLeeway = 5 * time.Second
+
 // testConfig is the default configuration, as an empty environment gives it, but for the sign-up
 // limit: tests sign up many users from one address. The sign-up throttle's own tests set it.
 func testConfig(tb testing.TB) config {

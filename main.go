@@ -60,6 +60,8 @@ type config struct {
 	accessTTL      time.Duration
 	refreshTTL     time.Duration
 	reuseInterval  time.Duration
+	sessionMaxAge  time.Duration // 0: no limit
+	leeway         time.Duration
 	syncInterval   time.Duration
 	dataDir        string
 	logLevel       slog.Level
@@ -94,9 +96,10 @@ func loadConfig(getenv func(string) string) (config, error) {
 		return def
 	}
 	var errs []error
+	zeroOK := map[string]bool{"REFRESH_REUSE_INTERVAL": true, "SESSION_MAX_AGE": true, "TOKEN_LEEWAY": true}
 	dur := func(key, def string) time.Duration {
 		d, err := time.ParseDuration(env(key, def))
-		if err != nil || d < 0 || (d == 0 && key != "REFRESH_REUSE_INTERVAL") {
+		if err != nil || d < 0 || (d == 0 && !zeroOK[key]) {
 			errs = append(errs, fmt.Errorf("%s: want a positive Go duration such as %s, got %q", key, def, getenv(key)))
 		}
 		return d
@@ -118,6 +121,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 		accessTTL:      dur("ACCESS_TOKEN_TTL", "3m"),
 		refreshTTL:     dur("REFRESH_TOKEN_TTL", "5m"),
 		reuseInterval:  dur("REFRESH_REUSE_INTERVAL", "10s"),
+		sessionMaxAge:  dur("SESSION_MAX_AGE", "720h"),
+		leeway:         dur("TOKEN_LEEWAY", "5s"),
 		syncInterval:   dur("REVOCATION_SYNC_INTERVAL", "1s"),
 		dataDir:        env("DATA_DIR", "./data"),
 		logFormat:      env("LOG_FORMAT", "json"),

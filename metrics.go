@@ -27,10 +27,14 @@ type metrics struct {
 	refreshes   [numRefreshOutcomes]atomic.Uint64
 	revocations [2]atomic.Uint64 // tokens, sessions
 	dbErrors    atomic.Uint64
+
+	endsMu      sync.Mutex
+	sessionEnds map[string]uint64 // by reason, one of the end* constants
 }
 
 func newMetrics() *metrics {
-	return &metrics{requests: make(map[requestKey]*atomic.Uint64), latency: make(map[string]*histogram)}
+	return &metrics{requests: make(map[requestKey]*atomic.Uint64), latency: make(map[string]*histogram),
+		sessionEnds: make(map[string]uint64)}
 }
 
 type requestKey struct {
@@ -73,6 +77,13 @@ func (m *metrics) revoked(revs ...Revocation) {
 			m.revocations[0].Add(1)
 		}
 	}
+}
+
+// sessionEnded counts a session ended for reason (always one of the end* constants).
+func (m *metrics) sessionEnded(reason string) {
+	m.endsMu.Lock()
+	defer m.endsMu.Unlock()
+	m.sessionEnds[reason]++
 }
 
 // latencyBuckets are upper bounds in seconds; a login costs one argon2id hash, tens of
@@ -185,6 +196,22 @@ func (m *metrics) expose(g gauges) []byte {
 		{"auth_revocations_total", "Blacklist entries written by this instance: single tokens and whole sessions.", "counter", func(b *bytes.Buffer, name string) {
 			sample(b, name, m.revocations[1].Load(), "kind", "session")
 			sample(b, name, m.revocations[0].Load(), "kind", "token")
+		}},
+		{"auth_sessions_ended_total", "Sessions ended by this instance, by reason.", "counter", func(b *bytes.Buffer, name string) {
+			m.endsMu.Lock()
+			reasons := make([]string, 0, len(m.sessionEnds))
+			for r := range m.sessionEnds {
+				reasons = append(reasons, r)
+			}
+			sort.Strings(reasons)
+			counts := make([]uint64, len(reasons))
+			for i, r := range reasons {
+				counts[i] = m.sessionEnds[r]
+			}
+			m.endsMu.Unlock()
+			for i, r := range reasons {
+				sample(b, name, counts[i], "reason", r)
+			}
 		}},
 		{"auth_database_errors_total", "Database calls that failed for a reason other than a missing or duplicate record.", "counter", func(b *bytes.Buffer, name string) {
 			sample(b, name, m.dbErrors.Load())

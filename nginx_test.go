@@ -136,7 +136,7 @@ func TestNginxTurnsAwayAnExpiredTokenUntilTheClientRefreshes(t *testing.T) {
 	px := startNginxFront(t, e)
 	email, access, refresh := e.user(t)
 	id := userID(t, e, access)
-	e.clock.Advance(e.cfg.accessTTL + clockSkew + time.Second)
+	e.clock.Advance(e.cfg.accessTTL + defaultLeeway + time.Second)
 
 	r := px.do(t, "GET", "/orders", "", "Authorization", "Bearer "+access)
 	if r.status != http.StatusUnauthorized {

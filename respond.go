@@ -49,6 +49,7 @@ var (
 	errTokenExpired       = &apiError{status: http.StatusUnauthorized, code: "token_expired", message: "the token has expired; call /auth/refresh"}
 	errTokenRevoked       = &apiError{status: http.StatusUnauthorized, code: "token_revoked", message: "the token's session has ended; log in again"}
 	errTokenReused        = &apiError{status: http.StatusUnauthorized, code: "token_reused", message: "this refresh token was already used, so the session was ended; log in again"}
+	errSessionExpired     = &apiError{status: http.StatusUnauthorized, code: "session_expired", message: "the session reached its maximum age; log in again"}
 	errTooManyAttempts    = &apiError{status: http.StatusTooManyRequests, code: "too_many_attempts", message: "too many failed logins; wait before trying again"}
 	errPayloadTooLarge    = &apiError{status: http.StatusRequestEntityTooLarge, code: "payload_too_large", message: "the request body is too large"}
 	errUnsupportedMedia   = &apiError{status: http.StatusUnsupportedMediaType, code: "unsupported_media_type", message: "send the request body as JSON, with Content-Type: application/json"}
@@ -96,7 +97,7 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	switch e.code {
 	case errTokenMissing.code:
 		h.Set("WWW-Authenticate", `Bearer`)
-	case errTokenInvalid.code, errTokenExpired.code, errTokenRevoked.code, errTokenReused.code:
+	case errTokenInvalid.code, errTokenExpired.code, errTokenRevoked.code, errTokenReused.code, errSessionExpired.code:
 		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer error="invalid_token", error_description=%q`, e.message))
 	}
 	encode(w, e.status, errorBody{e.code, e.message})

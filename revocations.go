@@ -49,15 +49,21 @@ func (r *revocations) revoked(c *claims) bool {
 	return ok && now.Before(exp)
 }
 
-// add puts revocations into memory; the caller stores them.
+// add puts revocations into memory, never shortening one it holds; the caller stores them.
 func (r *revocations) add(revs ...Revocation) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, rev := range revs {
-		if id, ok := strings.CutPrefix(rev.ID, sidPrefix); ok {
-			r.sids[id] = rev.ExpiresAt
-		} else if id, ok := strings.CutPrefix(rev.ID, jtiPrefix); ok {
-			r.jtis[id] = rev.ExpiresAt
+		m := r.jtis
+		id, ok := strings.CutPrefix(rev.ID, jtiPrefix)
+		if !ok {
+			if id, ok = strings.CutPrefix(rev.ID, sidPrefix); !ok {
+				continue
+			}
+			m = r.sids
+		}
+		if rev.ExpiresAt.After(m[id]) {
+			m[id] = rev.ExpiresAt
 		}
 	}
 }

@@ -95,7 +95,7 @@ func TestExpiredRevocationsLeaveMemoryAndTheDatabase(t *testing.T) {
 		t.Fatalf("%d blacklist documents, want 9", count())
 	}
 	// Access tokens (3m) expire first: their entries go, the sessions' stay.
-	e.clock.Advance(3*time.Minute + 2*clockSkew)
+	e.clock.Advance(3*time.Minute + 2*defaultLeeway)
 	r.forgetExpired()
 	if err := e.store.Purge(t.Context(), e.clock.Now()); err != nil {
 		t.Fatal(err)
@@ -133,7 +133,7 @@ func TestCachedTokensAreStillCheckedForExpiryAndRevocation(t *testing.T) {
 	e := newTestEnv(t)
 	_, access, _ := e.user(t)
 	e.page(t, access).want(t, 200, "") // now cached
-	e.clock.Advance(3*time.Minute + clockSkew)
+	e.clock.Advance(3*time.Minute + defaultLeeway)
 	e.page(t, access).want(t, 401, "token_expired")
 
 	_, access, _ = e.user(t)

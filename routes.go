@@ -16,9 +16,9 @@ type routeAdder interface {
 // addRoutes lists the whole API and what each route depends on; openapi.yaml describes it.
 func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("POST /auth/signup", handleSignup(d.log, d.clients, d.store, d.hasher, d.signups, d.signupsPerClient, d.now))
-	mux.Handle("POST /auth/login", handleLogin(d.log, d.clients, d.passwords, d.tokens, d.metrics))
-	mux.Handle("POST /auth/refresh", handleRefresh(d.log, d.store, d.tokens, d.revocations, d.metrics, d.reuseInterval))
-	mux.Handle("POST /auth/logout", handleLogout(d.log, d.tokens, d.revocations, d.metrics))
+	mux.Handle("POST /auth/login", handleLogin(d.log, d.clients, d.passwords, d.sessions, d.metrics))
+	mux.Handle("POST /auth/refresh", handleRefresh(d.log, d.tokens, d.sessions, d.metrics))
+	mux.Handle("POST /auth/logout", handleLogout(d.log, d.tokens, d.revocations, d.sessions, d.metrics))
 	mux.Handle("POST /auth/verify", handleVerify(d.log, d.tokens, d.revocations))
 	mux.Handle("GET /auth/verify", handleVerify(d.log, d.tokens, d.revocations))
 	// Forward-auth proxies ask with whatever method they choose (nginx and Caddy with GET, others
@@ -51,13 +51,13 @@ type deps struct {
 	store       Store
 	tokens      *tokens
 	revocations *revocations
+	sessions    *sessionKeeper
 	passwords   *passwordCheck
 	// Sign-ups per client within the throttle's window.
 	signups          *throttle
 	signupsPerClient int
 	hasher           *hasher
 	clients          clientIPs
-	reuseInterval    time.Duration
 	metricsEnabled   bool
 	metrics          *metrics
 }
@@ -65,12 +65,16 @@ type deps struct {
 // newDeps wires the service's parts together over store; m also counts store's failures.
 func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.Time, log *slog.Logger) *deps {
 	h := newHasher(c.hashConcurrent, c.hashQueue, c.hashWait)
+	t := newTokens(secret, c.issuer, c.accessTTL, c.refreshTTL, c.leeway, now)
+	revs := newRevocations(store, now, log)
 	return &deps{
 		log:         log,
 		now:         now,
 		store:       store,
-		tokens:      newTokens(secret, c.issuer, c.accessTTL, c.refreshTTL, now),
-		revocations: newRevocations(store, now, log),
+		tokens:      t,
+		revocations: revs,
+		sessions: &sessionKeeper{store: store, tokens: t, revs: revs, metrics: m, log: log,
+			maxAge: c.sessionMaxAge, reuse: c.reuseInterval},
 		passwords: &passwordCheck{
 			store:      store,
 			hasher:     h,
@@ -83,7 +87,6 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		signupsPerClient: c.signupMax,
 		hasher:           h,
 		clients:          clientIPs{trusted: c.trustedProxies},
-		reuseInterval:    c.reuseInterval,
 		metricsEnabled:   c.metrics && c.metricsAddr == "",
 		metrics:          m,
 	}

@@ -37,6 +37,51 @@ func refreshAll(tb testing.TB, token string, n int, envs ...*testEnv) []response
 	return out
 }
 
+func TestEndedSessionsStayEnded(t *testing.T) {
+	t.Parallel()
+
+	// A rolling deploy that shortens the token lifetimes: the instance that logs the session out
+	// issues shorter tokens than the one that issued the session's.
+	t.Run("whatever token lifetimes the other instances have", func(t *testing.T) {
+		t.Parallel()
+		db := newTestDB(t)
+		short := newTestEnvOn(t, db, func(c *config) { c.accessTTL, c.refreshTTL = time.Minute, time.Minute })
+		long := newTestEnvOn(t, db, func(c *config) { c.accessTTL, c.refreshTTL = 10*time.Minute, 10*time.Minute })
+		_, access, refresh := long.user(t)
+		short.do(t, "POST", "/auth/logout", nil, "Authorization", "Bearer "+access).want(t, 200, "")
+		for _, e := range []*testEnv{short, long} {
+			e.clock.Advance(3 * time.Minute) // past the short instance's lifetimes, within the long one's
+			if err := e.deps.revocations.sync(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			e.deps.revocations.forgetExpired()
+			if err := e.store.Purge(t.Context(), e.clock.Now()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, e := range []*testEnv{short, long} {
+			e.page(t, access).want(t, 401, "token_revoked")
+			e.refresh(t, refresh).want(t, 401, "token_revoked")
+		}
+		newTestEnvOn(t, db, func(c *config) {}).page(t, access).want(t, 401, "token_revoked")
+	})
+
+	t.Run("after SESSION_MAX_AGE however often it is refreshed", func(t *testing.T) {
+		t.Parallel()
+		e := newTestEnv(t, func(c *config) { c.sessionMaxAge = 7 * time.Minute })
+		_, _, refresh := e.user(t)
+		e.clock.Advance(4 * time.Minute)
+		r := e.refresh(t, refresh).want(t, 200, "")
+		if left, _ := r.body["refresh_expires_in"].(float64); left > 180 {
+			t.Fatalf("refresh_expires_in %v: the refresh token outlives the session's 7 minutes", left)
+		}
+		e.clock.Advance(3*time.Minute + time.Second) // past the end, within the leeway
+		e.refresh(t, r.str("refresh_token")).want(t, 401, "session_expired")
+		e.clock.Advance(e.cfg.leeway)
+		e.refresh(t, r.str("refresh_token")).want(t, 401, "token_expired")
+	})
+}
+
 func TestRefreshRotation(t *testing.T) {
 	t.Parallel()
 
@@ -49,6 +94,9 @@ func TestRefreshRotation(t *testing.T) {
 		second := e.refresh(t, refresh).want(t, 200, "")
 		if e.claimsOf(t, first.str("access_token"))["sid"] != e.claimsOf(t, second.str("access_token"))["sid"] {
 			t.Fatal("the second refresh started another session")
+		}
+		if first.str("refresh_token") != second.str("refresh_token") {
+			t.Fatal("the second refresh forked the session: it got a refresh token of its own")
 		}
 		e.page(t, first.str("access_token")).want(t, 200, "")
 		e.page(t, second.str("access_token")).want(t, 200, "")
@@ -72,7 +120,7 @@ func TestRefreshRotation(t *testing.T) {
 		e.page(t, otherAccess).want(t, 200, "")
 	})
 
-	t.Run("eight simultaneous refreshes with one token all succeed and one logout ends them all", func(t *testing.T) {
+	t.Run("eight simultaneous refreshes with one token all get the same successor and one logout ends them all", func(t *testing.T) {
 		t.Parallel()
 		e := newTestEnv(t)
 		_, _, refresh := e.user(t)
@@ -80,9 +128,12 @@ func TestRefreshRotation(t *testing.T) {
 		for _, r := range results {
 			r.want(t, 200, "")
 			e.page(t, r.str("access_token")).want(t, 200, "")
+			if r.str("refresh_token") != results[0].str("refresh_token") {
+				t.Fatalf("two different successors: the session forked")
+			}
 		}
-		for _, r := range results {
-			e.refresh(t, r.str("refresh_token")).want(t, 200, "")
+		for _, r := range refreshAll(t, results[0].str("refresh_token"), 8, e) {
+			r.want(t, 200, "")
 		}
 		e.do(t, "POST", "/auth/logout", nil, "authorization_access", results[3].str("access_token")).want(t, 200, "")
 		for _, r := range results {
@@ -90,13 +141,37 @@ func TestRefreshRotation(t *testing.T) {
 		}
 	})
 
-	t.Run("simultaneous refreshes across two instances all succeed", func(t *testing.T) {
+	t.Run("simultaneous refreshes across two instances all get the same successor", func(t *testing.T) {
 		t.Parallel()
 		a, b := newTestPair(t)
 		_, _, refresh := a.user(t)
-		for _, r := range refreshAll(t, refresh, 8, a, b) {
+		results := refreshAll(t, refresh, 8, a, b)
+		for _, r := range results {
 			r.want(t, 200, "")
+			if r.str("refresh_token") != results[0].str("refresh_token") {
+				t.Fatalf("two different successors: the session forked")
+			}
 		}
+	})
+
+	// A thief replaying a stolen token within the interval gets the user's own successor, not a
+	// chain of their own: whichever of the two uses it second, past the interval, ends it all.
+	t.Run("a replay within the interval joins the one chain and the later use of it ends the session", func(t *testing.T) {
+		t.Parallel()
+		e := newTestEnv(t)
+		_, _, stolen := e.user(t)
+		user := e.refresh(t, stolen).want(t, 200, "")
+		e.clock.Advance(2 * time.Second)
+		thief := e.refresh(t, stolen).want(t, 200, "")
+		if thief.str("refresh_token") != user.str("refresh_token") {
+			t.Fatal("the replay started a chain of its own")
+		}
+		userNext := e.refresh(t, user.str("refresh_token")).want(t, 200, "")
+		e.clock.Advance(e.cfg.reuseInterval)
+		e.refresh(t, thief.str("refresh_token")).want(t, 401, "token_reused")
+		e.page(t, userNext.str("access_token")).want(t, 401, "token_revoked")
+		e.page(t, thief.str("access_token")).want(t, 401, "token_revoked")
+		e.refresh(t, userNext.str("refresh_token")).want(t, 401, "token_revoked")
 	})
 
 	t.Run("without a reuse interval exactly one of many racing refreshes wins", func(t *testing.T) {
@@ -112,12 +187,15 @@ func TestRefreshRotation(t *testing.T) {
 				winner = r
 			}
 		}
-		// A loser may also find the session already revoked by another loser's reuse verdict.
-		if counts["200 "] != 1 || counts["401 token_reused"] < 1 || counts["401 token_reused"]+counts["401 token_revoked"] != n-1 {
-			t.Fatalf("outcomes %v, want one 200 and %d token_reused or token_revoked", counts, n-1)
+		// A loser may also find the session already ended by another loser's reuse verdict, and
+		// the winner too, before it answers.
+		if counts["200 "] > 1 || counts["401 token_reused"] < 1 || counts["200 "]+counts["401 token_reused"]+counts["401 token_revoked"] != n {
+			t.Fatalf("outcomes %v, want at most one 200 and token_reused or token_revoked for the rest", counts)
 		}
 		// The reuse ended the session, the winner's new tokens included.
-		e.page(t, winner.str("access_token")).want(t, 401, "token_revoked")
+		if winner.status == 200 {
+			e.page(t, winner.str("access_token")).want(t, 401, "token_revoked")
+		}
 	})
 
 	t.Run("reuse seen by another instance is refused there and everywhere", func(t *testing.T) {

@@ -1,12 +1,184 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
+
+// Why a session ended, as the blacklist entry and the metrics say it.
+const (
+	endLogout = "logout"
+	endReused = "reused"
+)
+
+// sessionKeeper starts, refreshes and ends login sessions. A session is a record in the database
+// (see Session) and the sid inside every token of one login; it ends with a blacklist entry for
+// the sid, which the token check reads from memory and refresh from the database.
+type sessionKeeper struct {
+	store   Store
+	tokens  *tokens
+	revs    *revocations
+	metrics *metrics
+	log     *slog.Logger
+	maxAge  time.Duration // SESSION_MAX_AGE; 0 for no limit
+	reuse   time.Duration // REFRESH_REUSE_INTERVAL
+}
+
+// start begins a session for u, logging in from ip with userAgent, and issues its first tokens.
+func (k *sessionKeeper) start(ctx context.Context, u *User, ip netip.Addr, userAgent string) (tokenPair, error) {
+	now := k.tokens.now().UTC().Truncate(time.Millisecond)
+	s := &Session{ID: newID(), UserID: u.ID, CreatedAt: now, LastUsedAt: now, IP: ip.String(),
+		UserAgent: cut(userAgent, 256)}
+	if k.maxAge > 0 {
+		s.ExpiresAt = now.Add(k.maxAge)
+	}
+	pair, until, err := k.tokens.pair(u.ID, u.Email, s.ID, k.tokens.successor(s.ExpiresAt), s.ExpiresAt)
+	if err != nil {
+		return tokenPair{}, err
+	}
+	s.TokensExpireAt = until
+	if err := k.store.CreateSession(ctx, s); err != nil {
+		return tokenPair{}, err
+	}
+	return pair, nil
+}
+
+// refresh exchanges the refresh token c for the next pair of its session. The first use of a token
+// gets a new successor; the same token presented again within the reuse interval (another tab, or
+// a client retrying) gets that very successor again, so that a session is only ever one chain;
+// presented after it, the token is a stolen copy or was stolen, and the session ends.
+func (k *sessionKeeper) refresh(ctx context.Context, c *claims) (tokenPair, refreshOutcome, error) {
+	if k.revs.revoked(c) {
+		return tokenPair{}, 0, errTokenRevoked
+	}
+	now := k.tokens.now()
+	// Refresh is not the hot path: it asks the database rather than trust this instance's copy of
+	// the blacklist, which may be up to one sync interval behind another instance's logout.
+	var (
+		s       *Session
+		sessErr error
+		read    = make(chan struct{})
+	)
+	go func() {
+		defer close(read)
+		s, sessErr = k.store.SessionByID(ctx, c.Session)
+	}()
+	err := k.checkNotRevoked(ctx, c, now)
+	<-read
+	switch {
+	case err != nil:
+		return tokenPair{}, 0, err
+	case errors.Is(sessErr, ErrNotFound):
+		return tokenPair{}, 0, errTokenRevoked // ended long ago, and purged
+	case sessErr != nil:
+		return tokenPair{}, 0, sessErr
+	case s.UserID != c.Subject:
+		return tokenPair{}, 0, errTokenInvalid
+	case !s.ExpiresAt.IsZero() && !now.Before(s.ExpiresAt):
+		return tokenPair{}, 0, errSessionExpired
+	}
+
+	next := k.tokens.successor(s.ExpiresAt)
+	// The latest this refresh can make any token of the session live: a fresh access token and a
+	// fresh successor. (A successor re-issued from the first use was covered by that use.)
+	_, bound, err := k.tokens.pair(c.Subject, c.Email, c.Session, next, s.ExpiresAt)
+	if err != nil {
+		return tokenPair{}, 0, err
+	}
+	claimed := make(chan error, 1)
+	var (
+		first RefreshUse
+		won   bool
+	)
+	go func() {
+		var err error
+		first, won, err = k.store.ClaimRefresh(ctx, RefreshUse{JTI: c.ID, UsedAt: now,
+			ExpiresAt: k.tokens.until(c.expiresAt()), Next: next})
+		claimed <- err
+	}()
+	// The session's tokens' expiry is written before the blacklist is read again below: a session
+	// ended meanwhile either shows there, or its ender reads this expiry and makes the entry
+	// outlast these tokens (see end). Whichever comes first, no token outlives the entry.
+	touchErr := k.store.TouchSession(ctx, c.Session, now, bound)
+	if err := errors.Join(<-claimed, touchErr); err != nil {
+		if errors.Is(touchErr, ErrNotFound) {
+			return tokenPair{}, 0, errTokenRevoked
+		}
+		return tokenPair{}, 0, err
+	}
+
+	outcome := refreshRotated
+	if !won {
+		if !now.Before(first.UsedAt.Add(k.reuse)) {
+			if err := k.end(ctx, c.Session, endReused); err != nil {
+				return tokenPair{}, 0, err
+			}
+			k.log.LogAttrs(ctx, slog.LevelWarn, "refresh token reused; session revoked",
+				slog.String("request_id", requestID(ctx)), slog.String("user_id", c.Subject))
+			return tokenPair{}, refreshReused, errTokenReused
+		}
+		next, outcome = first.Next, refreshReuseGrace
+	}
+	if err := k.checkNotRevoked(ctx, c, now); err != nil {
+		return tokenPair{}, 0, err
+	}
+	pair, _, err := k.tokens.pair(c.Subject, c.Email, c.Session, next, s.ExpiresAt)
+	return pair, outcome, err
+}
+
+func (k *sessionKeeper) checkNotRevoked(ctx context.Context, c *claims, now time.Time) error {
+	revoked, err := k.store.Revoked(ctx, now, jtiPrefix+c.ID, sidPrefix+c.Session)
+	if err == nil && revoked {
+		return errTokenRevoked
+	}
+	return err
+}
+
+// end ends session sid for reason: its tokens are refused at once here, by every other instance
+// within one sync interval, and by refresh everywhere at once. The blacklist entry is written
+// first and lasts as long as any token the session issued, whatever token lifetimes the instances
+// that issued them had.
+func (k *sessionKeeper) end(ctx context.Context, sid, reason string) error {
+	now := k.tokens.now()
+	rev := Revocation{ID: sidPrefix + sid, ExpiresAt: now.Add(k.tokens.maxTTL()), CreatedAt: now, Reason: reason}
+	if err := k.revs.revoke(ctx, rev); err != nil {
+		return err
+	}
+	k.metrics.revoked(rev)
+	k.metrics.sessionEnded(reason)
+	// Read after the entry is written, so that a refresh's tokens that this read misses were issued
+	// by a refresh that sees the entry (and issued nothing after all).
+	s, err := k.store.SessionByID(ctx, sid)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if s.TokensExpireAt.After(rev.ExpiresAt) {
+		rev.ExpiresAt = s.TokensExpireAt
+		k.revs.add(rev)
+		return k.store.ExtendRevocation(ctx, rev.ID, rev.ExpiresAt, now)
+	}
+	return nil
+}
+
+// cut shortens s to at most n bytes, on a character boundary.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return strings.ToValidUTF8(s[:n], "")
+}
 
 type refreshBody struct {
 	RefreshToken string `json:"refresh_token"`
@@ -25,7 +197,7 @@ func refreshToken(w http.ResponseWriter, r *http.Request) (string, error) {
 	return bearer(body.RefreshToken), nil
 }
 
-func handleRefresh(log *slog.Logger, store Store, t *tokens, revs *revocations, m *metrics, reuseInterval time.Duration) http.Handler {
+func handleRefresh(log *slog.Logger, t *tokens, sessions *sessionKeeper, m *metrics) http.Handler {
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		raw, err := refreshToken(w, r)
 		if err != nil {
@@ -38,52 +210,20 @@ func handleRefresh(log *slog.Logger, store Store, t *tokens, revs *revocations, 
 		if err != nil {
 			return err
 		}
-		ctx, now := r.Context(), t.now()
-		// Refresh is not the hot path, so it asks the database too rather than trust a cache
-		// that may be up to one sync interval behind another instance's logout.
-		if revs.revoked(c) {
-			return errTokenRevoked
+		noteUser(r.Context(), c.Subject)
+		pair, outcome, err := sessions.refresh(r.Context(), c)
+		if err == nil || errors.Is(err, errTokenReused) {
+			m.refresh(outcome)
 		}
-		if revoked, err := store.Revoked(ctx, now, jtiPrefix+c.ID, sidPrefix+c.Session); err != nil {
-			return err
-		} else if revoked {
-			return errTokenRevoked
-		}
-		won, firstUse, err := store.ClaimRefresh(ctx, c.ID, now, c.expiresAt().Add(clockSkew))
 		if err != nil {
 			return err
 		}
-		if !won && now.Sub(firstUse) >= reuseInterval {
-			// A retired token came back after the grace period: whoever holds it, the session may
-			// be stolen, so all of it ends.
-			rev := Revocation{ID: sidPrefix + c.Session, ExpiresAt: now.Add(t.maxTTL()), CreatedAt: now}
-			if err := revs.revoke(ctx, rev); err != nil {
-				return err
-			}
-			m.revoked(rev)
-			m.refresh(refreshReused)
-			log.LogAttrs(ctx, slog.LevelWarn, "refresh token reused; session revoked",
-				slog.String("request_id", requestID(ctx)), slog.String("user_id", c.Subject))
-			return errTokenReused
-		}
-		// The first use, or another tab presenting the same token within the reuse interval:
-		// both continue the same session.
-		pair, err := t.issue(c.Subject, c.Email, c.Session)
-		if err != nil {
-			return err
-		}
-		if won {
-			m.refresh(refreshRotated)
-		} else {
-			m.refresh(refreshReuseGrace)
-		}
-		noteUser(ctx, c.Subject)
 		encode(w, http.StatusOK, pair)
 		return nil
 	})
 }
 
-func handleLogout(log *slog.Logger, t *tokens, revs *revocations, m *metrics) http.Handler {
+func handleLogout(log *slog.Logger, t *tokens, revs *revocations, sessions *sessionKeeper, m *metrics) http.Handler {
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		access := accessToken(r)
 		refresh, err := refreshToken(w, r)
@@ -94,7 +234,8 @@ func handleLogout(log *slog.Logger, t *tokens, revs *revocations, m *metrics) ht
 			return errTokenMissing
 		}
 		now := t.now()
-		var ended []Revocation
+		var tokensEnded []Revocation
+		sids := map[string]bool{}
 		for _, tok := range []struct{ raw, use string }{{access, useAccess}, {refresh, useRefresh}} {
 			if tok.raw == "" {
 				continue
@@ -105,14 +246,18 @@ func handleLogout(log *slog.Logger, t *tokens, revs *revocations, m *metrics) ht
 				return err
 			}
 			noteUser(r.Context(), c.Subject)
-			ended = append(ended,
-				Revocation{ID: jtiPrefix + c.ID, ExpiresAt: c.expiresAt().Add(clockSkew), CreatedAt: now},
-				Revocation{ID: sidPrefix + c.Session, ExpiresAt: now.Add(t.maxTTL()), CreatedAt: now})
+			tokensEnded = append(tokensEnded, Revocation{ID: jtiPrefix + c.ID, ExpiresAt: t.until(c.expiresAt()), CreatedAt: now})
+			sids[c.Session] = true
 		}
-		if err := revs.revoke(r.Context(), ended...); err != nil {
+		if err := revs.revoke(r.Context(), tokensEnded...); err != nil {
 			return err
 		}
-		m.revoked(ended...)
+		m.revoked(tokensEnded...)
+		for sid := range sids {
+			if err := sessions.end(r.Context(), sid, endLogout); err != nil {
+				return err
+			}
+		}
 		encode(w, http.StatusOK, map[string]string{"message": "logged out"})
 		return nil
 	})

@@ -29,10 +29,47 @@ type User struct {
 
 // Revocation is one blacklist entry: a token id ("jti:...") or a whole login session ("sid:...").
 // It means nothing after ExpiresAt, because every token it could match has expired by then.
+//
+// CreatedAt is when the entry was written or last extended: instances poll for entries by it.
+// Reason says why a session ended ("logout", "reused", ...), for the people who read the database.
 type Revocation struct {
 	ID        string    `bson:"_id"`
 	ExpiresAt time.Time `bson:"expires_at"`
 	CreatedAt time.Time `bson:"created_at"`
+	Reason    string    `bson:"reason,omitempty"`
+}
+
+// Session is one login and every token refreshed from it, all of which carry its ID as sid. It
+// ends when a blacklist entry "sid:<ID>" is written, at ExpiresAt (SESSION_MAX_AGE after login;
+// zero for no limit), or when its last refresh token expires unused. TokensExpireAt is the latest
+// expiry of any token issued in it: its blacklist entry must last that long, and after it the
+// record can match no token and is purged.
+type Session struct {
+	ID             string    `bson:"_id"`
+	UserID         string    `bson:"user_id"`
+	CreatedAt      time.Time `bson:"created_at"`
+	LastUsedAt     time.Time `bson:"last_used_at"`
+	IP             string    `bson:"ip"`
+	UserAgent      string    `bson:"user_agent"`
+	ExpiresAt      time.Time `bson:"expires_at"`
+	TokensExpireAt time.Time `bson:"tokens_expire_at"`
+}
+
+// RefreshUse is the first use of a refresh token, and the successor it was exchanged for, so that
+// the same token presented again within the reuse interval gets that very successor. It means
+// nothing after ExpiresAt, when the token it records has expired.
+type RefreshUse struct {
+	JTI       string    `bson:"_id"`
+	UsedAt    time.Time `bson:"used_at"`
+	ExpiresAt time.Time `bson:"expires_at"`
+	Next      Successor `bson:"next"`
+}
+
+// Successor is what a refresh token is signed from, besides what its session says.
+type Successor struct {
+	ID       string `bson:"jti"`
+	IssuedAt int64  `bson:"iat"`
+	Expiry   int64  `bson:"exp"`
 }
 
 // Attempt is one try of something throttled, recorded under one key before its outcome is known.
@@ -53,12 +90,23 @@ type Store interface {
 	// SetPasswordHash replaces the hash of user id; ErrNotFound when there is no such user.
 	SetPasswordHash(ctx context.Context, id, hash string) error
 
-	// ClaimRefresh records the first use of the refresh token jti. won is true for exactly one
-	// caller per jti, even under concurrency; the others get the time of that first use.
-	ClaimRefresh(ctx context.Context, jti string, at, expires time.Time) (won bool, firstUse time.Time, err error)
+	// CreateSession records a new session.
+	CreateSession(ctx context.Context, s *Session) error
+	// SessionByID finds a session; ErrNotFound when there is none.
+	SessionByID(ctx context.Context, id string) (*Session, error)
+	// TouchSession notes a use of session id at usedAt that issued tokens expiring up to
+	// tokensExpire; the record's TokensExpireAt never goes back. ErrNotFound when there is none.
+	TouchSession(ctx context.Context, id string, usedAt, tokensExpire time.Time) error
+
+	// ClaimRefresh records the first use of a refresh token. won is true for exactly one caller
+	// per token, even under concurrency; the others get the record that caller wrote.
+	ClaimRefresh(ctx context.Context, use RefreshUse) (first RefreshUse, won bool, err error)
 
 	// Revoke records revocations; recording one that exists already is not an error.
 	Revoke(ctx context.Context, revs ...Revocation) error
+	// ExtendRevocation makes revocation id last until at least expires, and marks it changed at
+	// now so that the other instances read it again.
+	ExtendRevocation(ctx context.Context, id string, expires, now time.Time) error
 	// Revoked reports whether any of ids is revoked and not yet expired at now.
 	Revoked(ctx context.Context, now time.Time, ids ...string) (bool, error)
 	// RevocationsSince lists revocations created at or after since that are still in force at now.
@@ -82,8 +130,8 @@ type Store interface {
 // FerretDB, unlike MongoDB, lets two guarded findOneAndUpdate calls both win and loses concurrent
 // $inc updates, so nothing here relies on either.
 type mongoStore struct {
-	users, blacklist, refreshUses, attempts *mongo.Collection
-	metrics                                 *metrics // counts the database's failures; may be nil
+	users, sessions, blacklist, refreshUses, attempts *mongo.Collection
+	metrics                                           *metrics // counts the database's failures; may be nil
 }
 
 // connectMongo makes a client for uri. The driver waits 30s for a server by default, far too long
@@ -110,6 +158,7 @@ func mongoOptions(uri string) *options.ClientOptions {
 func mongoCollections(db *mongo.Database, m *metrics) *mongoStore {
 	return &mongoStore{
 		users:       db.Collection("users"),
+		sessions:    db.Collection("sessions"),
 		blacklist:   db.Collection("blacklist"),
 		refreshUses: db.Collection("refresh_tokens"),
 		attempts:    db.Collection("attempts"),
@@ -130,6 +179,8 @@ func newMongoStore(ctx context.Context, db *mongo.Database, m *metrics) (*mongoS
 		{s.blacklist, bson.D{{Key: "created_at", Value: 1}}, false, false},
 		{s.blacklist, bson.D{{Key: "expires_at", Value: 1}}, false, true},
 		{s.refreshUses, bson.D{{Key: "expires_at", Value: 1}}, false, true},
+		{s.sessions, bson.D{{Key: "user_id", Value: 1}}, false, false},
+		{s.sessions, bson.D{{Key: "tokens_expire_at", Value: 1}}, false, true},
 		{s.attempts, bson.D{{Key: "key", Value: 1}, {Key: "at", Value: -1}}, false, false},
 		{s.attempts, bson.D{{Key: "expires_at", Value: 1}}, false, true},
 	}
@@ -211,22 +262,45 @@ func (s *mongoStore) SetPasswordHash(ctx context.Context, id, hash string) error
 	return nil
 }
 
-type refreshUse struct {
-	JTI       string    `bson:"_id"`
-	UsedAt    time.Time `bson:"used_at"`
-	ExpiresAt time.Time `bson:"expires_at"`
+func (s *mongoStore) CreateSession(ctx context.Context, sess *Session) error {
+	_, err := s.sessions.InsertOne(ctx, sess)
+	return s.err(err)
 }
 
-func (s *mongoStore) ClaimRefresh(ctx context.Context, jti string, at, expires time.Time) (bool, time.Time, error) {
-	_, err := s.refreshUses.InsertOne(ctx, refreshUse{JTI: jti, UsedAt: at, ExpiresAt: expires})
+func (s *mongoStore) SessionByID(ctx context.Context, id string) (*Session, error) {
+	var sess Session
+	if err := s.sessions.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&sess); err != nil {
+		return nil, s.err(err)
+	}
+	return &sess, nil
+}
+
+func (s *mongoStore) TouchSession(ctx context.Context, id string, usedAt, tokensExpire time.Time) error {
+	// Only the session's own refreshes write here, one step of its chain after another; $max
+	// keeps the later expiry should two tabs' refreshes within the reuse interval cross.
+	res, err := s.sessions.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}}, bson.D{
+		{Key: "$set", Value: bson.D{{Key: "last_used_at", Value: usedAt}}},
+		{Key: "$max", Value: bson.D{{Key: "tokens_expire_at", Value: tokensExpire}}},
+	})
+	if err != nil {
+		return s.err(err)
+	}
+	if res.MatchedCount == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+func (s *mongoStore) ClaimRefresh(ctx context.Context, use RefreshUse) (RefreshUse, bool, error) {
+	_, err := s.refreshUses.InsertOne(ctx, use)
 	if err = s.err(err); !errors.Is(err, ErrDuplicate) {
-		return err == nil, at, err
+		return use, err == nil, err
 	}
-	var first refreshUse
-	if err := s.refreshUses.FindOne(ctx, bson.D{{Key: "_id", Value: jti}}).Decode(&first); err != nil {
-		return false, time.Time{}, s.err(err)
+	var first RefreshUse
+	if err := s.refreshUses.FindOne(ctx, bson.D{{Key: "_id", Value: use.JTI}}).Decode(&first); err != nil {
+		return RefreshUse{}, false, s.err(err)
 	}
-	return false, first.UsedAt, nil
+	return first, false, nil
 }
 
 func (s *mongoStore) Revoke(ctx context.Context, revs ...Revocation) error {
@@ -248,6 +322,14 @@ func (s *mongoStore) Revoke(ctx context.Context, revs ...Revocation) error {
 		}
 		return nil
 	}
+	return s.err(err)
+}
+
+func (s *mongoStore) ExtendRevocation(ctx context.Context, id string, expires, now time.Time) error {
+	_, err := s.blacklist.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}}, bson.D{
+		{Key: "$max", Value: bson.D{{Key: "expires_at", Value: expires}}},
+		{Key: "$set", Value: bson.D{{Key: "created_at", Value: now}}},
+	})
 	return s.err(err)
 }
 
@@ -322,9 +404,12 @@ func (s *mongoStore) ForgetAttempts(ctx context.Context, ids []string, keys ...s
 }
 
 func (s *mongoStore) Purge(ctx context.Context, now time.Time) error {
-	expired := bson.D{{Key: "expires_at", Value: bson.D{{Key: "$lte", Value: now}}}}
-	for _, c := range []*mongo.Collection{s.blacklist, s.refreshUses, s.attempts} {
-		if _, err := c.DeleteMany(ctx, expired); err != nil {
+	expired := func(field string) bson.D { return bson.D{{Key: field, Value: bson.D{{Key: "$lte", Value: now}}}} }
+	for _, p := range []struct {
+		c     *mongo.Collection
+		field string
+	}{{s.blacklist, "expires_at"}, {s.refreshUses, "expires_at"}, {s.attempts, "expires_at"}, {s.sessions, "tokens_expire_at"}} {
+		if _, err := p.c.DeleteMany(ctx, expired(p.field)); err != nil {
 			return s.err(err)
 		}
 	}

@@ -12,9 +12,6 @@ import (
 const (
 	useAccess  = "access"
 	useRefresh = "refresh"
-
-	// clockSkew is how far the clocks of the issuing and the checking machine may disagree.
-	clockSkew = 5 * time.Second
 )
 
 // claims is the whole content of a token, parsed once into a typed struct.
@@ -43,26 +40,27 @@ func (c *claims) GetAudience() (jwt.ClaimStrings, error)  { return nil, nil }
 
 func (c *claims) expiresAt() time.Time { return time.Unix(c.Expiry, 0) }
 
-// expired reports whether the token is past its expiry at now, clock skew allowed for.
-func (c *claims) expired(now time.Time) bool { return !now.Before(c.expiresAt().Add(clockSkew)) }
-
 // tokens issues and checks the service's HS256 JWTs.
 type tokens struct {
 	secret     []byte
 	issuer     string
 	accessTTL  time.Duration
 	refreshTTL time.Duration
-	now        func() time.Time
-	parser     *jwt.Parser
-	verified   *verifiedCache
+	// leeway is how far the clocks of the issuing and the checking machine may disagree: a token
+	// is accepted until its exp plus leeway (TOKEN_LEEWAY).
+	leeway   time.Duration
+	now      func() time.Time
+	parser   *jwt.Parser
+	verified *verifiedCache
 }
 
-func newTokens(secret []byte, issuer string, accessTTL, refreshTTL time.Duration, now func() time.Time) *tokens {
+func newTokens(secret []byte, issuer string, accessTTL, refreshTTL, leeway time.Duration, now func() time.Time) *tokens {
 	return &tokens{
 		secret:     secret,
 		issuer:     issuer,
 		accessTTL:  accessTTL,
 		refreshTTL: refreshTTL,
+		leeway:     leeway,
 		now:        now,
 		// Claims are validated by parse itself, in a fixed order, so that "expired" is only ever
 		// said of a token that is otherwise entirely valid (logout accepts those).
@@ -71,8 +69,14 @@ func newTokens(secret []byte, issuer string, accessTTL, refreshTTL time.Duration
 	}
 }
 
-// maxTTL is the longest any token of a session lives: a session revocation must last that long.
-func (t *tokens) maxTTL() time.Duration { return max(t.accessTTL, t.refreshTTL) + clockSkew }
+// expired reports whether c is past its expiry at now, the leeway allowed for.
+func (t *tokens) expired(c *claims, now time.Time) bool { return !now.Before(t.until(c.expiresAt())) }
+
+// until is the last moment a token expiring at exp is accepted.
+func (t *tokens) until(exp time.Time) time.Time { return exp.Add(t.leeway) }
+
+// maxTTL is the longest a token this instance issues is accepted.
+func (t *tokens) maxTTL() time.Duration { return max(t.accessTTL, t.refreshTTL) + t.leeway }
 
 // tokenPair is the body of a login or refresh answer.
 type tokenPair struct {
@@ -83,31 +87,54 @@ type tokenPair struct {
 	RefreshExpiresIn int64  `json:"refresh_expires_in"`
 }
 
-// issue signs an access and a refresh token for user in login session sid.
+// issue signs an access and a refresh token for user in login session sid, with no session end.
 func (t *tokens) issue(userID, email, sid string) (tokenPair, error) {
+	pair, _, err := t.pair(userID, email, sid, t.successor(time.Time{}), time.Time{})
+	return pair, err
+}
+
+// successor is a new refresh token's id and times: it lives refreshTTL, but not past the end of
+// its session (end; zero for none).
+func (t *tokens) successor(end time.Time) Successor {
 	now := t.now()
-	access, err := t.sign(claims{Subject: userID, Email: email, Session: sid, Use: useAccess}, now, t.accessTTL)
-	if err != nil {
-		return tokenPair{}, err
+	exp := now.Add(t.refreshTTL)
+	if !end.IsZero() && end.Before(exp) {
+		exp = end
 	}
-	refresh, err := t.sign(claims{Subject: userID, Email: email, Session: sid, Use: useRefresh}, now, t.refreshTTL)
-	if err != nil {
-		return tokenPair{}, err
+	return Successor{ID: newID(), IssuedAt: now.Unix(), Expiry: exp.Unix()}
+}
+
+// pair signs a fresh access token and the refresh token next for user in session sid; no token
+// outlives the session's end (zero for none). until is the last moment either is accepted.
+func (t *tokens) pair(userID, email, sid string, next Successor, end time.Time) (p tokenPair, until time.Time, err error) {
+	now := t.now()
+	exp := now.Add(t.accessTTL)
+	if !end.IsZero() && end.Before(exp) {
+		exp = end
 	}
-	return tokenPair{
+	access, err := t.sign(claims{Subject: userID, Email: email, Session: sid, Use: useAccess,
+		ID: newID(), IssuedAt: now.Unix(), Expiry: exp.Unix()})
+	if err != nil {
+		return tokenPair{}, time.Time{}, err
+	}
+	refresh, err := t.sign(claims{Subject: userID, Email: email, Session: sid, Use: useRefresh,
+		ID: next.ID, IssuedAt: next.IssuedAt, Expiry: next.Expiry})
+	if err != nil {
+		return tokenPair{}, time.Time{}, err
+	}
+	p = tokenPair{
 		AccessToken:      access,
 		RefreshToken:     refresh,
 		TokenType:        "Bearer",
-		ExpiresIn:        int64(t.accessTTL / time.Second),
-		RefreshExpiresIn: int64(t.refreshTTL / time.Second),
-	}, nil
+		ExpiresIn:        exp.Unix() - now.Unix(),
+		RefreshExpiresIn: max(next.Expiry-now.Unix(), 0),
+	}
+	return p, t.until(time.Unix(max(exp.Unix(), next.Expiry), 0)), nil
 }
 
-func (t *tokens) sign(c claims, now time.Time, ttl time.Duration) (string, error) {
+// sign signs c as it is, issuer added. Signing the same claims again gives the same token.
+func (t *tokens) sign(c claims) (string, error) {
 	c.Issuer = t.issuer
-	c.ID = newID()
-	c.IssuedAt = now.Unix()
-	c.Expiry = now.Add(ttl).Unix()
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, &c).SignedString(t.secret)
 }
 
@@ -125,17 +152,17 @@ func (t *tokens) parse(raw, use string) (*claims, error) {
 		}
 		if c.Issuer != t.issuer || c.Subject == "" || c.ID == "" || c.Session == "" ||
 			(c.Use != useAccess && c.Use != useRefresh) ||
-			c.IssuedAt == 0 || c.Expiry == 0 || time.Unix(c.IssuedAt, 0).After(now.Add(clockSkew)) {
+			c.IssuedAt == 0 || c.Expiry == 0 || time.Unix(c.IssuedAt, 0).After(now.Add(t.leeway)) {
 			return nil, errTokenInvalid
 		}
-		if !c.expired(now) {
+		if !t.expired(c, now) {
 			t.verified.put(raw, c, now)
 		}
 	}
 	if use != "" && c.Use != use {
 		return nil, errTokenInvalid
 	}
-	if c.expired(now) {
+	if t.expired(c, now) {
 		return c, errTokenExpired
 	}
 	return c, nil
@@ -176,7 +203,7 @@ func (v *verifiedCache) put(raw string, c *claims, now time.Time) {
 	defer v.mu.Unlock()
 	if len(v.m) >= v.max {
 		for k, old := range v.m {
-			if old.expired(now) {
+			if !now.Before(old.expiresAt()) {
 				delete(v.m, k)
 			}
 		}
