@@ -117,15 +117,7 @@ func TestNginxInFrontOfTheService(t *testing.T) {
 	})
 
 	t.Run("replaces identity headers the client sends with the token's, in every spelling", func(t *testing.T) {
-		for _, name := range identitySpellings {
-			t.Run(name, func(t *testing.T) {
-				px.app(t, "GET", "/orders", "", "Authorization", "Bearer "+access, name, "admin").wantIdentity(t, id, email)
-			})
-		}
-		t.Run("all at once", func(t *testing.T) {
-			px.app(t, "GET", "/orders", "", append(spoofedIdentity(), "Authorization", "Bearer "+access)...).
-				wantIdentity(t, id, email)
-		})
+		testIdentityReplaced(t, px, access, id, email)
 	})
 
 	t.Run("serves the service's own endpoints on the same origin", func(t *testing.T) {
@@ -160,8 +152,26 @@ func TestNginxPassesOnlyARealPreflightToTheAppWithoutAToken(t *testing.T) {
 	t.Parallel()
 	const listed = "https://app.example.com"
 	e := newTestEnv(t, func(c *config) { c.corsOrigins = []string{listed} })
-	px := startNginxFront(t, e)
+	testOnlyRealPreflightsPass(t, startNginxFront(t, e), listed)
+}
 
+// testIdentityReplaced checks that whatever identity a client claims, under any spelling, the app
+// is told only the one that access proves.
+func testIdentityReplaced(t *testing.T, px *proxyFront, access, id, email string) {
+	for _, name := range identitySpellings {
+		t.Run(name, func(t *testing.T) {
+			px.app(t, "GET", "/orders", "", "Authorization", "Bearer "+access, name, "admin").wantIdentity(t, id, email)
+		})
+	}
+	t.Run("all at once", func(t *testing.T) {
+		px.app(t, "GET", "/orders", "", append(spoofedIdentity(), "Authorization", "Bearer "+access)...).
+			wantIdentity(t, id, email)
+	})
+}
+
+// testOnlyRealPreflightsPass checks that px lets a CORS preflight from the listed origin through
+// to the app without a token and without identity, and nothing else that looks like one.
+func testOnlyRealPreflightsPass(t *testing.T, px *proxyFront, listed string) {
 	t.Run("a preflight from a listed origin reaches the app, and its answer comes back, with no identity", func(t *testing.T) {
 		got := px.app(t, "OPTIONS", "/orders", "", append(spoofedIdentity(),
 			"Origin", listed, "Access-Control-Request-Method", "POST", "Access-Control-Request-Headers", "authorization")...)
@@ -233,12 +243,22 @@ func userID(tb testing.TB, e *testEnv, access string) string {
 	return id
 }
 
-// nginxFront is a real nginx, configured as the README says, in front of one service and of an
-// app that echoes what reaches it.
-type nginxFront struct {
+// proxyFront is a real reverse proxy, configured as the README says, in front of one service and
+// of an app that echoes what reaches it.
+type proxyFront struct {
+	name    string // for messages: "nginx", "Caddy"
 	url     string
 	client  *http.Client
 	appHits *atomic.Int64
+}
+
+// newProxyFront is a proxyFront without its address, which the caller fills in once the proxy
+// answers; its client's connections are closed when the test ends.
+func newProxyFront(tb testing.TB, name string, appHits *atomic.Int64) *proxyFront {
+	tb.Helper()
+	tr := &http.Transport{}
+	tb.Cleanup(tr.CloseIdleConnections)
+	return &proxyFront{name: name, client: &http.Client{Transport: tr, Timeout: 30 * time.Second}, appHits: appHits}
 }
 
 // echoed is what the app saw of a request.
@@ -312,13 +332,11 @@ func nginxBinary(tb testing.TB) string {
 
 // startNginxFront runs nginx in the foreground with the README's configuration, pointed at e and
 // at a fresh echo app, and stops it when the test ends.
-func startNginxFront(tb testing.TB, e *testEnv) *nginxFront {
+func startNginxFront(tb testing.TB, e *testEnv) *proxyFront {
 	tb.Helper()
 	bin := nginxBinary(tb)
 	app, hits := startEchoApp(tb)
-	tr := &http.Transport{}
-	tb.Cleanup(tr.CloseIdleConnections)
-	px := &nginxFront{client: &http.Client{Transport: tr, Timeout: 30 * time.Second}, appHits: hits}
+	px := newProxyFront(tb, "nginx", hits)
 	// The port is free when asked for but could be taken before nginx binds it; try again then.
 	for attempt := 1; ; attempt++ {
 		addr := freeLoopbackAddr(tb)
@@ -333,9 +351,9 @@ func startNginxFront(tb testing.TB, e *testEnv) *nginxFront {
 	}
 }
 
-// freeLoopbackAddr returns a 127.0.0.1 address that nothing listens on at the moment. nginx cannot
-// be told to take any free port and report it, so it gets one picked here, and startNginxFront
-// tries again with another when something took it in between.
+// freeLoopbackAddr returns a 127.0.0.1 address that nothing listens on at the moment. nginx and
+// Caddy cannot be told to take any free port and report it, so they get one picked here, and
+// startNginxFront and startCaddyFront try again with another when something took it in between.
 func freeLoopbackAddr(tb testing.TB) string {
 	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -450,9 +468,9 @@ func runNginx(tb testing.TB, bin, dir, addr string) error {
 	}
 }
 
-// do sends a request through nginx; body is sent as it is, and header names as they are written,
-// case included, so that a test can send any spelling.
-func (px *nginxFront) do(tb testing.TB, method, path, body string, headers ...string) response {
+// do sends a request through the proxy; body is sent as it is, and header names as they are
+// written, case included, so that a test can send any spelling.
+func (px *proxyFront) do(tb testing.TB, method, path, body string, headers ...string) response {
 	tb.Helper()
 	var rd io.Reader
 	if body != "" {
@@ -467,7 +485,7 @@ func (px *nginxFront) do(tb testing.TB, method, path, body string, headers ...st
 	}
 	res, err := px.client.Do(req)
 	if err != nil {
-		tb.Fatalf("%s %s through nginx: %v", method, path, err)
+		tb.Fatalf("%s %s through %s: %v", method, path, px.name, err)
 	}
 	defer res.Body.Close()
 	raw, _ := io.ReadAll(res.Body)
@@ -476,13 +494,13 @@ func (px *nginxFront) do(tb testing.TB, method, path, body string, headers ...st
 	return r
 }
 
-// app sends a request that nginx must let through, and returns what the app saw of it.
-func (px *nginxFront) app(tb testing.TB, method, path, body string, headers ...string) echoed {
+// app sends a request that the proxy must let through, and returns what the app saw of it.
+func (px *proxyFront) app(tb testing.TB, method, path, body string, headers ...string) echoed {
 	tb.Helper()
 	r := px.do(tb, method, path, body, headers...)
 	var got echoed
 	if r.status != http.StatusOK || json.Unmarshal([]byte(r.raw), &got) != nil {
-		tb.Fatalf("%s %s through nginx: got %d %s, want 200 from the app", method, path, r.status, r.raw)
+		tb.Fatalf("%s %s through %s: got %d %s, want 200 from the app", method, path, px.name, r.status, r.raw)
 	}
 	return got
 }
