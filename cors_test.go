@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net/http"
 	"strings"
 	"testing"
 )
@@ -41,6 +42,7 @@ func TestCORS(t *testing.T) {
 		want     map[string]string   // exact values; "" means absent
 		includes map[string][]string // comma-separated lists that must hold these
 		noCORS   bool                // no Access-Control-* header at all
+		present  []string            // headers that must be sent, if only empty
 	}{
 		{
 			name: "echoes a listed origin and lets it send credentials", env: listed,
@@ -79,6 +81,43 @@ func TestCORS(t *testing.T) {
 			want: map[string]string{"Access-Control-Allow-Origin": app},
 		},
 		{
+			name: "answers a preflight that a forward-auth proxy asks about with GET", env: listed,
+			method: "GET", path: "/auth/page", headers: forwarded("OPTIONS", preflight(app, "POST", "authorization")...),
+			status:   204,
+			want:     map[string]string{"Access-Control-Allow-Origin": app, "X-User-Id": "", "X-User-Email": ""},
+			includes: map[string][]string{"Access-Control-Allow-Headers": originalHeaders},
+			// Sent empty, so that a proxy copying them onto the preflight it passes on copies nothing.
+			present: []string{"X-User-Id", "X-User-Email"},
+		},
+		{
+			name: "asks for a token when the proxy names OPTIONS without a preflight's request method", env: listed,
+			method: "GET", path: "/auth/page", headers: forwarded("OPTIONS", "Origin", app), status: 401,
+		},
+		{
+			name: "asks for a token when the proxy names an unlisted origin's preflight", env: listed,
+			method: "GET", path: "/auth/page", headers: forwarded("OPTIONS", preflight("https://evil.example.com", "POST", "authorization")...),
+			status: 401, noCORS: true,
+		},
+		{
+			name: "asks for a token when the proxy names OPTIONS without an Origin", env: listed,
+			method: "GET", path: "/auth/page", headers: forwarded("OPTIONS", "Access-Control-Request-Method", "POST"),
+			status: 401, noCORS: true,
+		},
+		{
+			name: "asks for a token when the proxy names GET, whatever method it asks with", env: listed,
+			method: "OPTIONS", path: "/auth/page", headers: forwarded("GET", preflight(app, "POST", "authorization")...),
+			status: 401,
+		},
+		{
+			name: "asks for a token when a proxy asks with GET and names no method", env: listed,
+			method: "GET", path: "/auth/page", headers: preflight(app, "POST", "authorization"), status: 401,
+		},
+		{
+			name: "answers preflights off the forward-auth route whatever X-Forwarded-Method says", env: listed,
+			method: "OPTIONS", path: "/auth/refresh", headers: forwarded("GET", preflight(app, "POST", "authorization_refresh")...),
+			status: 204, want: map[string]string{"Access-Control-Allow-Origin": app},
+		},
+		{
 			name: "gives an unlisted origin no CORS headers", env: listed,
 			method: "GET", path: "/healthz", headers: []string{"Origin", "https://evil.example.com"}, status: 200,
 			noCORS: true,
@@ -110,6 +149,11 @@ func TestCORS(t *testing.T) {
 			includes: map[string][]string{"Access-Control-Allow-Headers": originalHeaders},
 		},
 		{
+			name: "answers a forward-auth preflight with * but never with credentials", env: anyOrigin,
+			method: "GET", path: "/auth/page", headers: forwarded("OPTIONS", preflight("https://anywhere.example.com", "GET", "authorization")...),
+			status: 204, want: map[string]string{"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Credentials": ""},
+		},
+		{
 			name: "gives no CORS headers at all by default", env: none,
 			method: "GET", path: "/healthz", headers: []string{"Origin", app}, status: 200,
 			want: map[string]string{"Vary": ""}, noCORS: true,
@@ -118,6 +162,11 @@ func TestCORS(t *testing.T) {
 			name: "answers no preflight by default", env: none,
 			method: "OPTIONS", path: "/auth/login", headers: preflight(app, "POST", "content-type"), status: 405,
 			noCORS: true,
+		},
+		{
+			name: "lets no forward-auth preflight through by default", env: none,
+			method: "GET", path: "/auth/page", headers: forwarded("OPTIONS", preflight(app, "POST", "authorization")...),
+			status: 401, noCORS: true,
 		},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -137,6 +186,11 @@ func TestCORS(t *testing.T) {
 					}
 				}
 			}
+			for _, k := range tt.present {
+				if _, ok := r.header[k]; !ok {
+					t.Errorf("%s: absent, want it sent", k)
+				}
+			}
 			if tt.noCORS {
 				for _, k := range corsHeaders {
 					if v := r.header.Values(k); len(v) > 0 {
@@ -145,6 +199,36 @@ func TestCORS(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// forwarded is headers as a forward-auth proxy sends them, naming the guarded request's method.
+func forwarded(method string, headers ...string) []string {
+	return append([]string{"X-Forwarded-Method", method}, headers...)
+}
+
+func TestCORSBelievesNoForwardedMethodGivenTwice(t *testing.T) {
+	t.Parallel()
+	const app = "https://app.example.com"
+	e := newTestEnv(t, func(c *config) { c.corsOrigins = []string{app} })
+	for _, methods := range [][]string{{"OPTIONS", "GET"}, {"GET", "OPTIONS"}, {"OPTIONS", "OPTIONS"}} {
+		req, err := http.NewRequest("GET", e.srv.URL+"/auth/page", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Origin", app)
+		req.Header.Set("Access-Control-Request-Method", "POST")
+		for _, m := range methods {
+			req.Header.Add("X-Forwarded-Method", m)
+		}
+		res, err := e.srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusUnauthorized {
+			t.Errorf("X-Forwarded-Method %q: got %d, want 401", methods, res.StatusCode)
+		}
 	}
 }
 

@@ -235,8 +235,16 @@ func (w *muxErrorWriter) Write(b []byte) (int, error) {
 
 func (w *muxErrorWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
+// forwardAuthPath is the route that forward-auth proxies ask about the requests they guard. A
+// request there stands for another one, which decides whether it is a CORS preflight.
+const forwardAuthPath = "/auth/page"
+
 // cors lets browsers on the listed origins call the service directly. A listed origin is echoed
 // and may send credentials; "*" allows any origin but then never with credentials.
+//
+// A preflight from such an origin is answered 204 without a token, as browsers send none. On the
+// forward-auth route that 204 lets the guarded request through the proxy, so there only a real
+// preflight gets it (see guardedMethod); anything else there goes on to the token check.
 func cors(origins []string) func(http.Handler) http.Handler {
 	allowed := make(map[string]bool, len(origins))
 	for _, o := range origins {
@@ -265,16 +273,51 @@ func cors(origins []string) func(http.Handler) http.Handler {
 				return
 			}
 			h.Set("Access-Control-Expose-Headers", "WWW-Authenticate, Retry-After, X-Request-Id, X-User-Id, X-User-Email")
-			if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+			if guardedMethod(r) == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
 				h.Set("Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS")
 				h.Set("Access-Control-Allow-Headers",
 					"Authorization, Content-Type, authorization_access, authorization_refresh, X-Request-Id")
 				h.Set("Access-Control-Max-Age", "600")
+				if r.URL.Path == forwardAuthPath {
+					// The proxy passes the preflight on with no identity. Empty rather than absent:
+					// Caddy 2.6's copy_headers hands the application a header missing from this
+					// answer as the text of its own placeholder, and an empty one as empty; nginx
+					// drops an empty one.
+					h["X-User-Id"] = []string{""}
+					h["X-User-Email"] = []string{""}
+				}
 				w.WriteHeader(http.StatusNoContent)
 				return
 			}
 			next.ServeHTTP(w, r)
 		})
+	}
+}
+
+// guardedMethod is the method of the request r stands for, which decides whether r is a CORS
+// preflight. Off the forward-auth route that is r's own. On it, X-Forwarded-Method decides when
+// present: nginx (as deploy/nginx.conf sets it up), Caddy and Traefik ask with GET whatever the
+// client sent, and name the client's method in that header, replacing any the client sent itself.
+// A proxy that passed a client's own value on would let it name OPTIONS for any request.
+//
+// The header wins whichever way the two disagree. GET naming OPTIONS is how all three ask about
+// a preflight. OPTIONS naming GET is a proxy asking with a method of its own choosing, or a client
+// calling the route directly with a header of its own; taking it for a GET costs at most a
+// refused preflight, never a request let through. More than one value means something appended
+// rather than replaced, so none is believed and the token check decides. Without the header (a
+// browser calling the route directly, or a proxy that asks with the original method) r's own
+// method decides.
+func guardedMethod(r *http.Request) string {
+	if r.URL.Path != forwardAuthPath {
+		return r.Method
+	}
+	switch named := r.Header.Values("X-Forwarded-Method"); len(named) {
+	case 0:
+		return r.Method
+	case 1:
+		return named[0]
+	default:
+		return ""
 	}
 }
 

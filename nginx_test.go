@@ -116,15 +116,13 @@ func TestNginxInFrontOfTheService(t *testing.T) {
 		}
 	})
 
-	t.Run("replaces identity headers the client sends with the token's", func(t *testing.T) {
-		got := px.app(t, "GET", "/orders", "", "Authorization", "Bearer "+access,
-			"X-User-Id", "admin", "X-User-Email", "admin@example.com",
-			"X_User_Id", "admin", "X_User_Email", "admin@example.com")
-		got.wantIdentity(t, id, email)
+	t.Run("replaces identity headers the client sends with the token's, in every spelling", func(t *testing.T) {
+		testIdentityReplaced(t, px, access, id, email)
 	})
 
 	t.Run("serves the service's own endpoints on the same origin", func(t *testing.T) {
-		r := px.do(t, "POST", "/auth/login", `{"email":"`+email+`","password":"correct horse battery"}`)
+		r := px.do(t, "POST", "/auth/login", `{"email":"`+email+`","password":"correct horse battery"}`,
+			"Content-Type", "application/json")
 		r.want(t, 200, "")
 		px.app(t, "GET", "/orders", "", "Authorization", "Bearer "+r.str("access_token")).wantIdentity(t, id, email)
 	})
@@ -150,6 +148,90 @@ func TestNginxTurnsAwayAnExpiredTokenUntilTheClientRefreshes(t *testing.T) {
 	px.app(t, "GET", "/orders", "", "Authorization", "Bearer "+fresh.str("access_token")).wantIdentity(t, id, email)
 }
 
+func TestNginxPassesOnlyARealPreflightToTheAppWithoutAToken(t *testing.T) {
+	t.Parallel()
+	const listed = "https://app.example.com"
+	e := newTestEnv(t, func(c *config) { c.corsOrigins = []string{listed} })
+	testOnlyRealPreflightsPass(t, startNginxFront(t, e), listed)
+}
+
+// testIdentityReplaced checks that whatever identity a client claims, under any spelling, the app
+// is told only the one that access proves.
+func testIdentityReplaced(t *testing.T, px *proxyFront, access, id, email string) {
+	for _, name := range identitySpellings {
+		t.Run(name, func(t *testing.T) {
+			px.app(t, "GET", "/orders", "", "Authorization", "Bearer "+access, name, "admin").wantIdentity(t, id, email)
+		})
+	}
+	t.Run("all at once", func(t *testing.T) {
+		px.app(t, "GET", "/orders", "", append(spoofedIdentity(), "Authorization", "Bearer "+access)...).
+			wantIdentity(t, id, email)
+	})
+}
+
+// testOnlyRealPreflightsPass checks that px lets a CORS preflight from the listed origin through
+// to the app without a token and without identity, and nothing else that looks like one.
+func testOnlyRealPreflightsPass(t *testing.T, px *proxyFront, listed string) {
+	t.Run("a preflight from a listed origin reaches the app, and its answer comes back, with no identity", func(t *testing.T) {
+		got := px.app(t, "OPTIONS", "/orders", "", append(spoofedIdentity(),
+			"Origin", listed, "Access-Control-Request-Method", "POST", "Access-Control-Request-Headers", "authorization")...)
+		if got.Method != "OPTIONS" || got.Header.Get("Origin") != listed {
+			t.Fatalf("the app saw %s from %q, want the preflight from %s", got.Method, got.Header.Get("Origin"), listed)
+		}
+		got.wantNoIdentity(t)
+	})
+
+	t.Run("anything else without a token gets 401 and never reaches the app", func(t *testing.T) {
+		for _, tt := range []struct {
+			name, method string
+			headers      []string
+		}{
+			{"OPTIONS without Access-Control-Request-Method", "OPTIONS", []string{"Origin", listed}},
+			{"OPTIONS from an unlisted origin", "OPTIONS",
+				[]string{"Origin", "https://evil.example.com", "Access-Control-Request-Method", "POST"}},
+			{"OPTIONS without an Origin", "OPTIONS", []string{"Access-Control-Request-Method", "POST"}},
+			{"a GET naming itself OPTIONS in X-Forwarded-Method", "GET",
+				[]string{"Origin", listed, "Access-Control-Request-Method", "POST", "X-Forwarded-Method", "OPTIONS"}},
+			{"a DELETE naming itself OPTIONS in X-Forwarded-Method", "DELETE",
+				[]string{"Origin", listed, "Access-Control-Request-Method", "POST", "X-Forwarded-Method", "OPTIONS"}},
+		} {
+			t.Run(tt.name, func(t *testing.T) {
+				before := px.appHits.Load()
+				r := px.do(t, tt.method, "/orders", "", tt.headers...)
+				if r.status != http.StatusUnauthorized {
+					t.Fatalf("got %d %s, want 401", r.status, r.raw)
+				}
+				if h := r.header.Get("WWW-Authenticate"); !strings.HasPrefix(h, "Bearer") {
+					t.Fatalf("WWW-Authenticate %q, want a Bearer challenge", h)
+				}
+				if px.appHits.Load() != before {
+					t.Fatal("the app was reached")
+				}
+			})
+		}
+	})
+}
+
+// identitySpellings are the names under which a client might slip an identity past a proxy: the
+// underscore spellings pass nginx with underscores_in_headers on, and CGI, PHP, WSGI and Rack read
+// them as X-User-Id and X-User-Email; lower case, because proxies compare names without regard
+// to it and a test must show that they do.
+var identitySpellings = []string{
+	"X-User-Id", "X_User_Id", "X-User_Id", "X_User-Id",
+	"x-user-id", "x_user_id", "x-user_id", "x_user-id",
+	"X-User-Email", "X_User_Email", "X-User_Email", "X_User-Email",
+	"x-user-email", "x_user_email", "x-user_email", "x_user-email",
+}
+
+// spoofedIdentity is every identity spelling as header name, value pairs, claiming to be an admin.
+func spoofedIdentity() []string {
+	var h []string
+	for _, name := range identitySpellings {
+		h = append(h, name, "admin")
+	}
+	return h
+}
+
 // userID asks the service who the holder of access is.
 func userID(tb testing.TB, e *testEnv, access string) string {
 	tb.Helper()
@@ -161,12 +243,22 @@ func userID(tb testing.TB, e *testEnv, access string) string {
 	return id
 }
 
-// nginxFront is a real nginx, configured as the README says, in front of one service and of an
-// app that echoes what reaches it.
-type nginxFront struct {
+// proxyFront is a real reverse proxy, configured as the README says, in front of one service and
+// of an app that echoes what reaches it.
+type proxyFront struct {
+	name    string // for messages: "nginx", "Caddy"
 	url     string
 	client  *http.Client
 	appHits *atomic.Int64
+}
+
+// newProxyFront is a proxyFront without its address, which the caller fills in once the proxy
+// answers; its client's connections are closed when the test ends.
+func newProxyFront(tb testing.TB, name string, appHits *atomic.Int64) *proxyFront {
+	tb.Helper()
+	tr := &http.Transport{}
+	tb.Cleanup(tr.CloseIdleConnections)
+	return &proxyFront{name: name, client: &http.Client{Transport: tr, Timeout: 30 * time.Second}, appHits: appHits}
 }
 
 // echoed is what the app saw of a request.
@@ -182,16 +274,35 @@ type echoed struct {
 func (got echoed) wantIdentity(tb testing.TB, id, email string) {
 	tb.Helper()
 	for name, want := range map[string]string{"x-user-id": id, "x-user-email": email} {
-		var values []string
-		for k, v := range got.Header {
-			if strings.ReplaceAll(strings.ToLower(k), "_", "-") == name {
-				values = append(values, v...)
-			}
-		}
-		if len(values) != 1 || values[0] != want {
+		if values := got.identity(name); len(values) != 1 || values[0] != want {
 			tb.Fatalf("the app saw %s %q, want only %q; headers %v", name, values, want, got.Header)
 		}
 	}
+}
+
+// wantNoIdentity fails if the app was told of any user, under any spelling. An empty header says
+// nothing, and Caddy 2.6 passes the service's empty ones on as they are.
+func (got echoed) wantNoIdentity(tb testing.TB) {
+	tb.Helper()
+	for _, name := range []string{"x-user-id", "x-user-email"} {
+		for _, v := range got.identity(name) {
+			if v != "" {
+				tb.Fatalf("the app saw %s %q, want none; headers %v", name, v, got.Header)
+			}
+		}
+	}
+}
+
+// identity is every value the app saw under any spelling of name, as frameworks that fold "_"
+// into "-" and ignore case read it.
+func (got echoed) identity(name string) []string {
+	var values []string
+	for k, v := range got.Header {
+		if strings.ReplaceAll(strings.ToLower(k), "_", "-") == name {
+			values = append(values, v...)
+		}
+	}
+	return values
 }
 
 func startEchoApp(tb testing.TB) (*httptest.Server, *atomic.Int64) {
@@ -221,13 +332,11 @@ func nginxBinary(tb testing.TB) string {
 
 // startNginxFront runs nginx in the foreground with the README's configuration, pointed at e and
 // at a fresh echo app, and stops it when the test ends.
-func startNginxFront(tb testing.TB, e *testEnv) *nginxFront {
+func startNginxFront(tb testing.TB, e *testEnv) *proxyFront {
 	tb.Helper()
 	bin := nginxBinary(tb)
 	app, hits := startEchoApp(tb)
-	tr := &http.Transport{}
-	tb.Cleanup(tr.CloseIdleConnections)
-	px := &nginxFront{client: &http.Client{Transport: tr, Timeout: 30 * time.Second}, appHits: hits}
+	px := newProxyFront(tb, "nginx", hits)
 	// The port is free when asked for but could be taken before nginx binds it; try again then.
 	for attempt := 1; ; attempt++ {
 		addr := freeLoopbackAddr(tb)
@@ -242,9 +351,9 @@ func startNginxFront(tb testing.TB, e *testEnv) *nginxFront {
 	}
 }
 
-// freeLoopbackAddr returns a 127.0.0.1 address that nothing listens on at the moment. nginx cannot
-// be told to take any free port and report it, so it gets one picked here, and startNginxFront
-// tries again with another when something took it in between.
+// freeLoopbackAddr returns a 127.0.0.1 address that nothing listens on at the moment. nginx and
+// Caddy cannot be told to take any free port and report it, so they get one picked here, and
+// startNginxFront and startCaddyFront try again with another when something took it in between.
 func freeLoopbackAddr(tb testing.TB) string {
 	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -359,8 +468,9 @@ func runNginx(tb testing.TB, bin, dir, addr string) error {
 	}
 }
 
-// do sends a request through nginx; body is sent as it is.
-func (px *nginxFront) do(tb testing.TB, method, path, body string, headers ...string) response {
+// do sends a request through the proxy; body is sent as it is, and header names as they are
+// written, case included, so that a test can send any spelling.
+func (px *proxyFront) do(tb testing.TB, method, path, body string, headers ...string) response {
 	tb.Helper()
 	var rd io.Reader
 	if body != "" {
@@ -374,11 +484,11 @@ func (px *nginxFront) do(tb testing.TB, method, path, body string, headers ...st
 		req.Header.Set("Content-Type", "application/json")
 	}
 	for i := 0; i+1 < len(headers); i += 2 {
-		req.Header.Set(headers[i], headers[i+1])
+		req.Header[headers[i]] = append(req.Header[headers[i]], headers[i+1])
 	}
 	res, err := px.client.Do(req)
 	if err != nil {
-		tb.Fatalf("%s %s through nginx: %v", method, path, err)
+		tb.Fatalf("%s %s through %s: %v", method, path, px.name, err)
 	}
 	defer res.Body.Close()
 	raw, _ := io.ReadAll(res.Body)
@@ -387,13 +497,13 @@ func (px *nginxFront) do(tb testing.TB, method, path, body string, headers ...st
 	return r
 }
 
-// app sends a request that nginx must let through, and returns what the app saw of it.
-func (px *nginxFront) app(tb testing.TB, method, path, body string, headers ...string) echoed {
+// app sends a request that the proxy must let through, and returns what the app saw of it.
+func (px *proxyFront) app(tb testing.TB, method, path, body string, headers ...string) echoed {
 	tb.Helper()
 	r := px.do(tb, method, path, body, headers...)
 	var got echoed
 	if r.status != http.StatusOK || json.Unmarshal([]byte(r.raw), &got) != nil {
-		tb.Fatalf("%s %s through nginx: got %d %s, want 200 from the app", method, path, r.status, r.raw)
+		tb.Fatalf("%s %s through %s: got %d %s, want 200 from the app", method, path, px.name, r.status, r.raw)
 	}
 	return got
 }
