@@ -73,7 +73,7 @@ func TestCaddyInFrontOfTheService(t *testing.T) {
 	// Last, as it moves the service's clock past every token's expiry.
 	t.Run("turns away a request without a valid token with the service's own 401", func(t *testing.T) {
 		_, expiring, _ := e.user(t)
-		e.clock.Advance(e.cfg.accessTTL + clockSkew + time.Second)
+		e.clock.Advance(e.cfg.accessTTL + defaultLeeway + time.Second)
 		for _, tt := range []struct {
 			name      string
 			headers   []string

@@ -21,9 +21,9 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("POST /auth/logout", handleLogout(d.log, d.tokens, d.revocations, d.sessions, d.metrics))
 	mux.Handle("POST /auth/verify", handleVerify(d.log, d.tokens, d.revocations))
 	mux.Handle("GET /auth/verify", handleVerify(d.log, d.tokens, d.revocations))
-	// Forward-auth proxies ask with whatever method they choose (nginx and Caddy with GET, others
-	// with the original one), so the protected route answers every method.
-	mux.Handle("/auth/page", requireAccess(d.log, d.tokens, d.revocations)(handlePage(d.now)))
+	// Forward-auth proxies ask with GET (nginx, Caddy, Traefik by default) or with the guarded
+	// request's own method, so the protected route answers every method.
+	mux.Handle(forwardAuthPath, requireAccess(d.log, d.tokens, d.revocations)(handlePage(d.now)))
 	mux.Handle("GET /healthz", handleHealthz())
 	mux.Handle("GET /readyz", handleReadyz(d.log, d.store))
 	mux.Handle("GET /openapi.yaml", handleOpenAPI())
