@@ -7,9 +7,12 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"golang.org/x/crypto/bcrypt"
 )
 
 type credentials struct {
@@ -129,6 +132,7 @@ type passwordCheck struct {
 	store    Store
 	throttle *throttle
 	hasher   *hasher
+	times    checkTimes
 	log      *slog.Logger
 	// Failed attempts allowed within the throttle's window: for one account from one client, so
 	// that an attacker cannot lock a user out of their own client, and from one client for any
@@ -155,19 +159,27 @@ func (p *passwordCheck) check(ctx context.Context, client netip.Addr, email, pas
 		return nil, err
 	}
 	defer turn.done()
-	var u *User
-	if err := turn.run(ctx, func() { u, err = p.checkInSlot(ctx, client, normalizeEmail(email), password) }); err != nil {
+	var (
+		u    *User
+		took time.Duration
+	)
+	if err := turn.run(ctx, func() { u, took, err = p.checkInSlot(ctx, client, normalizeEmail(email), password) }); err != nil {
 		return nil, err
+	}
+	if errors.Is(err, errInvalidCredentials) {
+		// Outside the slot: waiting costs no CPU and holds no hashing memory.
+		turn.done()
+		p.times.pad(ctx, took)
 	}
 	return u, err
 }
 
-func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, email, password string) (*User, error) {
+// checkInSlot is check in its hashing slot; took is how long the password check itself took.
+func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, email, password string) (u *User, took time.Duration, err error) {
 	account, clientKey := loginKeys(client, email)
 	// The attempt is recorded and the account read at once: the work around the hash must stay
 	// small next to the hash itself.
 	var (
-		u       *User
 		userErr error
 		fetched = make(chan struct{})
 	)
@@ -178,11 +190,11 @@ func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, emai
 	att, err := p.throttle.begin(ctx, limit{account, p.maxAccount}, limit{clientKey, p.maxClient})
 	<-fetched
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if userErr != nil && !errors.Is(userErr, ErrNotFound) {
 		att.forget(ctx)
-		return nil, userErr
+		return nil, 0, userErr
 	}
 	// An unknown email is checked against a dummy hash, so that it takes as long as a wrong
 	// password and the answer is the same.
@@ -194,12 +206,15 @@ func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, emai
 	// nothing about the password.
 	ranked := make(chan error, 1)
 	go func() { ranked <- att.check(ctx) }()
+	started := time.Now()
 	ok, rehash := checkPassword(hash, password)
+	took = time.Since(started)
+	p.times.observe(hashKind(hash), took)
 	if err := <-ranked; err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if u == nil || !ok {
-		return nil, errInvalidCredentials // the attempt stays recorded, as a failure
+		return nil, took, errInvalidCredentials // the attempt stays recorded, as a failure
 	}
 	if rehash {
 		// Moved over from bcrypt, or from older argon2id parameters: upgrade while the password is
@@ -212,5 +227,90 @@ func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, emai
 	if err := att.succeeded(ctx, account); err != nil {
 		p.log.Warn("clearing login failures failed", "err", err)
 	}
-	return u, nil
+	return u, took, nil
+}
+
+// learnImportedHashes times one check at the bcrypt cost of an imported account, if any account
+// still has a bcrypt hash, so that failed logins are padded from the first one after a start. It
+// reads the users without an index, once, in the background.
+func (p *passwordCheck) learnImportedHashes(ctx context.Context) {
+	hash, err := p.store.BcryptHash(ctx)
+	if err != nil {
+		if !errors.Is(err, ErrNotFound) && ctx.Err() == nil {
+			p.log.Warn("looking for imported bcrypt accounts failed; failed logins are padded once seen", "err", err)
+		}
+		return
+	}
+	cost, err := bcrypt.Cost([]byte(hash))
+	if err != nil || cost > maxBcryptCost {
+		return
+	}
+	turn, err := p.hasher.admit()
+	if err != nil {
+		return
+	}
+	defer turn.done()
+	turn.run(ctx, func() {
+		dummy, err := bcrypt.GenerateFromPassword([]byte("not the password of anyone at all"), cost)
+		if err != nil {
+			return
+		}
+		started := time.Now()
+		checkPassword(string(dummy), "a wrong password")
+		p.times.observe(hashKind(string(dummy)), time.Since(started))
+	})
+}
+
+// checkTimes keeps how long a password check takes for each kind of stored hash (argon2id with
+// its parameters, bcrypt with its cost), so that a failed login can be answered no sooner than the
+// slowest kind this instance has seen. An unknown email is checked against an argon2id dummy; an
+// account imported with bcrypt cost 10 takes nearly twice as long to check: without the padding,
+// the clock would tell which emails are imported accounts.
+type checkTimes struct {
+	mu  sync.Mutex
+	avg map[string]time.Duration // moving averages, by hashKind
+}
+
+func (c *checkTimes) observe(kind string, took time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.avg == nil {
+		c.avg = make(map[string]time.Duration)
+	}
+	if old, ok := c.avg[kind]; ok {
+		took = old + (took-old)/10
+	}
+	c.avg[kind] = took
+}
+
+// pad waits, after a check that took took, for as long as the slowest kind of check takes on
+// average: a failed login's answer then comes as late whatever kind of hash, or none, it was
+// checked against.
+func (c *checkTimes) pad(ctx context.Context, took time.Duration) {
+	c.mu.Lock()
+	var slowest time.Duration
+	for _, d := range c.avg {
+		slowest = max(slowest, d)
+	}
+	c.mu.Unlock()
+	if wait := slowest - took; wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	}
+}
+
+// hashKind names what a check of hash costs: its algorithm and parameters.
+func hashKind(hash string) string {
+	parts := strings.SplitN(hash, "$", 5)
+	switch {
+	case len(parts) >= 4 && parts[1] == "argon2id":
+		return "argon2id " + parts[3]
+	case len(parts) >= 3 && strings.HasPrefix(parts[1], "2"):
+		return "bcrypt " + parts[2]
+	}
+	return "other"
 }

@@ -662,3 +662,40 @@ func TestTimeoutsInMongoDBURIWinOverTheDefaults(t *testing.T) {
 		})
 	}
 }
+
+// A failed login is answered no sooner than the slowest kind of check the instance has seen, so
+// that the clock tells no kind of account, or none, from another. (A lower bound on a wait only:
+// no speed is asserted.)
+func TestFailedLoginsWaitForTheSlowestKindOfCheck(t *testing.T) {
+	t.Parallel()
+	var c checkTimes
+	c.observe("argon2id m=19456,t=2,p=1", 20*time.Millisecond)
+	c.observe("bcrypt 10", 60*time.Millisecond)
+	start := time.Now()
+	c.pad(t.Context(), 20*time.Millisecond)
+	if waited := time.Since(start); waited < 40*time.Millisecond {
+		t.Fatalf("padded %s after a 20ms check, want at least 40ms", waited)
+	}
+	if got := hashKind("$2b$10$abcdefghijklmnopqrstuu"); got != "bcrypt 10" {
+		t.Fatalf("hashKind of a bcrypt hash: %q", got)
+	}
+	if got := hashKind(dummyHash); got != "argon2id m=19456,t=2,p=1" {
+		t.Fatalf("hashKind of the dummy: %q", got)
+	}
+}
+
+func TestAnInstanceLearnsTheCostOfImportedHashesAtStart(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	hash, _ := bcrypt.GenerateFromPassword([]byte("node-era-password"), bcrypt.MinCost+1)
+	if err := e.store.CreateUser(t.Context(), &User{ID: "imported", Email: "imported@example.com",
+		PasswordHash: string(hash), CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	e.deps.passwords.learnImportedHashes(t.Context())
+	e.deps.passwords.times.mu.Lock()
+	defer e.deps.passwords.times.mu.Unlock()
+	if _, ok := e.deps.passwords.times.avg["bcrypt 05"]; !ok {
+		t.Fatalf("kinds known: %v, want bcrypt 05", e.deps.passwords.times.avg)
+	}
+}

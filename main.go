@@ -240,6 +240,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	bg, stopBG := context.WithCancel(context.Background())
 	defer stopBG()
 	go d.revocations.run(bg, c.syncInterval, time.Minute)
+	go d.passwords.learnImportedHashes(bg)
 	go logOut.flushEvery(bg, 100*time.Millisecond)
 
 	type listener struct {

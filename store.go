@@ -87,6 +87,9 @@ type Store interface {
 	CreateUser(ctx context.Context, u *User) error
 	// UserByEmail finds the account with a normalised email; ErrNotFound when there is none.
 	UserByEmail(ctx context.Context, email string) (*User, error)
+	// BcryptHash returns the bcrypt hash of some account that still has one (accounts imported
+	// from the Node service keep theirs until they log in); ErrNotFound when none does.
+	BcryptHash(ctx context.Context) (string, error)
 	// SetPasswordHash replaces the hash of user id; ErrNotFound when there is no such user.
 	SetPasswordHash(ctx context.Context, id, hash string) error
 
@@ -248,6 +251,13 @@ func (s *mongoStore) UserByEmail(ctx context.Context, email string) (*User, erro
 		return nil, s.err(err)
 	}
 	return &u, nil
+}
+
+func (s *mongoStore) BcryptHash(ctx context.Context) (string, error) {
+	var u User
+	err := s.users.FindOne(ctx, bson.D{{Key: "password_hash", Value: bson.D{{Key: "$regex", Value: `^\$2[aby]\$`}}}},
+		options.FindOne().SetProjection(bson.D{{Key: "password_hash", Value: 1}})).Decode(&u)
+	return u.PasswordHash, s.err(err)
 }
 
 func (s *mongoStore) SetPasswordHash(ctx context.Context, id, hash string) error {
