@@ -14,12 +14,14 @@ import (
 
 // startDevDB starts FerretDB embedded in this process on DATA_DIR. This file is left out of a
 // production build (go build -tags nodevdb), which is then about a third of the size: FerretDB
-// brings its SQLite engine and the drivers of other databases along.
+// brings its SQLite engine and the drivers of other databases along. A DATA_DIR that others can
+// reach is refused (see privateDataDir).
 func startDevDB(dataDir string, log *slog.Logger) (*devDB, error) {
-	dir, err := filepath.Abs(filepath.Join(dataDir, "mongo"))
+	root, err := privateDataDir(dataDir)
 	if err != nil {
 		return nil, err
 	}
+	dir := filepath.Join(root, "mongo")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("DATA_DIR: %w", err)
 	}

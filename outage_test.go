@@ -194,7 +194,7 @@ func timed[T any](tb testing.TB, what string, f func() T) T {
 
 func TestServiceRidesOutADatabaseOutage(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
+	dir := newDataDir(t)
 	dbAddr, stopDB := startOwnDevDB(t, dir)
 	e, proxy := newTestEnvThrough(t, dbAddr)
 
@@ -253,7 +253,7 @@ func TestServiceRidesOutADatabaseOutage(t *testing.T) {
 
 func TestServiceAnswersInBoundedTimeWhenTheDatabaseStopsAnswering(t *testing.T) {
 	t.Parallel()
-	dbAddr, _ := startOwnDevDB(t, t.TempDir())
+	dbAddr, _ := startOwnDevDB(t, newDataDir(t))
 	e, proxy := newTestEnvThrough(t, dbAddr)
 	email, access, _ := e.user(t)
 
