@@ -16,8 +16,9 @@ import (
 // under DATA_DIR and speaking the MongoDB wire protocol, so that `go run .` and `go test ./...` use
 // the very same driver and store code as production with nothing installed.
 type devDB struct {
-	uri  string
-	stop func()
+	uri    string
+	socket string // the Unix socket it listens on, its only way in
+	stop   func()
 }
 
 // privateDataDir returns dataDir as an absolute path once it is sure that only the user the service
