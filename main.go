@@ -213,8 +213,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 				return err
 			}
 		}
-		log.Warn("development default: embedded FerretDB (SQLite) under DATA_DIR with a generated JWT secret; set MONGODB_URI and JWT_SECRET in production",
-			"data_dir", c.dataDir)
+		log.Warn("development default: embedded FerretDB (SQLite) under DATA_DIR on a Unix socket of this user's, with a generated JWT secret; set MONGODB_URI and JWT_SECRET in production",
+			"data_dir", c.dataDir, "db_socket", dev.socket)
 	}
 
 	client, err := connectMongo(uri)

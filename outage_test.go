@@ -4,21 +4,20 @@ import (
 	"context"
 	"log/slog"
 	"net"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 )
 
-// tcpProxy stands between the driver and the database so that a test can cut the line and
-// reconnect it to a restarted database, which listens on a new port, while the client keeps
-// the one address it was given.
+// tcpProxy stands between the driver and the database so that a test can cut the line, stall it
+// and reconnect it to a restarted database, while the client keeps the one address it was given.
+// It listens on TCP for the driver and dials the database's Unix socket.
 type tcpProxy struct {
 	ln       net.Listener
 	mu       sync.Mutex
 	flowing  *sync.Cond // on mu; signalled when stalled ends
-	upstream string     // "" refuses every connection
+	upstream string     // the database's socket; "" refuses every connection
 	stalled  bool       // bytes are held, as on a network that drops every packet
 	conns    map[net.Conn]struct{}
 }
@@ -59,7 +58,7 @@ func (p *tcpProxy) pipe(c net.Conn) {
 		c.Close()
 		return
 	}
-	u, err := net.DialTimeout("tcp", up, time.Second)
+	u, err := net.DialTimeout("unix", up, time.Second)
 	if err != nil {
 		c.Close()
 		return
@@ -129,26 +128,21 @@ func (p *tcpProxy) connect(upstream string) {
 	p.flowing.Broadcast()
 }
 
-// startOwnDevDB starts an embedded FerretDB of the test's own on dir and returns its host:port.
-func startOwnDevDB(tb testing.TB, dir string) (addr string, stop func()) {
+// startOwnDevDB starts an embedded FerretDB of the test's own on dir and returns its socket.
+func startOwnDevDB(tb testing.TB, dir string) (socket string, stop func()) {
 	tb.Helper()
 	dev, err := startDevDB(dir, slog.New(slog.DiscardHandler))
 	if err != nil {
 		tb.Fatal(err)
 	}
-	u, err := url.Parse(dev.uri)
-	if err != nil {
-		dev.stop()
-		tb.Fatal(err)
-	}
 	var once sync.Once
 	stop = func() { once.Do(dev.stop) }
 	tb.Cleanup(stop)
-	return u.Host, stop
+	return dev.socket, stop
 }
 
-// newTestEnvThrough serves the service on the database at dbAddr, reached through a TCP proxy that
-// the test can cut, stall and reconnect.
+// newTestEnvThrough serves the service on the database whose socket is dbAddr, reached through a
+// proxy that the test can cut, stall and reconnect.
 func newTestEnvThrough(tb testing.TB, dbAddr string) (*testEnv, *tcpProxy) {
 	tb.Helper()
 	proxy := newTCPProxy(tb, dbAddr)
@@ -194,7 +188,7 @@ func timed[T any](tb testing.TB, what string, f func() T) T {
 
 func TestServiceRidesOutADatabaseOutage(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
+	dir := newDataDir(t)
 	dbAddr, stopDB := startOwnDevDB(t, dir)
 	e, proxy := newTestEnvThrough(t, dbAddr)
 
@@ -253,7 +247,7 @@ func TestServiceRidesOutADatabaseOutage(t *testing.T) {
 
 func TestServiceAnswersInBoundedTimeWhenTheDatabaseStopsAnswering(t *testing.T) {
 	t.Parallel()
-	dbAddr, _ := startOwnDevDB(t, t.TempDir())
+	dbAddr, _ := startOwnDevDB(t, newDataDir(t))
 	e, proxy := newTestEnvThrough(t, dbAddr)
 	email, access, _ := e.user(t)
 

@@ -157,7 +157,7 @@ func startRun(tb testing.TB, dataDir string, extraEnv ...string) (s service, log
 
 func TestRunStopsCleanlyAndARestartKeepsEverything(t *testing.T) {
 	t.Parallel()
-	dataDir := t.TempDir()
+	dataDir := newDataDir(t)
 	s, _, stop := startRun(t, dataDir)
 
 	const email, password = "ada@example.com", "correct horse battery"
@@ -204,7 +204,7 @@ func TestSIGTERMFinishesInFlightRequestsAndExitsZero(t *testing.T) {
 	cmd := exec.Command(os.Args[0])
 	// MONGODB_URI emptied: the suite may run against a real MongoDB, the process is about the
 	// embedded default and its DATA_DIR.
-	cmd.Env = append(os.Environ(), runMainEnv+"=1", "MONGODB_URI=", "DATA_DIR="+t.TempDir(),
+	cmd.Env = append(os.Environ(), runMainEnv+"=1", "MONGODB_URI=", "DATA_DIR="+newDataDir(t),
 		"HOST=127.0.0.1", "PORT=0")
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
@@ -240,7 +240,7 @@ func TestSIGTERMFinishesInFlightRequestsAndExitsZero(t *testing.T) {
 
 func TestMetricsCanHaveAPortOfTheirOwn(t *testing.T) {
 	t.Parallel()
-	s, logs, stop := startRun(t, t.TempDir(), "METRICS_ADDR", "127.0.0.1:0")
+	s, logs, stop := startRun(t, newDataDir(t), "METRICS_ADDR", "127.0.0.1:0")
 	s.do(t, "GET", "/metrics", nil).want(t, 404, "not_found")
 	m := service{"http://" + listenAddr(t, logs, "metrics", nil)}.do(t, "GET", "/metrics", nil)
 	if m.status != 200 || !strings.Contains(m.raw, "auth_http_requests_total") {
