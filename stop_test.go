@@ -129,7 +129,9 @@ func startRun(tb testing.TB, dataDir string, extraEnv ...string) (s service, log
 	logs = &syncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	exited := make(chan error, 1)
-	go func() { exited <- run(ctx, nil, func(k string) string { return env[k] }, logs, logs) }()
+	// Closed after the one send, so that whoever reads the exit second (stop, after listenAddr
+	// saw a failed start) does not wait for it.
+	go func() { exited <- run(ctx, nil, func(k string) string { return env[k] }, logs, logs); close(exited) }()
 	stopped := false
 	stop = func() error {
 		tb.Helper()
@@ -211,7 +213,7 @@ func TestSIGTERMFinishesInFlightRequestsAndExitsZero(t *testing.T) {
 		t.Fatal(err)
 	}
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	go func() { exited <- cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
 	})
