@@ -101,7 +101,7 @@ func TestOpenAPIDocumentsEveryErrorCodeWithItsStatus(t *testing.T) {
 	t.Parallel()
 	for _, e := range []*apiError{errInvalidRequest, errInvalidEmail, errWeakPassword, errEmailTaken,
 		errInvalidCredentials, errTokenMissing, errTokenInvalid, errTokenExpired, errTokenRevoked,
-		errTokenReused, errTooManyAttempts, errPayloadTooLarge, errUnsupportedMedia, errNotFound, errMethodNotAllowed,
+		errTokenReused, errSessionExpired, errTooManyAttempts, errPayloadTooLarge, errUnsupportedMedia, errNotFound, errMethodNotAllowed,
 		errUnavailable, errInternal} {
 		row := fmt.Sprintf("| `%s` | %d |", e.code, e.status)
 		if !bytes.Contains(openAPI, []byte(row)) {
