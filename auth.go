@@ -112,10 +112,16 @@ func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, 
 		case errors.Is(err, errTooManyAttempts):
 			m.login(loginThrottled)
 			return err
+		case errors.Is(err, errAccountDisabled):
+			m.login(loginDisabled)
+			return err
 		case err != nil:
 			return err
 		}
 		pair, err := sessions.start(r.Context(), u, client, r.UserAgent())
+		if errors.Is(err, errAccountDisabled) {
+			m.login(loginDisabled)
+		}
 		if err != nil {
 			return err
 		}
@@ -124,6 +130,119 @@ func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, 
 		encode(w, http.StatusOK, pair)
 		return nil
 	})
+}
+
+// handlePasswordChange replaces the signed-in user's password. The answer's tokens belong to a
+// new session; every earlier session of the user ends, the one whose token was sent included, so
+// that no copy of an old token outlives the old password.
+func handlePasswordChange(log *slog.Logger, clients clientIPs, store Store, passwords *passwordCheck, h *hasher,
+	sessions *sessionKeeper, m *metrics) http.Handler {
+	type request struct {
+		CurrentPassword string `json:"current_password"`
+		NewPassword     string `json:"new_password"`
+	}
+	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		req, err := decode[request](w, r)
+		if err != nil {
+			return err
+		}
+		if req.CurrentPassword == "" {
+			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "current_password and new_password are required"}
+		}
+		if !validPassword(req.NewPassword) {
+			return errWeakPassword
+		}
+		ctx, c, client := r.Context(), claimsFrom(r.Context()), clients.of(r)
+		u, err := passwords.checkUser(ctx, client, c.Subject, req.CurrentPassword)
+		if err != nil {
+			return err
+		}
+		if err := sessions.alive(ctx, c); err != nil {
+			return err
+		}
+		hash, err := h.hash(ctx, req.NewPassword)
+		if err != nil {
+			return err
+		}
+		if err := store.SetPasswordHash(ctx, u.ID, hash); err != nil {
+			return err
+		}
+		if _, err := sessions.endAll(ctx, u.ID, "", endPasswordChange); err != nil {
+			return err
+		}
+		u.PasswordHash = hash
+		pair, err := sessions.start(ctx, u, client, r.UserAgent())
+		if err != nil {
+			return err
+		}
+		log.LogAttrs(ctx, slog.LevelInfo, "password changed", slog.String("request_id", requestID(ctx)),
+			slog.String("user_id", u.ID))
+		encode(w, http.StatusOK, pair)
+		return nil
+	})
+}
+
+// handleDeleteAccount deletes the signed-in user's account, after the password. Its sessions end
+// first, so that a failure half way leaves an account that cannot be used rather than tokens that
+// can; its email is then free to sign up again.
+func handleDeleteAccount(log *slog.Logger, clients clientIPs, passwords *passwordCheck, users *accounts) http.Handler {
+	type request struct {
+		Password string `json:"password"`
+	}
+	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		req, err := decode[request](w, r)
+		if err != nil {
+			return err
+		}
+		if req.Password == "" {
+			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "password is required"}
+		}
+		ctx, c := r.Context(), claimsFrom(r.Context())
+		if _, err := passwords.checkUser(ctx, clients.of(r), c.Subject, req.Password); err != nil {
+			return err
+		}
+		if err := users.remove(ctx, c.Subject, endAccountDeleted); err != nil {
+			return err
+		}
+		log.LogAttrs(ctx, slog.LevelInfo, "account deleted", slog.String("request_id", requestID(ctx)),
+			slog.String("user_id", c.Subject))
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	})
+}
+
+// accounts are the operations on an account that end its sessions, shared by its owner's and the
+// operator's endpoints.
+type accounts struct {
+	store    Store
+	sessions *sessionKeeper
+}
+
+// remove ends every session of user, then deletes the account.
+func (a *accounts) remove(ctx context.Context, user, reason string) error {
+	if _, err := a.sessions.endAll(ctx, user, "", reason); err != nil {
+		return err
+	}
+	if err := a.store.DeleteUser(ctx, user); errors.Is(err, ErrNotFound) {
+		return errNoSuchUser
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
+// disable bars user from logging in and ends every session; enable lets them log in again.
+func (a *accounts) setDisabled(ctx context.Context, user string, disabled bool) error {
+	if err := a.store.SetDisabled(ctx, user, disabled); errors.Is(err, ErrNotFound) {
+		return errNoSuchUser
+	} else if err != nil {
+		return err
+	}
+	if disabled {
+		_, err := a.sessions.endAll(ctx, user, "", endDisabled)
+		return err
+	}
+	return nil
 }
 
 // passwordCheck is the one place where a password is compared with an account's, with the login
@@ -174,6 +293,18 @@ func (p *passwordCheck) check(ctx context.Context, client netip.Addr, email, pas
 	return u, err
 }
 
+// checkUser is check for the account with id user: for the endpoints of a signed-in user who is
+// asked for their password again. A wrong password counts as a failed login.
+func (p *passwordCheck) checkUser(ctx context.Context, client netip.Addr, user, password string) (*User, error) {
+	u, err := p.store.UserByID(ctx, user)
+	if errors.Is(err, ErrNotFound) {
+		return nil, errTokenRevoked // the account is gone, and its sessions with it
+	} else if err != nil {
+		return nil, err
+	}
+	return p.check(ctx, client, u.Email, password)
+}
+
 // checkInSlot is check in its hashing slot; took is how long the password check itself took.
 func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, email, password string) (u *User, took time.Duration, err error) {
 	account, clientKey := loginKeys(client, email)
@@ -213,14 +344,21 @@ func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, emai
 	if err := <-ranked; err != nil {
 		return nil, 0, err
 	}
+	if u != nil && u.Disabled {
+		// The same answer whether the password was right or not; the attempt counts.
+		return nil, took, errAccountDisabled
+	}
 	if u == nil || !ok {
 		return nil, took, errInvalidCredentials // the attempt stays recorded, as a failure
 	}
 	if rehash {
 		// Moved over from bcrypt, or from older argon2id parameters: upgrade while the password is
 		// known. A failure here costs nothing but a later retry.
-		if err := p.store.SetPasswordHash(ctx, u.ID, hashPassword(password)); err != nil {
+		fresh := hashPassword(password)
+		if err := p.store.SetPasswordHash(ctx, u.ID, fresh); err != nil {
 			p.log.Warn("password rehash not saved", "user_id", u.ID, "err", err)
+		} else {
+			u.PasswordHash = fresh
 		}
 	}
 	// A success clears the account's failures from this client.

@@ -103,6 +103,7 @@ func (s *syncBuffer) String() string {
 // real listener, over its own database.
 type testEnv struct {
 	cfg    config
+	admin  *httptest.Server // the admin API, with testAdminToken
 	clock  *clock
 	store  *mongoStore
 	deps   *deps
@@ -111,7 +112,10 @@ type testEnv struct {
 	secret []byte
 }
 
-const testSecret = "test-secret-that-is-at-least-32-bytes-long"
+const (
+	testSecret     = "test-secret-that-is-at-least-32-bytes-long"
+	testAdminToken = "test-admin-token-that-is-32-bytes-or-more"
+)
 
 // defaultLeeway is TOKEN_LEEWAY's default, which testConfig keeps.
 const defaultLeeway = 5 * time.Second
@@ -198,7 +202,17 @@ func serveTestEnv(tb testing.TB, cfg config, store *mongoStore, m *metrics) *tes
 	e.srv.Config = newHTTPServer(cfg, newHandler(e.deps, cfg), log)
 	e.srv.Start()
 	tb.Cleanup(e.srv.Close)
+	e.admin = httptest.NewUnstartedServer(nil)
+	e.admin.Config = newHTTPServer(cfg, newAdminHandler(e.deps, testAdminToken), log)
+	e.admin.Start()
+	tb.Cleanup(e.admin.Close)
 	return e
+}
+
+// adminDo calls the admin API of e with the admin token.
+func (e *testEnv) adminDo(tb testing.TB, method, path string, body any) response {
+	tb.Helper()
+	return send(tb, e.admin.Client(), method, e.admin.URL+path, body, "Authorization", "Bearer "+testAdminToken)
 }
 
 func httptestServer(tb testing.TB, h http.Handler) *httptest.Server {

@@ -79,6 +79,8 @@ type config struct {
 	memoryLimit    int64 // bytes; 0 leaves the Go runtime's default (or GOMEMLIMIT)
 	metrics        bool
 	metricsAddr    string // serve /metrics here instead of on the API's port
+	adminToken     string // the admin API is served only when set
+	adminAddr      string
 
 	// HTTP server limits; fixed defaults, fields so that tests can shorten them.
 	readHeaderTimeout time.Duration
@@ -139,6 +141,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 		hashWait:       dur("HASH_WAIT", "3s"),
 		memoryLimit:    int64(num("MEMORY_LIMIT_MIB", 160)) << 20,
 		metricsAddr:    env("METRICS_ADDR", ""),
+		adminToken:     getenv("ADMIN_TOKEN"),
+		adminAddr:      env("ADMIN_ADDR", "127.0.0.1:7879"),
 
 		readHeaderTimeout: 5 * time.Second,
 		readTimeout:       10 * time.Second,
@@ -166,6 +170,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	if c.jwtSecret != "" && len(c.jwtSecret) < 32 {
 		errs = append(errs, errors.New("JWT_SECRET: must be at least 32 bytes; generate one with: openssl rand -base64 48"))
+	}
+	if c.adminToken != "" && len(c.adminToken) < 32 {
+		errs = append(errs, errors.New("ADMIN_TOKEN: must be at least 32 bytes; generate one with: openssl rand -base64 48"))
 	}
 	if c.mongoURI != "" && c.jwtSecret == "" {
 		errs = append(errs, errors.New("JWT_SECRET: required when MONGODB_URI is set (at least 32 bytes; generate one with: openssl rand -base64 48)"))
@@ -253,6 +260,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", handleMetrics(d.metrics, d.revocations, d.hasher))
 		listeners = append(listeners, listener{"metrics", c.metricsAddr, newHTTPServer(c, mux, log)})
+	}
+	if c.adminToken != "" {
+		// The operators' API on an address of its own, loopback by default, never the API's port.
+		listeners = append(listeners, listener{"admin", c.adminAddr, newHTTPServer(c, newAdminHandler(d, c.adminToken), log)})
 	}
 	serveErr := make(chan error, len(listeners))
 	for i, l := range listeners {

@@ -46,13 +46,14 @@ type requestKey struct {
 type loginOutcome int
 
 const (
-	loginInvalidCredentials loginOutcome = iota
+	loginDisabled loginOutcome = iota
+	loginInvalidCredentials
 	loginSuccess
 	loginThrottled
 	numLoginOutcomes
 )
 
-var loginOutcomeNames = [numLoginOutcomes]string{"invalid_credentials", "success", "throttled"}
+var loginOutcomeNames = [numLoginOutcomes]string{"disabled", "invalid_credentials", "success", "throttled"}
 
 type refreshOutcome int
 

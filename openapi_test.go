@@ -55,6 +55,7 @@ func TestOpenAPIDescribesEveryRouteAndNoOther(t *testing.T) {
 	e := newTestEnv(t)
 	var patterns patternList
 	addRoutes(&patterns, e.deps)
+	addAdminRoutes(&patterns, e.deps)
 	documented := documentedOperations(t, openAPI)
 
 	// registered is path -> methods; "" stands for a pattern without a method, which ServeMux
@@ -101,7 +102,7 @@ func TestOpenAPIDocumentsEveryErrorCodeWithItsStatus(t *testing.T) {
 	t.Parallel()
 	for _, e := range []*apiError{errInvalidRequest, errInvalidEmail, errWeakPassword, errEmailTaken,
 		errInvalidCredentials, errTokenMissing, errTokenInvalid, errTokenExpired, errTokenRevoked,
-		errTokenReused, errSessionExpired, errTooManyAttempts, errPayloadTooLarge, errUnsupportedMedia, errNotFound, errMethodNotAllowed,
+		errTokenReused, errSessionExpired, errAccountDisabled, errTooManyAttempts, errPayloadTooLarge, errUnsupportedMedia, errNotFound, errMethodNotAllowed,
 		errUnavailable, errInternal} {
 		row := fmt.Sprintf("| `%s` | %d |", e.code, e.status)
 		if !bytes.Contains(openAPI, []byte(row)) {

@@ -19,11 +19,16 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("POST /auth/login", handleLogin(d.log, d.clients, d.passwords, d.sessions, d.metrics))
 	mux.Handle("POST /auth/refresh", handleRefresh(d.log, d.tokens, d.sessions, d.metrics))
 	mux.Handle("POST /auth/logout", handleLogout(d.log, d.tokens, d.revocations, d.sessions, d.metrics))
+	signedIn := requireAccess(d.log, d.tokens, d.revocations)
+	mux.Handle("GET /auth/sessions", signedIn(handleSessions(d.log, d.sessions)))
+	mux.Handle("DELETE /auth/sessions/{id}", signedIn(handleEndSession(d.log, d.sessions)))
+	mux.Handle("POST /auth/password", signedIn(handlePasswordChange(d.log, d.clients, d.store, d.passwords, d.hasher, d.sessions, d.metrics)))
+	mux.Handle("DELETE /auth/account", signedIn(handleDeleteAccount(d.log, d.clients, d.passwords, d.accounts)))
 	mux.Handle("POST /auth/verify", handleVerify(d.log, d.tokens, d.revocations))
 	mux.Handle("GET /auth/verify", handleVerify(d.log, d.tokens, d.revocations))
 	// Forward-auth proxies ask with GET (nginx, Caddy, Traefik by default) or with the guarded
 	// request's own method, so the protected route answers every method.
-	mux.Handle(forwardAuthPath, requireAccess(d.log, d.tokens, d.revocations)(handlePage(d.now)))
+	mux.Handle(forwardAuthPath, signedIn(handlePage(d.now)))
 	mux.Handle("GET /healthz", handleHealthz())
 	mux.Handle("GET /readyz", handleReadyz(d.log, d.store))
 	mux.Handle("GET /openapi.yaml", handleOpenAPI())
@@ -52,6 +57,7 @@ type deps struct {
 	tokens      *tokens
 	revocations *revocations
 	sessions    *sessionKeeper
+	accounts    *accounts
 	passwords   *passwordCheck
 	// Sign-ups per client within the throttle's window.
 	signups          *throttle
@@ -67,14 +73,16 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 	h := newHasher(c.hashConcurrent, c.hashQueue, c.hashWait)
 	t := newTokens(secret, c.issuer, c.accessTTL, c.refreshTTL, c.leeway, now)
 	revs := newRevocations(store, now, log)
+	sessions := &sessionKeeper{store: store, tokens: t, revs: revs, metrics: m, log: log,
+		maxAge: c.sessionMaxAge, reuse: c.reuseInterval}
 	return &deps{
 		log:         log,
 		now:         now,
 		store:       store,
 		tokens:      t,
 		revocations: revs,
-		sessions: &sessionKeeper{store: store, tokens: t, revs: revs, metrics: m, log: log,
-			maxAge: c.sessionMaxAge, reuse: c.reuseInterval},
+		sessions:    sessions,
+		accounts:    &accounts{store: store, sessions: sessions},
 		passwords: &passwordCheck{
 			store:      store,
 			hasher:     h,

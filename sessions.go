@@ -14,8 +14,15 @@ import (
 
 // Why a session ended, as the blacklist entry and the metrics say it.
 const (
-	endLogout = "logout"
-	endReused = "reused"
+	endLogout         = "logout"           // POST /auth/logout
+	endReused         = "reused"           // a retired refresh token came back after the interval
+	endByUser         = "ended_by_user"    // DELETE /auth/sessions/{id}
+	endLogoutOthers   = "logout_others"    // POST /auth/logout?scope=others
+	endLogoutGlobal   = "logout_global"    // POST /auth/logout?scope=global
+	endPasswordChange = "password_changed" // POST /auth/password
+	endAccountDeleted = "account_deleted"  // DELETE /auth/account, DELETE /admin/users/{id}
+	endAdminLogout    = "admin_logout"     // POST /admin/users/{id}/logout
+	endDisabled       = "account_disabled" // POST /admin/users/{id}/disable
 )
 
 // sessionKeeper starts, refreshes and ends login sessions. A session is a record in the database
@@ -47,7 +54,78 @@ func (k *sessionKeeper) start(ctx context.Context, u *User, ip netip.Addr, userA
 	if err := k.store.CreateSession(ctx, s); err != nil {
 		return tokenPair{}, err
 	}
+	// The account is read again after the session is written: an operator's disable, a deletion
+	// or a password change that came while this login was checking the password either shows
+	// here, or lists this session when it ends the user's sessions (see endAll).
+	again, err := k.store.UserByID(ctx, u.ID)
+	reason, refusal := "", error(nil)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		reason, refusal = endAccountDeleted, errInvalidCredentials
+	case err != nil:
+		return tokenPair{}, err
+	case again.Disabled:
+		reason, refusal = endDisabled, errAccountDisabled
+	case again.PasswordHash != u.PasswordHash:
+		reason, refusal = endPasswordChange, errInvalidCredentials
+	}
+	if refusal != nil {
+		if err := k.end(ctx, s.ID, reason); err != nil {
+			return tokenPair{}, err
+		}
+		return tokenPair{}, refusal
+	}
 	return pair, nil
+}
+
+// live lists the sessions of user that have not ended, newest first.
+func (k *sessionKeeper) live(ctx context.Context, user string) ([]Session, error) {
+	now := k.tokens.now()
+	all, err := k.store.SessionsOfUser(ctx, user, now)
+	if err != nil || len(all) == 0 {
+		return nil, err
+	}
+	ids := make([]string, len(all))
+	for i, s := range all {
+		ids[i] = sidPrefix + s.ID
+	}
+	ended, err := k.store.RevokedAmong(ctx, now, ids...)
+	if err != nil {
+		return nil, err
+	}
+	var out []Session
+	for _, s := range all {
+		if !ended[sidPrefix+s.ID] && !k.revs.revoked(&claims{Session: s.ID}) &&
+			(s.ExpiresAt.IsZero() || now.Before(s.ExpiresAt)) {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}
+
+// endAll ends every session of user but except ("" for none), and tells how many it ended.
+func (k *sessionKeeper) endAll(ctx context.Context, user, except, reason string) (int, error) {
+	sessions, err := k.live(ctx, user)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, s := range sessions {
+		if s.ID == except {
+			continue
+		}
+		if err := k.end(ctx, s.ID, reason); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// alive checks with the database, not this instance's copy of the blacklist, that the session of
+// the access token c has not ended: for the requests that change an account.
+func (k *sessionKeeper) alive(ctx context.Context, c *claims) error {
+	return k.checkNotRevoked(ctx, c, k.tokens.now())
 }
 
 // refresh exchanges the refresh token c for the next pair of its session. The first use of a token
@@ -223,8 +301,14 @@ func handleRefresh(log *slog.Logger, t *tokens, sessions *sessionKeeper, m *metr
 	})
 }
 
+// handleLogout ends the session of the tokens sent (scope=local, the default), or every other
+// session of their user too (scope=global), or every session but theirs (scope=others).
 func handleLogout(log *slog.Logger, t *tokens, revs *revocations, sessions *sessionKeeper, m *metrics) http.Handler {
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		scope := r.URL.Query().Get("scope")
+		if scope != "" && scope != "local" && scope != "others" && scope != "global" {
+			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "scope must be local, others or global"}
+		}
 		access := accessToken(r)
 		refresh, err := refreshToken(w, r)
 		if err != nil {
@@ -234,7 +318,10 @@ func handleLogout(log *slog.Logger, t *tokens, revs *revocations, sessions *sess
 			return errTokenMissing
 		}
 		now := t.now()
-		var tokensEnded []Revocation
+		var (
+			tokensEnded []Revocation
+			user        string
+		)
 		sids := map[string]bool{}
 		for _, tok := range []struct{ raw, use string }{{access, useAccess}, {refresh, useRefresh}} {
 			if tok.raw == "" {
@@ -245,21 +332,105 @@ func handleLogout(log *slog.Logger, t *tokens, revs *revocations, sessions *sess
 			if err != nil && !errors.Is(err, errTokenExpired) {
 				return err
 			}
+			if user != "" && c.Subject != user {
+				return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "the two tokens are of different users"}
+			}
+			user = c.Subject
 			noteUser(r.Context(), c.Subject)
 			tokensEnded = append(tokensEnded, Revocation{ID: jtiPrefix + c.ID, ExpiresAt: t.until(c.expiresAt()), CreatedAt: now})
 			sids[c.Session] = true
 		}
-		if err := revs.revoke(r.Context(), tokensEnded...); err != nil {
-			return err
-		}
-		m.revoked(tokensEnded...)
-		for sid := range sids {
-			if err := sessions.end(r.Context(), sid, endLogout); err != nil {
+		if scope != "others" {
+			if err := revs.revoke(r.Context(), tokensEnded...); err != nil {
 				return err
+			}
+			m.revoked(tokensEnded...)
+			for sid := range sids {
+				if err := sessions.end(r.Context(), sid, endLogout); err != nil {
+					return err
+				}
+			}
+		}
+		if scope == "others" || scope == "global" {
+			reason := endLogoutGlobal
+			if scope == "others" {
+				reason = endLogoutOthers
+			}
+			live, err := sessions.live(r.Context(), user)
+			if err != nil {
+				return err
+			}
+			for _, sess := range live {
+				if !sids[sess.ID] {
+					if err := sessions.end(r.Context(), sess.ID, reason); err != nil {
+						return err
+					}
+				}
 			}
 		}
 		encode(w, http.StatusOK, map[string]string{"message": "logged out"})
 		return nil
+	})
+}
+
+// sessionView is what a session looks like from outside.
+type sessionView struct {
+	ID         string    `json:"id"`
+	CreatedAt  time.Time `json:"created_at"`
+	LastUsedAt time.Time `json:"last_used_at"`
+	IP         string    `json:"ip"`
+	UserAgent  string    `json:"user_agent"`
+}
+
+func viewOf(s Session) sessionView {
+	return sessionView{s.ID, s.CreatedAt.UTC(), s.LastUsedAt.UTC(), s.IP, s.UserAgent}
+}
+
+// handleSessions lists the signed-in user's live sessions, newest first, marking the one the
+// token belongs to.
+func handleSessions(log *slog.Logger, sessions *sessionKeeper) http.Handler {
+	type view struct {
+		sessionView
+		Current bool `json:"current"`
+	}
+	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		c := claimsFrom(r.Context())
+		live, err := sessions.live(r.Context(), c.Subject)
+		if err != nil {
+			return err
+		}
+		out := make([]view, len(live))
+		for i, s := range live {
+			out[i] = view{viewOf(s), s.ID == c.Session}
+		}
+		encode(w, http.StatusOK, map[string]any{"sessions": out})
+		return nil
+	})
+}
+
+// handleEndSession ends one of the signed-in user's sessions: a lost laptop's, say. Another
+// user's session id is answered as if it did not exist.
+func handleEndSession(log *slog.Logger, sessions *sessionKeeper) http.Handler {
+	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		c := claimsFrom(r.Context())
+		if err := sessions.alive(r.Context(), c); err != nil {
+			return err
+		}
+		live, err := sessions.live(r.Context(), c.Subject)
+		if err != nil {
+			return err
+		}
+		id := r.PathValue("id")
+		for _, s := range live {
+			if s.ID == id {
+				if err := sessions.end(r.Context(), id, endByUser); err != nil {
+					return err
+				}
+				w.WriteHeader(http.StatusNoContent)
+				return nil
+			}
+		}
+		return errNoSuchSession
 	})
 }
 

@@ -25,6 +25,7 @@ type User struct {
 	Email        string    `bson:"email"`
 	PasswordHash string    `bson:"password_hash"`
 	CreatedAt    time.Time `bson:"created_at"`
+	Disabled     bool      `bson:"disabled,omitempty"` // by an operator: no login, no session
 }
 
 // Revocation is one blacklist entry: a token id ("jti:...") or a whole login session ("sid:...").
@@ -87,6 +88,13 @@ type Store interface {
 	CreateUser(ctx context.Context, u *User) error
 	// UserByEmail finds the account with a normalised email; ErrNotFound when there is none.
 	UserByEmail(ctx context.Context, email string) (*User, error)
+	// UserByID finds an account; ErrNotFound when there is none.
+	UserByID(ctx context.Context, id string) (*User, error)
+	// SetDisabled disables or enables account id; ErrNotFound when there is none.
+	SetDisabled(ctx context.Context, id string, disabled bool) error
+	// DeleteUser deletes account id, so that its email is free again; ErrNotFound when there is
+	// none.
+	DeleteUser(ctx context.Context, id string) error
 	// BcryptHash returns the bcrypt hash of some account that still has one (accounts imported
 	// from the Node service keep theirs until they log in); ErrNotFound when none does.
 	BcryptHash(ctx context.Context) (string, error)
@@ -97,6 +105,9 @@ type Store interface {
 	CreateSession(ctx context.Context, s *Session) error
 	// SessionByID finds a session; ErrNotFound when there is none.
 	SessionByID(ctx context.Context, id string) (*Session, error)
+	// SessionsOfUser lists the sessions of user whose tokens have not all expired at now, ended
+	// ones included (see Session), newest first.
+	SessionsOfUser(ctx context.Context, user string, now time.Time) ([]Session, error)
 	// TouchSession notes a use of session id at usedAt that issued tokens expiring up to
 	// tokensExpire; the record's TokensExpireAt never goes back. ErrNotFound when there is none.
 	TouchSession(ctx context.Context, id string, usedAt, tokensExpire time.Time) error
@@ -112,6 +123,8 @@ type Store interface {
 	ExtendRevocation(ctx context.Context, id string, expires, now time.Time) error
 	// Revoked reports whether any of ids is revoked and not yet expired at now.
 	Revoked(ctx context.Context, now time.Time, ids ...string) (bool, error)
+	// RevokedAmong returns which of ids are revoked and not yet expired at now.
+	RevokedAmong(ctx context.Context, now time.Time, ids ...string) (map[string]bool, error)
 	// RevocationsSince lists revocations created at or after since that are still in force at now.
 	RevocationsSince(ctx context.Context, since, now time.Time) ([]Revocation, error)
 
@@ -253,6 +266,37 @@ func (s *mongoStore) UserByEmail(ctx context.Context, email string) (*User, erro
 	return &u, nil
 }
 
+func (s *mongoStore) UserByID(ctx context.Context, id string) (*User, error) {
+	var u User
+	if err := s.users.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&u); err != nil {
+		return nil, s.err(err)
+	}
+	return &u, nil
+}
+
+func (s *mongoStore) SetDisabled(ctx context.Context, id string, disabled bool) error {
+	res, err := s.users.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "disabled", Value: disabled}}}})
+	if err != nil {
+		return s.err(err)
+	}
+	if res.MatchedCount == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+func (s *mongoStore) DeleteUser(ctx context.Context, id string) error {
+	res, err := s.users.DeleteOne(ctx, bson.D{{Key: "_id", Value: id}})
+	if err != nil {
+		return s.err(err)
+	}
+	if res.DeletedCount == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
 func (s *mongoStore) BcryptHash(ctx context.Context) (string, error) {
 	var u User
 	err := s.users.FindOne(ctx, bson.D{{Key: "password_hash", Value: bson.D{{Key: "$regex", Value: `^\$2[aby]\$`}}}},
@@ -283,6 +327,21 @@ func (s *mongoStore) SessionByID(ctx context.Context, id string) (*Session, erro
 		return nil, s.err(err)
 	}
 	return &sess, nil
+}
+
+func (s *mongoStore) SessionsOfUser(ctx context.Context, user string, now time.Time) ([]Session, error) {
+	cur, err := s.sessions.Find(ctx, bson.D{
+		{Key: "user_id", Value: user},
+		{Key: "tokens_expire_at", Value: bson.D{{Key: "$gt", Value: now}}},
+	}, options.Find().SetSort(bson.D{{Key: "created_at", Value: -1}}))
+	if err != nil {
+		return nil, s.err(err)
+	}
+	var out []Session
+	if err := cur.All(ctx, &out); err != nil {
+		return nil, s.err(err)
+	}
+	return out, nil
 }
 
 func (s *mongoStore) TouchSession(ctx context.Context, id string, usedAt, tokensExpire time.Time) error {
@@ -355,6 +414,28 @@ func (s *mongoStore) Revoked(ctx context.Context, now time.Time, ids ...string) 
 		return false, nil
 	}
 	return false, err
+}
+
+func (s *mongoStore) RevokedAmong(ctx context.Context, now time.Time, ids ...string) (map[string]bool, error) {
+	out := make(map[string]bool, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	cur, err := s.blacklist.Find(ctx, bson.D{
+		{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}},
+		{Key: "expires_at", Value: bson.D{{Key: "$gt", Value: now}}},
+	}, options.Find().SetProjection(bson.D{{Key: "_id", Value: 1}}))
+	if err != nil {
+		return nil, s.err(err)
+	}
+	var found []Revocation
+	if err := cur.All(ctx, &found); err != nil {
+		return nil, s.err(err)
+	}
+	for _, r := range found {
+		out[r.ID] = true
+	}
+	return out, nil
 }
 
 func (s *mongoStore) RevocationsSince(ctx context.Context, since, now time.Time) ([]Revocation, error) {

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+)
+
+// addAdminRoutes lists the operators' API. It is served only on ADMIN_ADDR, never on the public
+// port, and only when ADMIN_TOKEN is set; every call needs that token (see requireAdmin).
+func addAdminRoutes(mux routeAdder, d *deps) {
+	mux.Handle("GET /admin/users", handleAdminFindUser(d.log, d.store))
+	mux.Handle("GET /admin/users/{id}/sessions", handleAdminSessions(d.log, d.store, d.sessions))
+	mux.Handle("POST /admin/users/{id}/logout", handleAdminLogout(d.log, d.store, d.sessions))
+	mux.Handle("POST /admin/users/{id}/disable", handleAdminSetDisabled(d.log, d.accounts, true))
+	mux.Handle("POST /admin/users/{id}/enable", handleAdminSetDisabled(d.log, d.accounts, false))
+	mux.Handle("DELETE /admin/users/{id}", handleAdminDeleteUser(d.log, d.accounts))
+}
+
+// newAdminHandler is the operators' API inside the same middleware as the public one, the token
+// check innermost so that refused calls are logged and counted too.
+func newAdminHandler(d *deps, token string) http.Handler {
+	mux := http.NewServeMux()
+	addAdminRoutes(mux, d)
+	var h http.Handler = mux
+	h = muxErrorsAsJSON(h)
+	h = requireAdmin(d.log, token)(h)
+	h = accessLog(d.log, d.now, newRequestIDs(), d.metrics)(h)
+	h = recoverer(d.log)(h)
+	return h
+}
+
+var errAdminToken = &apiError{status: http.StatusUnauthorized, code: "token_invalid", message: "this call needs Authorization: Bearer <ADMIN_TOKEN>"}
+
+// requireAdmin lets a call through only with Authorization: Bearer <token>. The two are compared
+// as SHA-256 digests in constant time, so that neither their contents nor the token's length show
+// in the time taken.
+func requireAdmin(log *slog.Logger, token string) func(http.Handler) http.Handler {
+	want := sha256.Sum256([]byte(token))
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			got := sha256.Sum256([]byte(bearer(r.Header.Get("Authorization"))))
+			if subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+				writeError(w, r, log, errAdminToken)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// logAdmin writes the line every admin action leaves behind.
+func logAdmin(log *slog.Logger, r *http.Request, action, user string) {
+	log.LogAttrs(r.Context(), slog.LevelInfo, "admin action", slog.String("action", action),
+		slog.String("user_id", user), slog.String("request_id", requestID(r.Context())))
+}
+
+type adminUser struct {
+	ID        string    `json:"id"`
+	Email     string    `json:"email"`
+	CreatedAt time.Time `json:"created_at"`
+	Disabled  bool      `json:"disabled"`
+}
+
+func handleAdminFindUser(log *slog.Logger, store Store) http.Handler {
+	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		email := normalizeEmail(r.URL.Query().Get("email"))
+		if email == "" {
+			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "give the user's address as ?email="}
+		}
+		u, err := store.UserByEmail(r.Context(), email)
+		if errors.Is(err, ErrNotFound) {
+			return errNoSuchUser
+		} else if err != nil {
+			return err
+		}
+		noteUser(r.Context(), u.ID)
+		encode(w, http.StatusOK, adminUser{u.ID, u.Email, u.CreatedAt.UTC(), u.Disabled})
+		return nil
+	})
+}
+
+// userOf reads the account named by the path's {id}, or answers not_found.
+func userOf(r *http.Request, store Store) (*User, error) {
+	u, err := store.UserByID(r.Context(), r.PathValue("id"))
+	if errors.Is(err, ErrNotFound) {
+		return nil, errNoSuchUser
+	}
+	if err == nil {
+		noteUser(r.Context(), u.ID)
+	}
+	return u, err
+}
+
+func handleAdminSessions(log *slog.Logger, store Store, sessions *sessionKeeper) http.Handler {
+	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		u, err := userOf(r, store)
+		if err != nil {
+			return err
+		}
+		live, err := sessions.live(r.Context(), u.ID)
+		if err != nil {
+			return err
+		}
+		out := make([]sessionView, len(live))
+		for i, s := range live {
+			out[i] = viewOf(s)
+		}
+		encode(w, http.StatusOK, map[string]any{"sessions": out})
+		return nil
+	})
+}
+
+func handleAdminLogout(log *slog.Logger, store Store, sessions *sessionKeeper) http.Handler {
+	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		u, err := userOf(r, store)
+		if err != nil {
+			return err
+		}
+		n, err := sessions.endAll(r.Context(), u.ID, "", endAdminLogout)
+		if err != nil {
+			return err
+		}
+		logAdmin(log, r, "logout", u.ID)
+		encode(w, http.StatusOK, map[string]any{"message": "logged out", "sessions_ended": n})
+		return nil
+	})
+}
+
+func handleAdminSetDisabled(log *slog.Logger, users *accounts, disabled bool) http.Handler {
+	action, message := "enable", "enabled"
+	if disabled {
+		action, message = "disable", "disabled; every session ended"
+	}
+	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		id := r.PathValue("id")
+		if err := users.setDisabled(r.Context(), id, disabled); err != nil {
+			return err
+		}
+		noteUser(r.Context(), id)
+		logAdmin(log, r, action, id)
+		encode(w, http.StatusOK, map[string]string{"message": message})
+		return nil
+	})
+}
+
+func handleAdminDeleteUser(log *slog.Logger, users *accounts) http.Handler {
+	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		id := r.PathValue("id")
+		if err := users.remove(r.Context(), id, endAccountDeleted); err != nil {
+			return err
+		}
+		noteUser(r.Context(), id)
+		logAdmin(log, r, "delete", id)
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	})
+}
