@@ -96,7 +96,7 @@ func TestSessionsEndedOnOneInstanceAreRefusedOnTheOther(t *testing.T) {
 	b.page(t, lost).want(t, 200, "") // b has it in its verified cache
 	id, _ := b.claimsOf(t, lost)["sid"].(string)
 	a.do(t, "DELETE", "/auth/sessions/"+id, nil, "Authorization", "Bearer "+keep).want(t, 204, "")
-	b.refresh(t, lostRefresh).want(t, 401, "token_revoked") // refresh asks the database: at once
+	b.refresh(t, lostRefresh).want(t, 401, "token_revoked")      // refresh asks the database: at once
 	if err := b.deps.revocations.sync(t.Context()); err != nil { // one poll, as the background does
 		t.Fatal(err)
 	}
