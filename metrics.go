@@ -3,6 +3,10 @@ package main
 import (
 	"bytes"
 	"net/http"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -168,7 +172,7 @@ func handleMetrics(m *metrics, revs *revocations, h *hasher) http.Handler {
 		}
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
-		w.Write(m.expose(g))
+		w.Write(m.expose(g, runtimeFamilies()...))
 	})
 }
 
@@ -180,7 +184,7 @@ type family struct {
 
 // expose renders every metric, families sorted by name and series by their labels, so that two
 // scrapes of the same state are byte for byte the same.
-func (m *metrics) expose(g gauges) []byte {
+func (m *metrics) expose(g gauges, extra ...family) []byte {
 	fams := []family{
 		{"auth_http_requests_total", "HTTP requests answered, by route pattern, method and status code.", "counter", m.writeRequests},
 		{"auth_http_request_duration_seconds", "Time from receiving a request to answering it, by route pattern.", "histogram", m.writeLatency},
@@ -230,6 +234,7 @@ func (m *metrics) expose(g gauges) []byte {
 			sample(b, name, g.hashesWaiting)
 		}},
 	}
+	fams = append(fams, extra...)
 	sort.Slice(fams, func(i, j int) bool { return fams[i].name < fams[j].name })
 	var b bytes.Buffer
 	for _, f := range fams {
@@ -329,3 +334,125 @@ var (
 
 func escapeLabel(s string) string { return labelEscaper.Replace(s) }
 func escapeHelp(s string) string  { return helpEscaper.Replace(s) }
+
+// runtimeFamilies are the Go runtime's and the process's figures, under the names and types that
+// Prometheus's own Go and process collectors give them, so that existing dashboards and alerts
+// work unchanged. They are read at scrape time: ReadMemStats stops the world for a moment, which
+// a scrape every few seconds can afford.
+func runtimeFamilies() []family {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	gc := debug.GCStats{PauseQuantiles: make([]time.Duration, 5)}
+	debug.ReadGCStats(&gc)
+	gauge := func(name, help string, v float64) family {
+		return family{name, help, "gauge", func(b *bytes.Buffer, name string) { sample(b, name, v) }}
+	}
+	counter := func(name, help string, v float64) family {
+		return family{name, help, "counter", func(b *bytes.Buffer, name string) { sample(b, name, v) }}
+	}
+	fams := []family{
+		gauge("go_goroutines", "Number of goroutines that currently exist.", float64(runtime.NumGoroutine())),
+		gauge("go_threads", "Number of OS threads created.", float64(pprof.Lookup("threadcreate").Count())),
+		{"go_info", "Information about the Go environment.", "gauge", func(b *bytes.Buffer, name string) {
+			sample(b, name, 1, "version", runtime.Version())
+		}},
+		{"go_gc_duration_seconds", "A summary of the wall-time pause (stop-the-world) duration in garbage collection cycles.", "summary",
+			func(b *bytes.Buffer, name string) {
+				for i, q := range []string{"0", "0.25", "0.5", "0.75", "1"} {
+					sample(b, name, gc.PauseQuantiles[i].Seconds(), "quantile", q)
+				}
+				sample(b, name+"_sum", gc.PauseTotal.Seconds())
+				sample(b, name+"_count", uint64(gc.NumGC))
+			}},
+		gauge("go_memstats_alloc_bytes", "Number of bytes allocated in heap and currently in use.", float64(ms.HeapAlloc)),
+		counter("go_memstats_alloc_bytes_total", "Total number of bytes allocated in heap until now, even if released already.", float64(ms.TotalAlloc)),
+		gauge("go_memstats_sys_bytes", "Number of bytes obtained from system.", float64(ms.Sys)),
+		counter("go_memstats_lookups_total", "Total number of pointer lookups.", float64(ms.Lookups)),
+		counter("go_memstats_mallocs_total", "Total number of heap objects allocated, both live and gc-ed.", float64(ms.Mallocs)),
+		counter("go_memstats_frees_total", "Total number of heap objects frees.", float64(ms.Frees)),
+		gauge("go_memstats_heap_alloc_bytes", "Number of heap bytes allocated and currently in use.", float64(ms.HeapAlloc)),
+		gauge("go_memstats_heap_sys_bytes", "Number of heap bytes obtained from system.", float64(ms.HeapSys)),
+		gauge("go_memstats_heap_idle_bytes", "Number of heap bytes waiting to be used.", float64(ms.HeapIdle)),
+		gauge("go_memstats_heap_inuse_bytes", "Number of heap bytes that are in use.", float64(ms.HeapInuse)),
+		gauge("go_memstats_heap_released_bytes", "Number of heap bytes released to OS.", float64(ms.HeapReleased)),
+		gauge("go_memstats_heap_objects", "Number of currently allocated objects.", float64(ms.HeapObjects)),
+		gauge("go_memstats_stack_inuse_bytes", "Number of bytes obtained from system for stack allocator in non-CGO environments.", float64(ms.StackInuse)),
+		gauge("go_memstats_stack_sys_bytes", "Number of bytes obtained from system for stack allocator.", float64(ms.StackSys)),
+		gauge("go_memstats_mspan_inuse_bytes", "Number of bytes in use by mspan structures.", float64(ms.MSpanInuse)),
+		gauge("go_memstats_mspan_sys_bytes", "Number of bytes used for mspan structures obtained from system.", float64(ms.MSpanSys)),
+		gauge("go_memstats_mcache_inuse_bytes", "Number of bytes in use by mcache structures.", float64(ms.MCacheInuse)),
+		gauge("go_memstats_mcache_sys_bytes", "Number of bytes used for mcache structures obtained from system.", float64(ms.MCacheSys)),
+		gauge("go_memstats_buck_hash_sys_bytes", "Number of bytes used by the profiling bucket hash table.", float64(ms.BuckHashSys)),
+		gauge("go_memstats_gc_sys_bytes", "Number of bytes used for garbage collection system metadata.", float64(ms.GCSys)),
+		gauge("go_memstats_other_sys_bytes", "Number of bytes used for other system allocations.", float64(ms.OtherSys)),
+		gauge("go_memstats_next_gc_bytes", "Number of heap bytes when next garbage collection will take place.", float64(ms.NextGC)),
+		gauge("go_memstats_last_gc_time_seconds", "Number of seconds since 1970 of last garbage collection.", float64(ms.LastGC)/1e9),
+	}
+	if p, ok := readProcess(); ok {
+		fams = append(fams,
+			counter("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", p.cpuSeconds),
+			gauge("process_resident_memory_bytes", "Resident memory size in bytes.", p.residentBytes),
+			gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.", p.virtualBytes),
+			gauge("process_open_fds", "Number of open file descriptors.", p.openFDs),
+			gauge("process_max_fds", "Maximum number of open file descriptors.", p.maxFDs),
+			gauge("process_start_time_seconds", "Start time of the process since unix epoch in seconds.", p.startTime),
+		)
+	}
+	return fams
+}
+
+// processFigures are what /proc says of this process.
+type processFigures struct {
+	cpuSeconds, residentBytes, virtualBytes, openFDs, maxFDs, startTime float64
+}
+
+// readProcess reads /proc, as Prometheus's process collector does; false where there is none.
+func readProcess() (processFigures, bool) {
+	var p processFigures
+	stat, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return p, false
+	}
+	// The command name, in parentheses, may hold spaces: the fields start after its ')'.
+	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	if len(fields) < 22 {
+		return p, false
+	}
+	num := func(i int) float64 { // the i-th field of stat, counting from 1 as proc(5) does
+		v, _ := strconv.ParseFloat(fields[i-3], 64)
+		return v
+	}
+	const ticks = 100 // USER_HZ, the unit of stat's times; 100 on every Linux ABI Go runs on
+	p.cpuSeconds = (num(14) + num(15)) / ticks
+	p.virtualBytes = num(23)
+	p.residentBytes = num(24) * float64(os.Getpagesize())
+	if boot, ok := bootTime(); ok {
+		p.startTime = boot + num(22)/ticks
+	}
+	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {
+		p.openFDs = float64(len(fds))
+	}
+	if limits, err := os.ReadFile("/proc/self/limits"); err == nil {
+		for _, line := range strings.Split(string(limits), "\n") {
+			if f := strings.Fields(strings.TrimPrefix(line, "Max open files")); strings.HasPrefix(line, "Max open files") && len(f) > 0 {
+				p.maxFDs, _ = strconv.ParseFloat(f[0], 64)
+			}
+		}
+	}
+	return p, true
+}
+
+// bootTime is when the machine started, in seconds since 1970, from /proc/stat.
+func bootTime() (float64, bool) {
+	stat, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(stat), "\n") {
+		if v, ok := strings.CutPrefix(line, "btime "); ok {
+			t, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return t, err == nil
+		}
+	}
+	return 0, false
+}

@@ -275,3 +275,60 @@ func BenchmarkMetricsObserve(b *testing.B) {
 		}
 	})
 }
+
+// Dashboards and alerts written for Prometheus's own Go and process collectors must work
+// unchanged: the same names, the same types, values that make sense.
+func TestMetricsHaveTheRuntimeAndProcessFiguresUnderPrometheusNames(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	fams := scrape(t, e)
+	for name, typ := range map[string]dto.MetricType{
+		"go_goroutines":                    dto.MetricType_GAUGE,
+		"go_threads":                       dto.MetricType_GAUGE,
+		"go_info":                          dto.MetricType_GAUGE,
+		"go_gc_duration_seconds":           dto.MetricType_SUMMARY,
+		"go_memstats_alloc_bytes":          dto.MetricType_GAUGE,
+		"go_memstats_alloc_bytes_total":    dto.MetricType_COUNTER,
+		"go_memstats_sys_bytes":            dto.MetricType_GAUGE,
+		"go_memstats_heap_alloc_bytes":     dto.MetricType_GAUGE,
+		"go_memstats_heap_inuse_bytes":     dto.MetricType_GAUGE,
+		"go_memstats_heap_objects":         dto.MetricType_GAUGE,
+		"go_memstats_mallocs_total":        dto.MetricType_COUNTER,
+		"go_memstats_frees_total":          dto.MetricType_COUNTER,
+		"go_memstats_next_gc_bytes":        dto.MetricType_GAUGE,
+		"go_memstats_last_gc_time_seconds": dto.MetricType_GAUGE,
+		"go_memstats_stack_inuse_bytes":    dto.MetricType_GAUGE,
+		"process_cpu_seconds_total":        dto.MetricType_COUNTER,
+		"process_resident_memory_bytes":    dto.MetricType_GAUGE,
+		"process_virtual_memory_bytes":     dto.MetricType_GAUGE,
+		"process_open_fds":                 dto.MetricType_GAUGE,
+		"process_max_fds":                  dto.MetricType_GAUGE,
+		"process_start_time_seconds":       dto.MetricType_GAUGE,
+	} {
+		f := fams[name]
+		if f == nil {
+			t.Errorf("no %s", name)
+			continue
+		}
+		if f.GetType() != typ {
+			t.Errorf("%s is a %v, want a %v", name, f.GetType(), typ)
+		}
+	}
+	value := func(name string) float64 { return metricValue(t, fams, name) }
+	if value("go_goroutines") < 2 || value("go_memstats_heap_alloc_bytes") <= 0 || value("process_open_fds") < 3 {
+		t.Errorf("goroutines %v, heap %v, open fds %v: not this process's", value("go_goroutines"),
+			value("go_memstats_heap_alloc_bytes"), value("process_open_fds"))
+	}
+	if rss := value("process_resident_memory_bytes"); rss < 1<<20 || rss > 64<<30 {
+		t.Errorf("resident memory %v bytes", rss)
+	}
+	if start := value("process_start_time_seconds"); math.Abs(start-float64(time.Now().Unix())) > 24*3600 {
+		t.Errorf("start time %v, not today", start)
+	}
+	if q := fams["go_gc_duration_seconds"].GetMetric()[0].GetSummary().GetQuantile(); len(q) != 5 {
+		t.Errorf("go_gc_duration_seconds has %d quantiles, want 5", len(q))
+	}
+	if v := labelOf(fams["go_info"].GetMetric()[0], "version"); !strings.HasPrefix(v, "go") {
+		t.Errorf("go_info version %q", v)
+	}
+}
