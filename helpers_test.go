@@ -209,6 +209,10 @@ func serveTestEnv(tb testing.TB, cfg config, store *mongoStore, m *metrics) *tes
 	return e
 }
 
+// reuseWindow is how long after its first use a retired refresh token still gets its successor:
+// the longest the first use's answer may take, and the reuse interval after that.
+func (e *testEnv) reuseWindow() time.Duration { return e.cfg.dbWait + e.cfg.reuseInterval }
+
 // adminDo calls the admin API of e with the admin token.
 func (e *testEnv) adminDo(tb testing.TB, method, path string, body any) response {
 	tb.Helper()

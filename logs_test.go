@@ -151,7 +151,7 @@ func TestLogsNeverHoldPasswordsTokensOrHashes(t *testing.T) {
 	e.do(t, "GET", "/auth/verify", nil, "authorization_access", access2).want(t, 200, "")
 	e.do(t, "GET", "/auth/page", nil, "authorization_access", access2).want(t, 200, "")
 	e.do(t, "GET", "/auth/page", nil, "authorization_access", access2+"x").want(t, 401, "token_invalid")
-	e.clock.Advance(e.cfg.reuseInterval + 1)
+	e.clock.Advance(e.reuseWindow())
 	e.refresh(t, refresh).want(t, 401, "token_reused") // logs a warning naming the user
 	access3, refresh3 := e.login(t, email, password)
 	e.do(t, "POST", "/auth/logout", map[string]string{"refresh_token": refresh3}, "Authorization", "Bearer "+access3).want(t, 200, "")

@@ -88,6 +88,10 @@ type config struct {
 	writeTimeout      time.Duration
 	idleTimeout       time.Duration
 	maxHeaderBytes    int
+
+	// dbWait is the longest one database call may take: the driver's timeout, 5s unless
+	// MONGODB_URI sets timeoutMS.
+	dbWait time.Duration
 }
 
 func loadConfig(getenv func(string) string) (config, error) {
@@ -151,6 +155,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		// Above what nginx forwards by default (4 x 8 KiB), so that a proxied request with big
 		// cookies reaches the token check instead of a 431 that nginx would turn into a 500.
 		maxHeaderBytes: 64 << 10,
+		dbWait:         *mongoOptions("mongodb://localhost").Timeout,
 	}
 	if err := c.logLevel.UnmarshalText([]byte(env("LOG_LEVEL", "info"))); err != nil {
 		errs = append(errs, fmt.Errorf("LOG_LEVEL: want debug, info, warn or error, got %q", getenv("LOG_LEVEL")))
@@ -227,6 +232,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	client, err := connectMongo(uri)
 	if err != nil {
 		return err
+	}
+	if t := mongoOptions(uri).Timeout; t != nil && *t > 0 {
+		c.dbWait = *t
 	}
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -86,7 +86,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	e.do(t, "POST", "/auth/login", credentials{"nobody@example.com", "wrong password"}).want(t, 429, "too_many_attempts")
 	e.refresh(t, refresh).want(t, 200, "") // rotated
 	e.refresh(t, refresh).want(t, 200, "") // another tab, within the reuse interval
-	e.clock.Advance(e.cfg.reuseInterval + time.Second)
+	e.clock.Advance(e.reuseWindow())
 	e.refresh(t, refresh).want(t, 401, "token_reused") // the session ends
 	_, access, _ := e.user(t)
 	e.do(t, "POST", "/auth/logout", nil, "Authorization", "Bearer "+access).want(t, 200, "")
@@ -110,7 +110,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		{"auth_revocations_total", []string{"kind", "token"}, 1},   // the logged-out access token
 		{"auth_database_errors_total", nil, 0},
 		{"auth_revocation_cache_entries", nil, 3},
-		{"auth_revocation_sync_lag_seconds", nil, (e.cfg.reuseInterval + time.Second).Seconds()},
+		{"auth_revocation_sync_lag_seconds", nil, e.reuseWindow().Seconds()},
 		{"auth_password_hashes_in_flight", nil, 0},
 		{"auth_password_hashes_waiting", nil, 0},
 		{"auth_http_requests_total", []string{"route", "POST /auth/login", "method", "POST", "status", "200"}, 2},

@@ -4,8 +4,10 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -20,6 +22,9 @@ type tcpProxy struct {
 	upstream string     // the database's socket; "" refuses every connection
 	stalled  bool       // bytes are held, as on a network that drops every packet
 	conns    map[net.Conn]struct{}
+	// withhold, when not empty, is looked for in what the driver sends; the connection that
+	// sends it next gets no more replies, as when a database's answer is lost on the way back.
+	withhold string
 }
 
 func newTCPProxy(tb testing.TB, upstream string) *tcpProxy {
@@ -73,8 +78,9 @@ func (p *tcpProxy) pipe(c net.Conn) {
 	p.conns[c], p.conns[u] = struct{}{}, struct{}{}
 	p.mu.Unlock()
 	done := make(chan struct{}, 2)
-	go func() { p.copy(u, c); done <- struct{}{} }()
-	go func() { p.copy(c, u); done <- struct{}{} }()
+	var lost atomic.Bool // this connection's replies are withheld
+	go func() { p.copy(u, c, &lost, true); done <- struct{}{} }()
+	go func() { p.copy(c, u, &lost, false); done <- struct{}{} }()
 	<-done
 	c.Close()
 	u.Close()
@@ -84,8 +90,9 @@ func (p *tcpProxy) pipe(c net.Conn) {
 	p.mu.Unlock()
 }
 
-// copy is io.Copy that holds every chunk while the proxy is stalled.
-func (p *tcpProxy) copy(dst, src net.Conn) {
+// copy is io.Copy that holds every chunk while the proxy is stalled. Upstream, it looks for the
+// pattern to withhold; downstream, it drops whatever a withheld connection is sent.
+func (p *tcpProxy) copy(dst, src net.Conn, lost *atomic.Bool, upstream bool) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
@@ -94,7 +101,14 @@ func (p *tcpProxy) copy(dst, src net.Conn) {
 			for p.stalled {
 				p.flowing.Wait()
 			}
+			if upstream && p.withhold != "" && strings.Contains(string(buf[:n]), p.withhold) {
+				p.withhold = ""
+				lost.Store(true)
+			}
 			p.mu.Unlock()
+			if !upstream && lost.Load() {
+				continue
+			}
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
 			}
@@ -111,6 +125,14 @@ func (p *tcpProxy) stall() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.stalled = true
+}
+
+// withholdReplyTo lets the next request that contains pattern through to the database and drops
+// every reply on its connection from then on.
+func (p *tcpProxy) withholdReplyTo(pattern string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.withhold = pattern
 }
 
 // cut drops every open connection and refuses new ones, as a database host that went away does.
@@ -143,15 +165,19 @@ func startOwnDevDB(tb testing.TB, dir string) (socket string, stop func()) {
 
 // newTestEnvThrough serves the service on the database whose socket is dbAddr, reached through a
 // proxy that the test can cut, stall and reconnect.
-func newTestEnvThrough(tb testing.TB, dbAddr string) (*testEnv, *tcpProxy) {
+// query, when not empty, goes into the connection string (timeoutMS=1000, say), and the service
+// is told the driver's timeout as run would tell it.
+func newTestEnvThrough(tb testing.TB, dbAddr, query string, opts ...func(*config)) (*testEnv, *tcpProxy) {
 	tb.Helper()
 	proxy := newTCPProxy(tb, dbAddr)
-	client, err := connectMongo("mongodb://" + proxy.addr() + "/")
+	uri := "mongodb://" + proxy.addr() + "/?" + query
+	client, err := connectMongo(uri)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { client.Disconnect(context.Background()) })
-	return newTestEnvOn(tb, client.Database("auth")), proxy
+	opts = append(opts, func(c *config) { c.dbWait = *mongoOptions(uri).Timeout })
+	return newTestEnvOn(tb, client.Database("auth"), opts...), proxy
 }
 
 // waitReady waits, 30s at most, for e to find its database again.
@@ -190,7 +216,7 @@ func TestServiceRidesOutADatabaseOutage(t *testing.T) {
 	t.Parallel()
 	dir := newDataDir(t)
 	dbAddr, stopDB := startOwnDevDB(t, dir)
-	e, proxy := newTestEnvThrough(t, dbAddr)
+	e, proxy := newTestEnvThrough(t, dbAddr, "")
 
 	email, kept, keptRefresh := e.user(t)
 	_, ended, endedRefresh := e.user(t)
@@ -248,7 +274,7 @@ func TestServiceRidesOutADatabaseOutage(t *testing.T) {
 func TestServiceAnswersInBoundedTimeWhenTheDatabaseStopsAnswering(t *testing.T) {
 	t.Parallel()
 	dbAddr, _ := startOwnDevDB(t, newDataDir(t))
-	e, proxy := newTestEnvThrough(t, dbAddr)
+	e, proxy := newTestEnvThrough(t, dbAddr, "")
 	email, access, _ := e.user(t)
 
 	// Unlike a refused connection, silence is only ended by the driver's own timeouts.
@@ -269,4 +295,47 @@ func TestServiceAnswersInBoundedTimeWhenTheDatabaseStopsAnswering(t *testing.T) 
 	proxy.connect(dbAddr)
 	waitReady(t, e)
 	e.login(t, email, "correct horse battery")
+}
+
+// When the database records a refresh token's first use but its reply never comes back, the
+// client is answered 503 and retries: the retry must get the successor the database recorded, not
+// be taken for a stolen token's reuse, whenever it comes within the reuse interval of the 503.
+func TestARefreshWhoseReplyWasLostIsSafeToRetry(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name        string
+		reuse, wait time.Duration // REFRESH_REUSE_INTERVAL; how long after the 503 the client retries
+	}{
+		{"at the default interval, retried 9.5s after the 503", 10 * time.Second, 9500 * time.Millisecond},
+		{"at a 2s interval, retried 1s after the 503", 2 * time.Second, time.Second},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			socket, _ := startOwnDevDB(t, newDataDir(t))
+			// A driver timeout of 1s keeps the test short; the rule is the same at 5s.
+			e, proxy := newTestEnvThrough(t, socket, "timeoutMS=1000", func(c *config) { c.reuseInterval = tt.reuse })
+			_, _, refresh := e.user(t)
+
+			proxy.withholdReplyTo("refresh_tokens") // the claim's insert arrives; its reply does not
+			lost := timed(t, "the refresh with a lost reply", func() response { return e.refresh(t, refresh) })
+			lost.want(t, 503, "unavailable")
+			if s, _ := strconv.Atoi(lost.header.Get("Retry-After")); s < 1 || time.Duration(s)*time.Second > tt.reuse/2 {
+				t.Fatalf("Retry-After %q, want well inside the %s interval", lost.header.Get("Retry-After"), tt.reuse)
+			}
+			// On the service's clock the claim was made at the first use; its answer was due up to
+			// the driver's timeout later, and the client comes back tt.wait after that.
+			e.clock.Advance(e.cfg.dbWait + tt.wait)
+			retry := e.refresh(t, refresh).want(t, 200, "")
+			again := e.refresh(t, refresh).want(t, 200, "")
+			if retry.str("refresh_token") != again.str("refresh_token") {
+				t.Fatal("the retries got different successors")
+			}
+			e.page(t, retry.str("access_token")).want(t, 200, "")
+
+			// Past the interval of the 503 the same token is reuse again, and ends the session.
+			e.clock.Advance(tt.reuse - tt.wait)
+			e.refresh(t, refresh).want(t, 401, "token_reused")
+			e.page(t, retry.str("access_token")).want(t, 401, "token_revoked")
+		})
+	}
 }

@@ -74,7 +74,7 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 	t := newTokens(secret, c.issuer, c.accessTTL, c.refreshTTL, c.leeway, now)
 	revs := newRevocations(store, now, log)
 	sessions := &sessionKeeper{store: store, tokens: t, revs: revs, metrics: m, log: log,
-		maxAge: c.sessionMaxAge, reuse: c.reuseInterval}
+		maxAge: c.sessionMaxAge, reuse: c.reuseInterval, answerBy: c.dbWait}
 	return &deps{
 		log:         log,
 		now:         now,

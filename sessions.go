@@ -36,6 +36,10 @@ type sessionKeeper struct {
 	log     *slog.Logger
 	maxAge  time.Duration // SESSION_MAX_AGE; 0 for no limit
 	reuse   time.Duration // REFRESH_REUSE_INTERVAL
+	// answerBy bounds a refresh's database work: the first use of a refresh token is answered
+	// (with tokens or with 503) by the time of its claim plus answerBy. The longest one database
+	// call may take: the driver's timeout.
+	answerBy time.Duration
 }
 
 // start begins a session for u, logging in from ip with userAgent, and issues its first tokens.
@@ -132,10 +136,17 @@ func (k *sessionKeeper) alive(ctx context.Context, c *claims) error {
 // gets a new successor; the same token presented again within the reuse interval (another tab, or
 // a client retrying) gets that very successor again, so that a session is only ever one chain;
 // presented after it, the token is a stolen copy or was stolen, and the session ends.
+//
+// The interval runs from when the first use's answer was due, not from the first use: when the
+// database records a claim but its reply is lost, the client gets 503 up to answerBy later, and
+// its retry within the interval of that 503 must get the successor, not be taken for reuse. The
+// window grows by answerBy and no more: a retired token presented after it is still reuse.
 func (k *sessionKeeper) refresh(ctx context.Context, c *claims) (tokenPair, refreshOutcome, error) {
 	if k.revs.revoked(c) {
 		return tokenPair{}, 0, errTokenRevoked
 	}
+	ctx, cancel := context.WithTimeout(ctx, k.answerBy)
+	defer cancel()
 	now := k.tokens.now()
 	// Refresh is not the hot path: it asks the database rather than trust this instance's copy of
 	// the blacklist, which may be up to one sync interval behind another instance's logout.
@@ -194,7 +205,7 @@ func (k *sessionKeeper) refresh(ctx context.Context, c *claims) (tokenPair, refr
 
 	outcome := refreshRotated
 	if !won {
-		if !now.Before(first.UsedAt.Add(k.reuse)) {
+		if !now.Before(first.UsedAt.Add(k.answerBy + k.reuse)) {
 			if err := k.end(ctx, c.Session, endReused); err != nil {
 				return tokenPair{}, 0, err
 			}
