@@ -582,6 +582,8 @@ func TestConfig(t *testing.T) {
 		{"refuses a duration without a unit", map[string]string{"ACCESS_TOKEN_TTL": "180"}, "ACCESS_TOKEN_TTL"},
 		{"refuses a bad CIDR", map[string]string{"TRUSTED_PROXIES": "10.0.0.0/33"}, "TRUSTED_PROXIES"},
 		{"refuses a bad port", map[string]string{"PORT": "http"}, "PORT"},
+		{"refuses a REVOCATION_MAX_LAG within one poll", map[string]string{"REVOCATION_MAX_LAG": "1s"}, "REVOCATION_MAX_LAG"},
+		{"accepts a REVOCATION_MAX_LAG of a few polls", map[string]string{"REVOCATION_MAX_LAG": "5s"}, ""},
 		{"accepts a complete production setup", map[string]string{"MONGODB_URI": "mongodb://db", "JWT_SECRET": testSecret}, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -51,36 +51,37 @@ func tuneRuntime(c config, getenv func(string) string) {
 
 // config is everything the environment sets; see the README's table.
 type config struct {
-	host           string
-	port           string
-	mongoURI       string
-	mongoDatabase  string
-	jwtSecret      string
-	issuer         string
-	accessTTL      time.Duration
-	refreshTTL     time.Duration
-	reuseInterval  time.Duration
-	sessionMaxAge  time.Duration // 0: no limit
-	leeway         time.Duration
-	syncInterval   time.Duration
-	dataDir        string
-	logLevel       slog.Level
-	logFormat      string
-	trustedProxies []netip.Prefix
-	corsOrigins    []string
-	failureWindow  time.Duration
-	maxFailures    int
-	maxClientFails int
-	signupMax      int
-	signupWindow   time.Duration
-	hashConcurrent int
-	hashQueue      int
-	hashWait       time.Duration
-	memoryLimit    int64 // bytes; 0 leaves the Go runtime's default (or GOMEMLIMIT)
-	metrics        bool
-	metricsAddr    string // serve /metrics here instead of on the API's port
-	adminToken     string // the admin API is served only when set
-	adminAddr      string
+	host             string
+	port             string
+	mongoURI         string
+	mongoDatabase    string
+	jwtSecret        string
+	issuer           string
+	accessTTL        time.Duration
+	refreshTTL       time.Duration
+	reuseInterval    time.Duration
+	sessionMaxAge    time.Duration // 0: no limit
+	leeway           time.Duration
+	syncInterval     time.Duration
+	revocationMaxLag time.Duration // 0: off
+	dataDir          string
+	logLevel         slog.Level
+	logFormat        string
+	trustedProxies   []netip.Prefix
+	corsOrigins      []string
+	failureWindow    time.Duration
+	maxFailures      int
+	maxClientFails   int
+	signupMax        int
+	signupWindow     time.Duration
+	hashConcurrent   int
+	hashQueue        int
+	hashWait         time.Duration
+	memoryLimit      int64 // bytes; 0 leaves the Go runtime's default (or GOMEMLIMIT)
+	metrics          bool
+	metricsAddr      string // serve /metrics here instead of on the API's port
+	adminToken       string // the admin API is served only when set
+	adminAddr        string
 
 	// HTTP server limits; fixed defaults, fields so that tests can shorten them.
 	readHeaderTimeout time.Duration
@@ -102,7 +103,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 		return def
 	}
 	var errs []error
-	zeroOK := map[string]bool{"REFRESH_REUSE_INTERVAL": true, "SESSION_MAX_AGE": true, "TOKEN_LEEWAY": true}
+	zeroOK := map[string]bool{"REFRESH_REUSE_INTERVAL": true, "SESSION_MAX_AGE": true, "TOKEN_LEEWAY": true,
+		"REVOCATION_MAX_LAG": true}
 	dur := func(key, def string) time.Duration {
 		d, err := time.ParseDuration(env(key, def))
 		if err != nil || d < 0 || (d == 0 && !zeroOK[key]) {
@@ -118,26 +120,27 @@ func loadConfig(getenv func(string) string) (config, error) {
 		return n
 	}
 	c := config{
-		host:           env("HOST", ""),
-		port:           env("PORT", "7878"),
-		mongoURI:       env("MONGODB_URI", ""),
-		mongoDatabase:  env("MONGODB_DATABASE", "auth"),
-		jwtSecret:      getenv("JWT_SECRET"),
-		issuer:         env("JWT_ISSUER", "auth"),
-		accessTTL:      dur("ACCESS_TOKEN_TTL", "3m"),
-		refreshTTL:     dur("REFRESH_TOKEN_TTL", "5m"),
-		reuseInterval:  dur("REFRESH_REUSE_INTERVAL", "10s"),
-		sessionMaxAge:  dur("SESSION_MAX_AGE", "720h"),
-		leeway:         dur("TOKEN_LEEWAY", "5s"),
-		syncInterval:   dur("REVOCATION_SYNC_INTERVAL", "1s"),
-		dataDir:        env("DATA_DIR", "./data"),
-		logFormat:      env("LOG_FORMAT", "json"),
-		corsOrigins:    strings.FieldsFunc(getenv("CORS_ALLOWED_ORIGINS"), func(r rune) bool { return r == ',' || r == ' ' }),
-		failureWindow:  dur("LOGIN_FAILURE_WINDOW", "5m"),
-		maxFailures:    num("LOGIN_MAX_FAILURES", 5),
-		maxClientFails: num("LOGIN_MAX_CLIENT_FAILURES", 50),
-		signupMax:      num("SIGNUP_MAX_PER_CLIENT", 10),
-		signupWindow:   dur("SIGNUP_WINDOW", "10m"),
+		host:             env("HOST", ""),
+		port:             env("PORT", "7878"),
+		mongoURI:         env("MONGODB_URI", ""),
+		mongoDatabase:    env("MONGODB_DATABASE", "auth"),
+		jwtSecret:        getenv("JWT_SECRET"),
+		issuer:           env("JWT_ISSUER", "auth"),
+		accessTTL:        dur("ACCESS_TOKEN_TTL", "3m"),
+		refreshTTL:       dur("REFRESH_TOKEN_TTL", "5m"),
+		reuseInterval:    dur("REFRESH_REUSE_INTERVAL", "10s"),
+		sessionMaxAge:    dur("SESSION_MAX_AGE", "720h"),
+		leeway:           dur("TOKEN_LEEWAY", "5s"),
+		syncInterval:     dur("REVOCATION_SYNC_INTERVAL", "1s"),
+		revocationMaxLag: dur("REVOCATION_MAX_LAG", "0s"),
+		dataDir:          env("DATA_DIR", "./data"),
+		logFormat:        env("LOG_FORMAT", "json"),
+		corsOrigins:      strings.FieldsFunc(getenv("CORS_ALLOWED_ORIGINS"), func(r rune) bool { return r == ',' || r == ' ' }),
+		failureWindow:    dur("LOGIN_FAILURE_WINDOW", "5m"),
+		maxFailures:      num("LOGIN_MAX_FAILURES", 5),
+		maxClientFails:   num("LOGIN_MAX_CLIENT_FAILURES", 50),
+		signupMax:        num("SIGNUP_MAX_PER_CLIENT", 10),
+		signupWindow:     dur("SIGNUP_WINDOW", "10m"),
 		// Each hash holds 19 MiB: more than four at once would break the memory budget (see
 		// BENCHMARKS.md, "Login storm") on a large machine without buying much.
 		hashConcurrent: max(num("HASH_CONCURRENCY", min(runtime.NumCPU(), 4)), 1),
@@ -175,6 +178,10 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	if c.jwtSecret != "" && len(c.jwtSecret) < 32 {
 		errs = append(errs, errors.New("JWT_SECRET: must be at least 32 bytes; generate one with: openssl rand -base64 48"))
+	}
+	if c.revocationMaxLag > 0 && c.revocationMaxLag <= c.syncInterval {
+		errs = append(errs, fmt.Errorf("REVOCATION_MAX_LAG: %s is not longer than REVOCATION_SYNC_INTERVAL (%s): every instance would refuse tokens between two polls",
+			c.revocationMaxLag, c.syncInterval))
 	}
 	if c.adminToken != "" && len(c.adminToken) < 32 {
 		errs = append(errs, errors.New("ADMIN_TOKEN: must be at least 32 bytes; generate one with: openssl rand -base64 48"))

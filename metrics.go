@@ -158,6 +158,7 @@ func knownMethod(method string) string {
 type gauges struct {
 	revocationEntries int
 	revocationLag     time.Duration
+	revocationStale   bool
 	hashesRunning     int
 	hashesWaiting     int
 }
@@ -167,6 +168,7 @@ func handleMetrics(m *metrics, revs *revocations, h *hasher) http.Handler {
 		g := gauges{
 			revocationEntries: revs.size(),
 			revocationLag:     revs.lag(),
+			revocationStale:   !revs.vouches(),
 			hashesRunning:     h.running(),
 			hashesWaiting:     h.waiting(),
 		}
@@ -226,6 +228,13 @@ func (m *metrics) expose(g gauges, extra ...family) []byte {
 		}},
 		{"auth_revocation_sync_lag_seconds", "Age of this instance's last successful read of the shared blacklist.", "gauge", func(b *bytes.Buffer, name string) {
 			sample(b, name, g.revocationLag.Seconds())
+		}},
+		{"auth_revocation_stale", "1 while this instance refuses tokens because its copy of the blacklist is older than REVOCATION_MAX_LAG.", "gauge", func(b *bytes.Buffer, name string) {
+			stale := 0
+			if g.revocationStale {
+				stale = 1
+			}
+			sample(b, name, stale)
 		}},
 		{"auth_password_hashes_in_flight", "Password hashes being computed now.", "gauge", func(b *bytes.Buffer, name string) {
 			sample(b, name, g.hashesRunning)

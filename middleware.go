@@ -338,6 +338,10 @@ func requireAccess(log *slog.Logger, t *tokens, revs *revocations) func(http.Han
 				writeError(w, r, log, err)
 				return
 			}
+			if !revs.vouches() {
+				writeError(w, r, log, errCannotVouch)
+				return
+			}
 			if revs.revoked(c) {
 				writeError(w, r, log, errTokenRevoked)
 				return

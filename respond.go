@@ -59,6 +59,7 @@ var (
 	errNotFound           = &apiError{status: http.StatusNotFound, code: "not_found", message: "no such endpoint"}
 	errMethodNotAllowed   = &apiError{status: http.StatusMethodNotAllowed, code: "method_not_allowed", message: "this endpoint does not accept that method"}
 	errUnavailable        = &apiError{status: http.StatusServiceUnavailable, code: "unavailable", message: "the service is temporarily unavailable; try again shortly"}
+	errCannotVouch        = &apiError{status: http.StatusServiceUnavailable, code: "unavailable", message: "this instance cannot check tokens against recent logouts; try again shortly"}
 	errInternal           = &apiError{status: http.StatusInternalServerError, code: "internal", message: "an internal error occurred"}
 )
 

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -17,6 +18,11 @@ type revocations struct {
 	store Store
 	now   func() time.Time
 	log   *slog.Logger
+
+	// maxLag, when not zero, is REVOCATION_MAX_LAG: past it without a successful poll, this
+	// instance cannot vouch that a token was not revoked elsewhere, and says so (see vouches).
+	maxLag time.Duration
+	stale  atomic.Bool // the last check found the copy too old; for the log and the metrics
 
 	mu       sync.RWMutex
 	jtis     map[string]time.Time // token id -> when the entry may be forgotten
@@ -32,8 +38,8 @@ const (
 	syncOverlap = 10 * time.Second
 )
 
-func newRevocations(store Store, now func() time.Time, log *slog.Logger) *revocations {
-	return &revocations{store: store, now: now, log: log,
+func newRevocations(store Store, now func() time.Time, log *slog.Logger, maxLag time.Duration) *revocations {
+	return &revocations{store: store, now: now, log: log, maxLag: maxLag,
 		jtis: make(map[string]time.Time), sids: make(map[string]time.Time)}
 }
 
@@ -93,6 +99,26 @@ func (r *revocations) sync(ctx context.Context) error {
 	r.lastSync = start
 	r.mu.Unlock()
 	return nil
+}
+
+// vouches reports whether this instance's copy of the blacklist is recent enough to vouch for a
+// token: always, unless REVOCATION_MAX_LAG is set and the last successful poll is older than it.
+// The copy stays in use either way; with the setting, an operator trades availability during an
+// outage for a bound on how long a revocation made elsewhere can go unseen.
+func (r *revocations) vouches() bool {
+	if r.maxLag == 0 {
+		return true
+	}
+	ok := r.lag() <= r.maxLag
+	if r.stale.Swap(!ok) == ok { // it changed
+		if ok {
+			r.log.Info("revocation list current again; vouching for tokens", "lag", r.lag().String())
+		} else {
+			r.log.Warn("revocation list older than REVOCATION_MAX_LAG; refusing every token until a poll succeeds",
+				"lag", r.lag().String(), "max_lag", r.maxLag.String())
+		}
+	}
+	return ok
 }
 
 // lag is how old the newest successful poll is.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -140,4 +141,78 @@ func TestCachedTokensAreStillCheckedForExpiryAndRevocation(t *testing.T) {
 	e.page(t, access).want(t, 200, "")
 	e.do(t, "POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
 	e.page(t, access).want(t, 401, "token_revoked")
+}
+
+// With REVOCATION_MAX_LAG, an instance that cannot read the blacklist for longer than that stops
+// vouching for any token, says so, and starts again when a poll succeeds. Without it (the default)
+// it keeps checking tokens against the copy it has.
+func TestRevocationMaxLag(t *testing.T) {
+	t.Parallel()
+	socket, _ := startOwnDevDB(t, newDataDir(t))
+	bounded := func(c *config) { c.revocationMaxLag = 3 * time.Second }
+	a, _ := newTestEnvThrough(t, socket, "", bounded)
+	b, cutB := newTestEnvThrough(t, socket, "", bounded)
+	unbounded, cutU := newTestEnvThrough(t, socket, "")
+	_, kept, _ := a.user(t)
+	_, ended, _ := a.user(t)
+	for _, e := range []*testEnv{b, unbounded} {
+		e.page(t, ended).want(t, 200, "")
+	}
+	a.do(t, "POST", "/auth/logout", nil, "Authorization", "Bearer "+ended).want(t, 200, "")
+
+	// The database stops answering b and the unbounded instance just after the logout.
+	cutB.cut()
+	cutU.cut()
+	poll := func(e *testEnv, advance time.Duration) error {
+		e.clock.Advance(advance)
+		return e.deps.revocations.sync(t.Context())
+	}
+	for _, e := range []*testEnv{b, unbounded} {
+		if err := poll(e, 2*time.Second); err == nil {
+			t.Fatal("a poll succeeded with the database cut off")
+		}
+	}
+	t.Run("within the bound an instance checks tokens against the copy it has", func(t *testing.T) {
+		b.page(t, ended).want(t, 200, "") // the cost of riding out an outage: a logout unseen
+		b.page(t, kept).want(t, 200, "")
+	})
+	for _, e := range []*testEnv{b, unbounded} {
+		poll(e, 2*time.Second)
+	}
+	t.Run("past the bound it refuses every token with 503 and says so", func(t *testing.T) {
+		for _, tok := range []string{kept, ended} {
+			r := b.page(t, tok).want(t, 503, "unavailable")
+			if r.header.Get("Retry-After") == "" {
+				t.Fatal("503 without Retry-After")
+			}
+		}
+		b.do(t, "POST", "/auth/verify", map[string]string{"token": kept}).want(t, 503, "unavailable")
+		if got := metricValue(t, scrape(t, b), "auth_revocation_stale"); got != 1 {
+			t.Fatalf("auth_revocation_stale = %v, want 1", got)
+		}
+		if !strings.Contains(b.logs.String(), "revocation list older than REVOCATION_MAX_LAG") {
+			t.Fatal("no warning in the log")
+		}
+	})
+	t.Run("without the bound, as by default, it goes on from the copy it has", func(t *testing.T) {
+		unbounded.page(t, ended).want(t, 200, "")
+	})
+
+	cutB.connect(socket)
+	t.Run("it is not ready until a poll succeeds, then vouches again with the logout seen", func(t *testing.T) {
+		b.do(t, "GET", "/readyz", nil).want(t, 503, "unavailable")
+		deadline := time.Now().Add(30 * time.Second)
+		for b.deps.revocations.sync(t.Context()) != nil {
+			if time.Now().After(deadline) {
+				t.Fatal("no poll succeeded after the database came back")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		b.do(t, "GET", "/readyz", nil).want(t, 200, "")
+		b.page(t, ended).want(t, 401, "token_revoked")
+		b.page(t, kept).want(t, 200, "")
+		if got := metricValue(t, scrape(t, b), "auth_revocation_stale"); got != 0 {
+			t.Fatalf("auth_revocation_stale = %v, want 0", got)
+		}
+	})
 }

@@ -30,7 +30,7 @@ func addRoutes(mux routeAdder, d *deps) {
 	// request's own method, so the protected route answers every method.
 	mux.Handle(forwardAuthPath, signedIn(handlePage(d.now)))
 	mux.Handle("GET /healthz", handleHealthz())
-	mux.Handle("GET /readyz", handleReadyz(d.log, d.store))
+	mux.Handle("GET /readyz", handleReadyz(d.log, d.store, d.revocations))
 	mux.Handle("GET /openapi.yaml", handleOpenAPI())
 	if d.metricsEnabled {
 		mux.Handle("GET /metrics", handleMetrics(d.metrics, d.revocations, d.hasher))
@@ -72,7 +72,7 @@ type deps struct {
 func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.Time, log *slog.Logger) *deps {
 	h := newHasher(c.hashConcurrent, c.hashQueue, c.hashWait)
 	t := newTokens(secret, c.issuer, c.accessTTL, c.refreshTTL, c.leeway, now)
-	revs := newRevocations(store, now, log)
+	revs := newRevocations(store, now, log, c.revocationMaxLag)
 	sessions := &sessionKeeper{store: store, tokens: t, revs: revs, metrics: m, log: log,
 		maxAge: c.sessionMaxAge, reuse: c.reuseInterval, answerBy: c.dbWait}
 	return &deps{
@@ -106,12 +106,15 @@ func handleHealthz() http.Handler {
 	})
 }
 
-func handleReadyz(log *slog.Logger, store Store) http.Handler {
+func handleReadyz(log *slog.Logger, store Store, revs *revocations) http.Handler {
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		if err := store.Ping(ctx); err != nil {
 			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		if !revs.vouches() {
+			return errCannotVouch
 		}
 		encode(w, http.StatusOK, map[string]string{"status": "ready"})
 		return nil

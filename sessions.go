@@ -473,6 +473,9 @@ func handleVerify(log *slog.Logger, t *tokens, revs *revocations) http.Handler {
 		if err != nil {
 			return err
 		}
+		if !revs.vouches() {
+			return errCannotVouch
+		}
 		if revs.revoked(c) {
 			return errTokenRevoked
 		}
