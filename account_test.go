@@ -246,7 +246,7 @@ func TestALoginOvertakenByAChangeToItsAccountLeavesNoSession(t *testing.T) {
 				t.Fatal(err)
 			}
 			before := len(e.mustLive(t, u.ID))
-			if _, err := e.deps.sessions.start(t.Context(), u, netip.MustParseAddr("127.0.0.1"), "test"); err != tt.want {
+			if _, err := e.deps.sessions.start(t.Context(), u, netip.MustParseAddr("127.0.0.1"), "test", levelPassword); err != tt.want {
 				t.Fatalf("start: %v, want %v", err, tt.want)
 			}
 			if after := len(e.mustLive(t, u.ID)); after != before {

@@ -94,7 +94,15 @@ func handleSignup(log *slog.Logger, clients clientIPs, store Store, h *hasher, s
 	})
 }
 
-func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, sessions *sessionKeeper, m *metrics) http.Handler {
+// handleLogin checks email and password. A user with an active second factor gets
+// {"mfa_required":true,"mfa_token":...} and no session yet (see handleVerifyMFA); every other user
+// gets the token pair, as the original service answered.
+func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, sessions *sessionKeeper, second *mfa, m *metrics) http.Handler {
+	type challenge struct {
+		MFARequired bool   `json:"mfa_required"`
+		MFAToken    string `json:"mfa_token"`
+		ExpiresIn   int64  `json:"expires_in"`
+	}
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		req, err := decode[credentials](w, r)
 		if err != nil {
@@ -118,7 +126,16 @@ func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, 
 		case err != nil:
 			return err
 		}
-		pair, err := sessions.start(r.Context(), u, client, r.UserAgent())
+		if u.hasTOTP {
+			token, err := second.challenge(r.Context(), u, r)
+			if err != nil {
+				return err
+			}
+			noteUser(r.Context(), u.ID)
+			encode(w, http.StatusOK, challenge{true, token, int64(mfaTokenTTL / time.Second)})
+			return nil
+		}
+		pair, err := sessions.start(r.Context(), u, client, r.UserAgent(), levelPassword)
 		if errors.Is(err, errAccountDisabled) {
 			m.login(loginDisabled)
 		}
@@ -171,7 +188,7 @@ func handlePasswordChange(log *slog.Logger, clients clientIPs, store Store, pass
 			return err
 		}
 		u.PasswordHash = hash
-		pair, err := sessions.start(ctx, u, client, r.UserAgent())
+		pair, err := sessions.start(ctx, u, client, r.UserAgent(), levelPassword)
 		if err != nil {
 			return err
 		}
@@ -337,12 +354,26 @@ func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, emai
 	// nothing about the password.
 	ranked := make(chan error, 1)
 	go func() { ranked <- att.check(ctx) }()
+	// Whether a second factor is to follow is read while the password hashes, too.
+	factor := make(chan error, 1)
+	if u != nil {
+		go func() { _, err := p.store.TOTP(ctx, u.ID); factor <- err }()
+	} else {
+		factor <- ErrNotFound
+	}
 	started := time.Now()
 	ok, rehash := checkPassword(hash, password)
 	took = time.Since(started)
 	p.times.observe(hashKind(hash), took)
+	factorErr := <-factor
 	if err := <-ranked; err != nil {
 		return nil, 0, err
+	}
+	if factorErr != nil && !errors.Is(factorErr, ErrNotFound) {
+		return nil, 0, factorErr
+	}
+	if u != nil {
+		u.hasTOTP = factorErr == nil
 	}
 	if u != nil && u.Disabled {
 		// The same answer whether the password was right or not; the attempt counts.

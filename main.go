@@ -80,6 +80,7 @@ type config struct {
 	memoryLimit      int64 // bytes; 0 leaves the Go runtime's default (or GOMEMLIMIT)
 	metrics          bool
 	metricsAddr      string // serve /metrics here instead of on the API's port
+	appName          string // shown in authenticator apps and mails
 	adminToken       string // the admin API is served only when set
 	adminAddr        string
 
@@ -148,6 +149,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		hashWait:       dur("HASH_WAIT", "3s"),
 		memoryLimit:    int64(num("MEMORY_LIMIT_MIB", 160)) << 20,
 		metricsAddr:    env("METRICS_ADDR", ""),
+		appName:        env("APP_NAME", "auth"),
 		adminToken:     getenv("ADMIN_TOKEN"),
 		adminAddr:      env("ADMIN_ADDR", "127.0.0.1:7879"),
 

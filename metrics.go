@@ -29,6 +29,7 @@ type metrics struct {
 
 	logins      [numLoginOutcomes]atomic.Uint64
 	refreshes   [numRefreshOutcomes]atomic.Uint64
+	mfas        [numMFAOutcomes]atomic.Uint64
 	revocations [2]atomic.Uint64 // tokens, sessions
 	dbErrors    atomic.Uint64
 
@@ -58,6 +59,23 @@ const (
 )
 
 var loginOutcomeNames = [numLoginOutcomes]string{"disabled", "invalid_credentials", "success", "throttled"}
+
+type mfaOutcome int
+
+const (
+	mfaEnrolled mfaOutcome = iota
+	mfaInvalid
+	mfaRecoveryCode
+	mfaRemoved
+	mfaReplayed
+	mfaThrottled
+	mfaVerified
+	numMFAOutcomes
+)
+
+var mfaOutcomeNames = [numMFAOutcomes]string{"enrolled", "invalid", "recovery_code", "removed", "replayed", "throttled", "verified"}
+
+func (m *metrics) mfa(o mfaOutcome) { m.mfas[o].Add(1) }
 
 type refreshOutcome int
 
@@ -198,6 +216,11 @@ func (m *metrics) expose(g gauges, extra ...family) []byte {
 		{"auth_refreshes_total", "Refresh tokens presented that were decided, by outcome.", "counter", func(b *bytes.Buffer, name string) {
 			for i, o := range refreshOutcomeNames {
 				sample(b, name, m.refreshes[i].Load(), "outcome", o)
+			}
+		}},
+		{"auth_mfa_total", "Second-factor events, by outcome.", "counter", func(b *bytes.Buffer, name string) {
+			for i, o := range mfaOutcomeNames {
+				sample(b, name, m.mfas[i].Load(), "outcome", o)
 			}
 		}},
 		{"auth_revocations_total", "Blacklist entries written by this instance: single tokens and whole sessions.", "counter", func(b *bytes.Buffer, name string) {

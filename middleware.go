@@ -346,6 +346,11 @@ func requireAccess(log *slog.Logger, t *tokens, revs *revocations) func(http.Han
 				writeError(w, r, log, errTokenRevoked)
 				return
 			}
+			// A proxy asks for a stronger login on the routes it chooses (RFC 9470's step-up).
+			if required := header(r, "X-Auth-Require"); required != "" && !satisfies(c.level(), required) {
+				writeError(w, r, log, errMFARequired)
+				return
+			}
 			if info, ok := r.Context().Value(infoKey).(*reqInfo); ok {
 				info.claims, info.userID = c, c.Subject
 			} else {
@@ -372,6 +377,7 @@ func handlePage(now func() time.Time) http.Handler {
 		h := w.Header()
 		h["X-User-Id"] = []string{c.Subject}
 		h["X-User-Email"] = []string{c.Email}
+		h["X-User-Acr"] = []string{c.level().ACR}
 		left := max(int64(c.expiresAt().Sub(now())/time.Second), 0)
 		encode(w, http.StatusOK, response{user{c.Subject, c.Email}, left})
 	})

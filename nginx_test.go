@@ -507,3 +507,32 @@ func (px *proxyFront) app(tb testing.TB, method, path, body string, headers ...s
 	}
 	return got
 }
+
+// The nginx file's /admin/ pages demand two factors: a password-only session is sent RFC 9470's
+// challenge through nginx, steps up with a code, and gets in; elsewhere it gets in as it is.
+func TestNginxDemandsTwoFactorsOnTheRoutesItChooses(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	px := startNginxFront(t, e)
+	email, access, _ := e.user(t)
+	id := userID(t, e, access)
+	secret, _ := e.enrolTOTP(t, access)
+
+	got := px.app(t, "GET", "/orders", "", "Authorization", "Bearer "+access, "X-User-Acr", "aal2")
+	got.wantIdentity(t, id, email)
+	if acr := got.Header.Get("X-User-Acr"); acr != "aal1" {
+		t.Fatalf("the app saw X-User-Acr %q for a password-only session, want aal1", acr)
+	}
+	r := px.do(t, "GET", "/admin/users", "", "Authorization", "Bearer "+access, "X-Auth-Require", "aal1")
+	if h := r.header.Get("WWW-Authenticate"); r.status != 401 || !strings.Contains(h, `error="insufficient_user_authentication"`) ||
+		!strings.Contains(h, `acr_values="aal2"`) {
+		t.Fatalf("a password-only session on /admin/: %d, WWW-Authenticate %q", r.status, h)
+	}
+	stepped := px.do(t, "POST", "/auth/mfa/verify", `{"code":"`+oathtool(t, secret, e.clock.Now())+`"}`,
+		"Authorization", "Bearer "+access).want(t, 200, "")
+	got = px.app(t, "GET", "/admin/users", "", "Authorization", "Bearer "+stepped.str("access_token"))
+	got.wantIdentity(t, id, email)
+	if acr := got.Header.Get("X-User-Acr"); acr != "aal2" {
+		t.Fatalf("the app saw X-User-Acr %q after step-up, want aal2", acr)
+	}
+}

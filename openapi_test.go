@@ -102,7 +102,8 @@ func TestOpenAPIDocumentsEveryErrorCodeWithItsStatus(t *testing.T) {
 	t.Parallel()
 	for _, e := range []*apiError{errInvalidRequest, errInvalidEmail, errWeakPassword, errEmailTaken,
 		errInvalidCredentials, errTokenMissing, errTokenInvalid, errTokenExpired, errTokenRevoked,
-		errTokenReused, errSessionExpired, errAccountDisabled, errTooManyAttempts, errPayloadTooLarge, errUnsupportedMedia, errNotFound, errMethodNotAllowed,
+		errTokenReused, errSessionExpired, errAccountDisabled, errCodeInvalid, errMFARequired,
+		errMFAAlreadyEnabled, errMFANotEnrolled, errStepUpRace, errTooManyAttempts, errPayloadTooLarge, errUnsupportedMedia, errNotFound, errMethodNotAllowed,
 		errUnavailable, errInternal} {
 		row := fmt.Sprintf("| `%s` | %d |", e.code, e.status)
 		if !bytes.Contains(openAPI, []byte(row)) {

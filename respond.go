@@ -101,6 +101,8 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	switch e.code {
 	case errTokenMissing.code:
 		h.Set("WWW-Authenticate", `Bearer`)
+	case errMFARequired.code:
+		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer error="insufficient_user_authentication", error_description=%q, acr_values="aal2"`, e.message))
 	case errTokenInvalid.code, errTokenExpired.code, errTokenRevoked.code, errTokenReused.code, errSessionExpired.code:
 		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer error="invalid_token", error_description=%q`, e.message))
 	}

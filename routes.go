@@ -16,7 +16,7 @@ type routeAdder interface {
 // addRoutes lists the whole API and what each route depends on; openapi.yaml describes it.
 func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("POST /auth/signup", handleSignup(d.log, d.clients, d.store, d.hasher, d.signups, d.signupsPerClient, d.now))
-	mux.Handle("POST /auth/login", handleLogin(d.log, d.clients, d.passwords, d.sessions, d.metrics))
+	mux.Handle("POST /auth/login", handleLogin(d.log, d.clients, d.passwords, d.sessions, d.mfa, d.metrics))
 	mux.Handle("POST /auth/refresh", handleRefresh(d.log, d.tokens, d.sessions, d.metrics))
 	mux.Handle("POST /auth/logout", handleLogout(d.log, d.tokens, d.revocations, d.sessions, d.metrics))
 	signedIn := requireAccess(d.log, d.tokens, d.revocations)
@@ -24,6 +24,10 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("DELETE /auth/sessions/{id}", signedIn(handleEndSession(d.log, d.sessions)))
 	mux.Handle("POST /auth/password", signedIn(handlePasswordChange(d.log, d.clients, d.store, d.passwords, d.hasher, d.sessions, d.metrics)))
 	mux.Handle("DELETE /auth/account", signedIn(handleDeleteAccount(d.log, d.clients, d.passwords, d.accounts)))
+	mux.Handle("POST /auth/mfa/totp", signedIn(handleEnrolTOTP(d.log, d.mfa)))
+	mux.Handle("POST /auth/mfa/totp/confirm", signedIn(handleConfirmTOTP(d.log, d.mfa)))
+	mux.Handle("DELETE /auth/mfa/totp", signedIn(handleRemoveTOTP(d.log, d.mfa)))
+	mux.Handle("POST /auth/mfa/verify", handleVerifyMFA(d.log, d.mfa))
 	mux.Handle("POST /auth/verify", handleVerify(d.log, d.tokens, d.revocations))
 	mux.Handle("GET /auth/verify", handleVerify(d.log, d.tokens, d.revocations))
 	// Forward-auth proxies ask with GET (nginx, Caddy, Traefik by default) or with the guarded
@@ -58,6 +62,7 @@ type deps struct {
 	revocations *revocations
 	sessions    *sessionKeeper
 	accounts    *accounts
+	mfa         *mfa
 	passwords   *passwordCheck
 	// Sign-ups per client within the throttle's window.
 	signups          *throttle
@@ -75,6 +80,15 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 	revs := newRevocations(store, now, log, c.revocationMaxLag)
 	sessions := &sessionKeeper{store: store, tokens: t, revs: revs, metrics: m, log: log,
 		maxAge: c.sessionMaxAge, reuse: c.reuseInterval, answerBy: c.dbWait}
+	passwords := &passwordCheck{
+		store:      store,
+		hasher:     h,
+		throttle:   &throttle{store: store, now: now, window: c.failureWindow},
+		maxAccount: c.maxFailures,
+		maxClient:  c.maxClientFails,
+		log:        log,
+	}
+	clients := clientIPs{trusted: c.trustedProxies}
 	return &deps{
 		log:         log,
 		now:         now,
@@ -83,18 +97,13 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		revocations: revs,
 		sessions:    sessions,
 		accounts:    &accounts{store: store, sessions: sessions},
-		passwords: &passwordCheck{
-			store:      store,
-			hasher:     h,
-			throttle:   &throttle{store: store, now: now, window: c.failureWindow},
-			maxAccount: c.maxFailures,
-			maxClient:  c.maxClientFails,
-			log:        log,
-		},
+		passwords:   passwords,
+		mfa: &mfa{store: store, tokens: t, seal: newSealer(secret, "totp"), sessions: sessions,
+			passwords: passwords, clients: clients, metrics: m, appName: c.appName},
 		signups:          &throttle{store: store, now: now, window: c.signupWindow},
 		signupsPerClient: c.signupMax,
 		hasher:           h,
-		clients:          clientIPs{trusted: c.trustedProxies},
+		clients:          clients,
 		metricsEnabled:   c.metrics && c.metricsAddr == "",
 		metrics:          m,
 	}

@@ -23,6 +23,7 @@ const (
 	endAccountDeleted = "account_deleted"  // DELETE /auth/account, DELETE /admin/users/{id}
 	endAdminLogout    = "admin_logout"     // POST /admin/users/{id}/logout
 	endDisabled       = "account_disabled" // POST /admin/users/{id}/disable
+	endMFARemoved     = "mfa_removed"      // DELETE /auth/mfa/totp: the other sessions
 )
 
 // sessionKeeper starts, refreshes and ends login sessions. A session is a record in the database
@@ -42,19 +43,21 @@ type sessionKeeper struct {
 	answerBy time.Duration
 }
 
-// start begins a session for u, logging in from ip with userAgent, and issues its first tokens.
-func (k *sessionKeeper) start(ctx context.Context, u *User, ip netip.Addr, userAgent string) (tokenPair, error) {
+// start begins a session for u, logging in from ip with userAgent at level lvl, and issues its
+// first tokens.
+func (k *sessionKeeper) start(ctx context.Context, u *User, ip netip.Addr, userAgent string, lvl level) (tokenPair, error) {
 	now := k.tokens.now().UTC().Truncate(time.Millisecond)
 	s := &Session{ID: newID(), UserID: u.ID, CreatedAt: now, LastUsedAt: now, IP: ip.String(),
 		UserAgent: cut(userAgent, 256)}
 	if k.maxAge > 0 {
 		s.ExpiresAt = now.Add(k.maxAge)
 	}
-	pair, until, err := k.tokens.pair(u.ID, u.Email, s.ID, k.tokens.successor(s.ExpiresAt), s.ExpiresAt)
+	first := k.tokens.successor(s.ExpiresAt, lvl)
+	pair, until, err := k.tokens.pair(u.ID, u.Email, s.ID, first, s.ExpiresAt)
 	if err != nil {
 		return tokenPair{}, err
 	}
-	s.TokensExpireAt = until
+	s.TokensExpireAt, s.Head = until, first.ID
 	if err := k.store.CreateSession(ctx, s); err != nil {
 		return tokenPair{}, err
 	}
@@ -174,35 +177,18 @@ func (k *sessionKeeper) refresh(ctx context.Context, c *claims) (tokenPair, refr
 		return tokenPair{}, 0, errSessionExpired
 	}
 
-	next := k.tokens.successor(s.ExpiresAt)
+	next := k.tokens.successor(s.ExpiresAt, c.level())
 	// The latest this refresh can make any token of the session live: a fresh access token and a
 	// fresh successor. (A successor re-issued from the first use was covered by that use.)
 	_, bound, err := k.tokens.pair(c.Subject, c.Email, c.Session, next, s.ExpiresAt)
 	if err != nil {
 		return tokenPair{}, 0, err
 	}
-	claimed := make(chan error, 1)
-	var (
-		first RefreshUse
-		won   bool
-	)
-	go func() {
-		var err error
-		first, won, err = k.store.ClaimRefresh(ctx, RefreshUse{JTI: c.ID, UsedAt: now,
-			ExpiresAt: k.tokens.until(c.expiresAt()), Next: next})
-		claimed <- err
-	}()
-	// The session's tokens' expiry is written before the blacklist is read again below: a session
-	// ended meanwhile either shows there, or its ender reads this expiry and makes the entry
-	// outlast these tokens (see end). Whichever comes first, no token outlives the entry.
-	touchErr := k.store.TouchSession(ctx, c.Session, now, bound)
-	if err := errors.Join(<-claimed, touchErr); err != nil {
-		if errors.Is(touchErr, ErrNotFound) {
-			return tokenPair{}, 0, errTokenRevoked
-		}
+	first, won, err := k.claim(ctx, c.Session, RefreshUse{JTI: c.ID, UsedAt: now,
+		ExpiresAt: k.tokens.until(c.expiresAt()), Next: next}, bound)
+	if err != nil {
 		return tokenPair{}, 0, err
 	}
-
 	outcome := refreshRotated
 	if !won {
 		if !now.Before(first.UsedAt.Add(k.answerBy + k.reuse)) {
@@ -215,11 +201,92 @@ func (k *sessionKeeper) refresh(ctx context.Context, c *claims) (tokenPair, refr
 		}
 		next, outcome = first.Next, refreshReuseGrace
 	}
-	if err := k.checkNotRevoked(ctx, c, now); err != nil {
+	if err := k.commit(ctx, c, won, next.ID, now); err != nil {
 		return tokenPair{}, 0, err
 	}
 	pair, _, err := k.tokens.pair(c.Subject, c.Email, c.Session, next, s.ExpiresAt)
 	return pair, outcome, err
+}
+
+// claim records use, the use of a refresh token of session sid for the successor use.Next, and at
+// the same time raises the session's tokens' expiry to bound. won is true for exactly one use of
+// a token; the others get what it recorded.
+//
+// The expiry is written before the blacklist is read again (see commit): a session ended meanwhile
+// either shows there, or its ender reads this expiry and makes its entry outlast these tokens
+// (see end). Whichever comes first, no token outlives the entry.
+func (k *sessionKeeper) claim(ctx context.Context, sid string, use RefreshUse, bound time.Time) (RefreshUse, bool, error) {
+	var (
+		first   RefreshUse
+		won     bool
+		claimed = make(chan error, 1)
+	)
+	go func() {
+		var err error
+		first, won, err = k.store.ClaimRefresh(ctx, use)
+		claimed <- err
+	}()
+	touchErr := k.store.TouchSession(ctx, sid, use.UsedAt, bound)
+	if err := errors.Join(<-claimed, touchErr); err != nil {
+		if errors.Is(touchErr, ErrNotFound) {
+			return RefreshUse{}, false, errTokenRevoked
+		}
+		return RefreshUse{}, false, err
+	}
+	return first, won, nil
+}
+
+// commit finishes a use of a refresh token of c's session: it reads the blacklist again, and when
+// the use won, records next as the session's newest refresh token, the one step-up starts from.
+func (k *sessionKeeper) commit(ctx context.Context, c *claims, won bool, next string, now time.Time) error {
+	headSet := make(chan error, 1)
+	if won {
+		go func() { headSet <- k.store.SetSessionHead(ctx, c.Session, next) }()
+	} else {
+		headSet <- nil
+	}
+	return errors.Join(k.checkNotRevoked(ctx, c, now), <-headSet)
+}
+
+// raise moves the session of the access token c to level lvl (step-up). It uses the session's
+// newest refresh token as a refresh would, for a successor of level lvl, so that the session stays
+// one chain: the client's refresh token then gets that successor within the reuse interval, as
+// any used one does.
+func (k *sessionKeeper) raise(ctx context.Context, c *claims, lvl level) (tokenPair, error) {
+	ctx, cancel := context.WithTimeout(ctx, k.answerBy)
+	defer cancel()
+	now := k.tokens.now()
+	s, err := k.store.SessionByID(ctx, c.Session)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return tokenPair{}, errTokenRevoked
+	case err != nil:
+		return tokenPair{}, err
+	case s.UserID != c.Subject:
+		return tokenPair{}, errTokenInvalid
+	case !s.ExpiresAt.IsZero() && !now.Before(s.ExpiresAt):
+		return tokenPair{}, errSessionExpired
+	case s.Head == "":
+		return tokenPair{}, errStepUpRace
+	}
+	next := k.tokens.successor(s.ExpiresAt, lvl)
+	_, bound, err := k.tokens.pair(c.Subject, c.Email, c.Session, next, s.ExpiresAt)
+	if err != nil {
+		return tokenPair{}, err
+	}
+	// The head's claim lasts as long as any token of the session, the head included.
+	_, won, err := k.claim(ctx, c.Session, RefreshUse{JTI: s.Head, UsedAt: now, ExpiresAt: s.TokensExpireAt, Next: next}, bound)
+	if err != nil {
+		return tokenPair{}, err
+	}
+	if !won {
+		return tokenPair{}, errStepUpRace // a refresh used the head meanwhile
+	}
+	if err := k.commit(ctx, c, won, next.ID, now); err != nil {
+		return tokenPair{}, err
+	}
+	pair, _, err := k.tokens.pair(c.Subject, c.Email, c.Session, next, s.ExpiresAt)
+	return pair, err
 }
 
 func (k *sessionKeeper) checkNotRevoked(ctx context.Context, c *claims, now time.Time) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -26,6 +27,8 @@ type User struct {
 	PasswordHash string    `bson:"password_hash"`
 	CreatedAt    time.Time `bson:"created_at"`
 	Disabled     bool      `bson:"disabled,omitempty"` // by an operator: no login, no session
+
+	hasTOTP bool // an active second factor, as passwordCheck found; not stored here
 }
 
 // Revocation is one blacklist entry: a token id ("jti:...") or a whole login session ("sid:...").
@@ -54,6 +57,9 @@ type Session struct {
 	UserAgent      string    `bson:"user_agent"`
 	ExpiresAt      time.Time `bson:"expires_at"`
 	TokensExpireAt time.Time `bson:"tokens_expire_at"`
+	// Head is the id of the session's newest refresh token, the one not yet used: written by the
+	// login and by each refresh that uses the one before (only one can: see ClaimRefresh).
+	Head string `bson:"head"`
 }
 
 // RefreshUse is the first use of a refresh token, and the successor it was exchanged for, so that
@@ -71,6 +77,27 @@ type Successor struct {
 	ID       string `bson:"jti"`
 	IssuedAt int64  `bson:"iat"`
 	Expiry   int64  `bson:"exp"`
+	Level    level  `bson:",inline"`
+}
+
+// TOTPFactor is a user's time-based one-time password secret (RFC 6238), sealed. A factor being
+// enrolled has the id "pending:<user id>"; once its first code is confirmed, an active copy is
+// inserted under the user's id, which is unique: one active factor per user.
+type TOTPFactor struct {
+	ID        string    `bson:"_id"`
+	UserID    string    `bson:"user_id"`
+	Secret    []byte    `bson:"secret"`
+	CreatedAt time.Time `bson:"created_at"`
+}
+
+// MFAChallenge is a login with the right password that waits for its second factor, found by the
+// SHA-256 digest of its mfa_token.
+type MFAChallenge struct {
+	ID        string    `bson:"_id"`
+	UserID    string    `bson:"user_id"`
+	IP        string    `bson:"ip"`
+	UserAgent string    `bson:"user_agent"`
+	ExpiresAt time.Time `bson:"expires_at"`
 }
 
 // Attempt is one try of something throttled, recorded under one key before its outcome is known.
@@ -111,6 +138,8 @@ type Store interface {
 	// TouchSession notes a use of session id at usedAt that issued tokens expiring up to
 	// tokensExpire; the record's TokensExpireAt never goes back. ErrNotFound when there is none.
 	TouchSession(ctx context.Context, id string, usedAt, tokensExpire time.Time) error
+	// SetSessionHead records head as session id's newest refresh token.
+	SetSessionHead(ctx context.Context, id, head string) error
 
 	// ClaimRefresh records the first use of a refresh token. won is true for exactly one caller
 	// per token, even under concurrency; the others get the record that caller wrote.
@@ -136,6 +165,31 @@ type Store interface {
 	// ForgetAttempts deletes the attempts with these ids and every attempt of these keys.
 	ForgetAttempts(ctx context.Context, ids []string, keys ...string) error
 
+	// SavePendingTOTP records a factor being enrolled, replacing an earlier one being enrolled.
+	SavePendingTOTP(ctx context.Context, f TOTPFactor) error
+	// TOTP finds a factor by its id; ErrNotFound when there is none.
+	TOTP(ctx context.Context, id string) (*TOTPFactor, error)
+	// ActivateTOTP inserts f as its user's active factor and forgets the pending one; ErrDuplicate
+	// when the user has an active factor already.
+	ActivateTOTP(ctx context.Context, f TOTPFactor) error
+	// RemoveTOTP deletes user's active factor and recovery codes; ErrNotFound when there is no
+	// active factor (also for all but one of simultaneous removals).
+	RemoveTOTP(ctx context.Context, user string) error
+	// ClaimTOTPStep records that user used the code of a time step; ErrDuplicate when it was used.
+	ClaimTOTPStep(ctx context.Context, user string, step int64, expires time.Time) error
+	// SetRecoveryCodes replaces user's recovery codes with these digests.
+	SetRecoveryCodes(ctx context.Context, user string, digests []string) error
+	// UseRecoveryCode deletes user's recovery code with this digest; ErrNotFound when there is
+	// none (also for all but one of simultaneous uses).
+	UseRecoveryCode(ctx context.Context, user, digest string) error
+	// CreateMFAChallenge records a login waiting for its second factor.
+	CreateMFAChallenge(ctx context.Context, ch MFAChallenge) error
+	// MFAChallenge finds a challenge by its id; ErrNotFound when there is none.
+	MFAChallenge(ctx context.Context, id string) (*MFAChallenge, error)
+	// ConsumeMFAChallenge deletes a challenge; ErrNotFound when there is none (also for all but
+	// one of simultaneous consumptions).
+	ConsumeMFAChallenge(ctx context.Context, id string) error
+
 	// Purge deletes everything that expired before now.
 	Purge(ctx context.Context, now time.Time) error
 	Ping(ctx context.Context) error
@@ -147,6 +201,7 @@ type Store interface {
 // $inc updates, so nothing here relies on either.
 type mongoStore struct {
 	users, sessions, blacklist, refreshUses, attempts *mongo.Collection
+	totp, totpSteps, recoveryCodes, mfaChallenges     *mongo.Collection
 	metrics                                           *metrics // counts the database's failures; may be nil
 }
 
@@ -173,12 +228,16 @@ func mongoOptions(uri string) *options.ClientOptions {
 // database's failures.
 func mongoCollections(db *mongo.Database, m *metrics) *mongoStore {
 	return &mongoStore{
-		users:       db.Collection("users"),
-		sessions:    db.Collection("sessions"),
-		blacklist:   db.Collection("blacklist"),
-		refreshUses: db.Collection("refresh_tokens"),
-		attempts:    db.Collection("attempts"),
-		metrics:     m,
+		users:         db.Collection("users"),
+		sessions:      db.Collection("sessions"),
+		blacklist:     db.Collection("blacklist"),
+		refreshUses:   db.Collection("refresh_tokens"),
+		attempts:      db.Collection("attempts"),
+		totp:          db.Collection("totp_factors"),
+		totpSteps:     db.Collection("totp_steps"),
+		recoveryCodes: db.Collection("recovery_codes"),
+		mfaChallenges: db.Collection("mfa_challenges"),
+		metrics:       m,
 	}
 }
 
@@ -196,6 +255,9 @@ func newMongoStore(ctx context.Context, db *mongo.Database, m *metrics) (*mongoS
 		{s.blacklist, bson.D{{Key: "expires_at", Value: 1}}, false, true},
 		{s.refreshUses, bson.D{{Key: "expires_at", Value: 1}}, false, true},
 		{s.sessions, bson.D{{Key: "user_id", Value: 1}}, false, false},
+		{s.recoveryCodes, bson.D{{Key: "user_id", Value: 1}}, false, false},
+		{s.totpSteps, bson.D{{Key: "expires_at", Value: 1}}, false, true},
+		{s.mfaChallenges, bson.D{{Key: "expires_at", Value: 1}}, false, true},
 		{s.sessions, bson.D{{Key: "tokens_expire_at", Value: 1}}, false, true},
 		{s.attempts, bson.D{{Key: "key", Value: 1}, {Key: "at", Value: -1}}, false, false},
 		{s.attempts, bson.D{{Key: "expires_at", Value: 1}}, false, true},
@@ -360,6 +422,12 @@ func (s *mongoStore) TouchSession(ctx context.Context, id string, usedAt, tokens
 	return nil
 }
 
+func (s *mongoStore) SetSessionHead(ctx context.Context, id, head string) error {
+	_, err := s.sessions.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "head", Value: head}}}})
+	return s.err(err)
+}
+
 func (s *mongoStore) ClaimRefresh(ctx context.Context, use RefreshUse) (RefreshUse, bool, error) {
 	_, err := s.refreshUses.InsertOne(ctx, use)
 	if err = s.err(err); !errors.Is(err, ErrDuplicate) {
@@ -494,12 +562,101 @@ func (s *mongoStore) ForgetAttempts(ctx context.Context, ids []string, keys ...s
 	return s.err(err)
 }
 
+func (s *mongoStore) SavePendingTOTP(ctx context.Context, f TOTPFactor) error {
+	_, err := s.totp.ReplaceOne(ctx, bson.D{{Key: "_id", Value: f.ID}}, f, options.Replace().SetUpsert(true))
+	return s.err(err)
+}
+
+func (s *mongoStore) TOTP(ctx context.Context, id string) (*TOTPFactor, error) {
+	var f TOTPFactor
+	if err := s.totp.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&f); err != nil {
+		return nil, s.err(err)
+	}
+	return &f, nil
+}
+
+func (s *mongoStore) ActivateTOTP(ctx context.Context, f TOTPFactor) error {
+	if _, err := s.totp.InsertOne(ctx, f); err != nil {
+		return s.err(err)
+	}
+	_, err := s.totp.DeleteOne(ctx, bson.D{{Key: "_id", Value: "pending:" + f.UserID}})
+	return s.err(err)
+}
+
+func (s *mongoStore) RemoveTOTP(ctx context.Context, user string) error {
+	res, err := s.totp.DeleteOne(ctx, bson.D{{Key: "_id", Value: user}})
+	if err != nil {
+		return s.err(err)
+	}
+	if res.DeletedCount == 0 {
+		return ErrNotFound
+	}
+	_, err = s.recoveryCodes.DeleteMany(ctx, bson.D{{Key: "user_id", Value: user}})
+	return s.err(err)
+}
+
+func (s *mongoStore) ClaimTOTPStep(ctx context.Context, user string, step int64, expires time.Time) error {
+	_, err := s.totpSteps.InsertOne(ctx, bson.D{
+		{Key: "_id", Value: user + ":" + strconv.FormatInt(step, 10)},
+		{Key: "expires_at", Value: expires},
+	})
+	return s.err(err)
+}
+
+func (s *mongoStore) SetRecoveryCodes(ctx context.Context, user string, digests []string) error {
+	if _, err := s.recoveryCodes.DeleteMany(ctx, bson.D{{Key: "user_id", Value: user}}); err != nil {
+		return s.err(err)
+	}
+	docs := make([]any, len(digests))
+	for i, d := range digests {
+		docs[i] = bson.D{{Key: "_id", Value: d}, {Key: "user_id", Value: user}}
+	}
+	_, err := s.recoveryCodes.InsertMany(ctx, docs)
+	return s.err(err)
+}
+
+func (s *mongoStore) UseRecoveryCode(ctx context.Context, user, digest string) error {
+	return s.deleteOne(ctx, s.recoveryCodes, bson.D{{Key: "_id", Value: digest}, {Key: "user_id", Value: user}})
+}
+
+func (s *mongoStore) CreateMFAChallenge(ctx context.Context, ch MFAChallenge) error {
+	_, err := s.mfaChallenges.InsertOne(ctx, ch)
+	return s.err(err)
+}
+
+func (s *mongoStore) MFAChallenge(ctx context.Context, id string) (*MFAChallenge, error) {
+	var ch MFAChallenge
+	if err := s.mfaChallenges.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&ch); err != nil {
+		return nil, s.err(err)
+	}
+	return &ch, nil
+}
+
+func (s *mongoStore) ConsumeMFAChallenge(ctx context.Context, id string) error {
+	return s.deleteOne(ctx, s.mfaChallenges, bson.D{{Key: "_id", Value: id}})
+}
+
+// deleteOne deletes the one document filter names; ErrNotFound when there was none, which is
+// also what all but one of simultaneous deletions get: a single-document delete has exactly one
+// winner on MongoDB and FerretDB alike.
+func (s *mongoStore) deleteOne(ctx context.Context, c *mongo.Collection, filter bson.D) error {
+	res, err := c.DeleteOne(ctx, filter)
+	if err != nil {
+		return s.err(err)
+	}
+	if res.DeletedCount == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
 func (s *mongoStore) Purge(ctx context.Context, now time.Time) error {
 	expired := func(field string) bson.D { return bson.D{{Key: field, Value: bson.D{{Key: "$lte", Value: now}}}} }
 	for _, p := range []struct {
 		c     *mongo.Collection
 		field string
-	}{{s.blacklist, "expires_at"}, {s.refreshUses, "expires_at"}, {s.attempts, "expires_at"}, {s.sessions, "tokens_expire_at"}} {
+	}{{s.blacklist, "expires_at"}, {s.refreshUses, "expires_at"}, {s.attempts, "expires_at"}, {s.sessions, "tokens_expire_at"},
+		{s.totpSteps, "expires_at"}, {s.mfaChallenges, "expires_at"}} {
 		if _, err := p.c.DeleteMany(ctx, expired(p.field)); err != nil {
 			return s.err(err)
 		}

@@ -16,14 +16,36 @@ const (
 
 // claims is the whole content of a token, parsed once into a typed struct.
 type claims struct {
-	Issuer   string `json:"iss"`
-	Subject  string `json:"sub"`
-	Email    string `json:"email"`
-	ID       string `json:"jti"`
-	Session  string `json:"sid"`
-	Use      string `json:"token_use"`
-	IssuedAt int64  `json:"iat"`
-	Expiry   int64  `json:"exp"`
+	Issuer   string   `json:"iss"`
+	Subject  string   `json:"sub"`
+	Email    string   `json:"email"`
+	ID       string   `json:"jti"`
+	Session  string   `json:"sid"`
+	Use      string   `json:"token_use"`
+	IssuedAt int64    `json:"iat"`
+	Expiry   int64    `json:"exp"`
+	AMR      []string `json:"amr,omitempty"` // how the user authenticated (RFC 8176)
+	ACR      string   `json:"acr,omitempty"` // the assurance level: aal1, aal2
+}
+
+// level is how a session's user authenticated: the methods (amr) and the assurance level (acr)
+// that its tokens carry, and that refresh keeps.
+type level struct {
+	ACR string   `bson:"acr,omitempty"`
+	AMR []string `bson:"amr,omitempty"`
+}
+
+var (
+	levelPassword  = level{ACR: "aal1", AMR: []string{"pwd"}}
+	levelTwoFactor = level{ACR: "aal2", AMR: []string{"pwd", "otp"}}
+)
+
+// level of the token; tokens issued before levels were written are a password's.
+func (c *claims) level() level {
+	if c.ACR == "" {
+		return levelPassword
+	}
+	return level{c.ACR, c.AMR}
 }
 
 // The jwt.Claims interface; validation is ours (see tokens.parse), so these only report.
@@ -89,23 +111,24 @@ type tokenPair struct {
 
 // issue signs an access and a refresh token for user in login session sid, with no session end.
 func (t *tokens) issue(userID, email, sid string) (tokenPair, error) {
-	pair, _, err := t.pair(userID, email, sid, t.successor(time.Time{}), time.Time{})
+	pair, _, err := t.pair(userID, email, sid, t.successor(time.Time{}, levelPassword), time.Time{})
 	return pair, err
 }
 
-// successor is a new refresh token's id and times: it lives refreshTTL, but not past the end of
-// its session (end; zero for none).
-func (t *tokens) successor(end time.Time) Successor {
+// successor is a new refresh token of level lvl: its id and times. It lives refreshTTL, but not
+// past the end of its session (end; zero for none).
+func (t *tokens) successor(end time.Time, lvl level) Successor {
 	now := t.now()
 	exp := now.Add(t.refreshTTL)
 	if !end.IsZero() && end.Before(exp) {
 		exp = end
 	}
-	return Successor{ID: newID(), IssuedAt: now.Unix(), Expiry: exp.Unix()}
+	return Successor{ID: newID(), IssuedAt: now.Unix(), Expiry: exp.Unix(), Level: lvl}
 }
 
-// pair signs a fresh access token and the refresh token next for user in session sid; no token
-// outlives the session's end (zero for none). until is the last moment either is accepted.
+// pair signs a fresh access token and the refresh token next for user in session sid, both of
+// next's level; no token outlives the session's end (zero for none). until is the last moment
+// either is accepted.
 func (t *tokens) pair(userID, email, sid string, next Successor, end time.Time) (p tokenPair, until time.Time, err error) {
 	now := t.now()
 	exp := now.Add(t.accessTTL)
@@ -113,12 +136,12 @@ func (t *tokens) pair(userID, email, sid string, next Successor, end time.Time) 
 		exp = end
 	}
 	access, err := t.sign(claims{Subject: userID, Email: email, Session: sid, Use: useAccess,
-		ID: newID(), IssuedAt: now.Unix(), Expiry: exp.Unix()})
+		ID: newID(), IssuedAt: now.Unix(), Expiry: exp.Unix(), AMR: next.Level.AMR, ACR: next.Level.ACR})
 	if err != nil {
 		return tokenPair{}, time.Time{}, err
 	}
 	refresh, err := t.sign(claims{Subject: userID, Email: email, Session: sid, Use: useRefresh,
-		ID: next.ID, IssuedAt: next.IssuedAt, Expiry: next.Expiry})
+		ID: next.ID, IssuedAt: next.IssuedAt, Expiry: next.Expiry, AMR: next.Level.AMR, ACR: next.Level.ACR})
 	if err != nil {
 		return tokenPair{}, time.Time{}, err
 	}

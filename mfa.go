@@ -1,0 +1,421 @@
+package main
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha1"
+	"crypto/sha256"
+	"encoding/base32"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// TOTP as every authenticator app reads it: RFC 6238 with HMAC-SHA1, 6 digits, 30-second steps,
+// and a 160-bit secret. A code is accepted for its own step and the one before and after (a
+// phone's clock a little off), never twice.
+const (
+	totpStep    = 30 * time.Second
+	totpDigits  = 6
+	totpSkew    = 1 // steps either way
+	totpSecret  = 20
+	pendingTTL  = 15 * time.Minute // how long an enrolment waits for its first code
+	mfaTokenTTL = 5 * time.Minute  // how long a login waits for its second factor
+)
+
+var b32 = base32.StdEncoding.WithPadding(base32.NoPadding)
+
+// totpCode is the code of secret for time step, with digits digits (RFC 4226's truncation).
+func totpCode(secret []byte, step int64, digits int) string {
+	mac := hmac.New(sha1.New, secret)
+	binary.Write(mac, binary.BigEndian, step)
+	sum := mac.Sum(nil)
+	off := sum[len(sum)-1] & 0xf
+	v := binary.BigEndian.Uint32(sum[off:off+4]) & 0x7fffffff
+	mod := uint32(1)
+	for range digits {
+		mod *= 10
+	}
+	return fmt.Sprintf("%0*d", digits, v%mod)
+}
+
+// totpMatch returns the step whose code code is, among the steps around now.
+func totpMatch(secret []byte, code string, now time.Time) (int64, bool) {
+	code = strings.ReplaceAll(code, " ", "")
+	if len(code) != totpDigits {
+		return 0, false
+	}
+	step := now.Unix() / int64(totpStep/time.Second)
+	for d := int64(-totpSkew); d <= totpSkew; d++ {
+		if hmac.Equal([]byte(totpCode(secret, step+d, totpDigits)), []byte(code)) {
+			return step + d, true
+		}
+	}
+	return 0, false
+}
+
+// mfa is the second factor: enrolment, the second step of a login, step-up in a session, and
+// removal. Secrets are sealed under a key derived from JWT_SECRET; recovery codes are kept as
+// SHA-256 digests (they are random and long, so a fast digest hides them as well as a slow one).
+// Every "exactly one wins" here (a code's step, a recovery code, a login's challenge, the one
+// active factor) is a unique-key insert or a single-document delete.
+type mfa struct {
+	store     Store
+	tokens    *tokens
+	seal      *sealer
+	sessions  *sessionKeeper
+	passwords *passwordCheck // its throttle counts wrong codes as failed logins
+	clients   clientIPs
+	metrics   *metrics
+	appName   string
+}
+
+var (
+	errCodeInvalid       = &apiError{status: http.StatusUnauthorized, code: "invalid_code", message: "the code is not valid"}
+	errMFARequired       = &apiError{status: http.StatusUnauthorized, code: "mfa_required", message: "this needs a second factor: verify a code at /auth/mfa/verify"}
+	errMFAAlreadyEnabled = &apiError{status: http.StatusConflict, code: "mfa_already_enabled", message: "a second factor is active already; remove it first"}
+	errMFANotEnrolled    = &apiError{status: http.StatusConflict, code: "mfa_not_enrolled", message: "no second factor is being enrolled or active; POST /auth/mfa/totp first"}
+	errStepUpRace        = &apiError{status: http.StatusConflict, code: "conflict", message: "the session was refreshed meanwhile; refresh, then step up with a new code"}
+)
+
+// check verifies code (a TOTP code) or recovery (a recovery code) for user, counting a wrong one as
+// a failed login of email from client. It returns how the user proved the factor.
+func (m *mfa) check(ctx context.Context, r *http.Request, u *User, secret []byte, code, recovery string) error {
+	account, clientKey := loginKeys(m.clients.of(r), u.Email)
+	att, err := m.passwords.throttle.begin(ctx, limit{account, m.passwords.maxAccount}, limit{clientKey, m.passwords.maxClient})
+	if err == nil {
+		err = att.check(ctx)
+	}
+	if errors.Is(err, errTooManyAttempts) {
+		m.metrics.mfa(mfaThrottled)
+	}
+	if err != nil {
+		return err
+	}
+	ok := false
+	switch {
+	case recovery != "":
+		err = m.store.UseRecoveryCode(ctx, u.ID, recoveryDigest(recovery))
+		ok = err == nil
+		if ok {
+			m.metrics.mfa(mfaRecoveryCode)
+		}
+	case code != "":
+		step, match := totpMatch(secret, code, m.tokens.now())
+		if match {
+			// The step is claimed: the same code again, within its 30 seconds, fails.
+			err = m.store.ClaimTOTPStep(ctx, u.ID, step, m.tokens.now().Add((totpSkew+1)*totpStep))
+			ok = err == nil
+			if errors.Is(err, ErrDuplicate) {
+				m.metrics.mfa(mfaReplayed)
+			} else if ok {
+				m.metrics.mfa(mfaVerified)
+			}
+		}
+	default:
+		return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "send code or recovery_code"}
+	}
+	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrDuplicate) {
+		att.forget(ctx)
+		return err
+	}
+	if !ok {
+		m.metrics.mfa(mfaInvalid)
+		return errCodeInvalid // the attempt stays recorded, as a failed login
+	}
+	return att.succeeded(ctx, account)
+}
+
+// secretOf opens user's factor with id ("pending:<user>" or the user's id).
+func (m *mfa) secretOf(ctx context.Context, user, id string) ([]byte, error) {
+	f, err := m.store.TOTP(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		return nil, errMFANotEnrolled
+	} else if err != nil {
+		return nil, err
+	}
+	return m.seal.open(f.Secret, []byte(user))
+}
+
+// challenge starts the second step of a login: the mfa_token the client sends with its code.
+func (m *mfa) challenge(ctx context.Context, u *User, r *http.Request) (string, error) {
+	token := newID() + newID() // 256 random bits
+	err := m.store.CreateMFAChallenge(ctx, MFAChallenge{ID: digest(token), UserID: u.ID,
+		IP: m.clients.of(r).String(), UserAgent: cut(r.UserAgent(), 256),
+		ExpiresAt: m.tokens.now().Add(mfaTokenTTL)})
+	return token, err
+}
+
+func digest(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+// recoveryDigest is how a recovery code is kept: the digest of its letters, without the spaces,
+// hyphens and case a person may type it with.
+func recoveryDigest(code string) string {
+	code = strings.Map(func(r rune) rune {
+		if r == '-' || r == ' ' {
+			return -1
+		}
+		return r
+	}, strings.ToLower(code))
+	return digest("recovery:" + code)
+}
+
+// newRecoveryCode is 50 random bits as ten base32 letters, "abcde-fghij".
+func newRecoveryCode() string {
+	b := make([]byte, 7)
+	rand.Read(b)
+	s := strings.ToLower(b32.EncodeToString(b))[:10]
+	return s[:5] + "-" + s[5:]
+}
+
+// handleEnrolTOTP gives the signed-in user a new secret to put in an authenticator app; it is not
+// active until a code from it is confirmed.
+func handleEnrolTOTP(log *slog.Logger, m *mfa) http.Handler {
+	type response struct {
+		Secret     string `json:"secret"`
+		OtpauthURL string `json:"otpauth_url"`
+	}
+	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		ctx, c := r.Context(), claimsFrom(r.Context())
+		if err := m.sessions.alive(ctx, c); err != nil {
+			return err
+		}
+		u, err := m.store.UserByID(ctx, c.Subject)
+		if errors.Is(err, ErrNotFound) {
+			return errTokenRevoked
+		} else if err != nil {
+			return err
+		}
+		if _, err := m.store.TOTP(ctx, u.ID); err == nil {
+			return errMFAAlreadyEnabled
+		} else if !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		secret := make([]byte, totpSecret)
+		rand.Read(secret)
+		if err := m.store.SavePendingTOTP(ctx, TOTPFactor{ID: "pending:" + u.ID, UserID: u.ID,
+			Secret: m.seal.seal(secret, []byte(u.ID)), CreatedAt: m.tokens.now()}); err != nil {
+			return err
+		}
+		s := b32.EncodeToString(secret)
+		q := url.Values{"secret": {s}, "issuer": {m.appName}, "algorithm": {"SHA1"}, "digits": {"6"}, "period": {"30"}}
+		label := url.PathEscape(m.appName) + ":" + url.PathEscape(u.Email)
+		encode(w, http.StatusOK, response{s, "otpauth://totp/" + label + "?" + q.Encode()})
+		return nil
+	})
+}
+
+// handleConfirmTOTP activates the factor being enrolled with a code from it, and answers the ten
+// recovery codes, this once.
+func handleConfirmTOTP(log *slog.Logger, m *mfa) http.Handler {
+	type request struct {
+		Code string `json:"code"`
+	}
+	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		req, err := decode[request](w, r)
+		if err != nil {
+			return err
+		}
+		ctx, c := r.Context(), claimsFrom(r.Context())
+		u, err := m.store.UserByID(ctx, c.Subject)
+		if errors.Is(err, ErrNotFound) {
+			return errTokenRevoked
+		} else if err != nil {
+			return err
+		}
+		pending, err := m.store.TOTP(ctx, "pending:"+u.ID)
+		if errors.Is(err, ErrNotFound) || err == nil && m.tokens.now().Sub(pending.CreatedAt) > pendingTTL {
+			return errMFANotEnrolled
+		} else if err != nil {
+			return err
+		}
+		secret, err := m.seal.open(pending.Secret, []byte(u.ID))
+		if err != nil {
+			return err
+		}
+		if req.Code == "" {
+			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "send the code the authenticator app shows"}
+		}
+		if err := m.check(ctx, r, u, secret, req.Code, ""); err != nil {
+			return err
+		}
+		if err := m.store.ActivateTOTP(ctx, TOTPFactor{ID: u.ID, UserID: u.ID, Secret: pending.Secret,
+			CreatedAt: m.tokens.now()}); errors.Is(err, ErrDuplicate) {
+			return errMFAAlreadyEnabled
+		} else if err != nil {
+			return err
+		}
+		codes := make([]string, 10)
+		digests := make([]string, len(codes))
+		for i := range codes {
+			codes[i] = newRecoveryCode()
+			digests[i] = recoveryDigest(codes[i])
+		}
+		if err := m.store.SetRecoveryCodes(ctx, u.ID, digests); err != nil {
+			return err
+		}
+		m.metrics.mfa(mfaEnrolled)
+		log.LogAttrs(ctx, slog.LevelInfo, "second factor enabled", slog.String("request_id", requestID(ctx)),
+			slog.String("user_id", u.ID))
+		encode(w, http.StatusOK, map[string][]string{"recovery_codes": codes})
+		return nil
+	})
+}
+
+// handleRemoveTOTP removes the active factor, after a current code or a recovery code; the user's
+// other sessions end.
+func handleRemoveTOTP(log *slog.Logger, m *mfa) http.Handler {
+	type request struct {
+		Code         string `json:"code"`
+		RecoveryCode string `json:"recovery_code"`
+	}
+	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		req, err := decode[request](w, r)
+		if err != nil {
+			return err
+		}
+		ctx, c := r.Context(), claimsFrom(r.Context())
+		if err := m.sessions.alive(ctx, c); err != nil {
+			return err
+		}
+		u, err := m.store.UserByID(ctx, c.Subject)
+		if errors.Is(err, ErrNotFound) {
+			return errTokenRevoked
+		} else if err != nil {
+			return err
+		}
+		secret, err := m.secretOf(ctx, u.ID, u.ID)
+		if err != nil {
+			return err
+		}
+		if err := m.check(ctx, r, u, secret, req.Code, req.RecoveryCode); err != nil {
+			return err
+		}
+		if err := m.store.RemoveTOTP(ctx, u.ID); errors.Is(err, ErrNotFound) {
+			return errMFANotEnrolled
+		} else if err != nil {
+			return err
+		}
+		if _, err := m.sessions.endAll(ctx, u.ID, c.Session, endMFARemoved); err != nil {
+			return err
+		}
+		m.metrics.mfa(mfaRemoved)
+		log.LogAttrs(ctx, slog.LevelInfo, "second factor removed", slog.String("request_id", requestID(ctx)),
+			slog.String("user_id", u.ID))
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	})
+}
+
+// handleVerifyMFA is the second factor's step: with an mfa_token, the second step of a login,
+// which starts a session at aal2; with an access token instead, step-up, which moves the token's
+// own session to aal2.
+func handleVerifyMFA(log *slog.Logger, m *mfa) http.Handler {
+	type request struct {
+		MFAToken     string `json:"mfa_token"`
+		Code         string `json:"code"`
+		RecoveryCode string `json:"recovery_code"`
+	}
+	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		req, err := decode[request](w, r)
+		if err != nil {
+			return err
+		}
+		if req.MFAToken == "" {
+			return m.stepUp(w, r, req.Code, req.RecoveryCode)
+		}
+		ctx := r.Context()
+		ch, err := m.store.MFAChallenge(ctx, digest(req.MFAToken))
+		if errors.Is(err, ErrNotFound) || err == nil && !m.tokens.now().Before(ch.ExpiresAt) {
+			return errTokenInvalid
+		} else if err != nil {
+			return err
+		}
+		u, err := m.store.UserByID(ctx, ch.UserID)
+		if errors.Is(err, ErrNotFound) {
+			return errTokenInvalid
+		} else if err != nil {
+			return err
+		}
+		secret, err := m.secretOf(ctx, u.ID, u.ID)
+		if err != nil {
+			return err
+		}
+		if err := m.check(ctx, r, u, secret, req.Code, req.RecoveryCode); err != nil {
+			return err
+		}
+		// One challenge, one session: of simultaneous right codes, one consumes it.
+		if err := m.store.ConsumeMFAChallenge(ctx, ch.ID); errors.Is(err, ErrNotFound) {
+			return errTokenInvalid
+		} else if err != nil {
+			return err
+		}
+		pair, err := m.sessions.start(ctx, u, m.clients.of(r), r.UserAgent(), levelTwoFactor)
+		if err != nil {
+			return err
+		}
+		noteUser(ctx, u.ID)
+		m.metrics.login(loginSuccess)
+		encode(w, http.StatusOK, pair)
+		return nil
+	})
+}
+
+// stepUp verifies the factor of the user of the access token sent and moves its session to aal2.
+func (m *mfa) stepUp(w http.ResponseWriter, r *http.Request, code, recovery string) error {
+	raw := accessToken(r)
+	if raw == "" {
+		return &apiError{status: http.StatusBadRequest, code: "invalid_request",
+			message: "send mfa_token with the code, or an access token to step up its session"}
+	}
+	c, err := m.tokens.parse(raw, useAccess)
+	if err != nil {
+		return err
+	}
+	ctx := r.Context()
+	if err := m.sessions.alive(ctx, c); err != nil {
+		return err
+	}
+	u, err := m.store.UserByID(ctx, c.Subject)
+	if errors.Is(err, ErrNotFound) {
+		return errTokenRevoked
+	} else if err != nil {
+		return err
+	}
+	secret, err := m.secretOf(ctx, u.ID, u.ID)
+	if err != nil {
+		return err
+	}
+	if err := m.check(ctx, r, u, secret, code, recovery); err != nil {
+		return err
+	}
+	pair, err := m.sessions.raise(ctx, c, levelTwoFactor)
+	if err != nil {
+		return err
+	}
+	noteUser(ctx, u.ID)
+	encode(w, http.StatusOK, pair)
+	return nil
+}
+
+// satisfies reports whether a token of level lvl meets the assurance a proxy asks for with
+// X-Auth-Require. An unknown requirement is not met: a mistyped proxy setting fails closed.
+func satisfies(lvl level, required string) bool {
+	switch required {
+	case "", "aal1":
+		return true
+	case "aal2":
+		return lvl.ACR == "aal2"
+	}
+	return false
+}

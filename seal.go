@@ -1,0 +1,56 @@
+package main
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"io"
+
+	"golang.org/x/crypto/hkdf"
+)
+
+// sealer encrypts the secrets the service must keep but never in clear (a second factor's
+// secret, say) with AES-256-GCM, under a key derived from JWT_SECRET with HKDF and a purpose of
+// its own, so that one purpose's sealed values are useless for another. Changing JWT_SECRET makes
+// what was sealed unreadable: keep the old one as JWT_SECRET until then, or re-enrol.
+type sealer struct{ aead cipher.AEAD }
+
+func newSealer(secret []byte, purpose string) *sealer {
+	key := make([]byte, 32)
+	if _, err := io.ReadFull(hkdf.New(sha256.New, secret, nil, []byte("auth seal: "+purpose)), key); err != nil {
+		panic(err) // HKDF-SHA256 gives far more than 32 bytes
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		panic(err) // a 32-byte key is always valid
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		panic(err)
+	}
+	return &sealer{aead}
+}
+
+// seal returns a random nonce followed by the ciphertext of plain, bound to context (a user id,
+// say), so that a sealed value copied to another record does not open there.
+func (s *sealer) seal(plain, context []byte) []byte {
+	nonce := make([]byte, s.aead.NonceSize(), s.aead.NonceSize()+len(plain)+s.aead.Overhead())
+	rand.Read(nonce)
+	return s.aead.Seal(nonce, nonce, plain, context)
+}
+
+var errUnsealable = errors.New("sealed value does not open: another JWT_SECRET, or tampered with")
+
+func (s *sealer) open(sealed, context []byte) ([]byte, error) {
+	n := s.aead.NonceSize()
+	if len(sealed) < n {
+		return nil, errUnsealable
+	}
+	plain, err := s.aead.Open(nil, sealed[:n], sealed[n:], context)
+	if err != nil {
+		return nil, errUnsealable
+	}
+	return plain, nil
+}
