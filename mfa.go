@@ -133,15 +133,31 @@ func (m *mfa) check(ctx context.Context, r *http.Request, u *User, secret []byte
 	return att.succeeded(ctx, account)
 }
 
-// secretOf opens user's factor with id ("pending:<user>" or the user's id).
-func (m *mfa) secretOf(ctx context.Context, user, id string) ([]byte, error) {
-	f, err := m.store.TOTP(ctx, id)
+// prove checks a code or a recovery code against u's active factor (see check).
+func (m *mfa) prove(ctx context.Context, r *http.Request, u *User, code, recovery string) error {
+	f, err := m.store.TOTP(ctx, u.ID)
 	if errors.Is(err, ErrNotFound) {
-		return nil, errMFANotEnrolled
+		return errMFANotEnrolled
 	} else if err != nil {
+		return err
+	}
+	secret, err := m.seal.open(f.Secret, []byte(u.ID))
+	if err != nil {
+		return err
+	}
+	return m.check(ctx, r, u, secret, code, recovery)
+}
+
+// signedIn is the account of the access token c, whose session the database says is alive.
+func (m *mfa) signedIn(ctx context.Context, c *claims) (*User, error) {
+	if err := m.sessions.alive(ctx, c); err != nil {
 		return nil, err
 	}
-	return m.seal.open(f.Secret, []byte(user))
+	u, err := m.store.UserByID(ctx, c.Subject)
+	if errors.Is(err, ErrNotFound) {
+		return nil, errTokenRevoked // the account is gone, and its sessions with it
+	}
+	return u, err
 }
 
 // challenge starts the second step of a login: the mfa_token the client sends with its code.
@@ -186,14 +202,9 @@ func handleEnrolTOTP(log *slog.Logger, m *mfa) http.Handler {
 		OtpauthURL string `json:"otpauth_url"`
 	}
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		ctx, c := r.Context(), claimsFrom(r.Context())
-		if err := m.sessions.alive(ctx, c); err != nil {
-			return err
-		}
-		u, err := m.store.UserByID(ctx, c.Subject)
-		if errors.Is(err, ErrNotFound) {
-			return errTokenRevoked
-		} else if err != nil {
+		ctx := r.Context()
+		u, err := m.signedIn(ctx, claimsFrom(ctx))
+		if err != nil {
 			return err
 		}
 		if _, err := m.store.TOTP(ctx, u.ID); err == nil {
@@ -226,11 +237,9 @@ func handleConfirmTOTP(log *slog.Logger, m *mfa) http.Handler {
 		if err != nil {
 			return err
 		}
-		ctx, c := r.Context(), claimsFrom(r.Context())
-		u, err := m.store.UserByID(ctx, c.Subject)
-		if errors.Is(err, ErrNotFound) {
-			return errTokenRevoked
-		} else if err != nil {
+		ctx := r.Context()
+		u, err := m.signedIn(ctx, claimsFrom(ctx))
+		if err != nil {
 			return err
 		}
 		pending, err := m.store.TOTP(ctx, "pending:"+u.ID)
@@ -285,20 +294,11 @@ func handleRemoveTOTP(log *slog.Logger, m *mfa) http.Handler {
 			return err
 		}
 		ctx, c := r.Context(), claimsFrom(r.Context())
-		if err := m.sessions.alive(ctx, c); err != nil {
-			return err
-		}
-		u, err := m.store.UserByID(ctx, c.Subject)
-		if errors.Is(err, ErrNotFound) {
-			return errTokenRevoked
-		} else if err != nil {
-			return err
-		}
-		secret, err := m.secretOf(ctx, u.ID, u.ID)
+		u, err := m.signedIn(ctx, c)
 		if err != nil {
 			return err
 		}
-		if err := m.check(ctx, r, u, secret, req.Code, req.RecoveryCode); err != nil {
+		if err := m.prove(ctx, r, u, req.Code, req.RecoveryCode); err != nil {
 			return err
 		}
 		if err := m.store.RemoveTOTP(ctx, u.ID); errors.Is(err, ErrNotFound) {
@@ -347,11 +347,7 @@ func handleVerifyMFA(log *slog.Logger, m *mfa) http.Handler {
 		} else if err != nil {
 			return err
 		}
-		secret, err := m.secretOf(ctx, u.ID, u.ID)
-		if err != nil {
-			return err
-		}
-		if err := m.check(ctx, r, u, secret, req.Code, req.RecoveryCode); err != nil {
+		if err := m.prove(ctx, r, u, req.Code, req.RecoveryCode); err != nil {
 			return err
 		}
 		// One challenge, one session: of simultaneous right codes, one consumes it.
@@ -383,20 +379,11 @@ func (m *mfa) stepUp(w http.ResponseWriter, r *http.Request, code, recovery stri
 		return err
 	}
 	ctx := r.Context()
-	if err := m.sessions.alive(ctx, c); err != nil {
-		return err
-	}
-	u, err := m.store.UserByID(ctx, c.Subject)
-	if errors.Is(err, ErrNotFound) {
-		return errTokenRevoked
-	} else if err != nil {
-		return err
-	}
-	secret, err := m.secretOf(ctx, u.ID, u.ID)
+	u, err := m.signedIn(ctx, c)
 	if err != nil {
 		return err
 	}
-	if err := m.check(ctx, r, u, secret, code, recovery); err != nil {
+	if err := m.prove(ctx, r, u, code, recovery); err != nil {
 		return err
 	}
 	pair, err := m.sessions.raise(ctx, c, levelTwoFactor)

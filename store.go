@@ -349,14 +349,7 @@ func (s *mongoStore) SetDisabled(ctx context.Context, id string, disabled bool) 
 }
 
 func (s *mongoStore) DeleteUser(ctx context.Context, id string) error {
-	res, err := s.users.DeleteOne(ctx, bson.D{{Key: "_id", Value: id}})
-	if err != nil {
-		return s.err(err)
-	}
-	if res.DeletedCount == 0 {
-		return ErrNotFound
-	}
-	return nil
+	return s.deleteOne(ctx, s.users, bson.D{{Key: "_id", Value: id}})
 }
 
 func (s *mongoStore) BcryptHash(ctx context.Context) (string, error) {
@@ -584,14 +577,10 @@ func (s *mongoStore) ActivateTOTP(ctx context.Context, f TOTPFactor) error {
 }
 
 func (s *mongoStore) RemoveTOTP(ctx context.Context, user string) error {
-	res, err := s.totp.DeleteOne(ctx, bson.D{{Key: "_id", Value: user}})
-	if err != nil {
-		return s.err(err)
+	if err := s.deleteOne(ctx, s.totp, bson.D{{Key: "_id", Value: user}}); err != nil {
+		return err
 	}
-	if res.DeletedCount == 0 {
-		return ErrNotFound
-	}
-	_, err = s.recoveryCodes.DeleteMany(ctx, bson.D{{Key: "user_id", Value: user}})
+	_, err := s.recoveryCodes.DeleteMany(ctx, bson.D{{Key: "user_id", Value: user}})
 	return s.err(err)
 }
 
