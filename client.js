@@ -15,7 +15,9 @@
 
 // The codes of a 401 about the token sent, for when a cross-origin API does not expose
 // WWW-Authenticate; the service's challenge says error="invalid_token" for all of them.
-const tokenErrors = ["token_expired", "token_invalid", "token_revoked", "token_reused", "session_expired"];
+const tokenErrors = [
+  "token_expired", "token_invalid", "token_revoked", "token_reused", "session_expired",
+];
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export function createAuth({
@@ -24,11 +26,11 @@ export function createAuth({
   key = "auth", // the storage entry's name, which also names the locks
   onSignOut = () => {}, // told the reason, once in every tab, when the session ends
   refreshAhead = 0, // seconds before the access token expires to refresh it; 0: only on a 401
-  retryFor = 10, // seconds to go on retrying a refresh or sign-out that the service could not answer
+  retryFor = 10, // seconds to retry a refresh or sign-out that the service could not answer
   timeout = 10, // seconds after which a request to the service counts as unanswered
 } = {}) {
   const store = storage === "memory" ? memory() : storage;
-  // Only localStorage is seen by other tabs, and only then do tabs need locks and each other's news.
+  // Only localStorage is seen by other tabs; only then do tabs need locks and each other's news.
   const shared = store === globalThis.localStorage;
   const locks = shared ? globalThis.navigator?.locks : undefined;
   let signedIn = false; // what this tab last knew, so that it hears of an end once
@@ -118,8 +120,11 @@ export function createAuth({
   // network error when the service could not be reached. One refresh at a time in this tab and,
   // under the lock, in all tabs of the origin.
   function refresh(stale) {
-    const rotation = () => rotate(stale);
-    refreshing ??= (locks ? locks.request(`${key}:refresh`, rotation) : rotation()).finally(() => (refreshing = null));
+    if (!refreshing) {
+      const rotation = () => rotate(stale);
+      const done = locks ? locks.request(`${key}:refresh`, rotation) : rotation();
+      refreshing = done.finally(() => (refreshing = null));
+    }
     return refreshing;
   }
 
@@ -128,7 +133,9 @@ export function createAuth({
     // Replaced by another tab, or this one, while this call waited for the lock; or signed out.
     if (current()?.refresh_token !== token) return null;
     if (locks && (await retired(token))) {
-      for (const until = Date.now() + 5000; entry().refresh_token === token && Date.now() < until; ) await sleep(20);
+      // Another tab replaced it; wait, five seconds at most, for this tab's copy to show what with.
+      const until = Date.now() + 5000;
+      while (entry().refresh_token === token && Date.now() < until) await sleep(20);
       current();
       return null;
     }
@@ -241,10 +248,14 @@ export function createAuth({
   };
 }
 
-// claims reads a token's payload; the service, not the browser, checks its signature.
+// claims reads a token's payload ({} if it cannot); the service, not the browser, checks tokens.
 function claims(token) {
-  const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-  return JSON.parse(new TextDecoder().decode(Uint8Array.from(atob(payload), (c) => c.charCodeAt(0))));
+  try {
+    const payload = atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"));
+    return JSON.parse(new TextDecoder().decode(Uint8Array.from(payload, (c) => c.charCodeAt(0))));
+  } catch {
+    return {};
+  }
 }
 
 // memory keeps the tokens in this page only: gone on reload, and never seen by another tab.
