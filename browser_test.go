@@ -3,11 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
 	"net/url"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -33,6 +36,25 @@ import (
 // checked against the service's /metrics. A console error fails the test, but for the browser's
 // own "Failed to load resource" line about an answer the test expects (a 401, or a 503 during an
 // outage), which Chromium logs for every such fetch.
+
+// nginxSPAConf is the nginx configuration for a single-page app that the README shows; the tests
+// run exactly this text, with only the addresses and the application's directory changed.
+const nginxSPAConf = "deploy/nginx-spa.conf"
+
+func TestREADMEShowsTheSinglePageAppNginxConfigurationTheTestsRun(t *testing.T) {
+	t.Parallel()
+	conf, err := os.ReadFile(nginxSPAConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(readme), "```nginx\n"+string(conf)+"```\n") {
+		t.Fatalf("README.md must show %s verbatim in an nginx code block", nginxSPAConf)
+	}
+}
 
 func TestClientInABrowserAcrossOrigins(t *testing.T) {
 	t.Parallel()
@@ -308,6 +330,101 @@ func TestClientInABrowserAcrossOrigins(t *testing.T) {
 	})
 }
 
+func TestClientInABrowserBehindNginx(t *testing.T) {
+	t.Parallel()
+	bin := nginxBinary(t)
+	browser := startChromium(t)
+
+	t.Run("the shell is public, the API guarded, and the app signs in, refreshes and signs out", func(t *testing.T) {
+		e := newTestEnv(t)
+		px := startNginxSPA(t, e, bin)
+		for _, path := range []string{"/", "/login", "/orders/42"} {
+			r := px.do(t, "GET", path, "")
+			if r.status != 200 || !strings.Contains(r.raw, "client.js") {
+				t.Fatalf("GET %s without a token: %d, want the application's page", path, r.status)
+			}
+		}
+		if r := px.do(t, "GET", "/auth/client.js", ""); r.status != 200 || !strings.Contains(r.raw, "export function createAuth") {
+			t.Fatalf("GET /auth/client.js: %d, want the module", r.status)
+		}
+		if r := px.do(t, "GET", "/api/orders", ""); r.status != 401 || px.appHits.Load() != 0 {
+			t.Fatalf("GET /api/orders without a token: %d, the API reached %d times; want 401 and never", r.status, px.appHits.Load())
+		}
+
+		w := newWindow(t, browser)
+		a := w.open(t, px.url+"/login")
+		email := e.newUser(t)
+		a.signIn(t, email)
+		id := a.session(t).UserID
+		a.call(t, "/api/orders").want(t, 200).echoed(t).wantIdentity(t, id, email)
+		// Whatever identity a client claims, under any spelling, the API is told the token's.
+		px.echo(t, "/api/orders", append(spoofedIdentity(), "Authorization", "Bearer "+a.stored(t).AccessToken)...).
+			wantIdentity(t, id, email)
+
+		e.clock.Advance(e.cfg.accessTTL + e.cfg.leeway + time.Second)
+		a.call(t, "/api/orders").want(t, 200).echoed(t).wantIdentity(t, id, email)
+		w.wantCount(t, "GET", "/api/orders", 3) // 200; 401 from nginx, then 200 after the refresh
+		w.wantRefreshes(t, e, 1, 0)
+		w.wantCount(t, "OPTIONS", "", 0)
+
+		evaluate[int](t, a, `auth.signOut().then(r => r.status)`)
+		r := a.call(t, "/api/orders")
+		if r.Status != 401 || r.Challenge != "Bearer" {
+			t.Fatalf("signed out: %d %q, want nginx's 401 with the bare Bearer challenge", r.Status, r.Challenge)
+		}
+		t.Logf("requests: %s", w.summary())
+	})
+
+	t.Run("a refresh during a database outage keeps the user signed in and succeeds after it", func(t *testing.T) {
+		dbAddr, _ := startOwnDevDB(t, t.TempDir())
+		e, db := newTestEnvThrough(t, dbAddr)
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("the service's errors:\n%s", serviceErrors(e))
+			}
+		})
+		px := startNginxSPA(t, e, bin)
+		w := newWindow(t, browser)
+		// Chromium logs each refused refresh, as it does a 401. Rarely the service answers one
+		// with 500 instead of 503 (logged below); that is the service's to fix, and the client
+		// retries any 5xx alike.
+		w.expect(503)
+		w.expect(500)
+		a := w.open(t, px.url+"/?retryFor=60")
+		a.signIn(t, e.newUser(t))
+		a.call(t, "/api/orders").want(t, 200)
+
+		e.clock.Advance(e.cfg.accessTTL + e.cfg.leeway + time.Second)
+		db.cut()
+		done := make(chan callResult, 1)
+		go func() { done <- a.call(t, "/api/orders") }()
+		waitFor(t, "two refreshes answered 503", func() bool {
+			return served(scrape(t, e), "POST /auth/refresh", "POST", 503) >= 2
+		})
+		if a.stored(t).RefreshToken == "" || len(a.signOuts(t)) != 0 {
+			t.Fatal("the tab dropped its tokens during the outage")
+		}
+		db.connect(dbAddr)
+		(<-done).want(t, 200, "the call made during the outage")
+
+		m := scrape(t, e)
+		refreshes := w.count("POST", "/auth/refresh")
+		ok, unavailable := served(m, "POST /auth/refresh", "POST", 200), served(m, "POST /auth/refresh", "POST", 503)
+		internal := served(m, "POST /auth/refresh", "POST", 500)
+		if internal > 0 {
+			t.Logf("the service answered %d refreshes with 500 rather than 503 during the outage:\n%s", internal, serviceErrors(e))
+		}
+		if ok != 1 || ok+unavailable+internal != refreshes {
+			t.Fatalf("the browser sent %d refreshes; the service answered %d with 200 and %d with 503 (%d with 500), want 1 and the rest",
+				refreshes, ok, unavailable, internal)
+		}
+		if len(a.signOuts(t)) != 0 || a.session(t).UserID == "" {
+			t.Fatal("the outage signed the user out")
+		}
+		t.Logf("requests: %s", w.summary())
+	})
+}
+
 // callResult is what the test page's call() reports of an auth.fetch.
 type callResult struct {
 	Status    int    `json:"status"`
@@ -321,6 +438,16 @@ func (r callResult) want(tb testing.TB, status int, what ...string) callResult {
 		tb.Fatalf("%s: got %d %s (WWW-Authenticate %q), want %d", strings.Join(append(what, "auth.fetch"), ": "), r.Status, r.Body, r.Challenge, status)
 	}
 	return r
+}
+
+// echoed is what the echo API saw of a call that reached it.
+func (r callResult) echoed(tb testing.TB) echoed {
+	tb.Helper()
+	var got echoed
+	if err := json.Unmarshal([]byte(r.Body), &got); err != nil {
+		tb.Fatalf("the API's answer %q: %v", r.Body, err)
+	}
+	return got
 }
 
 // newUser signs up a fresh account on e and returns its email; the password is the one
@@ -665,4 +792,96 @@ func served(fams map[string]*dto.MetricFamily, route, method string, status int)
 		}
 	}
 	return int(n)
+}
+
+// serviceErrors is the lines of e's log at level ERROR.
+func serviceErrors(e *testEnv) string {
+	var lines []string
+	for _, line := range strings.Split(e.logs.String(), "\n") {
+		if strings.Contains(line, `"level":"ERROR"`) {
+			lines = append(lines, line)
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+// echo sends a request through the proxy that must reach the echo API, and returns what it saw.
+func (px *proxyFront) echo(tb testing.TB, path string, headers ...string) echoed {
+	tb.Helper()
+	r := px.do(tb, "GET", path, "", headers...)
+	var got echoed
+	if r.status != http.StatusOK || json.Unmarshal([]byte(r.raw), &got) != nil {
+		tb.Fatalf("GET %s through %s: got %d %s, want 200 from the API", path, px.name, r.status, r.raw)
+	}
+	return got
+}
+
+// startNginxSPA runs nginx with deploy/nginx-spa.conf in front of e, an echo app as the API, and
+// testdata/browser as the application, and stops it when the test ends.
+func startNginxSPA(tb testing.TB, e *testEnv, bin string) *proxyFront {
+	tb.Helper()
+	api, hits := startEchoApp(tb)
+	root, err := filepath.Abs("testdata/browser")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	px := newProxyFront(tb, "nginx", hits)
+	for attempt := 1; ; attempt++ {
+		addr := freeLoopbackAddr(tb)
+		dir := nginxSPAConfig(tb, bin, addr, hostPort(tb, e.srv.URL), hostPort(tb, api.URL), root)
+		err := runNginx(tb, bin, dir, addr)
+		if err == nil {
+			px.url = "http://" + addr
+			return px
+		}
+		if !errors.Is(err, errAddrInUse) || attempt == 3 {
+			tb.Fatal(err)
+		}
+	}
+}
+
+// nginxSPAConfig is a whole nginx.conf for a test: deploy/nginx-spa.conf inside an http block, with
+// its addresses and directory replaced, and every file nginx writes kept in a temporary directory.
+func nginxSPAConfig(tb testing.TB, bin, listen, auth, api, root string) (dir string) {
+	tb.Helper()
+	b, err := os.ReadFile(nginxSPAConf)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	site := string(b)
+	for _, r := range [][2]string{
+		{"listen 80;", "listen " + listen + ";"},
+		{"server 127.0.0.1:7878;", "server " + auth + ";"},
+		{"server 127.0.0.1:8080;", "server " + api + ";"},
+		{"root /srv/app;", fmt.Sprintf("root %q;", root)},
+	} {
+		if strings.Count(site, r[0]) != 1 {
+			tb.Fatalf("%s no longer holds exactly one %q, which the test replaces", nginxSPAConf, r[0])
+		}
+		site = strings.Replace(site, r[0], r[1], 1)
+	}
+	dir = tb.TempDir()
+	var c strings.Builder
+	fmt.Fprintf(&c, "daemon off;\nmaster_process off;\npid %q;\nerror_log %q notice;\n",
+		filepath.Join(dir, "nginx.pid"), filepath.Join(dir, "error.log"))
+	if os.Geteuid() == 0 {
+		c.WriteString("user root;\n") // otherwise nginx, started by root, switches to "nobody"
+	}
+	c.WriteString("events { worker_connections 64; }\nhttp {\naccess_log off;\n")
+	// What the stock nginx.conf's "include mime.types" gives the application's files.
+	c.WriteString("types { text/html html; text/javascript js; }\n")
+	fmt.Fprintf(&c, "client_body_temp_path %q;\nproxy_temp_path %q;\n",
+		filepath.Join(dir, "body"), filepath.Join(dir, "proxy"))
+	v, _ := exec.Command(bin, "-V").CombinedOutput()
+	for _, m := range []string{"fastcgi", "uwsgi", "scgi"} {
+		if !strings.Contains(string(v), "--without-http_"+m+"_module") {
+			fmt.Fprintf(&c, "%s_temp_path %q;\n", m, filepath.Join(dir, m))
+		}
+	}
+	c.WriteString(site)
+	c.WriteString("}\n")
+	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(c.String()), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return dir
 }
