@@ -33,6 +33,7 @@ func addRoutes(mux routeAdder, d *deps) {
 	// Forward-auth proxies ask with GET (nginx, Caddy, Traefik by default) or with the guarded
 	// request's own method, so the protected route answers every method.
 	mux.Handle(forwardAuthPath, signedIn(handlePage(d.now)))
+	mux.Handle("GET /auth/client.js", handleClientJS())
 	mux.Handle("GET /healthz", handleHealthz())
 	mux.Handle("GET /readyz", handleReadyz(d.log, d.store, d.revocations))
 	mux.Handle("GET /openapi.yaml", handleOpenAPI())

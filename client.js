@@ -1,0 +1,265 @@
+// client.js: the auth service's browser client, one ES module without dependencies. The service
+// serves it at /auth/client.js.
+//
+//   import { createAuth } from "/auth/client.js";
+//   const auth = createAuth({ onSignOut: (reason) => showLogin(reason) });
+//   await auth.signIn(email, password);
+//   const res = await auth.fetch("/api/orders");
+//
+// Tabs that keep the tokens in localStorage share one session. A refresh token may be used once:
+// the service takes a retired one, presented after REFRESH_REUSE_INTERVAL, for a stolen copy and
+// ends the session. So the tabs of an origin refresh one at a time, under a Web Lock, and a tab
+// that finds its refresh token already replaced by another tab takes the new tokens rather than
+// present the retired one. Tokens are dropped only when the service refuses a refresh with 401;
+// an outage (a 503, a network error, a timeout) keeps them.
+
+// The codes of a 401 about the token sent, for when a cross-origin API does not expose
+// WWW-Authenticate; the service's challenge says error="invalid_token" for all of them.
+const tokenErrors = [
+  "token_expired", "token_invalid", "token_revoked", "token_reused", "session_expired",
+];
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export function createAuth({
+  baseURL = "", // the service's origin; "" when a proxy serves it on the page's own origin
+  storage = globalThis.localStorage, // or sessionStorage, or "memory": see the README
+  key = "auth", // the storage entry's name, which also names the locks
+  onSignOut = () => {}, // told the reason, once in every tab, when the session ends
+  refreshAhead = 0, // seconds before the access token expires to refresh it; 0: only on a 401
+  retryFor = 10, // seconds to retry a refresh or sign-out that the service could not answer
+  timeout = 10, // seconds after which a request to the service counts as unanswered
+} = {}) {
+  const store = storage === "memory" ? memory() : storage;
+  // Only localStorage is seen by other tabs; only then do tabs need locks and each other's news.
+  const shared = store === globalThis.localStorage;
+  const locks = shared ? globalThis.navigator?.locks : undefined;
+  let signedIn = false; // what this tab last knew, so that it hears of an end once
+  let known; // the refresh token this tab last saw in storage
+  let retiring = Promise.resolve(); // the mark on the refresh token it last saw replaced
+  let refreshing = null; // this tab's refresh, which all its waiting calls share
+  const ahead = { token: undefined, timer: 0 };
+
+  // entry is what storage holds: {access_token, refresh_token, expires_at} when signed in,
+  // {ended: reason} after a session ended, {} before any.
+  function entry() {
+    try {
+      return JSON.parse(store.getItem(key)) ?? {};
+    } catch {
+      return {};
+    }
+  }
+
+  // current is the tokens to send, or null; reading them also tells this tab of changes it missed.
+  function current() {
+    const e = entry();
+    seen(e);
+    return e.access_token ? e : null;
+  }
+
+  function save(e) {
+    store.setItem(key, JSON.stringify(e));
+    seen(e);
+  }
+
+  function keep({ access_token, refresh_token, expires_in }) {
+    save({ access_token, refresh_token, expires_at: Date.now() + expires_in * 1000 });
+  }
+
+  // seen takes note of what storage holds, written by this tab or by another: the end of a session
+  // is reported once, a replaced refresh token is marked retired, and the refresh ahead of expiry
+  // follows the current tokens.
+  function seen(e) {
+    if (signedIn && !e.access_token) {
+      const reason = e.ended ?? "signed_out";
+      queueMicrotask(() => onSignOut(reason)); // the app's callback cannot break the module's state
+    }
+    signedIn = Boolean(e.access_token);
+    if (locks && known && e.refresh_token !== known) retiring = retire(known);
+    known = e.refresh_token;
+    if (refreshAhead > 0 && e.refresh_token !== ahead.token) {
+      clearTimeout(ahead.timer);
+      ahead.token = e.refresh_token;
+      // Every tab sets a timer; the first to fire refreshes, and the others then find the token
+      // they would present replaced, so one tab alone asks the service.
+      const wait = Math.min(e.expires_at - refreshAhead * 1000 - Date.now(), 2 ** 31 - 1);
+      if (e.refresh_token) ahead.timer = setTimeout(() => refresh(e).catch(() => {}), wait);
+    }
+  }
+  seen(entry());
+  if (shared) {
+    addEventListener("storage", (ev) => {
+      if (ev.storageArea === store && (ev.key === key || ev.key === null)) seen(entry());
+    });
+  }
+
+  // Chromium gives each tab's process a copy of localStorage, brought up to date a moment after
+  // another tab writes; a tab may read, even inside the lock, a refresh token that another tab has
+  // just replaced, and a tab waking from a freeze may read one replaced long ago. Locks are held in
+  // one place for all tabs, so every tab that sees a refresh token replaced holds a lock naming it
+  // retired until it expires, and a tab finds out for sure before it presents one.
+  const mark = (token) => `${key}:retired:${token.slice(-22)}`;
+  function retire(token) {
+    const ms = claims(token).exp * 1000 + 60000 - Date.now(); // a minute for the service's leeway
+    return new Promise((marked) =>
+      locks
+        .request(mark(token), { mode: "shared" }, () => {
+          marked();
+          return sleep(Math.min(ms, 2 ** 31 - 1));
+        })
+        .catch(marked), // a page on its way out; nothing waits for the mark then
+    );
+  }
+  async function retired(token) {
+    const { held } = await locks.query();
+    return held.some((lock) => lock.name === mark(token));
+  }
+
+  // refresh replaces stale, the tokens that a request was refused with. It resolves to null when
+  // storage then holds tokens to retry with (or none: signed out meanwhile), and to the service's
+  // answer when the service refused the refresh or could not answer it; it rejects with the
+  // network error when the service could not be reached. One refresh at a time in this tab and,
+  // under the lock, in all tabs of the origin.
+  function refresh(stale) {
+    if (!refreshing) {
+      const rotation = () => rotate(stale);
+      const done = locks ? locks.request(`${key}:refresh`, rotation) : rotation();
+      refreshing = done.finally(() => (refreshing = null));
+    }
+    return refreshing;
+  }
+
+  async function rotate(stale) {
+    const token = stale.refresh_token;
+    // Replaced by another tab, or this one, while this call waited for the lock; or signed out.
+    if (current()?.refresh_token !== token) return null;
+    if (locks && (await retired(token))) {
+      // Another tab replaced it; wait, five seconds at most, for this tab's copy to show what with.
+      const until = Date.now() + 5000;
+      while (entry().refresh_token === token && Date.now() < until) await sleep(20);
+      current();
+      return null;
+    }
+    const res = await retrying(() => post("/auth/refresh", { refresh_token: token }));
+    if (entry().refresh_token !== token) return null; // signed out or in meanwhile
+    if (res.ok) {
+      keep(await res.clone().json());
+      await retiring; // before the lock is released, so that the next holder sees the mark
+      return null;
+    }
+    if (res.status === 401) {
+      const body = await res.clone().json().catch(() => null);
+      save({ ended: body?.error ?? "token_invalid" });
+    }
+    return res;
+  }
+
+  // retrying sends a request until the service answers it with anything but a 5xx, for retryFor
+  // seconds at most, waiting between tries as Retry-After says (a second when it says nothing).
+  // A network error or a timeout is tried again too. The last answer, or error, is the result.
+  async function retrying(send) {
+    const until = Date.now() + retryFor * 1000;
+    for (;;) {
+      let res, error;
+      try {
+        res = await send();
+      } catch (err) {
+        error = err;
+      }
+      if (res && res.status < 500) return res;
+      const wait = 1000 * (Number(res?.headers.get("Retry-After")) || 1);
+      if (Date.now() + wait > until) {
+        if (res) return res;
+        throw error;
+      }
+      await sleep(wait);
+    }
+  }
+
+  // post sends body to the service as JSON, which it requires.
+  function post(path, body, access) {
+    const headers = { "Content-Type": "application/json" };
+    if (access) headers.Authorization = `Bearer ${access}`;
+    const signal = AbortSignal.timeout(timeout * 1000);
+    return fetch(baseURL + path, { method: "POST", headers, body: JSON.stringify(body), signal });
+  }
+
+  // authFetch is fetch with the access token, and without an Authorization header when signed
+  // out. A 401 about a token refreshes it and sends the request again with the new one; the
+  // README says what it resolves to.
+  async function authFetch(url, init = {}) {
+    let sent = current();
+    // A tab that finds its tokens replaced by another may find those expired too: three tries.
+    for (let tries = 1; ; tries++) {
+      const res = await send(url, init, sent);
+      if (res.status !== 401 || !sent || tries === 3 || !(await aboutToken(res))) return res;
+      const refused = await refresh(sent);
+      if (refused) return refused.clone();
+      sent = current();
+      if (!sent) return res;
+    }
+  }
+
+  function send(url, init, tokens) {
+    const headers = new Headers(init.headers);
+    if (tokens) headers.set("Authorization", `Bearer ${tokens.access_token}`);
+    return fetch(url, { ...init, headers });
+  }
+
+  // aboutToken tells a 401 about the token sent from one saying that none was: the challenge,
+  // which nginx passes on in front of its own page, or else the JSON body's code.
+  async function aboutToken(res) {
+    if (/error="invalid_token"/.test(res.headers.get("WWW-Authenticate") ?? "")) return true;
+    const body = await res.clone().json().catch(() => null);
+    return tokenErrors.includes(body?.error);
+  }
+
+  // signIn stores the tokens of a successful login, for every tab; it resolves to the service's
+  // answer either way (401 invalid_credentials, 429 too_many_attempts with Retry-After, ...).
+  async function signIn(email, password) {
+    const res = await post("/auth/login", { email, password });
+    if (res.ok) keep(await res.clone().json());
+    return res;
+  }
+
+  // signOut ends the session in every tab and at the service. The tokens leave storage first, so
+  // that no tab sends them meanwhile; the answer (or error) says whether the service ended the
+  // session too.
+  async function signOut() {
+    const s = current();
+    save({ ended: "signed_out" });
+    if (!s) return null;
+    return retrying(() => post("/auth/logout", { refresh_token: s.refresh_token }, s.access_token));
+  }
+
+  // session is who is signed in, as the access token says, or null.
+  function session() {
+    const s = current();
+    if (!s) return null;
+    const { sub, email } = claims(s.access_token);
+    return { userId: sub, email, expiresAt: new Date(s.expires_at) };
+  }
+
+  return {
+    signUp: (email, password) => post("/auth/signup", { email, password }),
+    signIn,
+    signOut,
+    fetch: authFetch,
+    session,
+  };
+}
+
+// claims reads a token's payload ({} if it cannot); the service, not the browser, checks tokens.
+function claims(token) {
+  try {
+    const payload = atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"));
+    return JSON.parse(new TextDecoder().decode(Uint8Array.from(payload, (c) => c.charCodeAt(0))));
+  } catch {
+    return {};
+  }
+}
+
+// memory keeps the tokens in this page only: gone on reload, and never seen by another tab.
+function memory() {
+  const m = new Map();
+  return { getItem: (k) => m.get(k) ?? null, setItem: (k, v) => m.set(k, String(v)) };
+}
