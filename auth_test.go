@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -699,5 +701,29 @@ func TestAnInstanceLearnsTheCostOfImportedHashesAtStart(t *testing.T) {
 	defer e.deps.passwords.times.mu.Unlock()
 	if _, ok := e.deps.passwords.times.avg["bcrypt 05"]; !ok {
 		t.Fatalf("kinds known: %v, want bcrypt 05", e.deps.passwords.times.avg)
+	}
+}
+
+// A server that answers "shutting down" or "not the primary now" is unavailable, not broken: the
+// client is told to come back (503), not that the service has a bug (500).
+func TestServerErrorsThatMeanNotNowAreUnavailable(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name string
+		err  error
+		want error
+	}{
+		{"shutdown in progress", mongo.CommandError{Code: 91, Name: "ShutdownInProgress"}, ErrUnavailable},
+		{"interrupted at shutdown", mongo.CommandError{Code: 11600, Name: "InterruptedAtShutdown"}, ErrUnavailable},
+		{"not the primary", mongo.CommandError{Code: 10107, Name: "NotWritablePrimary"}, ErrUnavailable},
+		{"a retryable write", mongo.CommandError{Code: 1, Labels: []string{"RetryableWriteError"}}, ErrUnavailable},
+		{"a bad query", mongo.CommandError{Code: 2, Name: "BadValue"}, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got := storeErr(tt.err)
+			if tt.want != nil && !errors.Is(got, tt.want) || tt.want == nil && errors.Is(got, ErrUnavailable) {
+				t.Fatalf("storeErr: %v", got)
+			}
+		})
 	}
 }

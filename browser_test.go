@@ -101,7 +101,7 @@ func TestClientInABrowserAcrossOrigins(t *testing.T) {
 			t.Fatalf("%d preflights seen, want one for each kind of call at least", preflights)
 		}
 		m := scrape(t, e)
-		if got := served(m, "unmatched", "OPTIONS", 204); got != preflights {
+		if got := served(m, "preflight", "OPTIONS", 204); got != preflights {
 			t.Fatalf("the service answered %d preflights with 204, the browser sent %d", got, preflights)
 		}
 		if got := served(m, "", "OPTIONS", 0); got != preflights {
@@ -231,7 +231,7 @@ func TestClientInABrowserAcrossOrigins(t *testing.T) {
 			// own refresh (rotate).
 			steal func(t *testing.T, e *testEnv, stolen string, rotate func())
 		}{
-			{"the thief replays a token the tab has since rotated", "token_revoked",
+			{"the thief replays a token the tab has since rotated", "token_reused",
 				func(t *testing.T, e *testEnv, stolen string, rotate func()) {
 					expire(e, 0)
 					rotate()

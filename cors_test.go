@@ -245,6 +245,19 @@ func listHas(values []string, tok string) bool {
 	return false
 }
 
+func TestCORSPreflightsAreCountedAsPreflightsAndAllowDELETE(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, func(c *config) { c.corsOrigins = []string{"https://app.example.com"} })
+	r := e.do(t, "OPTIONS", "/auth/sessions/x", nil, "Origin", "https://app.example.com",
+		"Access-Control-Request-Method", "DELETE").want(t, 204, "")
+	if !listHas(r.header.Values("Access-Control-Allow-Methods"), "DELETE") {
+		t.Fatalf("Access-Control-Allow-Methods %q, want DELETE among them", r.header.Values("Access-Control-Allow-Methods"))
+	}
+	if got := metricValue(t, scrape(t, e), "auth_http_requests_total", "route", "preflight", "status", "204"); got != 1 {
+		t.Fatalf("%v preflights counted, want 1", got)
+	}
+}
+
 func TestCORSForgivesATrailingSlashInTheSetting(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t, func(c *config) { c.corsOrigins = []string{"https://app.example.com/"} })

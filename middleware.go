@@ -22,6 +22,7 @@ type reqInfo struct {
 	id     string
 	userID string
 	claims *claims
+	route  string // for the metrics and the log when no route pattern matched (a CORS preflight)
 }
 
 // noteUser names the request's user in its access log line.
@@ -140,6 +141,9 @@ func logRequest(ctx context.Context, log *slog.Logger, m *metrics, r *http.Reque
 	}
 	took := end.Sub(start)
 	route := pattern
+	if route == "" {
+		route = info.route
+	}
 	if route == "" {
 		route = "unmatched"
 	}
@@ -272,9 +276,9 @@ func cors(origins []string) func(http.Handler) http.Handler {
 				next.ServeHTTP(w, r)
 				return
 			}
-			h.Set("Access-Control-Expose-Headers", "WWW-Authenticate, Retry-After, X-Request-Id, X-User-Id, X-User-Email")
+			h.Set("Access-Control-Expose-Headers", "WWW-Authenticate, Retry-After, X-Request-Id, X-User-Id, X-User-Email, X-User-Acr")
 			if guardedMethod(r) == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
-				h.Set("Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS")
+				h.Set("Access-Control-Allow-Methods", "GET, HEAD, POST, DELETE, OPTIONS")
 				h.Set("Access-Control-Allow-Headers",
 					"Authorization, Content-Type, authorization_access, authorization_refresh, X-Request-Id")
 				h.Set("Access-Control-Max-Age", "600")
@@ -285,6 +289,10 @@ func cors(origins []string) func(http.Handler) http.Handler {
 					// drops an empty one.
 					h["X-User-Id"] = []string{""}
 					h["X-User-Email"] = []string{""}
+					h["X-User-Acr"] = []string{""}
+				}
+				if info, ok := r.Context().Value(infoKey).(*reqInfo); ok {
+					info.route = "preflight"
 				}
 				w.WriteHeader(http.StatusNoContent)
 				return

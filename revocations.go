@@ -27,6 +27,7 @@ type revocations struct {
 	mu       sync.RWMutex
 	jtis     map[string]time.Time // token id -> when the entry may be forgotten
 	sids     map[string]time.Time // login session id -> likewise
+	reused   map[string]bool      // the sessions among sids that ended because a token was reused
 	lastSync time.Time            // start of the last successful poll
 }
 
@@ -40,7 +41,7 @@ const (
 
 func newRevocations(store Store, now func() time.Time, log *slog.Logger, maxLag time.Duration) *revocations {
 	return &revocations{store: store, now: now, log: log, maxLag: maxLag,
-		jtis: make(map[string]time.Time), sids: make(map[string]time.Time)}
+		jtis: make(map[string]time.Time), sids: make(map[string]time.Time), reused: make(map[string]bool)}
 }
 
 // revoked reports whether c's token or its whole session has been revoked.
@@ -53,6 +54,21 @@ func (r *revocations) revoked(c *claims) bool {
 	}
 	r.mu.RUnlock()
 	return ok && now.Before(exp)
+}
+
+// refusal is the error for c's token when it or its session is revoked (nil otherwise):
+// token_reused when its session ended because a refresh token was reused, so that every client of
+// the session learns why, token_revoked for anything else.
+func (r *revocations) refusal(c *claims) error {
+	if !r.revoked(c) {
+		return nil
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if r.reused[c.Session] {
+		return errTokenReused
+	}
+	return errTokenRevoked
 }
 
 // add puts revocations into memory, never shortening one it holds; the caller stores them.
@@ -70,6 +86,9 @@ func (r *revocations) add(revs ...Revocation) {
 		}
 		if rev.ExpiresAt.After(m[id]) {
 			m[id] = rev.ExpiresAt
+		}
+		if rev.Reason == endReused {
+			r.reused[id] = true
 		}
 	}
 }
@@ -146,6 +165,7 @@ func (r *revocations) forgetExpired() {
 		for id, exp := range m {
 			if !now.Before(exp) {
 				delete(m, id)
+				delete(r.reused, id)
 			}
 		}
 	}

@@ -116,7 +116,8 @@ func TestRefreshRotation(t *testing.T) {
 		}
 		e.page(t, access).want(t, 401, "token_revoked")
 		e.page(t, rotated.str("access_token")).want(t, 401, "token_revoked")
-		e.refresh(t, rotated.str("refresh_token")).want(t, 401, "token_revoked")
+		// Refresh says why the session ended, to the user's client as to the thief's.
+		e.refresh(t, rotated.str("refresh_token")).want(t, 401, "token_reused")
 		e.page(t, otherAccess).want(t, 200, "")
 	})
 
@@ -171,7 +172,7 @@ func TestRefreshRotation(t *testing.T) {
 		e.refresh(t, thief.str("refresh_token")).want(t, 401, "token_reused")
 		e.page(t, userNext.str("access_token")).want(t, 401, "token_revoked")
 		e.page(t, thief.str("access_token")).want(t, 401, "token_revoked")
-		e.refresh(t, userNext.str("refresh_token")).want(t, 401, "token_revoked")
+		e.refresh(t, userNext.str("refresh_token")).want(t, 401, "token_reused")
 	})
 
 	// The first use is claimed with a unique-key insert: among any number of racing refreshes,

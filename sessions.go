@@ -145,8 +145,8 @@ func (k *sessionKeeper) alive(ctx context.Context, c *claims) error {
 // its retry within the interval of that 503 must get the successor, not be taken for reuse. The
 // window grows by answerBy and no more: a retired token presented after it is still reuse.
 func (k *sessionKeeper) refresh(ctx context.Context, c *claims) (tokenPair, refreshOutcome, error) {
-	if k.revs.revoked(c) {
-		return tokenPair{}, 0, errTokenRevoked
+	if err := k.revs.refusal(c); err != nil {
+		return tokenPair{}, 0, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, k.answerBy)
 	defer cancel()
@@ -289,12 +289,19 @@ func (k *sessionKeeper) raise(ctx context.Context, c *claims, lvl level) (tokenP
 	return pair, err
 }
 
+// checkNotRevoked asks the database whether c's token or its session was revoked; as refusal does,
+// it says token_reused for a session ended by a reused token.
 func (k *sessionKeeper) checkNotRevoked(ctx context.Context, c *claims, now time.Time) error {
-	revoked, err := k.store.Revoked(ctx, now, jtiPrefix+c.ID, sidPrefix+c.Session)
-	if err == nil && revoked {
+	revoked, reason, err := k.store.Revoked(ctx, now, jtiPrefix+c.ID, sidPrefix+c.Session)
+	switch {
+	case err != nil:
+		return err
+	case revoked && reason == endReused:
+		return errTokenReused
+	case revoked:
 		return errTokenRevoked
 	}
-	return err
+	return nil
 }
 
 // end ends session sid for reason: its tokens are refused at once here, by every other instance

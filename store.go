@@ -150,8 +150,9 @@ type Store interface {
 	// ExtendRevocation makes revocation id last until at least expires, and marks it changed at
 	// now so that the other instances read it again.
 	ExtendRevocation(ctx context.Context, id string, expires, now time.Time) error
-	// Revoked reports whether any of ids is revoked and not yet expired at now.
-	Revoked(ctx context.Context, now time.Time, ids ...string) (bool, error)
+	// Revoked reports whether any of ids is revoked and not yet expired at now, and the reason
+	// recorded with it.
+	Revoked(ctx context.Context, now time.Time, ids ...string) (revoked bool, reason string, err error)
 	// RevokedAmong returns which of ids are revoked and not yet expired at now.
 	RevokedAmong(ctx context.Context, now time.Time, ids ...string) (map[string]bool, error)
 	// RevocationsSince lists revocations created at or after since that are still in force at now.
@@ -285,8 +286,9 @@ func isNotImplemented(err error) bool {
 }
 
 // storeErr turns a driver error into one of the Store's sentinels. Anything that is not an
-// answer from the server (a timeout, a refused connection, no server selectable) means the
-// database is unreachable; an error the server did answer with is a bug and stays internal.
+// answer from the server (a timeout, a refused connection, no server selectable), and an answer
+// that says the server cannot serve now (see transient), means the database is unavailable; any
+// other error the server answered with is a bug and stays internal.
 func storeErr(err error) error {
 	var se mongo.ServerError
 	switch {
@@ -298,10 +300,31 @@ func storeErr(err error) error {
 		return ErrDuplicate
 	case errors.Is(err, context.Canceled):
 		return err
-	case errors.As(err, &se) && !mongo.IsTimeout(err) && !mongo.IsNetworkError(err):
+	case errors.As(err, &se) && !mongo.IsTimeout(err) && !mongo.IsNetworkError(err) && !transient(se):
 		return err
 	}
 	return fmt.Errorf("%w: %v", ErrUnavailable, err)
+}
+
+// transient reports whether a server's error says it cannot serve now rather than that the
+// request was wrong: it is shutting down, or a replica set is changing its primary (MongoDB's
+// codes, which FerretDB uses too), or the driver labels the operation worth retrying.
+func transient(se mongo.ServerError) bool {
+	for _, label := range []string{"RetryableWriteError", "RetryableReadError", "TransientTransactionError"} {
+		if se.HasErrorLabel(label) {
+			return true
+		}
+	}
+	for _, code := range []int{
+		6, 7, 89, 9001, // HostUnreachable, HostNotFound, NetworkTimeout, SocketException
+		91, 11600, 11602, // ShutdownInProgress, InterruptedAtShutdown, InterruptedDueToReplStateChange
+		189, 10107, 13435, 13436, // PrimarySteppedDown, NotWritablePrimary, NotPrimaryNoSecondaryOk, NotPrimaryOrSecondary
+	} {
+		if se.HasErrorCode(code) {
+			return true
+		}
+	}
+	return false
 }
 
 // err is storeErr that also counts the failures that are the database's: anything but a missing
@@ -463,18 +486,19 @@ func (s *mongoStore) ExtendRevocation(ctx context.Context, id string, expires, n
 	return s.err(err)
 }
 
-func (s *mongoStore) Revoked(ctx context.Context, now time.Time, ids ...string) (bool, error) {
+func (s *mongoStore) Revoked(ctx context.Context, now time.Time, ids ...string) (bool, string, error) {
+	var found Revocation
 	err := s.blacklist.FindOne(ctx, bson.D{
 		{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}},
 		{Key: "expires_at", Value: bson.D{{Key: "$gt", Value: now}}},
-	}).Err()
+	}, options.FindOne().SetSort(bson.D{{Key: "reason", Value: -1}})).Decode(&found)
 	switch err = s.err(err); {
 	case err == nil:
-		return true, nil
+		return true, found.Reason, nil
 	case errors.Is(err, ErrNotFound):
-		return false, nil
+		return false, "", nil
 	}
-	return false, err
+	return false, "", err
 }
 
 func (s *mongoStore) RevokedAmong(ctx context.Context, now time.Time, ids ...string) (map[string]bool, error) {
