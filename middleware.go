@@ -368,6 +368,7 @@ func handlePage(now func() time.Time) http.Handler {
 		h := w.Header()
 		h["X-User-Id"] = []string{c.Subject}
 		h["X-User-Email"] = []string{c.Email}
+		h["X-User-Email-Verified"] = []string{strconv.FormatBool(c.EmailVerified)}
 		left := max(int64(c.expiresAt().Sub(now())/time.Second), 0)
 		encode(w, http.StatusOK, response{user{c.Subject, c.Email}, left})
 	})

@@ -15,8 +15,9 @@ type routeAdder interface {
 
 // addRoutes lists the whole API and what each route depends on; openapi.yaml describes it.
 func addRoutes(mux routeAdder, d *deps) {
-	mux.Handle("POST /auth/signup", handleSignup(d.log, d.clients, d.store, d.hasher, d.signups, d.signupsPerClient, d.now))
-	mux.Handle("POST /auth/login", handleLogin(d.log, d.clients, d.passwords, d.sessions, d.metrics))
+	mux.Handle("POST /auth/signup", handleSignup(d.log, d.clients, d.store, d.hasher, d.signups, d.signupsPerClient, d.now, d.mail))
+	mux.Handle("POST /auth/login", handleLogin(d.log, d.clients, d.passwords, d.sessions, d.metrics,
+		d.mail.cfg.verification == verificationRequired))
 	mux.Handle("POST /auth/refresh", handleRefresh(d.log, d.tokens, d.sessions, d.metrics))
 	mux.Handle("POST /auth/logout", handleLogout(d.log, d.tokens, d.revocations, d.sessions, d.metrics))
 	signedIn := requireAccess(d.log, d.tokens, d.revocations)
@@ -24,6 +25,11 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("DELETE /auth/sessions/{id}", signedIn(handleEndSession(d.log, d.sessions)))
 	mux.Handle("POST /auth/password", signedIn(handlePasswordChange(d.log, d.clients, d.store, d.passwords, d.hasher, d.sessions, d.metrics)))
 	mux.Handle("DELETE /auth/account", signedIn(handleDeleteAccount(d.log, d.clients, d.passwords, d.accounts)))
+	mux.Handle("POST /auth/password/forgot", handleForgotPassword(d.log, d.clients, d.mail))
+	mux.Handle("POST /auth/password/reset", handleResetPassword(d.log, d.mail, d.hasher, d.sessions))
+	mux.Handle("POST /auth/email/verify", handleVerifyEmail(d.log, d.mail))
+	mux.Handle("POST /auth/email/resend", handleResendVerification(d.log, d.clients, d.mail))
+	mux.Handle("POST /auth/email/change", signedIn(handleEmailChange(d.log, d.clients, d.mail, d.passwords, d.sessions)))
 	mux.Handle("POST /auth/verify", handleVerify(d.log, d.tokens, d.revocations))
 	mux.Handle("GET /auth/verify", handleVerify(d.log, d.tokens, d.revocations))
 	// Forward-auth proxies ask with GET (nginx, Caddy, Traefik by default) or with the guarded
@@ -66,6 +72,7 @@ type deps struct {
 	clients          clientIPs
 	metricsEnabled   bool
 	metrics          *metrics
+	mail             *mailFlows
 }
 
 // newDeps wires the service's parts together over store; m also counts store's failures.
@@ -97,6 +104,10 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		clients:          clientIPs{trusted: c.trustedProxies},
 		metricsEnabled:   c.metrics && c.metricsAddr == "",
 		metrics:          m,
+		mail: &mailFlows{cfg: c.mail, store: store, outbox: newOutbox(store, c.mail, m, now, log),
+			perInterval: &throttle{store: store, now: now, window: c.mail.addressInterval},
+			perWindow:   &throttle{store: store, now: now, window: mailWindow},
+			now:         now, log: log},
 	}
 }
 

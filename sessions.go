@@ -23,6 +23,7 @@ const (
 	endAccountDeleted = "account_deleted"  // DELETE /auth/account, DELETE /admin/users/{id}
 	endAdminLogout    = "admin_logout"     // POST /admin/users/{id}/logout
 	endDisabled       = "account_disabled" // POST /admin/users/{id}/disable
+	endPasswordReset  = "password_reset"   // POST /auth/password/reset
 )
 
 // sessionKeeper starts, refreshes and ends login sessions. A session is a record in the database
@@ -46,7 +47,7 @@ func (k *sessionKeeper) start(ctx context.Context, u *User, ip netip.Addr, userA
 	if k.maxAge > 0 {
 		s.ExpiresAt = now.Add(k.maxAge)
 	}
-	pair, until, err := k.tokens.pair(u.ID, u.Email, s.ID, k.tokens.successor(s.ExpiresAt), s.ExpiresAt)
+	pair, until, err := k.tokens.pair(u.ID, u.Email, u.EmailVerified, s.ID, k.tokens.successor(s.ExpiresAt), s.ExpiresAt)
 	if err != nil {
 		return tokenPair{}, err
 	}
@@ -166,7 +167,7 @@ func (k *sessionKeeper) refresh(ctx context.Context, c *claims) (tokenPair, refr
 	next := k.tokens.successor(s.ExpiresAt)
 	// The latest this refresh can make any token of the session live: a fresh access token and a
 	// fresh successor. (A successor re-issued from the first use was covered by that use.)
-	_, bound, err := k.tokens.pair(c.Subject, c.Email, c.Session, next, s.ExpiresAt)
+	_, bound, err := k.tokens.pair(c.Subject, c.Email, c.EmailVerified, c.Session, next, s.ExpiresAt)
 	if err != nil {
 		return tokenPair{}, 0, err
 	}
@@ -204,10 +205,12 @@ func (k *sessionKeeper) refresh(ctx context.Context, c *claims) (tokenPair, refr
 		}
 		next, outcome = first.Next, refreshReuseGrace
 	}
+	who := k.identity(ctx, c) // a verified or changed address shows from the next refresh on
 	if err := k.checkNotRevoked(ctx, c, now); err != nil {
 		return tokenPair{}, 0, err
 	}
-	pair, _, err := k.tokens.pair(c.Subject, c.Email, c.Session, next, s.ExpiresAt)
+	email, verified := who()
+	pair, _, err := k.tokens.pair(c.Subject, email, verified, c.Session, next, s.ExpiresAt)
 	return pair, outcome, err
 }
 

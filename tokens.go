@@ -24,6 +24,10 @@ type claims struct {
 	Use      string `json:"token_use"`
 	IssuedAt int64  `json:"iat"`
 	Expiry   int64  `json:"exp"`
+
+	// EmailVerified says whether the user had followed a verification link to Email when the
+	// token was signed; tokens signed before verification existed read as false.
+	EmailVerified bool `json:"email_verified"`
 }
 
 // The jwt.Claims interface; validation is ours (see tokens.parse), so these only report.
@@ -89,7 +93,7 @@ type tokenPair struct {
 
 // issue signs an access and a refresh token for user in login session sid, with no session end.
 func (t *tokens) issue(userID, email, sid string) (tokenPair, error) {
-	pair, _, err := t.pair(userID, email, sid, t.successor(time.Time{}), time.Time{})
+	pair, _, err := t.pair(userID, email, false, sid, t.successor(time.Time{}), time.Time{})
 	return pair, err
 }
 
@@ -104,20 +108,21 @@ func (t *tokens) successor(end time.Time) Successor {
 	return Successor{ID: newID(), IssuedAt: now.Unix(), Expiry: exp.Unix()}
 }
 
-// pair signs a fresh access token and the refresh token next for user in session sid; no token
-// outlives the session's end (zero for none). until is the last moment either is accepted.
-func (t *tokens) pair(userID, email, sid string, next Successor, end time.Time) (p tokenPair, until time.Time, err error) {
+// pair signs a fresh access token and the refresh token next for user in session sid, with the
+// user's email and whether it is verified; no token outlives the session's end (zero for none).
+// until is the last moment either is accepted.
+func (t *tokens) pair(userID, email string, verified bool, sid string, next Successor, end time.Time) (p tokenPair, until time.Time, err error) {
 	now := t.now()
 	exp := now.Add(t.accessTTL)
 	if !end.IsZero() && end.Before(exp) {
 		exp = end
 	}
-	access, err := t.sign(claims{Subject: userID, Email: email, Session: sid, Use: useAccess,
+	access, err := t.sign(claims{Subject: userID, Email: email, EmailVerified: verified, Session: sid, Use: useAccess,
 		ID: newID(), IssuedAt: now.Unix(), Expiry: exp.Unix()})
 	if err != nil {
 		return tokenPair{}, time.Time{}, err
 	}
-	refresh, err := t.sign(claims{Subject: userID, Email: email, Session: sid, Use: useRefresh,
+	refresh, err := t.sign(claims{Subject: userID, Email: email, EmailVerified: verified, Session: sid, Use: useRefresh,
 		ID: next.ID, IssuedAt: next.IssuedAt, Expiry: next.Expiry})
 	if err != nil {
 		return tokenPair{}, time.Time{}, err
