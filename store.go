@@ -758,9 +758,18 @@ func (s *mongoStore) SetEmailVerified(ctx context.Context, id, email string) err
 }
 
 func (s *mongoStore) SetEmail(ctx context.Context, id, email string) error {
-	// The unique index on email decides between two accounts that want one address.
+	// The unique index on email decides between two accounts that want one address, on MongoDB
+	// and FerretDB alike. FerretDB 1.24, though, reports an update that breaks it as an
+	// InternalError (code 1, "UNIQUE constraint failed"), not as E11000 as it does an insert: so a
+	// failed update is a duplicate when another account has the address now.
 	res, err := s.users.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}},
 		bson.D{{Key: "$set", Value: bson.D{{Key: "email", Value: email}, {Key: "email_verified", Value: true}}}})
+	var se mongo.ServerError
+	if err != nil && errors.As(err, &se) && !mongo.IsDuplicateKeyError(err) {
+		if other, ferr := s.UserByEmail(ctx, email); ferr == nil && other.ID != id {
+			return ErrDuplicate
+		}
+	}
 	if err != nil {
 		return s.err(err)
 	}
