@@ -44,13 +44,11 @@ type mailServer struct {
 	cert        tls.Certificate
 	implicitTLS bool
 
-	mu       sync.Mutex
-	srv      *smtp.Server
-	got      []receivedMail
-	taken    int             // how many of got next has handed out, in order, per address below
-	seen     map[string]int  // per address, how many mails next has handed out
-	refuse   map[string]bool // recipients answered 550
-	sessions map[*mailSession]bool
+	mu     sync.Mutex
+	srv    *smtp.Server
+	got    []receivedMail
+	seen   map[string]int  // per address, how many mails next has handed out
+	refuse map[string]bool // recipients answered 550
 }
 
 const (

@@ -150,18 +150,29 @@ func (o *outbox) round(ctx context.Context) {
 	case err == nil:
 		o.metrics.mailOutboxAge.Store(int64(max(now.Sub(oldest), 0)))
 	}
+	// An attempt, once claimed, is seen through as the service stops, for a few seconds: an
+	// attempt cut off leaves its message to be retried after the lease, by any instance.
+	attemptCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(stopGrace, cancel) })
+	defer stop()
 	var wg sync.WaitGroup
 	slots := make(chan struct{}, senders)
 	for _, m := range due {
+		if ctx.Err() != nil {
+			break
+		}
 		slots <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-slots }()
-			// An attempt, once claimed, is seen through even as the service stops.
-			o.attempt(context.WithoutCancel(ctx), m)
+			o.attempt(attemptCtx, m)
 		})
 	}
 	wg.Wait()
 }
+
+// stopGrace is how long a stopping service lets a mail delivery under way finish.
+const stopGrace = 5 * time.Second
 
 // claim takes the next attempt of m, seen at now: the number of the attempt and its lease, or
 // ok false when another instance holds it or m is no longer due.
