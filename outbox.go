@@ -66,6 +66,7 @@ type outgoingMail struct {
 	id   string // the outbox message's
 	kind string
 	to   string
+	user string // the account it concerns, if any
 	data []byte // the whole message, headers and bodies, CRLF line ends
 	link string // the link in it, if any: the development mailbox logs it
 }
@@ -226,7 +227,7 @@ func (o *outbox) attempt(ctx context.Context, m MailMessage) {
 		return
 	}
 	sendCtx, cancel := context.WithTimeout(ctx, o.cfg.sendTimeout)
-	err := o.send(sendCtx, m)
+	user, err := o.send(sendCtx, m)
 	cancel()
 	var perm permanentError
 	switch {
@@ -234,8 +235,11 @@ func (o *outbox) attempt(ctx context.Context, m MailMessage) {
 		o.done(ctx, m)
 	case err == nil:
 		o.metrics.mailed(mailSent)
-		o.log.LogAttrs(ctx, slog.LevelInfo, "mail sent", slog.String("mail_id", m.ID), slog.String("kind", m.Kind),
-			slog.String("user_id", m.UserID), slog.Int("attempt", n+1))
+		attrs := []slog.Attr{slog.String("mail_id", m.ID), slog.String("kind", m.Kind), slog.Int("attempt", n+1)}
+		if user != "" {
+			attrs = append(attrs, slog.String("user_id", user))
+		}
+		o.log.LogAttrs(ctx, slog.LevelInfo, "mail sent", attrs...)
 		o.done(ctx, m)
 	case errors.As(err, &perm):
 		o.giveUp(ctx, m, n+1, err)
@@ -278,13 +282,14 @@ func (o *outbox) giveUp(ctx context.Context, m MailMessage, attempts int, err er
 	o.done(ctx, m)
 }
 
-// send renders m, with a fresh token where it has a link, and delivers it.
-func (o *outbox) send(ctx context.Context, m MailMessage) error {
+// send renders m, with a fresh token where it has a link, and delivers it; user is the account it
+// concerns, when one does.
+func (o *outbox) send(ctx context.Context, m MailMessage) (user string, err error) {
 	out, err := o.render(ctx, m)
 	if err != nil {
-		return err
+		return "", err
 	}
-	return o.transport.deliver(ctx, out)
+	return out.user, o.transport.deliver(ctx, out)
 }
 
 // mailData is what the templates see.
@@ -301,6 +306,7 @@ type mailData struct {
 // render makes the mail for m, reading the account it concerns as it is now.
 func (o *outbox) render(ctx context.Context, m MailMessage) (*outgoingMail, error) {
 	d := mailData{AppName: o.cfg.appName, AppURL: o.cfg.appURL, Email: m.To}
+	user := m.UserID
 	link := func(path, purpose, user, email string, ttl time.Duration) error {
 		raw, err := newMailToken(ctx, o.store, o.now(), purpose, user, email, ttl)
 		if err != nil {
@@ -321,6 +327,9 @@ func (o *outbox) render(ctx context.Context, m MailMessage) (*outgoingMail, erro
 		}
 		if errors.Is(err, ErrNotFound) {
 			return nil, errNoMail
+		}
+		if err == nil {
+			user = u.ID
 		}
 		return u, err
 	}
@@ -367,7 +376,7 @@ func (o *outbox) render(ctx context.Context, m MailMessage) (*outgoingMail, erro
 	if err != nil {
 		return nil, permanentError{err}
 	}
-	return &outgoingMail{id: m.ID, kind: m.Kind, to: m.To, data: data, link: d.Link}, nil
+	return &outgoingMail{id: m.ID, kind: m.Kind, to: m.To, user: user, data: data, link: d.Link}, nil
 }
 
 // inWords says a token's lifetime as a mail would: "15 minutes", "24 hours".
