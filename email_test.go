@@ -172,7 +172,9 @@ func (s *mailServer) url() string {
 	return fmt.Sprintf("%s://%s:%s@127.0.0.1:%s", scheme, testSMTPUser, testSMTPPass, s.port())
 }
 
-// configure points c's mail at s, over a fast clock: short polls and retries.
+// configure points c's mail at s, with short retries. Polls stay a quarter second apart: a mail
+// queued wakes the sender at once, and a few dozen senders polling faster slow the shared test
+// database enough that other tests' calls time out under the race detector.
 func (s *mailServer) configure(c *config) {
 	c.mail.mode = mailSMTP
 	c.mail.smtp = smtpConfig{host: "127.0.0.1", port: s.port(), user: testSMTPUser, pass: testSMTPPass,
@@ -180,7 +182,7 @@ func (s *mailServer) configure(c *config) {
 	c.mail.from, c.mail.fromAddr = `"Example App" <auth@example.com>`, "auth@example.com"
 	c.mail.appURL, c.mail.appName = testAppURL, "Example App"
 	c.mail.verification = verificationOptional
-	c.mail.poll, c.mail.retryBase, c.mail.retryCap = 20*time.Millisecond, 50*time.Millisecond, 200*time.Millisecond
+	c.mail.poll, c.mail.retryBase, c.mail.retryCap = 250*time.Millisecond, 50*time.Millisecond, 200*time.Millisecond
 	c.mail.maxPerClient = 0 // the tests send from one address; the limits' own test sets them
 	c.mail.addressInterval = 0
 }
@@ -968,7 +970,7 @@ func TestDevelopmentMailboxWritesPrivateEmlFilesAndLogsTheLink(t *testing.T) {
 	e := newTestEnv(t, func(c *config) {
 		c.mail.verification = verificationOptional
 		c.mail.dir = dir
-		c.mail.poll = 20 * time.Millisecond
+		c.mail.poll = 250 * time.Millisecond
 	})
 	e.startSender(t)
 	e.signup(t, "dev@example.com", "correct horse battery")
