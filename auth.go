@@ -53,8 +53,10 @@ func validPassword(p string) bool { return len(p) >= 8 && len(p) <= 1024 }
 
 // handleSignup creates accounts. Every sign-up that gets as far as hashing counts toward its
 // client's limit, whatever its outcome: an answer of email_taken tells whether an address has an
-// account, and each sign-up costs a hash.
-func handleSignup(log *slog.Logger, clients clientIPs, store Store, h *hasher, signups *throttle, perClient int, now func() time.Time) http.Handler {
+// account, and each sign-up costs a hash. With email verification on, a taken address is
+// answered as a new one, and mailed (see signupMail).
+func handleSignup(log *slog.Logger, clients clientIPs, store Store, h *hasher, signups *throttle, perClient int, now func() time.Time,
+	mail *mailFlows) http.Handler {
 	type response struct {
 		ID        string    `json:"id"`
 		Email     string    `json:"email"`
@@ -72,7 +74,8 @@ func handleSignup(log *slog.Logger, clients clientIPs, store Store, h *hasher, s
 		if !validPassword(req.Password) {
 			return errWeakPassword
 		}
-		att, err := signups.begin(r.Context(), limit{"signup|" + clientPrefix(clients.of(r)), perClient})
+		client := clients.of(r)
+		att, err := signups.begin(r.Context(), limit{"signup|" + clientPrefix(client), perClient})
 		if err != nil {
 			return err
 		}
@@ -84,9 +87,11 @@ func handleSignup(log *slog.Logger, clients clientIPs, store Store, h *hasher, s
 			return err
 		}
 		u := &User{ID: newID(), Email: email, PasswordHash: hash, CreatedAt: now().UTC().Truncate(time.Millisecond)}
-		if err := store.CreateUser(r.Context(), u); errors.Is(err, ErrDuplicate) {
-			return errEmailTaken
-		} else if err != nil {
+		err = store.CreateUser(r.Context(), u)
+		if err != nil && !errors.Is(err, ErrDuplicate) {
+			return err
+		}
+		if u, err = mail.signupMail(r.Context(), client, u, err != nil); err != nil {
 			return err
 		}
 		encode(w, http.StatusCreated, response{u.ID, u.Email, u.CreatedAt})
@@ -94,10 +99,13 @@ func handleSignup(log *slog.Logger, clients clientIPs, store Store, h *hasher, s
 	})
 }
 
-// handleLogin checks email and password. A user with an active second factor gets
-// {"mfa_required":true,"mfa_token":...} and no session yet (see handleVerifyMFA); every other user
-// gets the token pair, as the original service answered.
-func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, sessions *sessionKeeper, second *mfa, m *metrics) http.Handler {
+// handleLogin checks email and password. With requireVerified (EMAIL_VERIFICATION=required), the
+// right password for an address not verified yet gets 403 email_not_verified and no session; a
+// wrong one gets 401 as ever, so that the 403 tells nothing to someone without the password. A
+// user with an active second factor gets {"mfa_required":true,"mfa_token":...} and no session yet
+// (see handleVerifyMFA). Every other user gets the token pair, as the original service answered.
+func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, sessions *sessionKeeper, second *mfa, m *metrics,
+	requireVerified bool) http.Handler {
 	type challenge struct {
 		MFARequired bool   `json:"mfa_required"`
 		MFAToken    string `json:"mfa_token"`
@@ -125,6 +133,10 @@ func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, 
 			return err
 		case err != nil:
 			return err
+		}
+		if requireVerified && !u.EmailVerified {
+			m.login(loginUnverified)
+			return errEmailNotVerified
 		}
 		if u.hasTOTP {
 			token, err := second.challenge(r.Context(), u, r)

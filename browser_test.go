@@ -768,19 +768,6 @@ func (p *tab) setLifecycle(tb testing.TB, state page.SetWebLifecycleStateState) 
 	}
 }
 
-// waitFor polls cond until it holds, for 30 seconds at most: the conditions here follow from
-// requests in flight, and a loaded machine may take a while to answer them.
-func waitFor(tb testing.TB, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("waited 30s for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // served is how many requests the service answered, by its auth_http_requests_total: route ""
 // and status 0 match any.
 func served(fams map[string]*dto.MetricFamily, route, method string, status int) int {

@@ -83,6 +83,7 @@ type config struct {
 	appName          string // shown in authenticator apps and mails
 	adminToken       string // the admin API is served only when set
 	adminAddr        string
+	mail             mailConfig
 
 	// HTTP server limits; fixed defaults, fields so that tests can shorten them.
 	readHeaderTimeout time.Duration
@@ -188,6 +189,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if c.adminToken != "" && len(c.adminToken) < 32 {
 		errs = append(errs, errors.New("ADMIN_TOKEN: must be at least 32 bytes; generate one with: openssl rand -base64 48"))
 	}
+	var mailErrs []error
+	c.mail, mailErrs = loadMailConfig(getenv, c.mongoURI, c.dataDir)
+	errs = append(errs, mailErrs...)
 	if c.mongoURI != "" && c.jwtSecret == "" {
 		errs = append(errs, errors.New("JWT_SECRET: required when MONGODB_URI is set (at least 32 bytes; generate one with: openssl rand -base64 48)"))
 	}
@@ -264,6 +268,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	bg, stopBG := context.WithCancel(context.Background())
 	defer stopBG()
 	go d.revocations.run(bg, c.syncInterval, time.Minute)
+	// The mail sender finishes the delivery it is in before the database closes.
+	mailDone := make(chan struct{})
+	if c.mail.enabled() {
+		go func() { defer close(mailDone); d.mail.outbox.run(bg) }()
+	} else {
+		close(mailDone)
+	}
+	defer func() { stopBG(); <-mailDone }()
+	logMailSettings(log, c.mail)
 	go d.passwords.learnImportedHashes(bg)
 	go logOut.flushEvery(bg, 100*time.Millisecond)
 

@@ -33,6 +33,9 @@ type metrics struct {
 	revocations [2]atomic.Uint64 // tokens, sessions
 	dbErrors    atomic.Uint64
 
+	mails         [numMailOutcomes]atomic.Uint64
+	mailOutboxAge atomic.Int64 // nanoseconds, as of the sender's last look
+
 	endsMu      sync.Mutex
 	sessionEnds map[string]uint64 // by reason, one of the end* constants
 }
@@ -52,13 +55,14 @@ type loginOutcome int
 
 const (
 	loginDisabled loginOutcome = iota
+	loginUnverified
 	loginInvalidCredentials
 	loginSuccess
 	loginThrottled
 	numLoginOutcomes
 )
 
-var loginOutcomeNames = [numLoginOutcomes]string{"disabled", "invalid_credentials", "success", "throttled"}
+var loginOutcomeNames = [numLoginOutcomes]string{"disabled", "email_not_verified", "invalid_credentials", "success", "throttled"}
 
 type mfaOutcome int
 
@@ -87,6 +91,20 @@ const (
 )
 
 var refreshOutcomeNames = [numRefreshOutcomes]string{"reuse_grace", "reused", "rotated"}
+
+// What became of a mail delivery attempt.
+type mailOutcome int
+
+const (
+	mailFailed  mailOutcome = iota // given up: refused for good, or too old
+	mailRetried                    // failed, and will be tried again
+	mailSent
+	numMailOutcomes
+)
+
+var mailOutcomeNames = [numMailOutcomes]string{"failed", "retried", "sent"}
+
+func (m *metrics) mailed(o mailOutcome) { m.mails[o].Add(1) }
 
 func (m *metrics) login(o loginOutcome)     { m.logins[o].Add(1) }
 func (m *metrics) refresh(o refreshOutcome) { m.refreshes[o].Add(1) }
@@ -242,6 +260,14 @@ func (m *metrics) expose(g gauges, extra ...family) []byte {
 			for i, r := range reasons {
 				sample(b, name, counts[i], "reason", r)
 			}
+		}},
+		{"auth_mails_total", "Mail delivery attempts, by outcome: sent, retried (failed, to be tried again) and failed (given up).", "counter", func(b *bytes.Buffer, name string) {
+			for i, o := range mailOutcomeNames {
+				sample(b, name, m.mails[i].Load(), "outcome", o)
+			}
+		}},
+		{"auth_mail_outbox_age_seconds", "Age of the oldest mail waiting in the outbox, as this instance's sender last saw it; 0 when empty.", "gauge", func(b *bytes.Buffer, name string) {
+			sample(b, name, time.Duration(m.mailOutboxAge.Load()).Seconds())
 		}},
 		{"auth_database_errors_total", "Database calls that failed for a reason other than a missing or duplicate record.", "counter", func(b *bytes.Buffer, name string) {
 			sample(b, name, m.dbErrors.Load())

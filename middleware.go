@@ -386,6 +386,7 @@ func handlePage(now func() time.Time) http.Handler {
 		h["X-User-Id"] = []string{c.Subject}
 		h["X-User-Email"] = []string{c.Email}
 		h["X-User-Acr"] = []string{c.level().ACR}
+		h["X-User-Email-Verified"] = []string{strconv.FormatBool(c.EmailVerified)}
 		left := max(int64(c.expiresAt().Sub(now())/time.Second), 0)
 		encode(w, http.StatusOK, response{user{c.Subject, c.Email}, left})
 	})

@@ -15,8 +15,9 @@ type routeAdder interface {
 
 // addRoutes lists the whole API and what each route depends on; openapi.yaml describes it.
 func addRoutes(mux routeAdder, d *deps) {
-	mux.Handle("POST /auth/signup", handleSignup(d.log, d.clients, d.store, d.hasher, d.signups, d.signupsPerClient, d.now))
-	mux.Handle("POST /auth/login", handleLogin(d.log, d.clients, d.passwords, d.sessions, d.mfa, d.metrics))
+	mux.Handle("POST /auth/signup", handleSignup(d.log, d.clients, d.store, d.hasher, d.signups, d.signupsPerClient, d.now, d.mail))
+	mux.Handle("POST /auth/login", handleLogin(d.log, d.clients, d.passwords, d.sessions, d.mfa, d.metrics,
+		d.mail.cfg.verification == verificationRequired))
 	mux.Handle("POST /auth/refresh", handleRefresh(d.log, d.tokens, d.sessions, d.metrics))
 	mux.Handle("POST /auth/logout", handleLogout(d.log, d.tokens, d.revocations, d.sessions, d.metrics))
 	signedIn := requireAccess(d.log, d.tokens, d.revocations)
@@ -28,6 +29,11 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("POST /auth/mfa/totp/confirm", signedIn(handleConfirmTOTP(d.log, d.mfa)))
 	mux.Handle("DELETE /auth/mfa/totp", signedIn(handleRemoveTOTP(d.log, d.mfa)))
 	mux.Handle("POST /auth/mfa/verify", handleVerifyMFA(d.log, d.mfa))
+	mux.Handle("POST /auth/password/forgot", handleForgotPassword(d.log, d.clients, d.mail))
+	mux.Handle("POST /auth/password/reset", handleResetPassword(d.log, d.mail, d.hasher, d.sessions))
+	mux.Handle("POST /auth/email/verify", handleVerifyEmail(d.log, d.mail))
+	mux.Handle("POST /auth/email/resend", handleResendVerification(d.log, d.clients, d.mail))
+	mux.Handle("POST /auth/email/change", signedIn(handleEmailChange(d.log, d.clients, d.mail, d.passwords, d.sessions)))
 	mux.Handle("POST /auth/verify", handleVerify(d.log, d.tokens, d.revocations))
 	mux.Handle("GET /auth/verify", handleVerify(d.log, d.tokens, d.revocations))
 	// Forward-auth proxies ask with GET (nginx, Caddy, Traefik by default) or with the guarded
@@ -72,6 +78,7 @@ type deps struct {
 	clients          clientIPs
 	metricsEnabled   bool
 	metrics          *metrics
+	mail             *mailFlows
 }
 
 // newDeps wires the service's parts together over store; m also counts store's failures.
@@ -107,6 +114,10 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		clients:          clients,
 		metricsEnabled:   c.metrics && c.metricsAddr == "",
 		metrics:          m,
+		mail: &mailFlows{cfg: c.mail, store: store, outbox: newOutbox(store, c.mail, m, now, log),
+			perInterval: &throttle{store: store, now: now, window: c.mail.addressInterval},
+			perWindow:   &throttle{store: store, now: now, window: mailWindow},
+			now:         now, log: log},
 	}
 }
 

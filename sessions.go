@@ -24,6 +24,7 @@ const (
 	endAdminLogout    = "admin_logout"     // POST /admin/users/{id}/logout
 	endDisabled       = "account_disabled" // POST /admin/users/{id}/disable
 	endMFARemoved     = "mfa_removed"      // DELETE /auth/mfa/totp: the other sessions
+	endPasswordReset  = "password_reset"   // POST /auth/password/reset
 )
 
 // sessionKeeper starts, refreshes and ends login sessions. A session is a record in the database
@@ -53,7 +54,7 @@ func (k *sessionKeeper) start(ctx context.Context, u *User, ip netip.Addr, userA
 		s.ExpiresAt = now.Add(k.maxAge)
 	}
 	first := k.tokens.successor(s.ExpiresAt, lvl)
-	pair, until, err := k.tokens.pair(u.ID, u.Email, s.ID, first, s.ExpiresAt)
+	pair, until, err := k.tokens.pair(u.ID, u.Email, u.EmailVerified, s.ID, first, s.ExpiresAt)
 	if err != nil {
 		return tokenPair{}, err
 	}
@@ -180,7 +181,7 @@ func (k *sessionKeeper) refresh(ctx context.Context, c *claims) (tokenPair, refr
 	next := k.tokens.successor(s.ExpiresAt, c.level())
 	// The latest this refresh can make any token of the session live: a fresh access token and a
 	// fresh successor. (A successor re-issued from the first use was covered by that use.)
-	_, bound, err := k.tokens.pair(c.Subject, c.Email, c.Session, next, s.ExpiresAt)
+	_, bound, err := k.tokens.pair(c.Subject, c.Email, c.EmailVerified, c.Session, next, s.ExpiresAt)
 	if err != nil {
 		return tokenPair{}, 0, err
 	}
@@ -201,10 +202,12 @@ func (k *sessionKeeper) refresh(ctx context.Context, c *claims) (tokenPair, refr
 		}
 		next, outcome = first.Next, refreshReuseGrace
 	}
+	who := k.identity(ctx, c) // a verified or changed address shows from the next refresh on
 	if err := k.commit(ctx, c, won, next.ID, now); err != nil {
 		return tokenPair{}, 0, err
 	}
-	pair, _, err := k.tokens.pair(c.Subject, c.Email, c.Session, next, s.ExpiresAt)
+	email, verified := who()
+	pair, _, err := k.tokens.pair(c.Subject, email, verified, c.Session, next, s.ExpiresAt)
 	return pair, outcome, err
 }
 
@@ -270,7 +273,7 @@ func (k *sessionKeeper) raise(ctx context.Context, c *claims, lvl level) (tokenP
 		return tokenPair{}, errStepUpRace
 	}
 	next := k.tokens.successor(s.ExpiresAt, lvl)
-	_, bound, err := k.tokens.pair(c.Subject, c.Email, c.Session, next, s.ExpiresAt)
+	_, bound, err := k.tokens.pair(c.Subject, c.Email, c.EmailVerified, c.Session, next, s.ExpiresAt)
 	if err != nil {
 		return tokenPair{}, err
 	}
@@ -285,7 +288,7 @@ func (k *sessionKeeper) raise(ctx context.Context, c *claims, lvl level) (tokenP
 	if err := k.commit(ctx, c, won, next.ID, now); err != nil {
 		return tokenPair{}, err
 	}
-	pair, _, err := k.tokens.pair(c.Subject, c.Email, c.Session, next, s.ExpiresAt)
+	pair, _, err := k.tokens.pair(c.Subject, c.Email, c.EmailVerified, c.Session, next, s.ExpiresAt)
 	return pair, err
 }
 

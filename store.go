@@ -28,6 +28,10 @@ type User struct {
 	CreatedAt    time.Time `bson:"created_at"`
 	Disabled     bool      `bson:"disabled,omitempty"` // by an operator: no login, no session
 
+	// EmailVerified: the owner followed a link mailed to Email. Accounts made before verification
+	// existed have no such field and read as unverified.
+	EmailVerified bool `bson:"email_verified,omitempty"`
+
 	hasTOTP bool // an active second factor, as passwordCheck found; not stored here
 }
 
@@ -194,6 +198,8 @@ type Store interface {
 	// Purge deletes everything that expired before now.
 	Purge(ctx context.Context, now time.Time) error
 	Ping(ctx context.Context) error
+
+	mailStore
 }
 
 // mongoStore is the Store on MongoDB (or anything that speaks its wire protocol, such as the
@@ -276,6 +282,9 @@ func newMongoStore(ctx context.Context, db *mongo.Database, m *metrics) (*mongoS
 		if err != nil {
 			return nil, fmt.Errorf("create index on %s: %w", ix.coll.Name(), s.err(err))
 		}
+	}
+	if err := s.mailIndexes(ctx); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
@@ -679,4 +688,263 @@ func (s *mongoStore) Purge(ctx context.Context, now time.Time) error {
 
 func (s *mongoStore) Ping(ctx context.Context) error {
 	return s.err(s.users.Database().Client().Ping(ctx, nil))
+}
+
+// MailMessage is a mail waiting in the outbox: what to send and to whom, never its text. The
+// sender renders it, and makes the token in its link, when it delivers: no token in clear is ever
+// stored. Attempts and NextAt are written only by the holder of the attempt's lease (MailLease).
+type MailMessage struct {
+	ID        string    `bson:"_id"`
+	Kind      string    `bson:"kind"` // one of the mail* kinds
+	To        string    `bson:"to"`
+	UserID    string    `bson:"user_id,omitempty"`
+	NewEmail  string    `bson:"new_email,omitempty"` // an address change's new address, in the old one's notice
+	CreatedAt time.Time `bson:"created_at"`
+	NextAt    time.Time `bson:"next_at"`  // not before then
+	Attempts  int       `bson:"attempts"` // attempts started
+	LastError string    `bson:"last_error,omitempty"`
+}
+
+// MailLease is the claim on one delivery attempt of a message: its ID is the message's and the
+// attempt's number, so that of the instances that try to claim it one insert succeeds.
+type MailLease struct {
+	ID        string    `bson:"_id"`
+	MessageID string    `bson:"message_id"`
+	TakenAt   time.Time `bson:"taken_at"`
+	ExpiresAt time.Time `bson:"expires_at"`
+}
+
+// MailToken is a token mailed in a link, kept only as the SHA-256 digest of the token. Email is
+// the address it was sent to: the account's for a reset or a verification, the new one for an
+// address change.
+type MailToken struct {
+	Digest    string    `bson:"_id"`
+	Purpose   string    `bson:"purpose"`
+	UserID    string    `bson:"user_id"`
+	Email     string    `bson:"email"`
+	CreatedAt time.Time `bson:"created_at"`
+	ExpiresAt time.Time `bson:"expires_at"`
+}
+
+// mailStore is what the Store keeps for mail: the outbox, its leases and the mailed tokens.
+type mailStore interface {
+	// QueueMail adds m to the outbox.
+	QueueMail(ctx context.Context, m *MailMessage) error
+	// DueMail lists at most limit messages due at now, the longest due first.
+	DueMail(ctx context.Context, now time.Time, limit int) ([]MailMessage, error)
+	// OldestMail is when the oldest message in the outbox was queued; ErrNotFound when none is.
+	OldestMail(ctx context.Context) (time.Time, error)
+	// LeaseMail records a lease; ErrDuplicate when one with its id exists: another holds it.
+	LeaseMail(ctx context.Context, l *MailLease) error
+	// MailLeaseByID finds a lease; ErrNotFound when there is none.
+	MailLeaseByID(ctx context.Context, id string) (*MailLease, error)
+	// RescheduleMail records that attempts have started on message id and that the next may
+	// start at next; lastErr is why the last one failed, if it did.
+	RescheduleMail(ctx context.Context, id string, attempts int, next time.Time, lastErr string) error
+	// MailByID finds a message in the outbox; ErrNotFound when there is none.
+	MailByID(ctx context.Context, id string) (*MailMessage, error)
+	// DeleteMail removes message id from the outbox, and its leases.
+	DeleteMail(ctx context.Context, id string) error
+	// ReleaseMailLease deletes the lease id, which its holder did not use after all.
+	ReleaseMailLease(ctx context.Context, id string) error
+	// PurgeMail deletes the mailed tokens and the leases that expired before now.
+	PurgeMail(ctx context.Context, now time.Time) error
+
+	// CreateMailToken records a mailed token's digest.
+	CreateMailToken(ctx context.Context, t *MailToken) error
+	// MailTokenByDigest finds a token; ErrNotFound when there is none.
+	MailTokenByDigest(ctx context.Context, digest string) (*MailToken, error)
+	// DeleteMailToken deletes a token: nil for exactly one caller, however many try at once, and
+	// ErrNotFound for the others.
+	DeleteMailToken(ctx context.Context, digest string) error
+	// DeleteMailTokens deletes every token of user for purpose.
+	DeleteMailTokens(ctx context.Context, user, purpose string) error
+
+	// SetEmailVerified marks the address of user id verified, if it is still email; ErrNotFound
+	// when there is no such user with that address.
+	SetEmailVerified(ctx context.Context, id, email string) error
+	// SetEmail gives user id the verified address email; ErrDuplicate when another account has
+	// it, ErrNotFound when there is no such user.
+	SetEmail(ctx context.Context, id, email string) error
+}
+
+// The mail collections are looked up by name, not kept in mongoStore's fields, so that mail
+// stays in these few functions.
+func (s *mongoStore) outbox() *mongo.Collection { return s.users.Database().Collection("mail_outbox") }
+func (s *mongoStore) mailLeases() *mongo.Collection {
+	return s.users.Database().Collection("mail_leases")
+}
+func (s *mongoStore) mailTokens() *mongo.Collection {
+	return s.users.Database().Collection("mail_tokens")
+}
+
+func (s *mongoStore) mailIndexes(ctx context.Context) error {
+	for _, ix := range []struct {
+		coll *mongo.Collection
+		keys bson.D
+		ttl  bool
+	}{
+		{s.outbox(), bson.D{{Key: "next_at", Value: 1}}, false},
+		{s.outbox(), bson.D{{Key: "created_at", Value: 1}}, false},
+		{s.mailLeases(), bson.D{{Key: "message_id", Value: 1}}, false},
+		{s.mailLeases(), bson.D{{Key: "expires_at", Value: 1}}, true},
+		{s.mailTokens(), bson.D{{Key: "user_id", Value: 1}, {Key: "purpose", Value: 1}}, false},
+		{s.mailTokens(), bson.D{{Key: "expires_at", Value: 1}}, true},
+	} {
+		opts := options.Index()
+		if ix.ttl {
+			opts.SetExpireAfterSeconds(0)
+		}
+		_, err := ix.coll.Indexes().CreateOne(ctx, mongo.IndexModel{Keys: ix.keys, Options: opts})
+		if ix.ttl && isNotImplemented(err) {
+			// FerretDB refuses TTL indexes; PurgeMail deletes expired documents on every server.
+			_, err = ix.coll.Indexes().CreateOne(ctx, mongo.IndexModel{Keys: ix.keys})
+		}
+		if err != nil {
+			return fmt.Errorf("create index on %s: %w", ix.coll.Name(), s.err(err))
+		}
+	}
+	return nil
+}
+
+// PurgeMail: the outbox itself is emptied by the sender, which gives up on a message and says so.
+func (s *mongoStore) PurgeMail(ctx context.Context, now time.Time) error {
+	for _, c := range []*mongo.Collection{s.mailTokens(), s.mailLeases()} {
+		if _, err := c.DeleteMany(ctx, bson.D{{Key: "expires_at", Value: bson.D{{Key: "$lte", Value: now}}}}); err != nil {
+			return s.err(err)
+		}
+	}
+	return nil
+}
+
+func (s *mongoStore) QueueMail(ctx context.Context, m *MailMessage) error {
+	_, err := s.outbox().InsertOne(ctx, m)
+	return s.err(err)
+}
+
+func (s *mongoStore) DueMail(ctx context.Context, now time.Time, limit int) ([]MailMessage, error) {
+	cur, err := s.outbox().Find(ctx, bson.D{{Key: "next_at", Value: bson.D{{Key: "$lte", Value: now}}}},
+		options.Find().SetSort(bson.D{{Key: "next_at", Value: 1}}).SetLimit(int64(limit)))
+	if err != nil {
+		return nil, s.err(err)
+	}
+	var out []MailMessage
+	if err := cur.All(ctx, &out); err != nil {
+		return nil, s.err(err)
+	}
+	return out, nil
+}
+
+func (s *mongoStore) OldestMail(ctx context.Context) (time.Time, error) {
+	var m MailMessage
+	err := s.outbox().FindOne(ctx, bson.D{}, options.FindOne().SetSort(bson.D{{Key: "created_at", Value: 1}}).
+		SetProjection(bson.D{{Key: "created_at", Value: 1}})).Decode(&m)
+	return m.CreatedAt, s.err(err)
+}
+
+func (s *mongoStore) LeaseMail(ctx context.Context, l *MailLease) error {
+	_, err := s.mailLeases().InsertOne(ctx, l)
+	return s.err(err)
+}
+
+func (s *mongoStore) MailLeaseByID(ctx context.Context, id string) (*MailLease, error) {
+	var l MailLease
+	if err := s.mailLeases().FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&l); err != nil {
+		return nil, s.err(err)
+	}
+	return &l, nil
+}
+
+func (s *mongoStore) RescheduleMail(ctx context.Context, id string, attempts int, next time.Time, lastErr string) error {
+	// A plain $set, not a guarded update: only the holder of the current attempt's lease writes.
+	_, err := s.outbox().UpdateOne(ctx, bson.D{{Key: "_id", Value: id}}, bson.D{{Key: "$set", Value: bson.D{
+		{Key: "attempts", Value: attempts}, {Key: "next_at", Value: next}, {Key: "last_error", Value: lastErr},
+	}}})
+	return s.err(err)
+}
+
+func (s *mongoStore) MailByID(ctx context.Context, id string) (*MailMessage, error) {
+	var m MailMessage
+	if err := s.outbox().FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&m); err != nil {
+		return nil, s.err(err)
+	}
+	return &m, nil
+}
+
+func (s *mongoStore) ReleaseMailLease(ctx context.Context, id string) error {
+	_, err := s.mailLeases().DeleteOne(ctx, bson.D{{Key: "_id", Value: id}})
+	return s.err(err)
+}
+
+func (s *mongoStore) DeleteMail(ctx context.Context, id string) error {
+	if _, err := s.outbox().DeleteOne(ctx, bson.D{{Key: "_id", Value: id}}); err != nil {
+		return s.err(err)
+	}
+	_, err := s.mailLeases().DeleteMany(ctx, bson.D{{Key: "message_id", Value: id}})
+	return s.err(err)
+}
+
+func (s *mongoStore) CreateMailToken(ctx context.Context, t *MailToken) error {
+	_, err := s.mailTokens().InsertOne(ctx, t)
+	return s.err(err)
+}
+
+func (s *mongoStore) MailTokenByDigest(ctx context.Context, digest string) (*MailToken, error) {
+	var t MailToken
+	if err := s.mailTokens().FindOne(ctx, bson.D{{Key: "_id", Value: digest}}).Decode(&t); err != nil {
+		return nil, s.err(err)
+	}
+	return &t, nil
+}
+
+func (s *mongoStore) DeleteMailToken(ctx context.Context, digest string) error {
+	// A single-document delete is atomic on MongoDB and FerretDB alike: of any number of callers,
+	// one sees a document deleted.
+	res, err := s.mailTokens().DeleteOne(ctx, bson.D{{Key: "_id", Value: digest}})
+	if err != nil {
+		return s.err(err)
+	}
+	if res.DeletedCount == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+func (s *mongoStore) DeleteMailTokens(ctx context.Context, user, purpose string) error {
+	_, err := s.mailTokens().DeleteMany(ctx, bson.D{{Key: "user_id", Value: user}, {Key: "purpose", Value: purpose}})
+	return s.err(err)
+}
+
+func (s *mongoStore) SetEmailVerified(ctx context.Context, id, email string) error {
+	res, err := s.users.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}, {Key: "email", Value: email}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "email_verified", Value: true}}}})
+	if err != nil {
+		return s.err(err)
+	}
+	if res.MatchedCount == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+func (s *mongoStore) SetEmail(ctx context.Context, id, email string) error {
+	// The unique index on email decides between two accounts that want one address, on MongoDB
+	// and FerretDB alike. FerretDB 1.24, though, reports an update that breaks it as an
+	// InternalError (code 1, "UNIQUE constraint failed"), not as E11000 as it does an insert: so a
+	// failed update is a duplicate when another account has the address now.
+	res, err := s.users.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "email", Value: email}, {Key: "email_verified", Value: true}}}})
+	var se mongo.ServerError
+	if err != nil && errors.As(err, &se) && !mongo.IsDuplicateKeyError(err) {
+		if other, ferr := s.UserByEmail(ctx, email); ferr == nil && other.ID != id {
+			return ErrDuplicate
+		}
+	}
+	if err != nil {
+		return s.err(err)
+	}
+	if res.MatchedCount == 0 {
+		return ErrNotFound
+	}
+	return nil
 }

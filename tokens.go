@@ -26,6 +26,10 @@ type claims struct {
 	Expiry   int64    `json:"exp"`
 	AMR      []string `json:"amr,omitempty"` // how the user authenticated (RFC 8176)
 	ACR      string   `json:"acr,omitempty"` // the assurance level: aal1, aal2
+
+	// EmailVerified says whether the user had followed a verification link to Email when the
+	// token was signed; tokens signed before verification existed read as false.
+	EmailVerified bool `json:"email_verified"`
 }
 
 // level is how a session's user authenticated: the methods (amr) and the assurance level (acr)
@@ -111,7 +115,7 @@ type tokenPair struct {
 
 // issue signs an access and a refresh token for user in login session sid, with no session end.
 func (t *tokens) issue(userID, email, sid string) (tokenPair, error) {
-	pair, _, err := t.pair(userID, email, sid, t.successor(time.Time{}, levelPassword), time.Time{})
+	pair, _, err := t.pair(userID, email, false, sid, t.successor(time.Time{}, levelPassword), time.Time{})
 	return pair, err
 }
 
@@ -126,21 +130,21 @@ func (t *tokens) successor(end time.Time, lvl level) Successor {
 	return Successor{ID: newID(), IssuedAt: now.Unix(), Expiry: exp.Unix(), Level: lvl}
 }
 
-// pair signs a fresh access token and the refresh token next for user in session sid, both of
-// next's level; no token outlives the session's end (zero for none). until is the last moment
-// either is accepted.
-func (t *tokens) pair(userID, email, sid string, next Successor, end time.Time) (p tokenPair, until time.Time, err error) {
+// pair signs a fresh access token and the refresh token next for user in session sid, with the
+// user's email and whether it is verified, both of next's level; no token outlives the session's
+// end (zero for none). until is the last moment either is accepted.
+func (t *tokens) pair(userID, email string, verified bool, sid string, next Successor, end time.Time) (p tokenPair, until time.Time, err error) {
 	now := t.now()
 	exp := now.Add(t.accessTTL)
 	if !end.IsZero() && end.Before(exp) {
 		exp = end
 	}
-	access, err := t.sign(claims{Subject: userID, Email: email, Session: sid, Use: useAccess,
+	access, err := t.sign(claims{Subject: userID, Email: email, EmailVerified: verified, Session: sid, Use: useAccess,
 		ID: newID(), IssuedAt: now.Unix(), Expiry: exp.Unix(), AMR: next.Level.AMR, ACR: next.Level.ACR})
 	if err != nil {
 		return tokenPair{}, time.Time{}, err
 	}
-	refresh, err := t.sign(claims{Subject: userID, Email: email, Session: sid, Use: useRefresh,
+	refresh, err := t.sign(claims{Subject: userID, Email: email, EmailVerified: verified, Session: sid, Use: useRefresh,
 		ID: next.ID, IssuedAt: next.IssuedAt, Expiry: next.Expiry, AMR: next.Level.AMR, ACR: next.Level.ACR})
 	if err != nil {
 		return tokenPair{}, time.Time{}, err

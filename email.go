@@ -1,0 +1,636 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/mail"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Email: password reset, address verification and address change. A request only queues a mail
+// (see outbox.go); the mail, and the token in its link, are made when it is delivered.
+
+// How mail leaves the service (mailConfig.mode).
+const (
+	mailOff  = "off"  // MONGODB_URI without SMTP_URL: the email endpoints answer email_disabled
+	mailSMTP = "smtp" // SMTP_URL
+	mailDir  = "dir"  // the development mailbox: .eml files under DATA_DIR/mail
+)
+
+// EMAIL_VERIFICATION's values.
+const (
+	verificationOff      = "off"      // no mail at sign-up; sign-up answers 409 for a taken address
+	verificationOptional = "optional" // a mail at sign-up; nothing refused
+	verificationRequired = "required" // and a login with the right password answers 403 until verified
+)
+
+// What a mailed token is for.
+const (
+	purposeReset       = "reset"
+	purposeVerify      = "verify"
+	purposeEmailChange = "email_change"
+)
+
+// The kinds of mail in the outbox; each is a template pair under mail/.
+const (
+	mailReset        = "reset"         // to an account's address: a reset link
+	mailVerify       = "verify"        // to an unverified address: a verification link
+	mailChange       = "change"        // to a new address: the link that makes it the account's
+	mailChangeNotice = "change_notice" // to the old address: a change was asked for
+	mailSignupExists = "signup_exists" // to an address with an account: someone tried to sign up
+)
+
+var (
+	errEmailDisabled    = &apiError{status: http.StatusNotImplemented, code: "email_disabled", message: "this service sends no mail: its operator has not configured SMTP_URL"}
+	errMailTokenInvalid = &apiError{status: http.StatusBadRequest, code: "token_invalid", message: "the link is used, unknown or expired; ask for a new one"}
+	errEmailNotVerified = &apiError{status: http.StatusForbidden, code: "email_not_verified", message: "confirm your email address first: follow the link mailed to you, or ask for another at /auth/email/resend"}
+)
+
+// mailConfig is the email part of the configuration; see the README's table.
+type mailConfig struct {
+	mode         string
+	dir          string // the development mailbox: DATA_DIR/mail
+	smtp         smtpConfig
+	from         string // the From header, possibly with a name
+	fromAddr     string // the bare address, for MAIL FROM
+	appURL       string // the base of links, without a trailing slash
+	appName      string
+	templates    *mailTemplates
+	verification string
+	resetTTL     time.Duration
+	verifyTTL    time.Duration
+	// At most one mail per address per addressInterval, maxPerAddress per address and
+	// maxPerClient per client within mailWindow; 0 turns a limit off.
+	addressInterval time.Duration
+	maxPerAddress   int
+	maxPerClient    int
+	giveUpAfter     time.Duration
+
+	// Fixed defaults; fields so that tests can shorten them.
+	poll        time.Duration // how often the outbox is read
+	retryBase   time.Duration // the first retry's delay, doubled for each further one
+	retryCap    time.Duration
+	lease       time.Duration // after this, an attempt whose holder said nothing is taken as dead
+	dialTimeout time.Duration
+	sendTimeout time.Duration // the whole SMTP exchange
+}
+
+// mailWindow is the window of the per-hour mail limits.
+const mailWindow = time.Hour
+
+type smtpConfig struct {
+	host, port  string
+	user, pass  string
+	implicitTLS bool           // smtps://: TLS from the first byte; smtp:// upgrades with STARTTLS
+	roots       *x509.CertPool // nil: the system's; SMTP_CA_FILE adds to them, tests set their own
+}
+
+func (c mailConfig) enabled() bool { return c.mode != mailOff }
+
+// loadMailConfig reads the email settings. Mail goes over SMTP_URL when it is set; without it the
+// development default (no MONGODB_URI) writes mails to files, and production has no mail.
+func loadMailConfig(getenv func(string) string, mongoURI, dataDir string) (mailConfig, []error) {
+	var errs []error
+	env := func(key, def string) string {
+		if v := strings.TrimSpace(getenv(key)); v != "" {
+			return v
+		}
+		return def
+	}
+	dur := func(key, def string, zeroOK bool) time.Duration {
+		d, err := time.ParseDuration(env(key, def))
+		if err != nil || d < 0 || (d == 0 && !zeroOK) {
+			errs = append(errs, fmt.Errorf("%s: want a positive Go duration such as %s, got %q", key, def, getenv(key)))
+		}
+		return d
+	}
+	num := func(key string, def int) int {
+		n, err := strconv.Atoi(env(key, strconv.Itoa(def)))
+		if err != nil || n < 0 {
+			errs = append(errs, fmt.Errorf("%s: want a whole number, got %q", key, getenv(key)))
+		}
+		return n
+	}
+	c := mailConfig{
+		mode:            mailOff,
+		appName:         env("APP_NAME", "auth"),
+		resetTTL:        dur("RESET_TOKEN_TTL", "15m", false),
+		verifyTTL:       dur("VERIFY_TOKEN_TTL", "24h", false),
+		addressInterval: dur("MAIL_ADDRESS_INTERVAL", "1m", true),
+		maxPerAddress:   num("MAIL_MAX_PER_ADDRESS", 5),
+		maxPerClient:    num("MAIL_MAX_PER_CLIENT", 20),
+		giveUpAfter:     dur("MAIL_GIVE_UP_AFTER", "24h", false),
+		poll:            time.Second,
+		retryBase:       5 * time.Second,
+		retryCap:        5 * time.Minute,
+		lease:           2 * time.Minute,
+		dialTimeout:     10 * time.Second,
+		sendTimeout:     30 * time.Second,
+	}
+	from, appURL := getenv("MAIL_FROM"), getenv("APP_URL")
+	switch raw := strings.TrimSpace(getenv("SMTP_URL")); {
+	case raw != "":
+		c.mode = mailSMTP
+		var err error
+		if c.smtp, err = parseSMTPURL(raw); err != nil {
+			errs = append(errs, err)
+		}
+		if strings.TrimSpace(from) == "" {
+			errs = append(errs, errors.New("MAIL_FROM: required with SMTP_URL, for example auth@example.com or \"Example <auth@example.com>\""))
+		}
+		if strings.TrimSpace(appURL) == "" {
+			errs = append(errs, errors.New("APP_URL: required with SMTP_URL: the base of the links in mails, for example https://app.example.com"))
+		}
+		if ca := strings.TrimSpace(getenv("SMTP_CA_FILE")); ca != "" {
+			if c.smtp.roots, err = loadCAFile(ca); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	case mongoURI == "":
+		c.mode, c.dir = mailDir, filepath.Join(dataDir, "mail")
+		from, appURL = env("MAIL_FROM", "auth@localhost"), env("APP_URL", "http://localhost:3000")
+	}
+	if c.mode != mailOff {
+		if a, err := mail.ParseAddress(from); err != nil || !strings.Contains(a.Address, "@") {
+			errs = append(errs, fmt.Errorf("MAIL_FROM: want an address such as auth@example.com, got %q", from))
+		} else {
+			c.from, c.fromAddr = a.String(), a.Address
+		}
+		u, err := url.Parse(strings.TrimSpace(appURL))
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			errs = append(errs, fmt.Errorf("APP_URL: want an http(s) URL without query, such as https://app.example.com, got %q", appURL))
+		} else {
+			c.appURL = strings.TrimSuffix(u.String(), "/")
+		}
+		var err2 error
+		if c.templates, err2 = loadMailTemplates(getenv("MAIL_TEMPLATES_DIR")); err2 != nil {
+			errs = append(errs, err2)
+		}
+	}
+	def := verificationOff
+	if c.mode != mailOff {
+		def = verificationOptional
+	}
+	switch c.verification = env("EMAIL_VERIFICATION", def); c.verification {
+	case verificationOff:
+	case verificationOptional, verificationRequired:
+		if c.mode == mailOff {
+			errs = append(errs, fmt.Errorf("EMAIL_VERIFICATION: %s needs mail: set SMTP_URL, or EMAIL_VERIFICATION=off", c.verification))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("EMAIL_VERIFICATION: want off, optional or required, got %q", c.verification))
+	}
+	return c, errs
+}
+
+// parseSMTPURL reads smtp://user:pass@host:587 (STARTTLS) or smtps://user:pass@host:465.
+func parseSMTPURL(raw string) (smtpConfig, error) {
+	bad := func(why string) (smtpConfig, error) {
+		// The URL holds a password: it is never repeated in the message.
+		return smtpConfig{}, errors.New("SMTP_URL: " + why + "; want smtp://user:password@host:587 (STARTTLS) or smtps://user:password@host:465")
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return bad("not a URL")
+	}
+	c := smtpConfig{host: u.Hostname(), port: u.Port()}
+	switch u.Scheme {
+	case "smtp":
+		if c.port == "" {
+			c.port = "587"
+		}
+	case "smtps":
+		c.implicitTLS = true
+		if c.port == "" {
+			c.port = "465"
+		}
+	default:
+		return bad("the scheme must be smtp or smtps")
+	}
+	if c.host == "" {
+		return bad("no host")
+	}
+	if u.User != nil {
+		c.user = u.User.Username()
+		c.pass, _ = u.User.Password()
+	}
+	return c, nil
+}
+
+func loadCAFile(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("SMTP_CA_FILE: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("SMTP_CA_FILE %s: no PEM certificate in it", path)
+	}
+	return pool, nil
+}
+
+// loopbackHost reports whether host names this machine itself, where mail may go without TLS: a
+// loopback address, or localhost. A name is not resolved: one that resolves to a loopback address
+// today may not tomorrow.
+func loopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
+}
+
+// mailFlows are the parts the email endpoints share.
+type mailFlows struct {
+	cfg    mailConfig
+	store  Store
+	outbox *outbox
+	// Mails per address per addressInterval, and per address and per client per mailWindow.
+	perInterval, perWindow *throttle
+	now                    func() time.Time
+	log                    *slog.Logger
+}
+
+// allow counts a mail to address asked for by client against the limits, and tells whether it may
+// go. A mail over a limit is dropped, and the request answered as if it went, so that the limits
+// tell nothing about the address. perClient is false for mails of sign-up, which has a per-client
+// limit of its own.
+func (f *mailFlows) allow(ctx context.Context, client netip.Addr, address string, perClient bool) (bool, error) {
+	interval := limit{"mail-interval|" + address, 0}
+	if f.cfg.addressInterval > 0 {
+		interval.max = 1
+	}
+	window := []limit{{"mail|" + address, f.cfg.maxPerAddress}}
+	if perClient {
+		window = append(window, limit{"mail-client|" + clientPrefix(client), f.cfg.maxPerClient})
+	}
+	// The two throttles' round trips run side by side.
+	var (
+		a, b       *attempt
+		errA, errB error
+		wg         sync.WaitGroup
+	)
+	wg.Go(func() { a, errA = f.perInterval.begin(ctx, interval) })
+	wg.Go(func() { b, errB = f.perWindow.begin(ctx, window...) })
+	wg.Wait()
+	if errA == nil && errB == nil {
+		wg.Go(func() { errA = a.check(ctx) })
+		wg.Go(func() { errB = b.check(ctx) })
+		wg.Wait()
+	}
+	if errA == nil && errB == nil {
+		return true, nil
+	}
+	// What went ahead of a refused mail is forgotten: it sent nothing.
+	if a != nil && errA == nil {
+		a.forget(ctx)
+	}
+	if b != nil && errB == nil {
+		b.forget(ctx)
+	}
+	for _, err := range []error{errA, errB} {
+		if err != nil && !errors.Is(err, errTooManyAttempts) {
+			return false, err
+		}
+	}
+	return false, nil
+}
+
+// send queues m when the limits allow a mail to its address.
+func (f *mailFlows) send(ctx context.Context, client netip.Addr, m *MailMessage, perClient bool) error {
+	ok, err := f.allow(ctx, client, m.To, perClient)
+	if err != nil || !ok {
+		return err
+	}
+	return f.outbox.queue(ctx, m)
+}
+
+// newMailToken makes a token of at least 128 random bits (256 here) for purpose, stores its
+// digest, and returns it in clear for the mail: the only place it ever is.
+func newMailToken(ctx context.Context, store Store, now time.Time, purpose, user, email string, ttl time.Duration) (string, error) {
+	var b [32]byte
+	rand.Read(b[:])
+	raw := base64.RawURLEncoding.EncodeToString(b[:])
+	now = now.UTC().Truncate(time.Millisecond)
+	err := store.CreateMailToken(ctx, &MailToken{Digest: mailTokenDigest(raw), Purpose: purpose, UserID: user,
+		Email: email, CreatedAt: now, ExpiresAt: now.Add(ttl)})
+	return raw, err
+}
+
+// mailTokenDigest is what is stored of a token: SHA-256 suffices, as the token is 256 random
+// bits and not a password that could be guessed.
+func mailTokenDigest(raw string) string {
+	sum := sha256.Sum256([]byte(raw))
+	return hex.EncodeToString(sum[:])
+}
+
+// take consumes a token of one of purposes: it is read by its digest, checked, then deleted, and
+// only the caller whose delete removed it may act on it. Of any number of simultaneous uses, one
+// succeeds; the others, like a used, unknown or expired token, get errMailTokenInvalid. A token
+// of another purpose is left as it is.
+func (f *mailFlows) take(ctx context.Context, raw string, purposes ...string) (*MailToken, error) {
+	if raw == "" || len(raw) > 256 {
+		return nil, errMailTokenInvalid
+	}
+	digest := mailTokenDigest(raw)
+	t, err := f.store.MailTokenByDigest(ctx, digest)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil, errMailTokenInvalid
+	case err != nil:
+		return nil, err
+	case !slices.Contains(purposes, t.Purpose):
+		return nil, errMailTokenInvalid
+	case !f.now().Before(t.ExpiresAt):
+		f.store.DeleteMailToken(ctx, digest) // a failure leaves it to the purge
+		return nil, errMailTokenInvalid
+	}
+	if err := f.store.DeleteMailToken(ctx, digest); errors.Is(err, ErrNotFound) {
+		return nil, errMailTokenInvalid // someone else used it first
+	} else if err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// identity returns, once its result is asked for, the current address of c's user and whether it
+// is verified, read while the caller does other work: a refresh signs them into the new tokens,
+// so that a verification or an address change shows from the next refresh on. Should the read
+// fail, the tokens keep what c says.
+func (k *sessionKeeper) identity(ctx context.Context, c *claims) func() (string, bool) {
+	done := make(chan struct{})
+	email, verified := c.Email, c.EmailVerified
+	go func() {
+		defer close(done)
+		if u, err := k.store.UserByID(ctx, c.Subject); err == nil {
+			email, verified = u.Email, u.EmailVerified
+		}
+	}()
+	return func() (string, bool) { <-done; return email, verified }
+}
+
+// accepted is the answer of the endpoints that queue a mail, whatever happened to it.
+type accepted struct {
+	Message string `json:"message"`
+}
+
+// handleForgotPassword queues a reset mail. Known and unknown addresses, and throttled requests,
+// get the same 202 after the same database work: the request does not even look the address up;
+// the sender does, and sends nothing for an address without an account.
+func handleForgotPassword(log *slog.Logger, clients clientIPs, f *mailFlows) http.Handler {
+	type request struct {
+		Email string `json:"email"`
+	}
+	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		if !f.cfg.enabled() {
+			return errEmailDisabled
+		}
+		req, err := decode[request](w, r)
+		if err != nil {
+			return err
+		}
+		email := normalizeEmail(req.Email)
+		if !validEmail(email) {
+			return errInvalidEmail
+		}
+		if err := f.send(r.Context(), clients.of(r), &MailMessage{Kind: mailReset, To: email}, true); err != nil {
+			return err
+		}
+		encode(w, http.StatusAccepted, accepted{"if an account has this address, a reset link is on its way to it"})
+		return nil
+	})
+}
+
+// handleResetPassword replaces the password of the account a reset link was mailed for, and ends
+// every session of it: whoever knew the old password is out.
+func handleResetPassword(log *slog.Logger, f *mailFlows, h *hasher, sessions *sessionKeeper) http.Handler {
+	type request struct {
+		Token    string `json:"token"`
+		Password string `json:"password"`
+	}
+	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		if !f.cfg.enabled() {
+			return errEmailDisabled
+		}
+		req, err := decode[request](w, r)
+		if err != nil {
+			return err
+		}
+		// Checked before the token is used, so that a weak password does not cost the link.
+		if !validPassword(req.Password) {
+			return errWeakPassword
+		}
+		ctx := r.Context()
+		t, err := f.take(ctx, req.Token, purposeReset)
+		if err != nil {
+			return err
+		}
+		u, err := f.store.UserByID(ctx, t.UserID)
+		if errors.Is(err, ErrNotFound) || (err == nil && u.Email != t.Email) {
+			return errMailTokenInvalid // the account is gone, or has another address now
+		} else if err != nil {
+			return err
+		}
+		hash, err := h.hash(ctx, req.Password)
+		if err != nil {
+			return err
+		}
+		if err := f.store.SetPasswordHash(ctx, u.ID, hash); err != nil {
+			return err
+		}
+		if _, err := sessions.endAll(ctx, u.ID, "", endPasswordReset); err != nil {
+			return err
+		}
+		// The other reset links of the account die with this one; and the link proved the mailbox.
+		if err := f.store.DeleteMailTokens(ctx, u.ID, purposeReset); err != nil {
+			return err
+		}
+		if err := f.store.SetEmailVerified(ctx, u.ID, u.Email); err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		noteUser(ctx, u.ID)
+		log.LogAttrs(ctx, slog.LevelInfo, "password reset", slog.String("request_id", requestID(ctx)),
+			slog.String("user_id", u.ID))
+		encode(w, http.StatusOK, accepted{"the password is replaced and every session has ended; log in with the new password"})
+		return nil
+	})
+}
+
+// handleVerifyEmail follows a verification link, or an address change's confirmation link, which
+// then makes the new address the account's: still unique at that moment, or 409.
+func handleVerifyEmail(log *slog.Logger, f *mailFlows) http.Handler {
+	type request struct {
+		Token string `json:"token"`
+	}
+	type response struct {
+		Email         string `json:"email"`
+		EmailVerified bool   `json:"email_verified"`
+	}
+	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		if !f.cfg.enabled() {
+			return errEmailDisabled
+		}
+		req, err := decode[request](w, r)
+		if err != nil {
+			return err
+		}
+		ctx := r.Context()
+		t, err := f.take(ctx, req.Token, purposeVerify, purposeEmailChange)
+		if err != nil {
+			return err
+		}
+		if t.Purpose == purposeVerify {
+			err = f.store.SetEmailVerified(ctx, t.UserID, t.Email)
+		} else {
+			err = f.store.SetEmail(ctx, t.UserID, t.Email)
+		}
+		switch {
+		case errors.Is(err, ErrNotFound):
+			return errMailTokenInvalid // the account is gone, or its address changed since
+		case errors.Is(err, ErrDuplicate):
+			return errEmailTaken
+		case err != nil:
+			return err
+		}
+		noteUser(ctx, t.UserID)
+		if t.Purpose == purposeEmailChange {
+			log.LogAttrs(ctx, slog.LevelInfo, "email changed", slog.String("request_id", requestID(ctx)),
+				slog.String("user_id", t.UserID))
+		}
+		encode(w, http.StatusOK, response{t.Email, true})
+		return nil
+	})
+}
+
+// handleResendVerification queues a new verification mail; the sender sends it only when the
+// address has an account that is not verified yet. Always 202, as for a reset.
+func handleResendVerification(log *slog.Logger, clients clientIPs, f *mailFlows) http.Handler {
+	type request struct {
+		Email string `json:"email"`
+	}
+	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		if !f.cfg.enabled() {
+			return errEmailDisabled
+		}
+		req, err := decode[request](w, r)
+		if err != nil {
+			return err
+		}
+		email := normalizeEmail(req.Email)
+		if !validEmail(email) {
+			return errInvalidEmail
+		}
+		if err := f.send(r.Context(), clients.of(r), &MailMessage{Kind: mailVerify, To: email}, true); err != nil {
+			return err
+		}
+		encode(w, http.StatusAccepted, accepted{"if this address has an account that is not verified yet, a link is on its way to it"})
+		return nil
+	})
+}
+
+// handleEmailChange starts an address change for the signed-in user, after the password: a link
+// to the new address, which changes it when followed, and a notice to the old one. No session
+// ends; tokens carry the new address from their next refresh.
+func handleEmailChange(log *slog.Logger, clients clientIPs, f *mailFlows, passwords *passwordCheck, sessions *sessionKeeper) http.Handler {
+	type request struct {
+		NewEmail string `json:"new_email"`
+		Password string `json:"password"`
+	}
+	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		if !f.cfg.enabled() {
+			return errEmailDisabled
+		}
+		req, err := decode[request](w, r)
+		if err != nil {
+			return err
+		}
+		email := normalizeEmail(req.NewEmail)
+		if !validEmail(email) {
+			return errInvalidEmail
+		}
+		if req.Password == "" {
+			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "new_email and password are required"}
+		}
+		ctx, c, client := r.Context(), claimsFrom(r.Context()), clients.of(r)
+		u, err := passwords.checkUser(ctx, client, c.Subject, req.Password)
+		if err != nil {
+			return err
+		}
+		if err := sessions.alive(ctx, c); err != nil {
+			return err
+		}
+		if email == u.Email {
+			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "new_email is the account's address already"}
+		}
+		// Whether the new address has an account is not told here; confirming the change is.
+		ok, err := f.allow(ctx, client, email, true)
+		if err != nil {
+			return err
+		}
+		if ok {
+			// The notice is not held to the old address's limits: a mail to it beforehand must not
+			// be able to silence it.
+			if err := f.outbox.queue(ctx, &MailMessage{Kind: mailChange, To: email, UserID: u.ID}); err != nil {
+				return err
+			}
+			if err := f.outbox.queue(ctx, &MailMessage{Kind: mailChangeNotice, To: u.Email, UserID: u.ID, NewEmail: email}); err != nil {
+				return err
+			}
+		}
+		encode(w, http.StatusAccepted, accepted{"a link is on its way to the new address; the address changes when it is followed"})
+		return nil
+	})
+}
+
+// signupMail is what sign-up does with mail once the account is written (or found to exist
+// already, taken): with verification off, nothing, and a taken address is refused as the
+// original service did. With it on, both get the same answer, and the same work, and a mail:
+// a verification link for a new account, a notice for an existing one. u is what is answered.
+func (f *mailFlows) signupMail(ctx context.Context, client netip.Addr, u *User, taken bool) (*User, error) {
+	if f.cfg.verification == verificationOff {
+		if taken {
+			return nil, errEmailTaken
+		}
+		return u, nil
+	}
+	m := &MailMessage{Kind: mailVerify, To: u.Email, UserID: u.ID}
+	if taken {
+		// The answer looks like a new account's: a fresh id, and now.
+		u = &User{ID: newID(), Email: u.Email, CreatedAt: u.CreatedAt}
+		m = &MailMessage{Kind: mailSignupExists, To: u.Email}
+	}
+	return u, f.send(ctx, client, m, false)
+}
+
+// logMailSettings says at start how mail leaves the service, and what follows for the endpoints.
+func logMailSettings(log *slog.Logger, c mailConfig) {
+	switch c.mode {
+	case mailOff:
+		log.Info("email is off: no SMTP_URL; the email endpoints answer 501 email_disabled")
+	case mailDir:
+		log.Warn("development default: mail is written as .eml files under DATA_DIR/mail and its links logged; set SMTP_URL in production",
+			"mail_dir", c.dir, "email_verification", c.verification)
+	case mailSMTP:
+		log.Info("mail goes over SMTP", "host", c.smtp.host, "port", c.smtp.port, "implicit_tls", c.smtp.implicitTLS,
+			"email_verification", c.verification)
+	}
+}
