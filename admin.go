@@ -59,10 +59,11 @@ func logAdmin(log *slog.Logger, r *http.Request, action, user string) {
 }
 
 type adminUser struct {
-	ID        string    `json:"id"`
-	Email     string    `json:"email"`
-	CreatedAt time.Time `json:"created_at"`
-	Disabled  bool      `json:"disabled"`
+	ID            string    `json:"id"`
+	Email         string    `json:"email"`
+	EmailVerified bool      `json:"email_verified"`
+	CreatedAt     time.Time `json:"created_at"`
+	Disabled      bool      `json:"disabled"`
 }
 
 func handleAdminFindUser(log *slog.Logger, store Store) http.Handler {
@@ -78,7 +79,7 @@ func handleAdminFindUser(log *slog.Logger, store Store) http.Handler {
 			return err
 		}
 		noteUser(r.Context(), u.ID)
-		encode(w, http.StatusOK, adminUser{u.ID, u.Email, u.CreatedAt.UTC(), u.Disabled})
+		encode(w, http.StatusOK, adminUser{u.ID, u.Email, u.EmailVerified, u.CreatedAt.UTC(), u.Disabled})
 		return nil
 	})
 }

@@ -13,11 +13,15 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/FerretDB/FerretDB/ferretdb"
 )
+
+// ferretStart serialises ferretdb.New; see startDevDB.
+var ferretStart sync.Mutex
 
 // startDevDB starts FerretDB embedded in this process on DATA_DIR. This file is left out of a
 // production build (go build -tags nodevdb), which is then about a third of the size: FerretDB
@@ -40,6 +44,10 @@ func startDevDB(dataDir string, log *slog.Logger) (*devDB, error) {
 	if err != nil {
 		return nil, err
 	}
+	// ferretdb.New sets package variables of FerretDB's own: two embedded databases starting at
+	// once (tests do) race on them unless their starts take turns.
+	ferretStart.Lock()
+	defer ferretStart.Unlock()
 	f, err := ferretdb.New(&ferretdb.Config{
 		Listener:  ferretdb.ListenerConfig{Unix: sock}, // and no TCP address: no TCP listener
 		Handler:   "sqlite",

@@ -98,12 +98,15 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	} else if e.status == http.StatusServiceUnavailable && h.Get("Retry-After") == "" {
 		h.Set("Retry-After", "1")
 	}
-	switch e.code {
-	case errTokenMissing.code:
+	switch code := e.code; {
+	case e.status != http.StatusUnauthorized:
+		// Only a 401 challenges: a 400 token_invalid (a reset link used twice) is no bearer token.
+	case code == errTokenMissing.code:
 		h.Set("WWW-Authenticate", `Bearer`)
-	case errMFARequired.code:
+	case code == errMFARequired.code:
 		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer error="insufficient_user_authentication", error_description=%q, acr_values="aal2"`, e.message))
-	case errTokenInvalid.code, errTokenExpired.code, errTokenRevoked.code, errTokenReused.code, errSessionExpired.code:
+	case code == errTokenInvalid.code, code == errTokenExpired.code, code == errTokenRevoked.code,
+		code == errTokenReused.code, code == errSessionExpired.code:
 		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer error="invalid_token", error_description=%q`, e.message))
 	}
 	encode(w, e.status, errorBody{e.code, e.message})

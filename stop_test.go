@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -132,10 +133,10 @@ func startRun(tb testing.TB, dataDir string, extraEnv ...string) (s service, log
 	// Closed after the one send, so that whoever reads the exit second (stop, after listenAddr
 	// saw a failed start) does not wait for it.
 	go func() { exited <- run(ctx, nil, func(k string) string { return env[k] }, logs, logs); close(exited) }()
-	stopped := false
+	var stopped atomic.Bool // stop may run in a goroutine of the test's; the cleanup reads it
 	stop = func() error {
 		tb.Helper()
-		stopped = true
+		stopped.Store(true)
 		cancel()
 		select {
 		case err := <-exited:
@@ -149,7 +150,7 @@ func startRun(tb testing.TB, dataDir string, extraEnv ...string) (s service, log
 		}
 	}
 	tb.Cleanup(func() {
-		if !stopped {
+		if !stopped.Load() {
 			stop()
 		}
 	})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -319,6 +320,15 @@ func storeErr(err error) error {
 // request was wrong: it is shutting down, or a replica set is changing its primary (MongoDB's
 // codes, which FerretDB uses too), or the driver labels the operation worth retrying.
 func transient(se mongo.ServerError) bool {
+	// FerretDB answers a failure of its own backend's connection (PostgreSQL's, say) as an
+	// InternalError whose text names it.
+	if se.HasErrorCode(1) {
+		for _, s := range []string{"timeout", "connection refused", "connection reset", "broken pipe", "EOF"} {
+			if strings.Contains(se.Error(), s) {
+				return true
+			}
+		}
+	}
 	for _, label := range []string{"RetryableWriteError", "RetryableReadError", "TransientTransactionError"} {
 		if se.HasErrorLabel(label) {
 			return true
