@@ -150,12 +150,16 @@ func raceRevoke(t *testing.T, s *mongoStore, round int) {
 		{ID: "jti:" + prefix + "access", ExpiresAt: now.Add(time.Hour), CreatedAt: now},
 		{ID: "sid:" + prefix + "session", ExpiresAt: now.Add(time.Hour), CreatedAt: now},
 	}
+	own := make([]string, racers)
+	for i := range own {
+		own[i] = fmt.Sprintf("jti:%sown-%d", prefix, i)
+	}
 	var errs [racers]error
 	// Every racer revokes the shared entries and one of its own: the entries already taken
 	// must neither fail the call nor keep its own entry out.
 	race(racers, func(i int) {
-		own := Revocation{ID: fmt.Sprintf("jti:%sown-%d", prefix, i), ExpiresAt: now.Add(time.Hour), CreatedAt: now}
-		errs[i] = s.Revoke(ctx, append([]Revocation{own}, shared...)...)
+		mine := Revocation{ID: own[i], ExpiresAt: now.Add(time.Hour), CreatedAt: now}
+		errs[i] = s.Revoke(ctx, append([]Revocation{mine}, shared...)...)
 	})
 	for i, err := range errs {
 		if err != nil {
@@ -166,10 +170,6 @@ func raceRevoke(t *testing.T, s *mongoStore, round int) {
 		if n, err := s.blacklist.CountDocuments(ctx, bson.D{{Key: "_id", Value: r.ID}}); err != nil || n != 1 {
 			t.Fatalf("%s recorded %d times (%v), want once", r.ID, n, err)
 		}
-	}
-	own := make([]string, racers)
-	for i := range own {
-		own[i] = fmt.Sprintf("jti:%sown-%d", prefix, i)
 	}
 	filter := bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: own}}}}
 	if n, err := s.blacklist.CountDocuments(ctx, filter); err != nil || n != racers {
