@@ -11,21 +11,35 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/FerretDB/FerretDB/ferretdb"
+	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 )
 
-// The tests talk to a real MongoDB wire-protocol server: MONGODB_URI when set, otherwise one
-// embedded FerretDB for the whole run. Every test gets a database of its own.
+// The tests talk to a real MongoDB wire-protocol server, one for the whole run: MONGODB_URI when
+// set; otherwise an embedded FerretDB, on PostgreSQL when AUTH_TEST_POSTGRESQL_URL names a database
+// there and on SQLite files when it does not. CI runs the suite both ways, because FerretDB's two
+// backends lose different races: a store that is only right on one of them is wrong. Every test
+// gets a database of its own.
+//
+// Tests that stop and restart a database of their own (startOwnDevDB, and the processes that
+// stop_test.go starts) use the embedded SQLite default whichever backend the run is on: they are
+// about outages and restarts, not about the backend.
 var (
 	testMongoURI string
 	testClient   *mongo.Client
 )
+
+// testPostgreSQLEnv names a PostgreSQL database (postgres://user:password@host:port/db) for the
+// embedded FerretDB of the test run.
+const testPostgreSQLEnv = "AUTH_TEST_POSTGRESQL_URL"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(runMainEnv) == "1" {
@@ -37,7 +51,23 @@ func TestMain(m *testing.M) {
 
 func testMain(m *testing.M) int {
 	testMongoURI = os.Getenv("MONGODB_URI")
-	if testMongoURI == "" {
+	pgURL := os.Getenv(testPostgreSQLEnv)
+	switch {
+	case testMongoURI != "" && pgURL != "":
+		fmt.Fprintf(os.Stderr, "MONGODB_URI and %s are both set; set one of them\n", testPostgreSQLEnv)
+		return 1
+	case testMongoURI != "":
+		fmt.Println("test database: MONGODB_URI", redactedURL(testMongoURI))
+	case pgURL != "":
+		uri, stop, err := startPostgreSQLTestDB(pgURL)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer stop()
+		testMongoURI = uri
+		fmt.Println("test database: embedded FerretDB on PostgreSQL", redactedURL(pgURL))
+	default:
 		dir, err := os.MkdirTemp("", "authtest-")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -51,6 +81,7 @@ func testMain(m *testing.M) int {
 		}
 		defer dev.stop()
 		testMongoURI = dev.uri
+		fmt.Println("test database: embedded FerretDB on SQLite in", dir)
 	}
 	var err error
 	if testClient, err = connectMongo(testMongoURI); err != nil {
@@ -59,6 +90,56 @@ func testMain(m *testing.M) int {
 	}
 	defer testClient.Disconnect(context.Background())
 	return m.Run()
+}
+
+// startPostgreSQLTestDB starts an embedded FerretDB on loopback that keeps its data in the
+// PostgreSQL database at pgURL, and waits until it has reached PostgreSQL, so that a wrong URL
+// stops the run with one clear message rather than failing every test.
+func startPostgreSQLTestDB(pgURL string) (uri string, stop func(), err error) {
+	if u, err := url.Parse(pgURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return "", nil, fmt.Errorf("%s: want a postgres:// URL", testPostgreSQLEnv)
+	}
+	f, err := ferretdb.New(&ferretdb.Config{
+		Listener:      ferretdb.ListenerConfig{TCP: "127.0.0.1:0"},
+		Handler:       "postgresql",
+		PostgreSQLURL: pgURL,
+		// Silent: on PostgreSQL, FerretDB logs every duplicate key, which the tests cause on
+		// purpose, as an error. A PostgreSQL it cannot reach is reported by the check below.
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		return "", nil, fmt.Errorf("embedded FerretDB on PostgreSQL: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.Run(ctx)
+	}()
+	stop = func() { cancel(); <-done }
+
+	// FerretDB opens its PostgreSQL pool on the first command that needs one.
+	client, err := connectMongo(f.MongoDBURI())
+	if err == nil {
+		defer client.Disconnect(context.Background())
+		pingCtx, cancelPing := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancelPing()
+		_, err = client.ListDatabaseNames(pingCtx, bson.D{})
+	}
+	if err != nil {
+		stop()
+		return "", nil, fmt.Errorf("embedded FerretDB on PostgreSQL %s: %w", redactedURL(pgURL), err)
+	}
+	return f.MongoDBURI(), stop, nil
+}
+
+// redactedURL is a connection string fit for a log: its password, if any, masked.
+func redactedURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(not shown: not a URL)"
+	}
+	return u.Redacted()
 }
 
 // clock is a settable time source, so that expiry is tested by moving time, not by sleeping.
