@@ -470,3 +470,43 @@ func TestSignupThrottling(t *testing.T) {
 		}
 	})
 }
+
+// Racing refreshes of one token, across instances with different token lifetimes, then a logout:
+// every token the refreshes handed out expires before the session's blacklist entry does. Only
+// the first use writes the session's record; the repeats get tokens that expire no later than
+// what it wrote.
+func TestNoTokenOfARacingRefreshOutlivesItsSessionsEnd(t *testing.T) {
+	t.Parallel()
+	db := newTestDB(t)
+	short := newTestEnvOn(t, db, func(c *config) { c.accessTTL, c.refreshTTL = time.Minute, time.Minute })
+	long := newTestEnvOn(t, db, func(c *config) { c.accessTTL, c.refreshTTL = 10*time.Minute, 10*time.Minute })
+	for round := range 5 {
+		_, access, refresh := short.user(t)
+		sid := short.claimsOf(t, access)["sid"].(string)
+		results := refreshAll(t, refresh, 8, short, long)
+		short.do(t, "POST", "/auth/logout", nil, "Authorization", "Bearer "+access).want(t, 200, "")
+		revs, err := short.store.RevocationsSince(t.Context(), time.Time{}, short.clock.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var entry time.Time
+		for _, r := range revs {
+			if r.ID == sidPrefix+sid {
+				entry = r.ExpiresAt
+			}
+		}
+		for i, r := range results {
+			r.want(t, 200, "")
+			for _, tok := range []string{r.str("access_token"), r.str("refresh_token")} {
+				c, err := short.deps.tokens.parse(tok, "")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if until := short.deps.tokens.until(c.expiresAt()); until.After(entry) {
+					t.Fatalf("round %d, refresh %d: a %s token accepted until %s outlives the session's end entry (%s)",
+						round, i, c.Use, until.Format(time.RFC3339), entry.Format(time.RFC3339))
+				}
+			}
+		}
+	}
+}

@@ -180,17 +180,17 @@ func (k *sessionKeeper) refresh(ctx context.Context, c *claims) (tokenPair, refr
 
 	next := k.tokens.successor(s.ExpiresAt, c.level())
 	// The latest this refresh can make any token of the session live: a fresh access token and a
-	// fresh successor. (A successor re-issued from the first use was covered by that use.)
+	// fresh successor. It is recorded with the claim.
 	_, bound, err := k.tokens.pair(c.Subject, c.Email, c.EmailVerified, c.Session, next, s.ExpiresAt)
 	if err != nil {
 		return tokenPair{}, 0, err
 	}
-	first, won, err := k.claim(ctx, c.Session, RefreshUse{JTI: c.ID, UsedAt: now,
-		ExpiresAt: k.tokens.until(c.expiresAt()), Next: next}, bound)
+	first, won, err := k.store.ClaimRefresh(ctx, RefreshUse{JTI: c.ID, UsedAt: now,
+		ExpiresAt: k.tokens.until(c.expiresAt()), Next: next, Bound: bound})
 	if err != nil {
 		return tokenPair{}, 0, err
 	}
-	outcome := refreshRotated
+	outcome, end := refreshRotated, s.ExpiresAt
 	if !won {
 		if !now.Before(first.UsedAt.Add(k.answerBy + k.reuse)) {
 			if err := k.end(ctx, c.Session, endReused); err != nil {
@@ -200,55 +200,46 @@ func (k *sessionKeeper) refresh(ctx context.Context, c *claims) (tokenPair, refr
 				slog.String("request_id", requestID(ctx)), slog.String("user_id", c.Subject))
 			return tokenPair{}, refreshReused, errTokenReused
 		}
+		// The first use's successor again, and an access token that lives no longer than the
+		// first use's tokens, whose expiry that use wrote: a repeat writes nothing.
 		next, outcome = first.Next, refreshReuseGrace
+		end = earliest(end, first.Bound.Add(-k.tokens.leeway))
 	}
 	who := k.identity(ctx, c) // a verified or changed address shows from the next refresh on
-	if err := k.commit(ctx, c, won, next.ID, now); err != nil {
+	if err := k.commit(ctx, c, won, next.ID, bound, now); err != nil {
 		return tokenPair{}, 0, err
 	}
 	email, verified := who()
-	pair, _, err := k.tokens.pair(c.Subject, email, verified, c.Session, next, s.ExpiresAt)
+	pair, _, err := k.tokens.pair(c.Subject, email, verified, c.Session, next, end)
 	return pair, outcome, err
 }
 
-// claim records use, the use of a refresh token of session sid for the successor use.Next, and at
-// the same time raises the session's tokens' expiry to bound. won is true for exactly one use of
-// a token; the others get what it recorded.
-//
-// The expiry is written before the blacklist is read again (see commit): a session ended meanwhile
-// either shows there, or its ender reads this expiry and makes its entry outlast these tokens
-// (see end). Whichever comes first, no token outlives the entry.
-func (k *sessionKeeper) claim(ctx context.Context, sid string, use RefreshUse, bound time.Time) (RefreshUse, bool, error) {
-	var (
-		first   RefreshUse
-		won     bool
-		claimed = make(chan error, 1)
-	)
-	go func() {
-		var err error
-		first, won, err = k.store.ClaimRefresh(ctx, use)
-		claimed <- err
-	}()
-	touchErr := k.store.TouchSession(ctx, sid, use.UsedAt, bound)
-	if err := errors.Join(<-claimed, touchErr); err != nil {
-		if errors.Is(touchErr, ErrNotFound) {
-			return RefreshUse{}, false, errTokenRevoked
-		}
-		return RefreshUse{}, false, err
+// earliest of two session ends, zero meaning none.
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || !b.IsZero() && b.Before(a) {
+		return b
 	}
-	return first, won, nil
+	return a
 }
 
-// commit finishes a use of a refresh token of c's session: it reads the blacklist again, and when
-// the use won, records next as the session's newest refresh token, the one step-up starts from.
-func (k *sessionKeeper) commit(ctx context.Context, c *claims, won bool, next string, now time.Time) error {
-	headSet := make(chan error, 1)
+// commit finishes a use of a refresh token of c's session. The use that won the claim writes the
+// session's record: its tokens' expiry (raised to bound) and its newest refresh token, next, which
+// step-up starts from. Only a winner writes, and a session's winners come one after another (each
+// needs the token the one before answered), so the record never sees two writes at once:
+// FerretDB applies neither $max nor two concurrent $set of one document atomically.
+//
+// Then the blacklist is read again. The expiry is written before that read: a session ended
+// meanwhile either shows there, or its ender reads this expiry and makes its entry outlast these
+// tokens (see end). Whichever comes first, no token outlives the entry.
+func (k *sessionKeeper) commit(ctx context.Context, c *claims, won bool, next string, bound, now time.Time) error {
 	if won {
-		go func() { headSet <- k.store.SetSessionHead(ctx, c.Session, next) }()
-	} else {
-		headSet <- nil
+		if err := k.store.TouchSession(ctx, c.Session, now, bound, next); errors.Is(err, ErrNotFound) {
+			return errTokenRevoked
+		} else if err != nil {
+			return err
+		}
 	}
-	return errors.Join(k.checkNotRevoked(ctx, c, now), <-headSet)
+	return k.checkNotRevoked(ctx, c, now)
 }
 
 // raise moves the session of the access token c to level lvl (step-up). It uses the session's
@@ -278,14 +269,15 @@ func (k *sessionKeeper) raise(ctx context.Context, c *claims, lvl level) (tokenP
 		return tokenPair{}, err
 	}
 	// The head's claim lasts as long as any token of the session, the head included.
-	_, won, err := k.claim(ctx, c.Session, RefreshUse{JTI: s.Head, UsedAt: now, ExpiresAt: s.TokensExpireAt, Next: next}, bound)
+	_, won, err := k.store.ClaimRefresh(ctx, RefreshUse{JTI: s.Head, UsedAt: now, ExpiresAt: s.TokensExpireAt,
+		Next: next, Bound: bound})
 	if err != nil {
 		return tokenPair{}, err
 	}
 	if !won {
 		return tokenPair{}, errStepUpRace // a refresh used the head meanwhile
 	}
-	if err := k.commit(ctx, c, won, next.ID, now); err != nil {
+	if err := k.commit(ctx, c, won, next.ID, bound, now); err != nil {
 		return tokenPair{}, err
 	}
 	pair, _, err := k.tokens.pair(c.Subject, c.Email, c.EmailVerified, c.Session, next, s.ExpiresAt)

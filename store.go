@@ -75,6 +75,7 @@ type RefreshUse struct {
 	UsedAt    time.Time `bson:"used_at"`
 	ExpiresAt time.Time `bson:"expires_at"`
 	Next      Successor `bson:"next"`
+	Bound     time.Time `bson:"bound"` // the last moment a token this use issued is accepted
 }
 
 // Successor is what a refresh token is signed from, besides what its session says.
@@ -140,11 +141,10 @@ type Store interface {
 	// SessionsOfUser lists the sessions of user whose tokens have not all expired at now, ended
 	// ones included (see Session), newest first.
 	SessionsOfUser(ctx context.Context, user string, now time.Time) ([]Session, error)
-	// TouchSession notes a use of session id at usedAt that issued tokens expiring up to
-	// tokensExpire; the record's TokensExpireAt never goes back. ErrNotFound when there is none.
-	TouchSession(ctx context.Context, id string, usedAt, tokensExpire time.Time) error
-	// SetSessionHead records head as session id's newest refresh token.
-	SetSessionHead(ctx context.Context, id, head string) error
+	// TouchSession notes a use of session id at usedAt that issued tokens accepted up to
+	// tokensExpire (the record's TokensExpireAt never goes back) and made head its newest refresh
+	// token. ErrNotFound when there is none. Callers never touch one session twice at once.
+	TouchSession(ctx context.Context, id string, usedAt, tokensExpire time.Time, head string) error
 
 	// ClaimRefresh records the first use of a refresh token. won is true for exactly one caller
 	// per token, even under concurrency; the others get the record that caller wrote.
@@ -441,11 +441,9 @@ func (s *mongoStore) SessionsOfUser(ctx context.Context, user string, now time.T
 	return out, nil
 }
 
-func (s *mongoStore) TouchSession(ctx context.Context, id string, usedAt, tokensExpire time.Time) error {
-	// Only the session's own refreshes write here, one step of its chain after another; $max
-	// keeps the later expiry should two tabs' refreshes within the reuse interval cross.
+func (s *mongoStore) TouchSession(ctx context.Context, id string, usedAt, tokensExpire time.Time, head string) error {
 	res, err := s.sessions.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}}, bson.D{
-		{Key: "$set", Value: bson.D{{Key: "last_used_at", Value: usedAt}}},
+		{Key: "$set", Value: bson.D{{Key: "last_used_at", Value: usedAt}, {Key: "head", Value: head}}},
 		{Key: "$max", Value: bson.D{{Key: "tokens_expire_at", Value: tokensExpire}}},
 	})
 	if err != nil {
@@ -455,12 +453,6 @@ func (s *mongoStore) TouchSession(ctx context.Context, id string, usedAt, tokens
 		return ErrNotFound
 	}
 	return nil
-}
-
-func (s *mongoStore) SetSessionHead(ctx context.Context, id, head string) error {
-	_, err := s.sessions.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}},
-		bson.D{{Key: "$set", Value: bson.D{{Key: "head", Value: head}}}})
-	return s.err(err)
 }
 
 func (s *mongoStore) ClaimRefresh(ctx context.Context, use RefreshUse) (RefreshUse, bool, error) {
@@ -497,6 +489,10 @@ func (s *mongoStore) Revoke(ctx context.Context, revs ...Revocation) error {
 	return s.err(err)
 }
 
+// ExtendRevocation's $max is not atomic on FerretDB, but every ender of a session extends its entry
+// to an expiry read from the session's record after writing the entry, which covers every token
+// the session issued (see sessionKeeper.end): whichever of two simultaneous extensions lands is
+// enough.
 func (s *mongoStore) ExtendRevocation(ctx context.Context, id string, expires, now time.Time) error {
 	_, err := s.blacklist.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}}, bson.D{
 		{Key: "$max", Value: bson.D{{Key: "expires_at", Value: expires}}},
