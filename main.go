@@ -51,34 +51,41 @@ func tuneRuntime(c config, getenv func(string) string) {
 
 // config is everything the environment sets; see the README's table.
 type config struct {
-	host           string
-	port           string
-	mongoURI       string
-	mongoDatabase  string
-	jwtSecret      string
-	issuer         string
-	accessTTL      time.Duration
-	refreshTTL     time.Duration
-	reuseInterval  time.Duration
-	sessionMaxAge  time.Duration // 0: no limit
-	leeway         time.Duration
-	syncInterval   time.Duration
-	dataDir        string
-	logLevel       slog.Level
-	logFormat      string
-	trustedProxies []netip.Prefix
-	corsOrigins    []string
-	failureWindow  time.Duration
-	maxFailures    int
-	maxClientFails int
-	signupMax      int
-	signupWindow   time.Duration
-	hashConcurrent int
-	hashQueue      int
-	hashWait       time.Duration
-	memoryLimit    int64 // bytes; 0 leaves the Go runtime's default (or GOMEMLIMIT)
-	metrics        bool
-	metricsAddr    string // serve /metrics here instead of on the API's port
+	host          string
+	port          string
+	mongoURI      string
+	mongoDatabase string
+	jwtSecret     string
+	issuer        string
+	// Signing keys: JWT_ALG, JWT_SECRET_PREVIOUS (checking only; with EdDSA or ES256, unsealing
+	// only), JWT_AUDIENCE, JWT_KEY_ROTATION and JWT_KEY_PUBLISH_AHEAD.
+	jwtAlg          string
+	previousSecrets [][]byte
+	audience        string
+	keyRotation     time.Duration
+	keyPublishAhead time.Duration
+	accessTTL       time.Duration
+	refreshTTL      time.Duration
+	reuseInterval   time.Duration
+	sessionMaxAge   time.Duration // 0: no limit
+	leeway          time.Duration
+	syncInterval    time.Duration
+	dataDir         string
+	logLevel        slog.Level
+	logFormat       string
+	trustedProxies  []netip.Prefix
+	corsOrigins     []string
+	failureWindow   time.Duration
+	maxFailures     int
+	maxClientFails  int
+	signupMax       int
+	signupWindow    time.Duration
+	hashConcurrent  int
+	hashQueue       int
+	hashWait        time.Duration
+	memoryLimit     int64 // bytes; 0 leaves the Go runtime's default (or GOMEMLIMIT)
+	metrics         bool
+	metricsAddr     string // serve /metrics here instead of on the API's port
 
 	// HTTP server limits; fixed defaults, fields so that tests can shorten them.
 	readHeaderTimeout time.Duration
@@ -112,26 +119,29 @@ func loadConfig(getenv func(string) string) (config, error) {
 		return n
 	}
 	c := config{
-		host:           env("HOST", ""),
-		port:           env("PORT", "7878"),
-		mongoURI:       env("MONGODB_URI", ""),
-		mongoDatabase:  env("MONGODB_DATABASE", "auth"),
-		jwtSecret:      getenv("JWT_SECRET"),
-		issuer:         env("JWT_ISSUER", "auth"),
-		accessTTL:      dur("ACCESS_TOKEN_TTL", "3m"),
-		refreshTTL:     dur("REFRESH_TOKEN_TTL", "5m"),
-		reuseInterval:  dur("REFRESH_REUSE_INTERVAL", "10s"),
-		sessionMaxAge:  dur("SESSION_MAX_AGE", "720h"),
-		leeway:         dur("TOKEN_LEEWAY", "5s"),
-		syncInterval:   dur("REVOCATION_SYNC_INTERVAL", "1s"),
-		dataDir:        env("DATA_DIR", "./data"),
-		logFormat:      env("LOG_FORMAT", "json"),
-		corsOrigins:    strings.FieldsFunc(getenv("CORS_ALLOWED_ORIGINS"), func(r rune) bool { return r == ',' || r == ' ' }),
-		failureWindow:  dur("LOGIN_FAILURE_WINDOW", "5m"),
-		maxFailures:    num("LOGIN_MAX_FAILURES", 5),
-		maxClientFails: num("LOGIN_MAX_CLIENT_FAILURES", 50),
-		signupMax:      num("SIGNUP_MAX_PER_CLIENT", 10),
-		signupWindow:   dur("SIGNUP_WINDOW", "10m"),
+		host:            env("HOST", ""),
+		port:            env("PORT", "7878"),
+		mongoURI:        env("MONGODB_URI", ""),
+		mongoDatabase:   env("MONGODB_DATABASE", "auth"),
+		jwtSecret:       getenv("JWT_SECRET"),
+		issuer:          env("JWT_ISSUER", "auth"),
+		audience:        env("JWT_AUDIENCE", ""),
+		keyRotation:     dur("JWT_KEY_ROTATION", "168h"),
+		keyPublishAhead: dur("JWT_KEY_PUBLISH_AHEAD", "1h"),
+		accessTTL:       dur("ACCESS_TOKEN_TTL", "3m"),
+		refreshTTL:      dur("REFRESH_TOKEN_TTL", "5m"),
+		reuseInterval:   dur("REFRESH_REUSE_INTERVAL", "10s"),
+		sessionMaxAge:   dur("SESSION_MAX_AGE", "720h"),
+		leeway:          dur("TOKEN_LEEWAY", "5s"),
+		syncInterval:    dur("REVOCATION_SYNC_INTERVAL", "1s"),
+		dataDir:         env("DATA_DIR", "./data"),
+		logFormat:       env("LOG_FORMAT", "json"),
+		corsOrigins:     strings.FieldsFunc(getenv("CORS_ALLOWED_ORIGINS"), func(r rune) bool { return r == ',' || r == ' ' }),
+		failureWindow:   dur("LOGIN_FAILURE_WINDOW", "5m"),
+		maxFailures:     num("LOGIN_MAX_FAILURES", 5),
+		maxClientFails:  num("LOGIN_MAX_CLIENT_FAILURES", 50),
+		signupMax:       num("SIGNUP_MAX_PER_CLIENT", 10),
+		signupWindow:    dur("SIGNUP_WINDOW", "10m"),
 		// Each hash holds 19 MiB: more than four at once would break the memory budget (see
 		// BENCHMARKS.md, "Login storm") on a large machine without buying much.
 		hashConcurrent: max(num("HASH_CONCURRENCY", min(runtime.NumCPU(), 4)), 1),
@@ -166,6 +176,32 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	if c.jwtSecret != "" && len(c.jwtSecret) < 32 {
 		errs = append(errs, errors.New("JWT_SECRET: must be at least 32 bytes; generate one with: openssl rand -base64 48"))
+	}
+	switch alg := env("JWT_ALG", algHS256); strings.ToUpper(alg) {
+	case "HS256":
+		c.jwtAlg = algHS256
+	case "EDDSA":
+		c.jwtAlg = algEdDSA
+	case "ES256":
+		c.jwtAlg = algES256
+	default:
+		errs = append(errs, fmt.Errorf("JWT_ALG: want HS256, EdDSA or ES256, got %q", alg))
+	}
+	for _, p := range strings.Split(getenv("JWT_SECRET_PREVIOUS"), ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		} else if len(p) < 32 {
+			errs = append(errs, errors.New("JWT_SECRET_PREVIOUS: every secret must be at least 32 bytes, as JWT_SECRET"))
+		}
+		c.previousSecrets = append(c.previousSecrets, []byte(p))
+	}
+	// A key must be in every cached copy of the JWKS before it signs, and published before the
+	// key it replaces is due to retire.
+	if c.keyPublishAhead > 0 && c.keyPublishAhead <= jwksMaxAge {
+		errs = append(errs, fmt.Errorf("JWT_KEY_PUBLISH_AHEAD: must be longer than the %v that clients may cache the JWKS, got %v", jwksMaxAge, c.keyPublishAhead))
+	}
+	if c.keyRotation > 0 && c.keyRotation <= c.keyPublishAhead {
+		errs = append(errs, fmt.Errorf("JWT_KEY_ROTATION: must be longer than JWT_KEY_PUBLISH_AHEAD (%v), got %v", c.keyPublishAhead, c.keyRotation))
 	}
 	if c.mongoURI != "" && c.jwtSecret == "" {
 		errs = append(errs, errors.New("JWT_SECRET: required when MONGODB_URI is set (at least 32 bytes; generate one with: openssl rand -base64 48)"))
@@ -237,9 +273,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := d.revocations.sync(startCtx); err != nil {
 		return fmt.Errorf("loading the blacklist: %w", err)
 	}
+	if err := d.keys.load(startCtx); err != nil {
+		return fmt.Errorf("loading the signing keys (JWT_ALG=%s): %w", c.jwtAlg, err)
+	}
 	bg, stopBG := context.WithCancel(context.Background())
 	defer stopBG()
 	go d.revocations.run(bg, c.syncInterval, time.Minute)
+	go d.keys.run(bg, c.syncInterval)
 	go d.passwords.learnImportedHashes(bg)
 	go logOut.flushEvery(bg, 100*time.Millisecond)
 
