@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"crypto"
 	"encoding/base64"
 	"encoding/json"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lestrrat-go/httprc/v3"
 	"github.com/lestrrat-go/jwx/v3/jwk"
 	jwxjwt "github.com/lestrrat-go/jwx/v3/jwt"
 )
@@ -74,6 +76,27 @@ func (s *rotationStory) revoke(t *testing.T, token string) {
 	}
 }
 
+// newJWKSVerifier is the README's Go example (under "Verifying tokens in your own services"),
+// but for opts, with which the test sets the clock.
+func newJWKSVerifier(ctx context.Context, jwksURL string, opts ...jwxjwt.ParseOption) (func(token string) (jwxjwt.Token, error), error) {
+	// The key set, fetched now and again in the background at least every 5 minutes.
+	cache, err := jwk.NewCache(ctx, httprc.NewClient())
+	if err != nil {
+		return nil, err
+	}
+	if err := cache.Register(ctx, jwksURL, jwk.WithMaxInterval(5*time.Minute)); err != nil {
+		return nil, err
+	}
+	keys, err := cache.CachedSet(jwksURL)
+	if err != nil {
+		return nil, err
+	}
+	return func(token string) (jwxjwt.Token, error) {
+		return jwxjwt.ParseString(token, append([]jwxjwt.ParseOption{jwxjwt.WithKeySet(keys),
+			jwxjwt.WithIssuer("auth"), jwxjwt.WithClaimValue("token_use", "access")}, opts...)...)
+	}, nil
+}
+
 // A Go JWKS client that nobody here wrote (lestrrat-go/jwx, a test-only dependency) checks the
 // service's tokens across a rotation, knowing only the JWKS address.
 func TestAGoJWKSClientChecksTokensAcrossARotation(t *testing.T) {
@@ -99,9 +122,16 @@ func TestAGoJWKSClientChecksTokensAcrossARotation(t *testing.T) {
 					t.Fatalf("kid %s is not the key's RFC 7638 thumbprint (%v)", kid, err)
 				}
 			}
+			verify, err := newJWKSVerifier(t.Context(), s.jwks, jwxjwt.WithClock(jwxjwt.ClockFunc(s.e.clock.Now)))
+			if err != nil {
+				t.Fatal(err)
+			}
 			first := s.login(t)
 			if err := check(cached, first); err != nil {
 				t.Fatalf("the first key's token: %v", err)
+			}
+			if _, err := verify(first); err != nil {
+				t.Fatalf("the README's verifier, the first key's token: %v", err)
 			}
 			s.rotate(t)
 			second := s.login(t)
@@ -111,6 +141,12 @@ func TestAGoJWKSClientChecksTokensAcrossARotation(t *testing.T) {
 			// Published ahead: the copy fetched before the rotation already holds the new key.
 			if err := check(cached, second); err != nil {
 				t.Fatalf("the next key's token against the set cached before the rotation: %v", err)
+			}
+			if _, err := verify(second); err != nil {
+				t.Fatalf("the README's verifier, the next key's token: %v", err)
+			}
+			if n := s.fetch.Load(); n != 2 {
+				t.Fatalf("%d JWKS fetches, want one for each of the two copies", n)
 			}
 			s.revoke(t, second)
 			third := s.login(t)
