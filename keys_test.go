@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -732,4 +733,61 @@ func TestOpenIDConfiguration(t *testing.T) {
 	if r.str("issuer") != "https://auth.example.com/" || r.str("jwks_uri") != "https://auth.example.com/.well-known/jwks.json" {
 		t.Fatalf("document %s", r.raw)
 	}
+}
+
+func TestKeysAreLoadedAtStartAndPolled(t *testing.T) {
+	t.Parallel()
+
+	t.Run("go run . signs with EdDSA on the development secret, and a restart keeps the keys", func(t *testing.T) {
+		t.Parallel()
+		dataDir := t.TempDir()
+		s, _, stop := startRun(t, dataDir, "JWT_ALG", "EdDSA")
+		const email, password = "ada@example.com", "correct horse battery"
+		s.do(t, "POST", "/auth/signup", credentials{email, password}).want(t, 201, "")
+		access := s.do(t, "POST", "/auth/login", credentials{email, password}).want(t, 200, "").str("access_token")
+		if h := jwtPart(t, access, 0); h["alg"] != "EdDSA" {
+			t.Fatalf("header %v", h)
+		}
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+		s, _, _ = startRun(t, dataDir, "JWT_ALG", "EdDSA")
+		s.do(t, "GET", "/auth/page", nil, "Authorization", "Bearer "+access).want(t, 200, "")
+	})
+
+	t.Run("start fails, naming the cause, when the keys cannot be opened", func(t *testing.T) {
+		t.Parallel()
+		db := newTestDB(t)
+		newKeyEnvOn(t, db, withAlg(algEdDSA))
+		env := map[string]string{"MONGODB_URI": testMongoURI, "MONGODB_DATABASE": db.Name(), "JWT_ALG": "EdDSA",
+			"JWT_SECRET": "another-secret-that-is-at-least-32-bytes-long", "HOST": "127.0.0.1", "PORT": "0",
+			"DATA_DIR": t.TempDir()}
+		err := run(t.Context(), nil, func(k string) string { return env[k] }, io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "loading the signing keys") || !strings.Contains(err.Error(), "cannot be unsealed") {
+			t.Fatalf("run: %v", err)
+		}
+	})
+
+	t.Run("another instance's revocation arrives within the poll interval", func(t *testing.T) {
+		t.Parallel()
+		db := newTestDB(t)
+		a := newKeyEnvOn(t, db, withAlg(algEdDSA))
+		b := newKeyEnvOn(t, db, withAlg(algEdDSA))
+		const interval = 100 * time.Millisecond
+		go b.deps.keys.run(t.Context(), interval)
+		_, access, _ := a.user(t)
+		b.page(t, access).want(t, 200, "")
+		if _, err := a.deps.keys.revoke(t.Context(), kidOf(t, access)); err != nil {
+			t.Fatal(err)
+		}
+		// A generous bound that only catches a poll that never comes.
+		deadline := time.Now().Add(50 * interval)
+		for b.page(t, access).status == 200 {
+			if time.Now().After(deadline) {
+				t.Fatalf("instance b still accepts a token of a key revoked %v ago", 50*interval)
+			}
+			time.Sleep(interval / 4)
+		}
+		b.page(t, access).want(t, 401, "token_invalid")
+	})
 }
