@@ -188,8 +188,8 @@ func (t *tokens) parse(raw, use string) (*claims, error) {
 		}); err != nil {
 			return nil, errTokenInvalid
 		}
-		if c.Issuer != t.issuer || (t.audience != "" && c.Audience != t.audience) || c.Subject == "" || c.ID == "" || c.Session == "" ||
-			(c.Use != useAccess && c.Use != useRefresh) ||
+		if c.Issuer != t.issuer || (t.audience != "" && c.Audience != t.audience) ||
+			c.Subject == "" || c.ID == "" || c.Session == "" || (c.Use != useAccess && c.Use != useRefresh) ||
 			c.IssuedAt == 0 || c.Expiry == 0 || time.Unix(c.IssuedAt, 0).After(now.Add(t.leeway)) {
 			return nil, errTokenInvalid
 		}
