@@ -18,6 +18,8 @@ func addAdminRoutes(mux routeAdder, d *deps) {
 	mux.Handle("POST /admin/users/{id}/disable", handleAdminSetDisabled(d.log, d.accounts, true))
 	mux.Handle("POST /admin/users/{id}/enable", handleAdminSetDisabled(d.log, d.accounts, false))
 	mux.Handle("DELETE /admin/users/{id}", handleAdminDeleteUser(d.log, d.accounts))
+	mux.Handle("POST /admin/keys/rotate", handleKeyRotate(d.log, d.keys))
+	mux.Handle("DELETE /admin/keys/{kid}", handleKeyRevoke(d.log, d.keys))
 }
 
 // newAdminHandler is the operators' API inside the same middleware as the public one, the token

@@ -51,12 +51,19 @@ func tuneRuntime(c config, getenv func(string) string) {
 
 // config is everything the environment sets; see the README's table.
 type config struct {
-	host             string
-	port             string
-	mongoURI         string
-	mongoDatabase    string
-	jwtSecret        string
-	issuer           string
+	host          string
+	port          string
+	mongoURI      string
+	mongoDatabase string
+	jwtSecret     string
+	issuer        string
+	// Signing keys: JWT_ALG, JWT_SECRET_PREVIOUS (checking only; with EdDSA or ES256, unsealing
+	// only), JWT_AUDIENCE, JWT_KEY_ROTATION and JWT_KEY_PUBLISH_AHEAD.
+	jwtAlg           string
+	previousSecrets  [][]byte
+	audience         string
+	keyRotation      time.Duration
+	keyPublishAhead  time.Duration
 	accessTTL        time.Duration
 	refreshTTL       time.Duration
 	reuseInterval    time.Duration
@@ -128,6 +135,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 		mongoDatabase:    env("MONGODB_DATABASE", "auth"),
 		jwtSecret:        getenv("JWT_SECRET"),
 		issuer:           env("JWT_ISSUER", "auth"),
+		audience:         env("JWT_AUDIENCE", ""),
+		keyRotation:      dur("JWT_KEY_ROTATION", "168h"),
+		keyPublishAhead:  dur("JWT_KEY_PUBLISH_AHEAD", "1h"),
 		accessTTL:        dur("ACCESS_TOKEN_TTL", "3m"),
 		refreshTTL:       dur("REFRESH_TOKEN_TTL", "5m"),
 		reuseInterval:    dur("REFRESH_REUSE_INTERVAL", "10s"),
@@ -181,6 +191,32 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	if c.jwtSecret != "" && len(c.jwtSecret) < 32 {
 		errs = append(errs, errors.New("JWT_SECRET: must be at least 32 bytes; generate one with: openssl rand -base64 48"))
+	}
+	switch alg := env("JWT_ALG", algHS256); strings.ToUpper(alg) {
+	case "HS256":
+		c.jwtAlg = algHS256
+	case "EDDSA":
+		c.jwtAlg = algEdDSA
+	case "ES256":
+		c.jwtAlg = algES256
+	default:
+		errs = append(errs, fmt.Errorf("JWT_ALG: want HS256, EdDSA or ES256, got %q", alg))
+	}
+	for _, p := range strings.Split(getenv("JWT_SECRET_PREVIOUS"), ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		} else if len(p) < 32 {
+			errs = append(errs, errors.New("JWT_SECRET_PREVIOUS: every secret must be at least 32 bytes, as JWT_SECRET"))
+		}
+		c.previousSecrets = append(c.previousSecrets, []byte(p))
+	}
+	// A key must be in every cached copy of the JWKS before it signs, and published before the
+	// key it replaces is due to retire.
+	if c.keyPublishAhead > 0 && c.keyPublishAhead <= jwksMaxAge {
+		errs = append(errs, fmt.Errorf("JWT_KEY_PUBLISH_AHEAD: must be longer than the %v that clients may cache the JWKS, got %v", jwksMaxAge, c.keyPublishAhead))
+	}
+	if c.keyRotation > 0 && c.keyRotation <= c.keyPublishAhead {
+		errs = append(errs, fmt.Errorf("JWT_KEY_ROTATION: must be longer than JWT_KEY_PUBLISH_AHEAD (%v), got %v", c.keyPublishAhead, c.keyRotation))
 	}
 	if c.revocationMaxLag > 0 && c.revocationMaxLag <= c.syncInterval {
 		errs = append(errs, fmt.Errorf("REVOCATION_MAX_LAG: %s is not longer than REVOCATION_SYNC_INTERVAL (%s): every instance would refuse tokens between two polls",
@@ -265,6 +301,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := d.revocations.sync(startCtx); err != nil {
 		return fmt.Errorf("loading the blacklist: %w", err)
 	}
+	if err := d.keys.load(startCtx); err != nil {
+		return fmt.Errorf("loading the signing keys (JWT_ALG=%s): %w", c.jwtAlg, err)
+	}
 	bg, stopBG := context.WithCancel(context.Background())
 	defer stopBG()
 	go d.revocations.run(bg, c.syncInterval, time.Minute)
@@ -277,6 +316,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	defer func() { stopBG(); <-mailDone }()
 	logMailSettings(log, c.mail)
+	go d.keys.run(bg, c.syncInterval)
 	go d.passwords.learnImportedHashes(bg)
 	go logOut.flushEvery(bg, 100*time.Millisecond)
 

@@ -103,7 +103,7 @@ func TestOpenAPIDocumentsEveryErrorCodeWithItsStatus(t *testing.T) {
 	for _, e := range []*apiError{errInvalidRequest, errInvalidEmail, errWeakPassword, errEmailTaken,
 		errInvalidCredentials, errTokenMissing, errTokenInvalid, errTokenExpired, errTokenRevoked,
 		errTokenReused, errSessionExpired, errAccountDisabled, errCodeInvalid, errMFARequired,
-		errMFAAlreadyEnabled, errMFANotEnrolled, errStepUpRace, errTooManyAttempts, errPayloadTooLarge, errUnsupportedMedia, errNotFound, errMethodNotAllowed,
+		errMFAAlreadyEnabled, errMFANotEnrolled, errStepUpRace, errKeysNotManaged, errTooManyAttempts, errPayloadTooLarge, errUnsupportedMedia, errNotFound, errMethodNotAllowed,
 		errUnavailable, errInternal} {
 		row := fmt.Sprintf("| `%s` | %d |", e.code, e.status)
 		if !bytes.Contains(openAPI, []byte(row)) {

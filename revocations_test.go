@@ -119,7 +119,7 @@ func TestVerifiedTokenCacheStaysBounded(t *testing.T) {
 	now := time.Now()
 	v := newVerifiedCache(100)
 	for i := range 1000 {
-		v.put("token-"+strconv.Itoa(i), &claims{Expiry: now.Add(time.Minute).Unix()}, now)
+		v.put("token-"+strconv.Itoa(i), &claims{Expiry: now.Add(time.Minute).Unix()}, &verifyKey{}, now)
 		if len(v.m) > 100 {
 			t.Fatalf("%d entries after %d puts, want at most 100", len(v.m), i+1)
 		}

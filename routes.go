@@ -43,6 +43,10 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("GET /healthz", handleHealthz())
 	mux.Handle("GET /readyz", handleReadyz(d.log, d.store, d.revocations))
 	mux.Handle("GET /openapi.yaml", handleOpenAPI())
+	// The public keys, for services that check tokens themselves; the admin API rotates and
+	// revokes them (handleKeyRotate, handleKeyRevoke).
+	mux.Handle("GET /.well-known/jwks.json", handleJWKS(d.keys))
+	mux.Handle("GET /.well-known/openid-configuration", handleOpenIDConfiguration(d.log, d.issuer))
 	if d.metricsEnabled {
 		mux.Handle("GET /metrics", handleMetrics(d.metrics, d.revocations, d.hasher))
 	}
@@ -66,6 +70,8 @@ type deps struct {
 	now         func() time.Time
 	store       Store
 	tokens      *tokens
+	keys        *keyring
+	issuer      string
 	revocations *revocations
 	sessions    *sessionKeeper
 	accounts    *accounts
@@ -84,7 +90,14 @@ type deps struct {
 // newDeps wires the service's parts together over store; m also counts store's failures.
 func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.Time, log *slog.Logger) *deps {
 	h := newHasher(c.hashConcurrent, c.hashQueue, c.hashWait)
-	t := newTokens(secret, c.issuer, c.accessTTL, c.refreshTTL, c.leeway, now)
+	keys := newHMACKeyring(secret, c.previousSecrets)
+	if c.jwtAlg != algHS256 {
+		// A retired key stays until every token it signed has expired; see keyring.
+		retention := max(c.accessTTL, c.refreshTTL) + c.leeway + c.keyPublishAhead
+		keys = newManagedKeyring(c.jwtAlg, store, secret, c.previousSecrets, c.keyRotation, c.keyPublishAhead,
+			retention, now, log)
+	}
+	t := newTokensWith(keys, c.issuer, c.audience, c.accessTTL, c.refreshTTL, c.leeway, now)
 	revs := newRevocations(store, now, log, c.revocationMaxLag)
 	sessions := &sessionKeeper{store: store, tokens: t, revs: revs, metrics: m, log: log,
 		maxAge: c.sessionMaxAge, reuse: c.reuseInterval, answerBy: c.dbWait}
@@ -102,6 +115,8 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		now:         now,
 		store:       store,
 		tokens:      t,
+		keys:        keys,
+		issuer:      c.issuer,
 		revocations: revs,
 		sessions:    sessions,
 		accounts:    &accounts{store: store, sessions: sessions},

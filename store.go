@@ -200,6 +200,21 @@ type Store interface {
 	Purge(ctx context.Context, now time.Time) error
 	Ping(ctx context.Context) error
 
+	// SigningKeys lists every signing key record, oldest generation first.
+	SigningKeys(ctx context.Context) ([]SigningKey, error)
+	// AddSigningKey inserts k; ErrDuplicate when a key of its generation exists already, which
+	// means that another instance made that key first.
+	AddSigningKey(ctx context.Context, k *SigningKey) error
+	// AdvanceSigningKey moves the activation of the key of generation gen to at, unless it is
+	// earlier already; ErrNotFound when there is no such key.
+	AdvanceSigningKey(ctx context.Context, gen int64, at time.Time) error
+	// RevokeSigningKey marks the key kid revoked at at, unless it was revoked earlier; ErrNotFound
+	// when there is no such key.
+	RevokeSigningKey(ctx context.Context, kid string, at time.Time) error
+	// DeleteSigningKey removes the key of generation gen; deleting one that is gone is not an
+	// error.
+	DeleteSigningKey(ctx context.Context, gen int64) error
+
 	mailStore
 }
 
@@ -208,9 +223,9 @@ type Store interface {
 // FerretDB, unlike MongoDB, lets two guarded findOneAndUpdate calls both win and loses concurrent
 // $inc updates, so nothing here relies on either.
 type mongoStore struct {
-	users, sessions, blacklist, refreshUses, attempts *mongo.Collection
-	totp, totpSteps, recoveryCodes, mfaChallenges     *mongo.Collection
-	metrics                                           *metrics // counts the database's failures; may be nil
+	users, sessions, blacklist, refreshUses, attempts, signingKeys *mongo.Collection
+	totp, totpSteps, recoveryCodes, mfaChallenges                  *mongo.Collection
+	metrics                                                        *metrics // counts the database's failures; may be nil
 }
 
 // connectMongo makes a client for uri. The driver waits 30s for a server by default, far too long
@@ -245,6 +260,7 @@ func mongoCollections(db *mongo.Database, m *metrics) *mongoStore {
 		totpSteps:     db.Collection("totp_steps"),
 		recoveryCodes: db.Collection("recovery_codes"),
 		mfaChallenges: db.Collection("mfa_challenges"),
+		signingKeys:   db.Collection("signing_keys"),
 		metrics:       m,
 	}
 }
@@ -269,6 +285,7 @@ func newMongoStore(ctx context.Context, db *mongo.Database, m *metrics) (*mongoS
 		{s.sessions, bson.D{{Key: "tokens_expire_at", Value: 1}}, false, true},
 		{s.attempts, bson.D{{Key: "key", Value: 1}, {Key: "at", Value: -1}}, false, false},
 		{s.attempts, bson.D{{Key: "expires_at", Value: 1}}, false, true},
+		{s.signingKeys, bson.D{{Key: "kid", Value: 1}}, true, false},
 	}
 	for _, ix := range indexes {
 		opts := options.Index().SetUnique(ix.unique)
@@ -953,4 +970,72 @@ func (s *mongoStore) SetEmail(ctx context.Context, id, email string) error {
 		return ErrNotFound
 	}
 	return nil
+}
+
+// SigningKey is one key pair of JWT_ALG EdDSA or ES256, shared by every instance. Gen numbers the
+// keys in the order they take over; a new key is claimed by inserting the next number as _id, so
+// that among instances racing to make it exactly one succeeds. The schedule is in the record
+// itself (ActivateAt, RevokedAt), so every instance reads the same one; see keys.go.
+//
+// Private is the PKCS #8 private key sealed with AES-256-GCM under a key derived from JWT_SECRET;
+// the clear private key never reaches the database.
+type SigningKey struct {
+	Gen        int64     `bson:"_id"`
+	KID        string    `bson:"kid"`
+	Alg        string    `bson:"alg"`
+	Public     []byte    `bson:"public"`  // PKIX, DER
+	Private    []byte    `bson:"private"` // sealed: nonce, then ciphertext and tag
+	CreatedAt  time.Time `bson:"created_at"`
+	ActivateAt time.Time `bson:"activate_at"`
+	RevokedAt  time.Time `bson:"revoked_at,omitempty"` // zero: not revoked
+}
+
+func (s *mongoStore) SigningKeys(ctx context.Context) ([]SigningKey, error) {
+	cur, err := s.signingKeys.Find(ctx, bson.D{}, options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}))
+	if err != nil {
+		return nil, s.err(err)
+	}
+	var keys []SigningKey
+	if err := cur.All(ctx, &keys); err != nil {
+		return nil, s.err(err)
+	}
+	return keys, nil
+}
+
+func (s *mongoStore) AddSigningKey(ctx context.Context, k *SigningKey) error {
+	_, err := s.signingKeys.InsertOne(ctx, k)
+	return s.err(err)
+}
+
+func (s *mongoStore) AdvanceSigningKey(ctx context.Context, gen int64, at time.Time) error {
+	// $min rather than a guarded update: racing callers all move the activation to about now, so
+	// whichever write lands last changes nothing that matters.
+	res, err := s.signingKeys.UpdateOne(ctx, bson.D{{Key: "_id", Value: gen}},
+		bson.D{{Key: "$min", Value: bson.D{{Key: "activate_at", Value: at}}}})
+	if err != nil {
+		return s.err(err)
+	}
+	if res.MatchedCount == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+func (s *mongoStore) RevokeSigningKey(ctx context.Context, kid string, at time.Time) error {
+	// A key is revoked once for good; a second revocation keeps the first time (a missing field
+	// counts as unset here, and $min writes it).
+	res, err := s.signingKeys.UpdateOne(ctx, bson.D{{Key: "kid", Value: kid}},
+		bson.D{{Key: "$min", Value: bson.D{{Key: "revoked_at", Value: at}}}})
+	if err != nil {
+		return s.err(err)
+	}
+	if res.MatchedCount == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+func (s *mongoStore) DeleteSigningKey(ctx context.Context, gen int64) error {
+	_, err := s.signingKeys.DeleteOne(ctx, bson.D{{Key: "_id", Value: gen}})
+	return s.err(err)
 }

@@ -16,7 +16,9 @@ const (
 
 // claims is the whole content of a token, parsed once into a typed struct.
 type claims struct {
-	Issuer   string   `json:"iss"`
+	Issuer string `json:"iss"`
+	// Audience is JWT_AUDIENCE, when set; the service writes it as one string.
+	Audience string   `json:"aud,omitempty"`
 	Subject  string   `json:"sub"`
 	Email    string   `json:"email"`
 	ID       string   `json:"jti"`
@@ -62,14 +64,20 @@ func (c *claims) GetIssuedAt() (*jwt.NumericDate, error) {
 func (c *claims) GetNotBefore() (*jwt.NumericDate, error) { return nil, nil }
 func (c *claims) GetIssuer() (string, error)              { return c.Issuer, nil }
 func (c *claims) GetSubject() (string, error)             { return c.Subject, nil }
-func (c *claims) GetAudience() (jwt.ClaimStrings, error)  { return nil, nil }
+func (c *claims) GetAudience() (jwt.ClaimStrings, error) {
+	if c.Audience == "" {
+		return nil, nil
+	}
+	return jwt.ClaimStrings{c.Audience}, nil
+}
 
 func (c *claims) expiresAt() time.Time { return time.Unix(c.Expiry, 0) }
 
-// tokens issues and checks the service's HS256 JWTs.
+// tokens issues and checks the service's JWTs, signed with the keys of keys.
 type tokens struct {
-	secret     []byte
+	keys       *keyring
 	issuer     string
+	audience   string // JWT_AUDIENCE; "" for none
 	accessTTL  time.Duration
 	refreshTTL time.Duration
 	// leeway is how far the clocks of the issuing and the checking machine may disagree: a token
@@ -80,19 +88,30 @@ type tokens struct {
 	verified *verifiedCache
 }
 
+// newTokens issues and checks HS256 tokens signed with secret and no audience.
 func newTokens(secret []byte, issuer string, accessTTL, refreshTTL, leeway time.Duration, now func() time.Time) *tokens {
-	return &tokens{
-		secret:     secret,
+	return newTokensWith(newHMACKeyring(secret, nil), issuer, "", accessTTL, refreshTTL, leeway, now)
+}
+
+func newTokensWith(keys *keyring, issuer, audience string, accessTTL, refreshTTL, leeway time.Duration, now func() time.Time) *tokens {
+	t := &tokens{
+		keys:       keys,
 		issuer:     issuer,
+		audience:   audience,
 		accessTTL:  accessTTL,
 		refreshTTL: refreshTTL,
 		leeway:     leeway,
 		now:        now,
-		// Claims are validated by parse itself, in a fixed order, so that "expired" is only ever
-		// said of a token that is otherwise entirely valid (logout accepts those).
-		parser:   jwt.NewParser(jwt.WithValidMethods([]string{"HS256"}), jwt.WithoutClaimsValidation()),
+		// Only the configured algorithm: the key a token names must also be of that algorithm
+		// (see keySet.lookup). Claims are validated by parse itself, in a fixed order, so that
+		// "expired" is only ever said of a token that is otherwise entirely valid (logout accepts
+		// those); that includes the audience, which jwt.WithAudience would check only in the
+		// validation that WithoutClaimsValidation turns off.
+		parser:   jwt.NewParser(jwt.WithValidMethods(keys.methods()), jwt.WithoutClaimsValidation()),
 		verified: newVerifiedCache(10000),
 	}
+	keys.onDrop = func(k *verifyKey) { t.verified.drop(k) }
+	return t
 }
 
 // expired reports whether c is past its expiry at now, the leeway allowed for.
@@ -159,10 +178,20 @@ func (t *tokens) pair(userID, email string, verified bool, sid string, next Succ
 	return p, t.until(time.Unix(max(exp.Unix(), next.Expiry), 0)), nil
 }
 
-// sign signs c as it is, issuer added. Signing the same claims again gives the same token.
+// sign signs c as it is, issuer and audience added, with the key in force now, which it names in
+// the kid header. Signing the same claims again with the same key gives the same token with HS256
+// and EdDSA, whose signatures are deterministic; ES256 signatures are randomised, so there the
+// bytes differ but the claims, jti included, do not, and so neither does what the token means.
 func (t *tokens) sign(c claims) (string, error) {
 	c.Issuer = t.issuer
-	return jwt.NewWithClaims(jwt.SigningMethodHS256, &c).SignedString(t.secret)
+	c.Audience = t.audience
+	k := t.keys.current().signer(t.now())
+	if k == nil || k.private == nil {
+		return "", errNoSigningKey
+	}
+	tok := jwt.NewWithClaims(k.method, &c)
+	tok.Header["kid"] = k.rec.KID
+	return tok.SignedString(k.private)
 }
 
 // parse checks raw and returns its claims. The error is errTokenInvalid for anything not signed
@@ -174,16 +203,25 @@ func (t *tokens) parse(raw, use string) (*claims, error) {
 	c, ok := t.verified.get(raw)
 	if !ok {
 		c = new(claims)
-		if _, err := t.parser.ParseWithClaims(raw, c, t.key); err != nil {
+		keys := t.keys.current()
+		var used *verifyKey
+		if _, err := t.parser.ParseWithClaims(raw, c, func(tok *jwt.Token) (any, error) {
+			k, err := keys.lookup(tok)
+			if err != nil {
+				return nil, err
+			}
+			used = k
+			return k.key, nil
+		}); err != nil {
 			return nil, errTokenInvalid
 		}
-		if c.Issuer != t.issuer || c.Subject == "" || c.ID == "" || c.Session == "" ||
-			(c.Use != useAccess && c.Use != useRefresh) ||
+		if c.Issuer != t.issuer || (t.audience != "" && c.Audience != t.audience) ||
+			c.Subject == "" || c.ID == "" || c.Session == "" || (c.Use != useAccess && c.Use != useRefresh) ||
 			c.IssuedAt == 0 || c.Expiry == 0 || time.Unix(c.IssuedAt, 0).After(now.Add(t.leeway)) {
 			return nil, errTokenInvalid
 		}
 		if !t.expired(c, now) {
-			t.verified.put(raw, c, now)
+			t.verified.put(raw, c, used, now)
 		}
 	}
 	if use != "" && c.Use != use {
@@ -195,8 +233,6 @@ func (t *tokens) parse(raw, use string) (*claims, error) {
 	return c, nil
 }
 
-func (t *tokens) key(*jwt.Token) (any, error) { return t.secret, nil }
-
 // newID returns 128 random bits, URL-safe: token ids, session ids and user ids.
 func newID() string {
 	var b [16]byte
@@ -206,31 +242,41 @@ func newID() string {
 
 // verifiedCache remembers tokens whose signature and claims were checked, so that a repeat check
 // of the same token (a proxy asks once per request) is a map lookup. Only the exact bytes of a
-// verified token hit; expiry and revocation are still checked on every use. It holds at most max
-// entries: when full, expired entries go first and then an arbitrary half.
+// verified token hit; expiry and revocation are still checked on every use, and so is the key
+// that signed it: a token of a revoked key misses, and is refused by the full check. It holds at
+// most max entries: when full, expired entries go first and then an arbitrary half.
 type verifiedCache struct {
 	mu  sync.RWMutex
-	m   map[string]*claims
+	m   map[string]verified
 	max int
 }
 
+// verified is a checked token's claims and the key its signature was checked with.
+type verified struct {
+	c   *claims
+	key *verifyKey
+}
+
 func newVerifiedCache(max int) *verifiedCache {
-	return &verifiedCache{m: make(map[string]*claims), max: max}
+	return &verifiedCache{m: make(map[string]verified), max: max}
 }
 
 func (v *verifiedCache) get(raw string) (*claims, bool) {
 	v.mu.RLock()
-	c, ok := v.m[raw]
+	e, ok := v.m[raw]
 	v.mu.RUnlock()
-	return c, ok
+	if !ok || e.key.dropped.Load() {
+		return nil, false
+	}
+	return e.c, true
 }
 
-func (v *verifiedCache) put(raw string, c *claims, now time.Time) {
+func (v *verifiedCache) put(raw string, c *claims, key *verifyKey, now time.Time) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if len(v.m) >= v.max {
 		for k, old := range v.m {
-			if !now.Before(old.expiresAt()) {
+			if !now.Before(old.c.expiresAt()) || old.key.dropped.Load() {
 				delete(v.m, k)
 			}
 		}
@@ -241,5 +287,16 @@ func (v *verifiedCache) put(raw string, c *claims, now time.Time) {
 			delete(v.m, k)
 		}
 	}
-	v.m[raw] = c
+	v.m[raw] = verified{c, key}
+}
+
+// drop forgets every token checked with key, which has left the key set.
+func (v *verifiedCache) drop(key *verifyKey) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for raw, e := range v.m {
+		if e.key == key {
+			delete(v.m, raw)
+		}
+	}
 }
