@@ -2,12 +2,9 @@ package main
 
 import (
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
-	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
@@ -154,7 +151,7 @@ type keyring struct {
 	store Store // nil with HS256
 	now   func() time.Time
 	log   *slog.Logger
-	keks  [][]byte // key-encryption keys from JWT_SECRET, then JWT_SECRET_PREVIOUS
+	keks  []*sealer // from JWT_SECRET, then JWT_SECRET_PREVIOUS
 	// rotation is JWT_KEY_ROTATION; publishAhead JWT_KEY_PUBLISH_AHEAD. retention is how long a
 	// retired or revoked key stays after it stopped signing: the longest a token lives, plus
 	// publish-ahead for clocks that disagree and instances that learn of a rotation one poll late.
@@ -205,7 +202,7 @@ func newManagedKeyring(alg string, store Store, secret []byte, previous [][]byte
 	r := &keyring{alg: alg, store: store, now: now, log: log, rotation: rotation, publishAhead: publishAhead,
 		retention: retention, private: make(map[string]any), verifyBy: make(map[string]*verifyKey)}
 	for _, s := range append([][]byte{secret}, previous...) {
-		r.keks = append(r.keks, sealingKey(s))
+		r.keks = append(r.keks, newSealer(s, "signing key"))
 	}
 	r.set.Store(&keySet{verify: map[string]*verifyKey{}, jwks: []byte(`{"keys":[]}`)})
 	return r
@@ -518,48 +515,14 @@ func (r *keyring) revoke(ctx context.Context, kid string) (keyInfo, error) {
 	return info, nil
 }
 
-// sealingKey derives the AES-256 key that seals private keys from a JWT_SECRET.
-func sealingKey(secret []byte) []byte {
-	k, err := hkdf.Key(sha256.New, secret, nil, "auth signing key seal v1", 32)
-	if err != nil {
-		panic(err) // only for lengths that 32 is not
-	}
-	return k
-}
-
-// seal encrypts a private key for rec, bound to rec's kid and algorithm: a sealed key moved to
+// sealedFor binds a sealed private key to its record's kid and algorithm: a sealed key moved to
 // another record does not open.
-func seal(kek []byte, rec *SigningKey, plain []byte) ([]byte, error) {
-	gcm, err := newGCM(kek)
-	if err != nil {
-		return nil, err
-	}
-	nonce := make([]byte, gcm.NonceSize())
-	rand.Read(nonce)
-	return gcm.Seal(nonce, nonce, plain, sealedFor(rec)), nil
-}
-
 func sealedFor(rec *SigningKey) []byte { return []byte(rec.Alg + "\x00" + rec.KID) }
 
-func newGCM(key []byte) (cipher.AEAD, error) {
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, err
-	}
-	return cipher.NewGCM(block)
-}
-
 // unseal opens rec's private key with the first of keks that fits.
-func unseal(alg string, keks [][]byte, rec SigningKey) (any, error) {
+func unseal(alg string, keks []*sealer, rec SigningKey) (any, error) {
 	for _, kek := range keks {
-		gcm, err := newGCM(kek)
-		if err != nil {
-			return nil, err
-		}
-		if len(rec.Private) < gcm.NonceSize() {
-			break
-		}
-		plain, err := gcm.Open(nil, rec.Private[:gcm.NonceSize()], rec.Private[gcm.NonceSize():], sealedFor(&rec))
+		plain, err := kek.open(rec.Private, sealedFor(&rec))
 		if err != nil {
 			continue
 		}
@@ -584,7 +547,7 @@ func unseal(alg string, keks [][]byte, rec SigningKey) (any, error) {
 }
 
 // newSigningKey makes a key pair of alg and its record, the private half sealed with kek.
-func newSigningKey(alg string, kek []byte, gen int64, created, activate time.Time) (*SigningKey, error) {
+func newSigningKey(alg string, kek *sealer, gen int64, created, activate time.Time) (*SigningKey, error) {
 	var pub, priv any
 	switch alg {
 	case algEdDSA:
@@ -612,9 +575,7 @@ func newSigningKey(alg string, kek []byte, gen int64, created, activate time.Tim
 	}
 	rec := &SigningKey{Gen: gen, KID: thumbprint(publicJWK(&verifyKey{key: pub})), Alg: alg, Public: pubDER,
 		CreatedAt: created, ActivateAt: activate}
-	if rec.Private, err = seal(kek, rec, privDER); err != nil {
-		return nil, err
-	}
+	rec.Private = kek.seal(privDER, sealedFor(rec))
 	return rec, nil
 }
 

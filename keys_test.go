@@ -680,11 +680,11 @@ func TestPrivateKeysAreStoredSealed(t *testing.T) {
 		if rotated.signing(t).rec.KID != k.rec.KID {
 			t.Fatal("the instances disagree on the signing key")
 		}
-		rec, err := newSigningKey(algEdDSA, sealingKey([]byte(newSecret)), 99, time.Now(), time.Now())
+		rec, err := newSigningKey(algEdDSA, newSealer([]byte(newSecret), "signing key"), 99, time.Now(), time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := unseal(algEdDSA, [][]byte{sealingKey([]byte(testSecret))}, *rec); err == nil {
+		if _, err := unseal(algEdDSA, []*sealer{newSealer([]byte(testSecret), "signing key")}, *rec); err == nil {
 			t.Fatal("a key sealed with the new secret opens with the old")
 		}
 	})

@@ -3,23 +3,20 @@ package main
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
-	"io"
-
-	"golang.org/x/crypto/hkdf"
 )
 
-// sealer encrypts the secrets the service must keep but never in clear (a second factor's
-// secret, say) with AES-256-GCM, under a key derived from JWT_SECRET with HKDF and a purpose of
-// its own, so that one purpose's sealed values are useless for another. Changing JWT_SECRET makes
-// what was sealed unreadable: keep the old one as JWT_SECRET until then, or re-enrol.
+// sealer encrypts the secrets the service must keep but never in clear (signing keys' private
+// halves, second factors' secrets) with AES-256-GCM, under a key derived from JWT_SECRET with
+// HKDF and a purpose of its own, so that one purpose's sealed values are useless for another.
 type sealer struct{ aead cipher.AEAD }
 
 func newSealer(secret []byte, purpose string) *sealer {
-	key := make([]byte, 32)
-	if _, err := io.ReadFull(hkdf.New(sha256.New, secret, nil, []byte("auth seal: "+purpose)), key); err != nil {
+	key, err := hkdf.Key(sha256.New, secret, nil, "auth seal: "+purpose, 32)
+	if err != nil {
 		panic(err) // HKDF-SHA256 gives far more than 32 bytes
 	}
 	block, err := aes.NewCipher(key)
