@@ -276,7 +276,7 @@ func cors(origins []string) func(http.Handler) http.Handler {
 				next.ServeHTTP(w, r)
 				return
 			}
-			h.Set("Access-Control-Expose-Headers", "WWW-Authenticate, Retry-After, X-Request-Id, X-User-Id, X-User-Email, X-User-Acr")
+			h.Set("Access-Control-Expose-Headers", "WWW-Authenticate, Retry-After, X-Request-Id, X-User-Id, X-User-Email, X-User-Email-Verified, X-User-Acr")
 			if guardedMethod(r) == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
 				h.Set("Access-Control-Allow-Methods", "GET, HEAD, POST, DELETE, OPTIONS")
 				h.Set("Access-Control-Allow-Headers",
@@ -289,6 +289,7 @@ func cors(origins []string) func(http.Handler) http.Handler {
 					// drops an empty one.
 					h["X-User-Id"] = []string{""}
 					h["X-User-Email"] = []string{""}
+					h["X-User-Email-Verified"] = []string{""}
 					h["X-User-Acr"] = []string{""}
 				}
 				if info, ok := r.Context().Value(infoKey).(*reqInfo); ok {

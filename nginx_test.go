@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -212,16 +213,31 @@ func testOnlyRealPreflightsPass(t *testing.T, px *proxyFront, listed string) {
 	})
 }
 
-// identitySpellings are the names under which a client might slip an identity past a proxy: the
-// underscore spellings pass nginx with underscores_in_headers on, and CGI, PHP, WSGI and Rack read
-// them as X-User-Id and X-User-Email; lower case, because proxies compare names without regard
-// to it and a test must show that they do.
-var identitySpellings = []string{
-	"X-User-Id", "X_User_Id", "X-User_Id", "X_User-Id",
-	"x-user-id", "x_user_id", "x-user_id", "x_user-id",
-	"X-User-Email", "X_User_Email", "X-User_Email", "X_User-Email",
-	"x-user-email", "x_user_email", "x-user_email", "x_user-email",
-}
+// identityHeaders are the headers a proxy copies from the service's answer onto the request.
+var identityHeaders = []string{"X-User-Id", "X-User-Email", "X-User-Email-Verified", "X-User-Acr"}
+
+// identitySpellings are the names under which a client might slip an identity past a proxy: each
+// identity header with "_" or "-" at each of its joins, which CGI, PHP, WSGI and Rack read as the
+// same header (nginx passes them with underscores_in_headers on); and each in lower case too,
+// because proxies compare names without regard to it and a test must show that they do.
+var identitySpellings = func() []string {
+	var out []string
+	for _, name := range identityHeaders {
+		parts := strings.Split(name, "-")
+		for mask := 0; mask < 1<<(len(parts)-1); mask++ {
+			s := parts[0]
+			for i, p := range parts[1:] {
+				sep := "-"
+				if mask&(1<<i) != 0 {
+					sep = "_"
+				}
+				s += sep + p
+			}
+			out = append(out, s, strings.ToLower(s))
+		}
+	}
+	return out
+}()
 
 // spoofedIdentity is every identity spelling as header name, value pairs, claiming to be an admin.
 func spoofedIdentity() []string {
@@ -270,12 +286,18 @@ type echoed struct {
 }
 
 // wantIdentity fails unless the app was told exactly this user, under every spelling of the
-// identity headers an app framework might read.
+// identity headers an app framework might read, and the service's own word on whether its address
+// is verified and how it signed in: one value each, never one a client sent ("admin").
 func (got echoed) wantIdentity(tb testing.TB, id, email string) {
 	tb.Helper()
 	for name, want := range map[string]string{"x-user-id": id, "x-user-email": email} {
 		if values := got.identity(name); len(values) != 1 || values[0] != want {
 			tb.Fatalf("the app saw %s %q, want only %q; headers %v", name, values, want, got.Header)
+		}
+	}
+	for name, allowed := range map[string][]string{"x-user-email-verified": {"true", "false"}, "x-user-acr": {"aal1", "aal2"}} {
+		if values := got.identity(name); len(values) != 1 || !slices.Contains(allowed, values[0]) {
+			tb.Fatalf("the app saw %s %q, want only the service's; headers %v", name, values, got.Header)
 		}
 	}
 }
@@ -284,8 +306,8 @@ func (got echoed) wantIdentity(tb testing.TB, id, email string) {
 // nothing, and Caddy 2.6 passes the service's empty ones on as they are.
 func (got echoed) wantNoIdentity(tb testing.TB) {
 	tb.Helper()
-	for _, name := range []string{"x-user-id", "x-user-email"} {
-		for _, v := range got.identity(name) {
+	for _, name := range identityHeaders {
+		for _, v := range got.identity(strings.ToLower(name)) {
 			if v != "" {
 				tb.Fatalf("the app saw %s %q, want none; headers %v", name, v, got.Header)
 			}
