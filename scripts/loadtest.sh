@@ -2,6 +2,9 @@
 # Drives /auth/page with a valid Bearer token and a bare net/http baseline with the same load
 # generator, side by side in one run, and prints the throughput ratio and the p99 latencies.
 # Usage: scripts/loadtest.sh [seconds per run, default 10] [rounds, default 3]
+# The service gets the environment it is run with (JWT_ALG=EdDSA, say). With ENDED_SESSIONS=N, N
+# users' ended sessions are written into its blacklist first (scripts/endsessions), as a busy
+# deployment's revocation list holds them.
 # Needs wrk (apt-get install wrk). Targets 127.0.0.1 only; stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +20,7 @@ trap cleanup EXIT
 
 go build -o "$tmp/auth" .
 go build -o "$tmp/baseline" ./scripts/baseline
+go build -o "$tmp/endsessions" ./scripts/endsessions
 freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 svc=$(freeport); base=$(freeport)
 
@@ -35,6 +39,15 @@ token=$(curl -fs "127.0.0.1:$svc/auth/login" --json '{"email":"load@example.com"
   python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
 curl -fs "127.0.0.1:$svc/auth/page" -H "Authorization: Bearer $token" >/dev/null
 
+if [ "${ENDED_SESSIONS:-0}" -gt 0 ]; then
+  # The development database listens on DATA_DIR/mongo.sock; the service polls new entries in
+  # within REVOCATION_SYNC_INTERVAL (1s).
+  sock=$(python3 -c 'import sys,urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$tmp/data/mongo.sock")
+  "$tmp/endsessions" -uri "mongodb://$sock/" -n "$ENDED_SESSIONS"
+  sleep 3
+  curl -fs "127.0.0.1:$svc/metrics" | awk '/^auth_revocation_cache_entries/ {print "revocation entries in memory: " $2}'
+fi
+
 # wrk prints "Requests/sec: N" and, with --latency, "99%  1.23ms".
 measure() {
   wrk -t2 -c$conns -d"${secs}s" --latency "$@" >"$tmp/wrk.out"
@@ -49,7 +62,7 @@ auth=(-H "Authorization: Bearer $token")
 wrk -t2 -c$conns -d2s "${auth[@]}" "http://127.0.0.1:$base/" >/dev/null
 wrk -t2 -c$conns -d2s "${auth[@]}" "http://127.0.0.1:$svc/auth/page" >/dev/null
 
-echo "wrk -t2 -c$conns -d${secs}s, $rounds rounds, $(nproc) cores, $(go version | awk '{print $3}')"
+echo "wrk -t2 -c$conns -d${secs}s, $rounds rounds, $(nproc) cores, $(go version | awk '{print $3}'), JWT_ALG=${JWT_ALG:-HS256}, ENDED_SESSIONS=${ENDED_SESSIONS:-0}"
 printf '%-6s %14s %10s %14s %10s %7s %7s\n' round baseline_rps p99_ms page_rps p99_ms ratio p99x
 best=0
 for r in $(seq "$rounds"); do
