@@ -274,6 +274,7 @@ func (r *rotation) any() (string, *instance) {
 // gauges are the figures the soak reads from an instance's /metrics.
 type gauges struct {
 	goroutines, rssMiB, revocations float64
+	syncLag                         float64 // seconds since its last successful read of the blacklist
 }
 
 func scrape(client *http.Client, in *instance) (gauges, error) {
@@ -304,6 +305,8 @@ func scrape(client *http.Client, in *instance) (gauges, error) {
 			g.rssMiB = v / (1 << 20)
 		case "auth_revocation_cache_entries":
 			g.revocations = v
+		case "auth_revocation_sync_lag_seconds":
+			g.syncLag = v
 		}
 	}
 	return g, sc.Err()
@@ -332,6 +335,23 @@ func (s *soak) watchReady(ctx context.Context, id string, interval time.Duration
 		select {
 		case <-ctx.Done():
 		case <-time.After(interval):
+		}
+	}
+}
+
+// sampleGauges reads both instances' gauges every interval until ctx ends: how stale each one's
+// copy of the blacklist gets, and its goroutines under load.
+func (s *soak) sampleGauges(ctx context.Context, interval time.Duration) {
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Timeout: 3 * time.Second, Transport: tr}
+	for pause(ctx, interval) {
+		for _, id := range []string{"A", "B"} {
+			if in := s.rot.get(id); in != nil {
+				if g, err := scrape(client, in); err == nil {
+					s.rec.sampled(in.name, time.Now(), g)
+				}
+			}
 		}
 	}
 }

@@ -164,6 +164,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, environ
 		})
 	}
 	running.Go(func() { s.probeLoop(loadCtx, prober, 3*time.Second) })
+	running.Go(func() { s.sampleGauges(loadCtx, 500*time.Millisecond) })
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	var watching sync.WaitGroup

@@ -19,7 +19,7 @@ type probeResult struct {
 	from, to string
 	ackAt    time.Time     // the logout's 200
 	lag      time.Duration // from ackAt until the other instance first answered 401
-	never    bool          // still accepted 60s after the logout
+	never    bool          // accepted until it expired, or still a minute after the logout
 }
 
 // probeLoop logs the probe user in every few seconds, alternately on A and on B, checks that the
@@ -76,6 +76,7 @@ func (s *soak) probe(ctx context.Context, a account, from, to string) string {
 			r := s.call("probe page", to, out, "GET", "/auth/page", a.xff, nil, "Authorization", "Bearer "+p.AccessToken)
 			if r.status == http.StatusUnauthorized {
 				res.lag = r.sent.Sub(res.ackAt)
+				res.never = r.code == "token_expired" // accepted until it expired
 				s.rec.probed(res)
 				return ""
 			}

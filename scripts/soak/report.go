@@ -28,6 +28,7 @@ type recorder struct {
 	loggedOut []*loggedOutCheck
 	snaps     []snapshot
 	retried   []time.Duration // refreshes that failed and then succeeded with the same token: for how long
+	samples   []sample        // the instances' gauges, every half second
 
 	stopAt, backAt          time.Time // the database stop
 	termAt, restartedAt     time.Time // instance B's restart
@@ -44,6 +45,12 @@ type callRecord struct {
 type readyChange struct {
 	id, answer string
 	at         time.Time
+}
+
+type sample struct {
+	proc string
+	at   time.Time
+	g    gauges
 }
 
 type snapshot struct {
@@ -165,6 +172,12 @@ func (r *recorder) refreshRetried(d time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.retried = append(r.retried, d)
+}
+
+func (r *recorder) sampled(proc string, at time.Time, g gauges) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.samples = append(r.samples, sample{proc, at, g})
 }
 
 func (r *recorder) snapshot(proc, moment string, g gauges, err error) {
@@ -302,7 +315,7 @@ func (r *recorder) reportRevocation(w io.Writer) []string {
 	for _, p := range r.probes {
 		if p.never {
 			never++
-			faults = append(faults, fmt.Sprintf("a revocation never enforced: probe logged out on %s at %s, still accepted by %s a minute later", p.from, r.at(p.ackAt), p.to))
+			faults = append(faults, fmt.Sprintf("a revocation never enforced: probe logged out on %s at %s, accepted by %s until it expired", p.from, r.at(p.ackAt), p.to))
 			continue
 		}
 		switch r.phase(p.ackAt, p.ackAt.Add(p.lag)) {
@@ -314,6 +327,13 @@ func (r *recorder) reportRevocation(w io.Writer) []string {
 	}
 	fmt.Fprintln(w, "\nrevocation lag: a logout acknowledged by one instance until the other refuses its access token")
 	fmt.Fprintf(w, "  probes outside the faults: %s\n", lagSummary(calm))
+	slow := slices.Clone(r.probes)
+	slices.SortFunc(slow, func(a, b probeResult) int { return cmp.Compare(b.lag, a.lag) })
+	for _, p := range slow[:min(3, len(slow))] {
+		if p.lag > 1100*time.Millisecond && r.phase(p.ackAt, p.ackAt.Add(p.lag)) == phaseOutside {
+			fmt.Fprintf(w, "    slow: logged out on %s at %s, refused by %s %s later\n", p.from, r.at(p.ackAt), p.to, secs(p.lag))
+		}
+	}
 	if len(restart) > 0 {
 		fmt.Fprintf(w, "  probes across B's restart: %s\n", lagSummary(restart))
 	}
@@ -323,13 +343,16 @@ func (r *recorder) reportRevocation(w io.Writer) []string {
 	for why, n := range r.skipped {
 		fmt.Fprintf(w, "  probe rounds skipped (%s): %d\n", why, n)
 	}
-	var first, later, neverOut, neverFault, refreshed int
+	var first, later, neverOut, neverFault, refreshed, expired int
 	var worst time.Duration
 	for _, c := range r.loggedOut {
 		ph := r.phase(c.ackAt, c.expires)
 		switch {
 		case c.refreshed:
 			refreshed++
+		case c.expiredFirst:
+			expired++
+			continue
 		case c.never && ph == phaseOutside:
 			neverOut++
 			faults = append(faults, fmt.Sprintf("a revocation never enforced: a session logged out at %s was accepted until its token expired", r.at(c.ackAt)))
@@ -342,9 +365,38 @@ func (r *recorder) reportRevocation(w io.Writer) []string {
 			worst = max(worst, c.refusedIn)
 		}
 	}
-	fmt.Fprintf(w, "  virtual users' logouts, the token tried on both instances 1.5s after: %d; refused at once %d, later %d (at most %s), never: %d outside the faults, %d across them\n",
-		len(r.loggedOut), first, later, secs(worst), neverOut, neverFault)
+	fmt.Fprintf(w, "  virtual users' logouts, the access token tried on both instances 1.5s after: %d; refused at once %d, later %d (at most %s), never: %d outside the faults, %d across them\n",
+		len(r.loggedOut)-expired, first, later, secs(worst), neverOut, neverFault)
 	fmt.Fprintf(w, "  a logged-out session's refresh token refreshed: %d\n", refreshed)
+	if expired > 0 {
+		fmt.Fprintf(w, "  logouts whose access token had already expired (a refresh held up by the stop), their refresh token refused: %d\n", expired)
+	}
+
+	// How stale each instance's copy of the blacklist got, from its own gauge.
+	fmt.Fprintln(w, "  auth_revocation_sync_lag_seconds, read every half second, outside the faults:")
+	for _, proc := range []string{"A", "B", "B'"} {
+		var lags []float64
+		var over []string
+		for _, s := range r.samples {
+			// A sample belongs to the stop when the read it dates from was before the stop ended.
+			if s.proc != proc || r.phase(s.at.Add(-seconds(s.g.syncLag)), s.at) != phaseOutside {
+				continue
+			}
+			lags = append(lags, s.g.syncLag)
+			if s.g.syncLag > 1.5 {
+				over = append(over, fmt.Sprintf("%.1fs at %s", s.g.syncLag, r.at(s.at)))
+			}
+		}
+		if len(lags) == 0 {
+			continue
+		}
+		slices.Sort(lags)
+		fmt.Fprintf(w, "    %-3s n=%d, median %.2fs, max %.2fs; over 1.5s: %d", proc, len(lags), lags[len(lags)/2], lags[len(lags)-1], len(over))
+		if len(over) > 0 {
+			fmt.Fprintf(w, " (%s)", strings.Join(over[:min(8, len(over))], ", "))
+		}
+		fmt.Fprintln(w)
+	}
 
 	return faults
 }
@@ -382,6 +434,13 @@ func (r *recorder) reportStop(w io.Writer, maxLag time.Duration, probes []*outag
 		}
 	}
 	fmt.Fprintf(w, "  the virtual users' page requests while the database was stopped: %s\n", tally(pages))
+	worst := map[string]float64{}
+	for _, s := range r.samples {
+		if r.phase(s.at.Add(-seconds(s.g.syncLag)), s.at) == phaseStop {
+			worst[s.proc] = max(worst[s.proc], s.g.syncLag)
+		}
+	}
+	fmt.Fprintf(w, "  auth_revocation_sync_lag_seconds at its highest: A %.1fs, B %.1fs\n", worst["A"], worst["B"])
 	faults = append(faults, r.outageProbes(w, probes)...)
 
 	how := "cut as the database got its claim of the token"
@@ -525,6 +584,8 @@ func lagSetting(d time.Duration) string {
 	}
 	return d.String()
 }
+
+func seconds(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
 
 func ms(d time.Duration) string   { return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond)) }
 func secs(d time.Duration) string { return fmt.Sprintf("%.2fs", d.Seconds()) }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -258,11 +259,12 @@ func (s *soak) logOut(ctx context.Context, v *vu) {
 
 // loggedOutCheck is what became of one acknowledged logout on both instances.
 type loggedOutCheck struct {
-	ackAt     time.Time     // the logout's 200
-	expires   time.Time     // when its access token is refused anyway
-	refusedIn time.Duration // from the acknowledgment until both instances refused the access token
-	never     bool          // an instance still accepted it when it expired
-	refreshed bool          // its refresh token still worked
+	ackAt        time.Time     // the logout's 200
+	expires      time.Time     // when its access token is refused anyway
+	refusedIn    time.Duration // from the acknowledgment until both instances refused the access token
+	never        bool          // an instance accepted it until it expired
+	expiredFirst bool          // it had expired before it could be tried (a refresh held up by the stop)
+	refreshed    bool          // its refresh token still worked
 }
 
 // checkLoggedOut looks, 1.5s after a logout was acknowledged (one sync interval and a poll),
@@ -270,7 +272,7 @@ type loggedOutCheck struct {
 // token expires; and whether its refresh token is refused.
 func (s *soak) checkLoggedOut(ctx context.Context, a account, p tokenPair, id string, ackAt time.Time) {
 	s.checks.Go(func() {
-		c := &loggedOutCheck{ackAt: ackAt, expires: ackAt.Add(time.Duration(p.ExpiresIn)*time.Second + s.leeway)}
+		c := &loggedOutCheck{ackAt: ackAt, expires: expiry(p.AccessToken).Add(s.leeway)}
 		if !pauseUntil(ctx, ackAt.Add(1500*time.Millisecond)) {
 			return
 		}
@@ -280,8 +282,13 @@ func (s *soak) checkLoggedOut(ctx context.Context, a account, p tokenPair, id st
 			s.rec.fault(fmt.Sprintf("%s: the refresh token of a session logged out on %s at %s was refreshed on %s at %s",
 				a.email, id, s.rec.at(ackAt), rid, s.rec.at(r.sent)))
 		}
+		if time.Now().After(c.expires) {
+			c.expiredFirst = true
+			s.rec.loggedOutChecked(c)
+			return
+		}
 		for _, iid := range []string{"A", "B"} {
-			for {
+			for accepted := false; ; {
 				in := s.rot.get(iid)
 				if in == nil { // restarting; the new process loads the blacklist when it starts
 					if !pause(ctx, 250*time.Millisecond) {
@@ -290,14 +297,16 @@ func (s *soak) checkLoggedOut(ctx context.Context, a account, p tokenPair, id st
 					continue
 				}
 				r := s.call("page, logged out", iid, in, "GET", "/auth/page", a.xff, nil, "Authorization", "Bearer "+p.AccessToken)
-				if r.code == "token_expired" || r.status == http.StatusOK && r.sent.After(c.expires) {
-					c.never = true // it expired before this instance refused it
+				if r.code == "token_expired" {
+					c.never = accepted // else it expired as this instance was first asked
+					c.expiredFirst = !accepted
 					break
 				}
 				if r.status == http.StatusUnauthorized || r.status == http.StatusServiceUnavailable {
 					c.refusedIn = max(c.refusedIn, r.sent.Sub(ackAt))
 					break
 				}
+				accepted = accepted || r.status == http.StatusOK
 				if !pause(ctx, 250*time.Millisecond) {
 					return
 				}
@@ -305,6 +314,18 @@ func (s *soak) checkLoggedOut(ctx context.Context, a account, p tokenPair, id st
 		}
 		s.rec.loggedOutChecked(c)
 	})
+}
+
+// expiry reads a token's exp claim, without checking it: the service does that.
+func expiry(token string) time.Time {
+	var claims struct {
+		Exp int64 `json:"exp"`
+	}
+	if parts := strings.Split(token, "."); len(parts) == 3 {
+		payload, _ := base64.RawURLEncoding.DecodeString(parts[1])
+		json.Unmarshal(payload, &claims)
+	}
+	return time.Unix(claims.Exp, 0)
 }
 
 // pause waits d, or less if ctx ends; it reports whether ctx is still going.
