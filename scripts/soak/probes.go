@@ -192,8 +192,9 @@ func (o *outageProbes) stopMidRefresh(ctx context.Context, px *proxy) time.Time 
 }
 
 func (o *outageProbes) stopNow(px *proxy) time.Time {
+	at := time.Now()
 	px.stop()
-	return time.Now()
+	return at
 }
 
 // claimOf is what the insert that claims the first use of a refresh token holds and no other

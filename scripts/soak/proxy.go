@@ -138,7 +138,11 @@ func (p *proxy) copy(name string, dst, src net.Conn, lost *atomic.Bool, upstream
 			}
 			if hit {
 				// Long enough for the database to carry the request out.
-				time.AfterFunc(50*time.Millisecond, func() { p.stop(); p.stopped <- time.Now() })
+				time.AfterFunc(50*time.Millisecond, func() {
+					at := time.Now() // before the instances can notice
+					p.stop()
+					p.stopped <- at
+				})
 			}
 		}
 		if err != nil {
