@@ -177,6 +177,10 @@ func (o *outageProbes) stopMidRefresh(ctx context.Context, px *proxy) time.Time 
 			o.lost.final = r
 			o.mu.Unlock()
 		}
+		if r.status == http.StatusUnauthorized {
+			o.s.rec.sessionLost(r, fmt.Sprintf("the refresh cut by the stop, retried after every Retry-After since %s: answered %s",
+				o.s.rec.at(o.lost.first.sent), r.answer()))
+		}
 	})
 	select {
 	case at := <-stopped:

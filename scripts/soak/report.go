@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -449,9 +448,6 @@ func (r *recorder) reportStop(w io.Writer, maxLag time.Duration, probes []*outag
 	}
 	fmt.Fprintf(w, "  a refresh on A %s: answered %s; retried after every Retry-After, %d times, until %s %s\n",
 		how, lost.first.answer(), lost.tries, lost.final.answer(), r.sinceBack(lost.final.done()))
-	if lost.final.status == http.StatusUnauthorized {
-		faults = append(faults, fmt.Sprintf("the refresh cut by the stop was answered %s when retried %s", lost.final.answer(), r.sinceBack(lost.final.sent)))
-	}
 	slices.Sort(r.retried)
 	fmt.Fprintf(w, "  virtual users' refreshes answered 503 or not at all, then retried with the same token until 200: %d", len(r.retried))
 	if len(r.retried) > 0 {
