@@ -57,7 +57,7 @@ func (s *soak) probe(ctx context.Context, a account, from, to string) string {
 	}
 	var ack reply
 	for {
-		ack = s.call("probe logout", from, in, "POST", "/auth/logout", a.xff, nil, "Authorization", "Bearer "+p.AccessToken)
+		ack = s.call("probe logout", from, s.rot.get(from), "POST", "/auth/logout", a.xff, nil, "Authorization", "Bearer "+p.AccessToken)
 		if ack.status == http.StatusOK {
 			break
 		}
