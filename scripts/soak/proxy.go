@@ -55,7 +55,7 @@ func (a *awaited) in(front string, b []byte) bool {
 
 // newProxy listens on a loopback port for each of the instances named.
 func newProxy(upstream string, instances ...string) (*proxy, error) {
-	p := &proxy{upstream: upstream, fronts: map[string]*front{}, conns: map[net.Conn]struct{}{}}
+	p := &proxy{upstream: upstream, running: true, fronts: map[string]*front{}, conns: map[net.Conn]struct{}{}}
 	for _, name := range instances {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -63,9 +63,10 @@ func newProxy(upstream string, instances ...string) (*proxy, error) {
 			return nil, err
 		}
 		p.fronts[name] = &front{ln.Addr().String(), ln}
-		go p.serve(name, ln)
 	}
-	p.running = true
+	for name, f := range p.fronts {
+		go p.serve(name, f.ln)
+	}
 	return p, nil
 }
 
