@@ -339,3 +339,65 @@ func TestARefreshWhoseReplyWasLostIsSafeToRetry(t *testing.T) {
 		})
 	}
 }
+
+// A refresh whose reply was lost just before the database stopped for longer than the reuse
+// interval: the client's retries are answered 503 until the database is back, and the first one
+// after gets the successor; the time the database was out of reach does not count. Past the
+// window with that time added, the token is reuse again.
+func TestARefreshWhoseReplyWasLostInALongOutageIsSafeToRetry(t *testing.T) {
+	t.Parallel()
+	socket, _ := startOwnDevDB(t, newDataDir(t))
+	e, proxy := newTestEnvThrough(t, socket, "timeoutMS=1000")
+	_, _, refresh := e.user(t)
+
+	proxy.withholdReplyTo("refresh_tokens")
+	e.refresh(t, refresh).want(t, 503, "unavailable")
+	proxy.cut()
+	const outage = 30 * time.Second // three reuse intervals
+	for range 3 {                   // the instance's polls find the database gone, meanwhile
+		e.clock.Advance(outage / 3)
+		if err := e.deps.revocations.sync(t.Context()); err == nil {
+			t.Fatal("a poll succeeded with the database cut off")
+		}
+		e.refresh(t, refresh).want(t, 503, "unavailable") // the client retries, in vain
+	}
+	proxy.connect(socket)
+	waitReady(t, e)
+	e.clock.Advance(time.Second)
+	retry := e.refresh(t, refresh).want(t, 200, "")
+	e.page(t, retry.str("access_token")).want(t, 200, "")
+
+	if err := e.deps.revocations.sync(t.Context()); err != nil { // the outage is over
+		t.Fatal(err)
+	}
+	e.clock.Advance(e.reuseWindow())
+	e.refresh(t, refresh).want(t, 401, "token_reused")
+}
+
+// A logout answered 503 in an outage is in force on the instance that answered it at once, and
+// that instance writes it when the database is back: another instance learns of it even if the
+// client never retries.
+func TestALogoutAnswered503IsWrittenWhenTheDatabaseIsBack(t *testing.T) {
+	t.Parallel()
+	socket, _ := startOwnDevDB(t, newDataDir(t))
+	a, cut := newTestEnvThrough(t, socket, "")
+	b, _ := newTestEnvThrough(t, socket, "")
+	_, access, _ := a.user(t)
+	b.page(t, access).want(t, 200, "")
+
+	cut.cut()
+	a.do(t, "POST", "/auth/logout", nil, "Authorization", "Bearer "+access).want(t, 503, "unavailable")
+	a.page(t, access).want(t, 401, "token_revoked")
+	if err := a.deps.revocations.flush(t.Context()); err == nil {
+		t.Fatal("the pending logout was written with the database cut off")
+	}
+	cut.connect(socket)
+	waitReady(t, a)
+	if err := a.deps.revocations.flush(t.Context()); err != nil { // what a's next poll does
+		t.Fatal(err)
+	}
+	if err := b.deps.revocations.sync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	b.page(t, access).want(t, 401, "token_revoked")
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"sync"
@@ -24,7 +25,16 @@ type revocations struct {
 	maxLag time.Duration
 	stale  atomic.Bool // the last check found the copy too old; for the log and the metrics
 
-	mu       sync.RWMutex
+	mu sync.RWMutex
+	// outages are the spans of time this instance's polls found the database unreachable, the
+	// latest last; downSince is the start of the one going on, zero when polls succeed. A
+	// refresh's reuse interval does not count them (see sessionKeeper.refresh).
+	outages   []span
+	downSince time.Time
+	// pending are revocations in force here that the database did not take (an outage): each
+	// poll writes them first, so that the other instances learn of them without the client's
+	// retry. At most maxPending; expired ones are dropped.
+	pending  []Revocation
 	jtis     map[string]time.Time // token id -> when the entry may be forgotten
 	sids     map[string]time.Time // login session id -> likewise
 	reused   map[string]bool      // the sessions among sids that ended because a token was reused
@@ -94,10 +104,49 @@ func (r *revocations) add(revs ...Revocation) {
 }
 
 // revoke records revs here and in the database. They are in force on this instance even when the
-// database write fails, and the error tells the client to try again so that the others learn too.
+// database write fails; the error tells the client to try again, and the next poll that finds the
+// database writes them anyway, so that the others learn of them if the client does not retry.
 func (r *revocations) revoke(ctx context.Context, revs ...Revocation) error {
 	r.add(revs...)
-	return r.store.Revoke(ctx, revs...)
+	err := r.store.Revoke(ctx, revs...)
+	if err != nil && (errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded)) {
+		r.mu.Lock()
+		r.pending = append(r.pending, revs...)
+		if len(r.pending) > maxPending {
+			r.pending = r.pending[len(r.pending)-maxPending:]
+		}
+		r.mu.Unlock()
+	}
+	return err
+}
+
+// maxPending bounds the revocations kept for writing later: a long outage under heavy logout
+// traffic must not grow memory without bound. Past it the oldest go, still in force here.
+const maxPending = 100000
+
+// flush writes the pending revocations that have not expired.
+func (r *revocations) flush(ctx context.Context) error {
+	now := r.now()
+	r.mu.Lock()
+	var live []Revocation
+	for _, rev := range r.pending {
+		if now.Before(rev.ExpiresAt) {
+			live = append(live, rev)
+		}
+	}
+	r.pending = nil
+	r.mu.Unlock()
+	if len(live) == 0 {
+		return nil
+	}
+	if err := r.store.Revoke(ctx, live...); err != nil {
+		r.mu.Lock()
+		r.pending = append(live, r.pending...)
+		r.mu.Unlock()
+		return err
+	}
+	r.log.Info("revocations made during an outage written to the database", "count", len(live))
+	return nil
 }
 
 // sync reads the revocations created since the last poll (all unexpired ones the first time).
@@ -111,13 +160,61 @@ func (r *revocations) sync(ctx context.Context) error {
 	}
 	revs, err := r.store.RevocationsSince(ctx, since, start)
 	if err != nil {
+		if errors.Is(err, ErrUnavailable) {
+			r.mu.Lock()
+			if r.downSince.IsZero() {
+				// From the last poll that worked, or a minute back at most.
+				r.downSince = start.Add(-time.Minute)
+				if r.lastSync.After(r.downSince) {
+					r.downSince = r.lastSync
+				}
+			}
+			r.mu.Unlock()
+		}
 		return err
 	}
 	r.add(revs...)
 	r.mu.Lock()
 	r.lastSync = start
+	if !r.downSince.IsZero() {
+		r.outages = append(r.outages, span{r.downSince, start})
+		if len(r.outages) > maxOutages {
+			r.outages = r.outages[1:]
+		}
+		r.downSince = time.Time{}
+	}
 	r.mu.Unlock()
 	return nil
+}
+
+// span is a stretch of time.
+type span struct{ from, to time.Time }
+
+// maxOutages bounds the outages remembered: enough for any reuse interval of sane length.
+const maxOutages = 32
+
+// downtime is how much of the time from from to to this instance found the database unreachable.
+func (r *revocations) downtime(from, to time.Time) time.Duration {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	spans := r.outages
+	if !r.downSince.IsZero() {
+		spans = append(spans[:len(spans):len(spans)], span{r.downSince, to})
+	}
+	var d time.Duration
+	for _, o := range spans {
+		lo, hi := o.from, o.to
+		if from.After(lo) {
+			lo = from
+		}
+		if to.Before(hi) {
+			hi = to
+		}
+		if hi.After(lo) {
+			d += hi.Sub(lo)
+		}
+	}
+	return d
 }
 
 // vouches reports whether this instance's copy of the blacklist is recent enough to vouch for a
@@ -183,7 +280,11 @@ func (r *revocations) run(ctx context.Context, syncEvery, purgeEvery time.Durati
 		case <-ctx.Done():
 			return
 		case <-syncT.C:
-			if err := r.sync(ctx); err != nil && ctx.Err() == nil {
+			err := r.flush(ctx)
+			if err == nil {
+				err = r.sync(ctx)
+			}
+			if err != nil && ctx.Err() == nil {
 				r.log.Warn("revocation sync failed; checking tokens against the last known list",
 					"err", err, "lag", r.lag().String())
 			}

@@ -143,8 +143,10 @@ func (k *sessionKeeper) alive(ctx context.Context, c *claims) error {
 //
 // The interval runs from when the first use's answer was due, not from the first use: when the
 // database records a claim but its reply is lost, the client gets 503 up to answerBy later, and
-// its retry within the interval of that 503 must get the successor, not be taken for reuse. The
-// window grows by answerBy and no more: a retired token presented after it is still reuse.
+// its retry within the interval of that 503 must get the successor, not be taken for reuse. When
+// the database then stays out of reach, the retries are answered 503 until it is back, so the
+// time this instance found it unreachable does not count either. The window grows by that and no
+// more: a retired token presented after it is still reuse.
 func (k *sessionKeeper) refresh(ctx context.Context, c *claims) (tokenPair, refreshOutcome, error) {
 	if err := k.revs.refusal(c); err != nil {
 		return tokenPair{}, 0, err
@@ -192,7 +194,10 @@ func (k *sessionKeeper) refresh(ctx context.Context, c *claims) (tokenPair, refr
 	}
 	outcome, end := refreshRotated, s.ExpiresAt
 	if !won {
-		if !now.Before(first.UsedAt.Add(k.answerBy + k.reuse)) {
+		// Time the database was out of reach does not count: no refresh could be answered then
+		// anywhere, and every retry in it was answered 503 (see refresh).
+		window := k.answerBy + k.reuse + k.revs.downtime(first.UsedAt, now)
+		if !now.Before(first.UsedAt.Add(window)) {
 			if err := k.end(ctx, c.Session, endReused); err != nil {
 				return tokenPair{}, 0, err
 			}
