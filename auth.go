@@ -120,7 +120,7 @@ func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, 
 			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "email and password are required"}
 		}
 		client := clients.of(r)
-		u, err := passwords.check(r.Context(), client, req.Email, req.Password)
+		u, settled, err := passwords.check(r.Context(), client, req.Email, req.Password)
 		switch {
 		case errors.Is(err, errInvalidCredentials):
 			m.login(loginInvalidCredentials)
@@ -134,6 +134,7 @@ func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, 
 		case err != nil:
 			return err
 		}
+		defer settled()
 		if requireVerified && !u.EmailVerified {
 			m.login(loginUnverified)
 			return errEmailNotVerified
@@ -294,32 +295,47 @@ func loginKeys(client netip.Addr, email string) (account, clientKey string) {
 	return "login|" + c + "|" + email, "login|" + c
 }
 
-// check returns the account of email when password is its password. Otherwise the error is
-// errInvalidCredentials (a wrong password and an unknown email alike), errTooManyAttempts with
-// its Retry-After, errBusy, or the store's.
+// check returns the account of email when password is its password, and settled, which waits
+// until the client's failed attempts at the account are forgotten: a login starts its session
+// meanwhile, and answers after both. Otherwise the error is errInvalidCredentials (a wrong
+// password and an unknown email alike), errTooManyAttempts with its Retry-After, errBusy, or the
+// store's.
 //
 // The whole check, database reads and writes included, runs in a hashing slot: during a storm the
 // logins waiting for a slot cost neither hashing memory nor database work, and the database sees
-// only as many logins at once as there are slots.
-func (p *passwordCheck) check(ctx context.Context, client netip.Addr, email, password string) (*User, error) {
+// only as many logins at once as there are slots (and the forgetting of those just done).
+func (p *passwordCheck) check(ctx context.Context, client netip.Addr, email, password string) (u *User, settled func(), err error) {
 	turn, err := p.hasher.admit()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer turn.done()
+	email = normalizeEmail(email)
 	var (
-		u    *User
+		att  *attempt
 		took time.Duration
 	)
-	if err := turn.run(ctx, func() { u, took, err = p.checkInSlot(ctx, client, normalizeEmail(email), password) }); err != nil {
-		return nil, err
+	if err := turn.run(ctx, func() { u, att, took, err = p.checkInSlot(ctx, client, email, password) }); err != nil {
+		return nil, nil, err
 	}
 	if errors.Is(err, errInvalidCredentials) {
 		// Outside the slot: waiting costs no CPU and holds no hashing memory.
 		turn.done()
 		p.times.pad(ctx, took)
 	}
-	return u, err
+	if err != nil {
+		return nil, nil, err
+	}
+	// A success forgets the account's failures from this client.
+	forgotten := make(chan struct{})
+	go func() {
+		defer close(forgotten)
+		account, _ := loginKeys(client, email)
+		if err := att.succeeded(ctx, account); err != nil {
+			p.log.Warn("clearing login failures failed", "err", err)
+		}
+	}()
+	return u, func() { <-forgotten }, nil
 }
 
 // checkUser is check for the account with id user: for the endpoints of a signed-in user who is
@@ -331,11 +347,15 @@ func (p *passwordCheck) checkUser(ctx context.Context, client netip.Addr, user, 
 	} else if err != nil {
 		return nil, err
 	}
-	return p.check(ctx, client, u.Email, password)
+	u, settled, err := p.check(ctx, client, u.Email, password)
+	if err == nil {
+		settled()
+	}
+	return u, err
 }
 
 // checkInSlot is check in its hashing slot; took is how long the password check itself took.
-func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, email, password string) (u *User, took time.Duration, err error) {
+func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, email, password string) (u *User, att *attempt, took time.Duration, err error) {
 	account, clientKey := loginKeys(client, email)
 	// The attempt is recorded and the account read at once: the work around the hash must stay
 	// small next to the hash itself.
@@ -347,14 +367,14 @@ func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, emai
 		defer close(fetched)
 		u, userErr = p.store.UserByEmail(ctx, email)
 	}()
-	att, err := p.throttle.begin(ctx, limit{account, p.maxAccount}, limit{clientKey, p.maxClient})
+	att, err = p.throttle.begin(ctx, limit{account, p.maxAccount}, limit{clientKey, p.maxClient})
 	<-fetched
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, 0, err
 	}
 	if userErr != nil && !errors.Is(userErr, ErrNotFound) {
 		att.forget(ctx)
-		return nil, 0, userErr
+		return nil, nil, 0, userErr
 	}
 	// An unknown email is checked against a dummy hash, so that it takes as long as a wrong
 	// password and the answer is the same.
@@ -379,20 +399,20 @@ func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, emai
 	p.times.observe(hashKind(hash), took)
 	factorErr := <-factor
 	if err := <-ranked; err != nil {
-		return nil, 0, err
+		return nil, nil, 0, err
 	}
 	if factorErr != nil && !errors.Is(factorErr, ErrNotFound) {
-		return nil, 0, factorErr
+		return nil, nil, 0, factorErr
 	}
 	if u != nil {
 		u.hasTOTP = factorErr == nil
 	}
 	if u != nil && u.Disabled {
 		// The same answer whether the password was right or not; the attempt counts.
-		return nil, took, errAccountDisabled
+		return nil, nil, took, errAccountDisabled
 	}
 	if u == nil || !ok {
-		return nil, took, errInvalidCredentials // the attempt stays recorded, as a failure
+		return nil, nil, took, errInvalidCredentials // the attempt stays recorded, as a failure
 	}
 	if rehash {
 		// Moved over from bcrypt, or from older argon2id parameters: upgrade while the password is
@@ -404,11 +424,7 @@ func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, emai
 			u.PasswordHash = fresh
 		}
 	}
-	// A success clears the account's failures from this client.
-	if err := att.succeeded(ctx, account); err != nil {
-		p.log.Warn("clearing login failures failed", "err", err)
-	}
-	return u, took, nil
+	return u, att, took, nil
 }
 
 // learnImportedHashes times one check at the bcrypt cost of an imported account, if any account

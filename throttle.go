@@ -14,14 +14,14 @@ import (
 )
 
 // throttle limits guessing, in the manner of Authelia's regulation, with the counts in the
-// database so that they hold across instances and restarts. Every attempt is recorded before the
-// work it asks for (a password hash, a sign-up) is done, and only then are the other attempts
-// under its key counted; it goes ahead when fewer than max are found. Of any attempts that all go
-// ahead, the last to count saw every other one, as each recorded itself before it counted: so
-// however many requests arrive at once, on however many instances, at most max go ahead within
-// the window. (Under a burst, fewer may: attempts that are refused count while they are being
-// refused.) An attempt that turns out well is forgotten again; one that fails stays, and is the
-// failure that counts.
+// database so that they hold across instances and restarts. Every attempt is recorded, and only
+// then are the other attempts under its key counted; the work it asks for (a password hash, a
+// sign-up) is used only when fewer than max are found. Of any attempts that all go ahead, the
+// last to count saw every other one, as each recorded itself before it counted: so however many
+// requests arrive at once, on however many instances, at most max go ahead within the window.
+// (Under a burst, fewer may: attempts that are refused count while they are being refused.) An
+// attempt that turns out well is forgotten again; one that fails stays, and is the failure that
+// counts.
 type throttle struct {
 	store  Store
 	now    func() time.Time
@@ -37,17 +37,20 @@ type limit struct {
 
 // attempt is one try, recorded under the key of each of its limits.
 type attempt struct {
-	t      *throttle
-	docs   []Attempt
-	limits []int
+	t         *throttle
+	docs      []Attempt
+	limits    []int
+	recorded  chan struct{} // closed when the record has landed, or failed with recordErr
+	recordErr error
 }
 
-// begin records an attempt. It answers errTooManyAttempts, and forgets the attempt, when the
-// limits were reached already; it learns that in the same round trip as it records, counting while
-// it records, so that a throttled client costs no more work. check, which counts after, decides.
+// begin counts the other attempts and answers errTooManyAttempts when the limits were reached
+// already, recording nothing, so that a throttled client costs one read. Otherwise it records the
+// attempt and returns without waiting for the record to land, so that the work asked for can
+// start meanwhile; check, which waits for the record and counts after, decides.
 func (t *throttle) begin(ctx context.Context, limits ...limit) (*attempt, error) {
 	at := t.now().Truncate(time.Millisecond)
-	a := &attempt{t: t}
+	a := &attempt{t: t, recorded: make(chan struct{})}
 	for _, l := range limits {
 		if l.max > 0 {
 			a.docs = append(a.docs, Attempt{ID: newID(), Key: l.key, At: at, ExpiresAt: at.Add(t.window)})
@@ -55,19 +58,27 @@ func (t *throttle) begin(ctx context.Context, limits ...limit) (*attempt, error)
 		}
 	}
 	if len(a.docs) == 0 {
+		close(a.recorded)
 		return a, nil
 	}
-	recorded := make(chan error, 1)
-	go func() { recorded <- t.store.AddAttempts(ctx, a.docs...) }()
 	wait, err := a.ahead(ctx)
-	if err := errors.Join(err, <-recorded); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	if wait > 0 {
-		a.forget(ctx)
 		return nil, errTooManyAttempts.after(wait)
 	}
+	go func() {
+		defer close(a.recorded)
+		a.recordErr = t.store.AddAttempts(ctx, a.docs...)
+	}()
 	return a, nil
+}
+
+// written waits for the attempt's record to land.
+func (a *attempt) written() error {
+	<-a.recorded
+	return a.recordErr
 }
 
 // check answers errTooManyAttempts, and forgets the attempt, when a limit's worth of other
@@ -75,6 +86,9 @@ func (t *throttle) begin(ctx context.Context, limits ...limit) (*attempt, error)
 func (a *attempt) check(ctx context.Context) error {
 	if len(a.docs) == 0 {
 		return nil
+	}
+	if err := a.written(); err != nil {
+		return err
 	}
 	wait, err := a.ahead(ctx)
 	if err != nil {
@@ -111,6 +125,7 @@ func (a *attempt) ahead(ctx context.Context) (time.Duration, error) {
 // failure to remove it leaves it counted, which errs on the safe side.
 func (a *attempt) forget(ctx context.Context) {
 	if len(a.docs) > 0 {
+		a.written()
 		a.t.store.ForgetAttempts(context.WithoutCancel(ctx), a.ids())
 	}
 }
@@ -120,6 +135,7 @@ func (a *attempt) succeeded(ctx context.Context, clear ...string) error {
 	if len(a.docs) == 0 {
 		return nil
 	}
+	a.written()
 	return a.t.store.ForgetAttempts(ctx, a.ids(), clear...)
 }
 
