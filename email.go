@@ -393,10 +393,12 @@ type accepted struct {
 	Message string `json:"message"`
 }
 
-// handleForgotPassword queues a reset mail. Known and unknown addresses, and throttled requests,
-// get the same 202 after the same database work: the request does not even look the address up;
-// the sender does, and sends nothing for an address without an account.
-func handleForgotPassword(log *slog.Logger, clients clientIPs, f *mailFlows) http.Handler {
+// handleMailRequest queues a mail of kind to the address in the request: a password reset
+// (/auth/password/forgot), or a new verification link (/auth/email/resend). Known and unknown
+// addresses, and throttled requests, get the same 202 with answer after the same database work:
+// the request does not even look the address up; the sender does, and sends nothing for an
+// address without an account (or, for a verification, one verified already).
+func handleMailRequest(log *slog.Logger, clients clientIPs, f *mailFlows, kind, answer string) http.Handler {
 	type request struct {
 		Email string `json:"email"`
 	}
@@ -412,10 +414,10 @@ func handleForgotPassword(log *slog.Logger, clients clientIPs, f *mailFlows) htt
 		if !validEmail(email) {
 			return errInvalidEmail
 		}
-		if err := f.send(r.Context(), clients.of(r), &MailMessage{Kind: mailReset, To: email}, true); err != nil {
+		if err := f.send(r.Context(), clients.of(r), &MailMessage{Kind: kind, To: email}, true); err != nil {
 			return err
 		}
-		encode(w, http.StatusAccepted, accepted{"if an account has this address, a reset link is on its way to it"})
+		encode(w, http.StatusAccepted, accepted{answer})
 		return nil
 	})
 }
@@ -517,32 +519,6 @@ func handleVerifyEmail(log *slog.Logger, f *mailFlows) http.Handler {
 				slog.String("user_id", t.UserID))
 		}
 		encode(w, http.StatusOK, response{t.Email, true})
-		return nil
-	})
-}
-
-// handleResendVerification queues a new verification mail; the sender sends it only when the
-// address has an account that is not verified yet. Always 202, as for a reset.
-func handleResendVerification(log *slog.Logger, clients clientIPs, f *mailFlows) http.Handler {
-	type request struct {
-		Email string `json:"email"`
-	}
-	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		if !f.cfg.enabled() {
-			return errEmailDisabled
-		}
-		req, err := decode[request](w, r)
-		if err != nil {
-			return err
-		}
-		email := normalizeEmail(req.Email)
-		if !validEmail(email) {
-			return errInvalidEmail
-		}
-		if err := f.send(r.Context(), clients.of(r), &MailMessage{Kind: mailVerify, To: email}, true); err != nil {
-			return err
-		}
-		encode(w, http.StatusAccepted, accepted{"if this address has an account that is not verified yet, a link is on its way to it"})
 		return nil
 	})
 }

@@ -29,10 +29,12 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("POST /auth/mfa/totp/confirm", signedIn(handleConfirmTOTP(d.log, d.mfa)))
 	mux.Handle("DELETE /auth/mfa/totp", signedIn(handleRemoveTOTP(d.log, d.mfa)))
 	mux.Handle("POST /auth/mfa/verify", handleVerifyMFA(d.log, d.mfa))
-	mux.Handle("POST /auth/password/forgot", handleForgotPassword(d.log, d.clients, d.mail))
+	mux.Handle("POST /auth/password/forgot", handleMailRequest(d.log, d.clients, d.mail, mailReset,
+		"if an account has this address, a reset link is on its way to it"))
 	mux.Handle("POST /auth/password/reset", handleResetPassword(d.log, d.mail, d.hasher, d.sessions))
 	mux.Handle("POST /auth/email/verify", handleVerifyEmail(d.log, d.mail))
-	mux.Handle("POST /auth/email/resend", handleResendVerification(d.log, d.clients, d.mail))
+	mux.Handle("POST /auth/email/resend", handleMailRequest(d.log, d.clients, d.mail, mailVerify,
+		"if this address has an account that is not verified yet, a link is on its way to it"))
 	mux.Handle("POST /auth/email/change", signedIn(handleEmailChange(d.log, d.clients, d.mail, d.passwords, d.sessions)))
 	mux.Handle("POST /auth/verify", handleVerify(d.log, d.tokens, d.revocations))
 	mux.Handle("GET /auth/verify", handleVerify(d.log, d.tokens, d.revocations))
