@@ -41,21 +41,6 @@ import (
 // run exactly this text, with only the addresses and the application's directory changed.
 const nginxSPAConf = "deploy/nginx-spa.conf"
 
-func TestREADMEShowsTheSinglePageAppNginxConfigurationTheTestsRun(t *testing.T) {
-	t.Parallel()
-	conf, err := os.ReadFile(nginxSPAConf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	readme, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(string(readme), "```nginx\n"+string(conf)+"```\n") {
-		t.Fatalf("README.md must show %s verbatim in an nginx code block", nginxSPAConf)
-	}
-}
-
 func TestClientInABrowserAcrossOrigins(t *testing.T) {
 	t.Parallel()
 	browser := startChromium(t)

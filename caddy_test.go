@@ -16,21 +16,6 @@ import (
 // text, with only the addresses changed.
 const caddyfile = "deploy/Caddyfile"
 
-func TestREADMEShowsTheCaddyfileTheTestsRun(t *testing.T) {
-	t.Parallel()
-	conf, err := os.ReadFile(caddyfile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	readme, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(string(readme), "```caddyfile\n"+string(conf)+"```\n") {
-		t.Fatalf("README.md must show %s verbatim in a caddyfile code block", caddyfile)
-	}
-}
-
 func TestCaddyInFrontOfTheService(t *testing.T) {
 	t.Parallel()
 	const listed = "https://app.example.com"

@@ -23,18 +23,23 @@ import (
 // text, with only the addresses changed.
 const nginxConf = "deploy/nginx.conf"
 
-func TestREADMEShowsTheNginxConfigurationTheTestsRun(t *testing.T) {
+// The README shows each proxy configuration that the end-to-end tests run, verbatim.
+func TestREADMEShowsTheProxyConfigurationsTheTestsRun(t *testing.T) {
 	t.Parallel()
-	conf, err := os.ReadFile(nginxConf)
-	if err != nil {
-		t.Fatal(err)
-	}
 	readme, err := os.ReadFile("README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(readme), "```nginx\n"+string(conf)+"```\n") {
-		t.Fatalf("README.md must show %s verbatim in an nginx code block", nginxConf)
+	for _, f := range []struct{ path, lang string }{
+		{nginxConf, "nginx"}, {nginxSPAConf, "nginx"}, {caddyfile, "caddyfile"},
+	} {
+		conf, err := os.ReadFile(f.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(readme), "```"+f.lang+"\n"+string(conf)+"```\n") {
+			t.Errorf("README.md must show %s verbatim in a %s code block", f.path, f.lang)
+		}
 	}
 }
 
