@@ -17,7 +17,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -105,37 +104,17 @@ func (c mailConfig) enabled() bool { return c.mode != mailOff }
 
 // loadMailConfig reads the email settings. Mail goes over SMTP_URL when it is set; without it the
 // development default (no MONGODB_URI) writes mails to files, and production has no mail.
-func loadMailConfig(getenv func(string) string, mongoURI, dataDir string) (mailConfig, []error) {
-	var errs []error
-	env := func(key, def string) string {
-		if v := strings.TrimSpace(getenv(key)); v != "" {
-			return v
-		}
-		return def
-	}
-	dur := func(key, def string, zeroOK bool) time.Duration {
-		d, err := time.ParseDuration(env(key, def))
-		if err != nil || d < 0 || (d == 0 && !zeroOK) {
-			errs = append(errs, fmt.Errorf("%s: want a positive Go duration such as %s, got %q", key, def, getenv(key)))
-		}
-		return d
-	}
-	num := func(key string, def int) int {
-		n, err := strconv.Atoi(env(key, strconv.Itoa(def)))
-		if err != nil || n < 0 {
-			errs = append(errs, fmt.Errorf("%s: want a whole number, got %q", key, getenv(key)))
-		}
-		return n
-	}
+func loadMailConfig(s *settings, mongoURI, dataDir, appName string) mailConfig {
+	getenv := s.getenv
 	c := mailConfig{
 		mode:            mailOff,
-		appName:         env("APP_NAME", "auth"),
-		resetTTL:        dur("RESET_TOKEN_TTL", "15m", false),
-		verifyTTL:       dur("VERIFY_TOKEN_TTL", "24h", false),
-		addressInterval: dur("MAIL_ADDRESS_INTERVAL", "1m", true),
-		maxPerAddress:   num("MAIL_MAX_PER_ADDRESS", 5),
-		maxPerClient:    num("MAIL_MAX_PER_CLIENT", 20),
-		giveUpAfter:     dur("MAIL_GIVE_UP_AFTER", "24h", false),
+		appName:         appName,
+		resetTTL:        s.dur("RESET_TOKEN_TTL", "15m", false),
+		verifyTTL:       s.dur("VERIFY_TOKEN_TTL", "24h", false),
+		addressInterval: s.dur("MAIL_ADDRESS_INTERVAL", "1m", true),
+		maxPerAddress:   s.num("MAIL_MAX_PER_ADDRESS", 5),
+		maxPerClient:    s.num("MAIL_MAX_PER_CLIENT", 20),
+		giveUpAfter:     s.dur("MAIL_GIVE_UP_AFTER", "24h", false),
 		poll:            time.Second,
 		retryBase:       5 * time.Second,
 		retryCap:        5 * time.Minute,
@@ -149,54 +128,54 @@ func loadMailConfig(getenv func(string) string, mongoURI, dataDir string) (mailC
 		c.mode = mailSMTP
 		var err error
 		if c.smtp, err = parseSMTPURL(raw); err != nil {
-			errs = append(errs, err)
+			s.errs = append(s.errs, err)
 		}
 		if strings.TrimSpace(from) == "" {
-			errs = append(errs, errors.New("MAIL_FROM: required with SMTP_URL, for example auth@example.com or \"Example <auth@example.com>\""))
+			s.errs = append(s.errs, errors.New("MAIL_FROM: required with SMTP_URL, for example auth@example.com or \"Example <auth@example.com>\""))
 		}
 		if strings.TrimSpace(appURL) == "" {
-			errs = append(errs, errors.New("APP_URL: required with SMTP_URL: the base of the links in mails, for example https://app.example.com"))
+			s.errs = append(s.errs, errors.New("APP_URL: required with SMTP_URL: the base of the links in mails, for example https://app.example.com"))
 		}
 		if ca := strings.TrimSpace(getenv("SMTP_CA_FILE")); ca != "" {
 			if c.smtp.roots, err = loadCAFile(ca); err != nil {
-				errs = append(errs, err)
+				s.errs = append(s.errs, err)
 			}
 		}
 	case mongoURI == "":
 		c.mode, c.dir = mailDir, filepath.Join(dataDir, "mail")
-		from, appURL = env("MAIL_FROM", "auth@localhost"), env("APP_URL", "http://localhost:3000")
+		from, appURL = s.str("MAIL_FROM", "auth@localhost"), s.str("APP_URL", "http://localhost:3000")
 	}
 	if c.mode != mailOff {
 		if a, err := mail.ParseAddress(from); err != nil || !strings.Contains(a.Address, "@") {
-			errs = append(errs, fmt.Errorf("MAIL_FROM: want an address such as auth@example.com, got %q", from))
+			s.errs = append(s.errs, fmt.Errorf("MAIL_FROM: want an address such as auth@example.com, got %q", from))
 		} else {
 			c.from, c.fromAddr = a.String(), a.Address
 		}
 		u, err := url.Parse(strings.TrimSpace(appURL))
 		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-			errs = append(errs, fmt.Errorf("APP_URL: want an http(s) URL without query, such as https://app.example.com, got %q", appURL))
+			s.errs = append(s.errs, fmt.Errorf("APP_URL: want an http(s) URL without query, such as https://app.example.com, got %q", appURL))
 		} else {
 			c.appURL = strings.TrimSuffix(u.String(), "/")
 		}
 		var err2 error
 		if c.templates, err2 = loadMailTemplates(getenv("MAIL_TEMPLATES_DIR")); err2 != nil {
-			errs = append(errs, err2)
+			s.errs = append(s.errs, err2)
 		}
 	}
 	def := verificationOff
 	if c.mode != mailOff {
 		def = verificationOptional
 	}
-	switch c.verification = env("EMAIL_VERIFICATION", def); c.verification {
+	switch c.verification = s.str("EMAIL_VERIFICATION", def); c.verification {
 	case verificationOff:
 	case verificationOptional, verificationRequired:
 		if c.mode == mailOff {
-			errs = append(errs, fmt.Errorf("EMAIL_VERIFICATION: %s needs mail: set SMTP_URL, or EMAIL_VERIFICATION=off", c.verification))
+			s.errs = append(s.errs, fmt.Errorf("EMAIL_VERIFICATION: %s needs mail: set SMTP_URL, or EMAIL_VERIFICATION=off", c.verification))
 		}
 	default:
-		errs = append(errs, fmt.Errorf("EMAIL_VERIFICATION: want off, optional or required, got %q", c.verification))
+		s.errs = append(s.errs, fmt.Errorf("EMAIL_VERIFICATION: want off, optional or required, got %q", c.verification))
 	}
-	return c, errs
+	return c
 }
 
 // parseSMTPURL reads smtp://user:pass@host:587 (STARTTLS) or smtps://user:pass@host:465.

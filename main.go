@@ -105,64 +105,42 @@ type config struct {
 }
 
 func loadConfig(getenv func(string) string) (config, error) {
-	env := func(key, def string) string {
-		if v := strings.TrimSpace(getenv(key)); v != "" {
-			return v
-		}
-		return def
-	}
-	var errs []error
-	zeroOK := map[string]bool{"REFRESH_REUSE_INTERVAL": true, "SESSION_MAX_AGE": true, "TOKEN_LEEWAY": true,
-		"REVOCATION_MAX_LAG": true}
-	dur := func(key, def string) time.Duration {
-		d, err := time.ParseDuration(env(key, def))
-		if err != nil || d < 0 || (d == 0 && !zeroOK[key]) {
-			errs = append(errs, fmt.Errorf("%s: want a positive Go duration such as %s, got %q", key, def, getenv(key)))
-		}
-		return d
-	}
-	num := func(key string, def int) int {
-		n, err := strconv.Atoi(env(key, strconv.Itoa(def)))
-		if err != nil || n < 0 {
-			errs = append(errs, fmt.Errorf("%s: want a whole number, got %q", key, getenv(key)))
-		}
-		return n
-	}
+	s := &settings{getenv: getenv}
 	c := config{
-		host:             env("HOST", ""),
-		port:             env("PORT", "7878"),
-		mongoURI:         env("MONGODB_URI", ""),
-		mongoDatabase:    env("MONGODB_DATABASE", "auth"),
+		host:             s.str("HOST", ""),
+		port:             s.str("PORT", "7878"),
+		mongoURI:         s.str("MONGODB_URI", ""),
+		mongoDatabase:    s.str("MONGODB_DATABASE", "auth"),
 		jwtSecret:        getenv("JWT_SECRET"),
-		issuer:           env("JWT_ISSUER", "auth"),
-		audience:         env("JWT_AUDIENCE", ""),
-		keyRotation:      dur("JWT_KEY_ROTATION", "168h"),
-		keyPublishAhead:  dur("JWT_KEY_PUBLISH_AHEAD", "1h"),
-		accessTTL:        dur("ACCESS_TOKEN_TTL", "3m"),
-		refreshTTL:       dur("REFRESH_TOKEN_TTL", "5m"),
-		reuseInterval:    dur("REFRESH_REUSE_INTERVAL", "10s"),
-		sessionMaxAge:    dur("SESSION_MAX_AGE", "720h"),
-		leeway:           dur("TOKEN_LEEWAY", "5s"),
-		syncInterval:     dur("REVOCATION_SYNC_INTERVAL", "1s"),
-		revocationMaxLag: dur("REVOCATION_MAX_LAG", "0s"),
-		dataDir:          env("DATA_DIR", "./data"),
-		logFormat:        env("LOG_FORMAT", "json"),
+		issuer:           s.str("JWT_ISSUER", "auth"),
+		audience:         s.str("JWT_AUDIENCE", ""),
+		keyRotation:      s.dur("JWT_KEY_ROTATION", "168h", false),
+		keyPublishAhead:  s.dur("JWT_KEY_PUBLISH_AHEAD", "1h", false),
+		accessTTL:        s.dur("ACCESS_TOKEN_TTL", "3m", false),
+		refreshTTL:       s.dur("REFRESH_TOKEN_TTL", "5m", false),
+		reuseInterval:    s.dur("REFRESH_REUSE_INTERVAL", "10s", true),
+		sessionMaxAge:    s.dur("SESSION_MAX_AGE", "720h", true),
+		leeway:           s.dur("TOKEN_LEEWAY", "5s", true),
+		syncInterval:     s.dur("REVOCATION_SYNC_INTERVAL", "1s", false),
+		revocationMaxLag: s.dur("REVOCATION_MAX_LAG", "0s", true),
+		dataDir:          s.str("DATA_DIR", "./data"),
+		logFormat:        s.str("LOG_FORMAT", "json"),
 		corsOrigins:      strings.FieldsFunc(getenv("CORS_ALLOWED_ORIGINS"), func(r rune) bool { return r == ',' || r == ' ' }),
-		failureWindow:    dur("LOGIN_FAILURE_WINDOW", "5m"),
-		maxFailures:      num("LOGIN_MAX_FAILURES", 5),
-		maxClientFails:   num("LOGIN_MAX_CLIENT_FAILURES", 50),
-		signupMax:        num("SIGNUP_MAX_PER_CLIENT", 10),
-		signupWindow:     dur("SIGNUP_WINDOW", "10m"),
+		failureWindow:    s.dur("LOGIN_FAILURE_WINDOW", "5m", false),
+		maxFailures:      s.num("LOGIN_MAX_FAILURES", 5),
+		maxClientFails:   s.num("LOGIN_MAX_CLIENT_FAILURES", 50),
+		signupMax:        s.num("SIGNUP_MAX_PER_CLIENT", 10),
+		signupWindow:     s.dur("SIGNUP_WINDOW", "10m", false),
 		// Each hash holds 19 MiB: more than four at once would break the memory budget (see
 		// BENCHMARKS.md, "Login storm") on a large machine without buying much.
-		hashConcurrent: max(num("HASH_CONCURRENCY", min(runtime.NumCPU(), 4)), 1),
-		hashQueue:      num("HASH_QUEUE", 512),
-		hashWait:       dur("HASH_WAIT", "3s"),
-		memoryLimit:    int64(num("MEMORY_LIMIT_MIB", 160)) << 20,
-		metricsAddr:    env("METRICS_ADDR", ""),
-		appName:        env("APP_NAME", "auth"),
+		hashConcurrent: max(s.num("HASH_CONCURRENCY", min(runtime.NumCPU(), 4)), 1),
+		hashQueue:      s.num("HASH_QUEUE", 512),
+		hashWait:       s.dur("HASH_WAIT", "3s", false),
+		memoryLimit:    int64(s.num("MEMORY_LIMIT_MIB", 160)) << 20,
+		metricsAddr:    s.str("METRICS_ADDR", ""),
+		appName:        s.str("APP_NAME", "auth"),
 		adminToken:     getenv("ADMIN_TOKEN"),
-		adminAddr:      env("ADMIN_ADDR", "127.0.0.1:7879"),
+		adminAddr:      s.str("ADMIN_ADDR", "127.0.0.1:7879"),
 
 		readHeaderTimeout: 5 * time.Second,
 		readTimeout:       10 * time.Second,
@@ -173,26 +151,26 @@ func loadConfig(getenv func(string) string) (config, error) {
 		maxHeaderBytes: 64 << 10,
 		dbWait:         *mongoOptions("mongodb://localhost").Timeout,
 	}
-	if err := c.logLevel.UnmarshalText([]byte(env("LOG_LEVEL", "info"))); err != nil {
-		errs = append(errs, fmt.Errorf("LOG_LEVEL: want debug, info, warn or error, got %q", getenv("LOG_LEVEL")))
+	if err := c.logLevel.UnmarshalText([]byte(s.str("LOG_LEVEL", "info"))); err != nil {
+		s.errs = append(s.errs, fmt.Errorf("LOG_LEVEL: want debug, info, warn or error, got %q", getenv("LOG_LEVEL")))
 	}
 	if c.logFormat != "json" && c.logFormat != "text" {
-		errs = append(errs, fmt.Errorf("LOG_FORMAT: want json or text, got %q", c.logFormat))
+		s.errs = append(s.errs, fmt.Errorf("LOG_FORMAT: want json or text, got %q", c.logFormat))
 	}
 	if _, err := strconv.ParseUint(c.port, 10, 16); err != nil {
-		errs = append(errs, fmt.Errorf("PORT: want a port number, got %q", c.port))
+		s.errs = append(s.errs, fmt.Errorf("PORT: want a port number, got %q", c.port))
 	}
 	var err error
-	if c.metrics, err = strconv.ParseBool(env("METRICS_ENABLED", "true")); err != nil {
-		errs = append(errs, fmt.Errorf("METRICS_ENABLED: want true or false, got %q", getenv("METRICS_ENABLED")))
+	if c.metrics, err = strconv.ParseBool(s.str("METRICS_ENABLED", "true")); err != nil {
+		s.errs = append(s.errs, fmt.Errorf("METRICS_ENABLED: want true or false, got %q", getenv("METRICS_ENABLED")))
 	}
 	if c.trustedProxies, err = parseTrustedProxies(getenv("TRUSTED_PROXIES")); err != nil {
-		errs = append(errs, err)
+		s.errs = append(s.errs, err)
 	}
 	if c.jwtSecret != "" && len(c.jwtSecret) < 32 {
-		errs = append(errs, errors.New("JWT_SECRET: must be at least 32 bytes; generate one with: openssl rand -base64 48"))
+		s.errs = append(s.errs, errors.New("JWT_SECRET: must be at least 32 bytes; generate one with: openssl rand -base64 48"))
 	}
-	switch alg := env("JWT_ALG", algHS256); strings.ToUpper(alg) {
+	switch alg := s.str("JWT_ALG", algHS256); strings.ToUpper(alg) {
 	case "HS256":
 		c.jwtAlg = algHS256
 	case "EDDSA":
@@ -200,38 +178,68 @@ func loadConfig(getenv func(string) string) (config, error) {
 	case "ES256":
 		c.jwtAlg = algES256
 	default:
-		errs = append(errs, fmt.Errorf("JWT_ALG: want HS256, EdDSA or ES256, got %q", alg))
+		s.errs = append(s.errs, fmt.Errorf("JWT_ALG: want HS256, EdDSA or ES256, got %q", alg))
 	}
 	for _, p := range strings.Split(getenv("JWT_SECRET_PREVIOUS"), ",") {
 		if p = strings.TrimSpace(p); p == "" {
 			continue
 		} else if len(p) < 32 {
-			errs = append(errs, errors.New("JWT_SECRET_PREVIOUS: every secret must be at least 32 bytes, as JWT_SECRET"))
+			s.errs = append(s.errs, errors.New("JWT_SECRET_PREVIOUS: every secret must be at least 32 bytes, as JWT_SECRET"))
 		}
 		c.previousSecrets = append(c.previousSecrets, []byte(p))
 	}
 	// A key must be in every cached copy of the JWKS before it signs, and published before the
 	// key it replaces is due to retire.
 	if c.keyPublishAhead > 0 && c.keyPublishAhead <= jwksMaxAge {
-		errs = append(errs, fmt.Errorf("JWT_KEY_PUBLISH_AHEAD: must be longer than the %v that clients may cache the JWKS, got %v", jwksMaxAge, c.keyPublishAhead))
+		s.errs = append(s.errs, fmt.Errorf("JWT_KEY_PUBLISH_AHEAD: must be longer than the %v that clients may cache the JWKS, got %v", jwksMaxAge, c.keyPublishAhead))
 	}
 	if c.keyRotation > 0 && c.keyRotation <= c.keyPublishAhead {
-		errs = append(errs, fmt.Errorf("JWT_KEY_ROTATION: must be longer than JWT_KEY_PUBLISH_AHEAD (%v), got %v", c.keyPublishAhead, c.keyRotation))
+		s.errs = append(s.errs, fmt.Errorf("JWT_KEY_ROTATION: must be longer than JWT_KEY_PUBLISH_AHEAD (%v), got %v", c.keyPublishAhead, c.keyRotation))
 	}
 	if c.revocationMaxLag > 0 && c.revocationMaxLag <= c.syncInterval {
-		errs = append(errs, fmt.Errorf("REVOCATION_MAX_LAG: %s is not longer than REVOCATION_SYNC_INTERVAL (%s): every instance would refuse tokens between two polls",
+		s.errs = append(s.errs, fmt.Errorf("REVOCATION_MAX_LAG: %s is not longer than REVOCATION_SYNC_INTERVAL (%s): every instance would refuse tokens between two polls",
 			c.revocationMaxLag, c.syncInterval))
 	}
 	if c.adminToken != "" && len(c.adminToken) < 32 {
-		errs = append(errs, errors.New("ADMIN_TOKEN: must be at least 32 bytes; generate one with: openssl rand -base64 48"))
+		s.errs = append(s.errs, errors.New("ADMIN_TOKEN: must be at least 32 bytes; generate one with: openssl rand -base64 48"))
 	}
-	var mailErrs []error
-	c.mail, mailErrs = loadMailConfig(getenv, c.mongoURI, c.dataDir)
-	errs = append(errs, mailErrs...)
+	c.mail = loadMailConfig(s, c.mongoURI, c.dataDir, c.appName)
 	if c.mongoURI != "" && c.jwtSecret == "" {
-		errs = append(errs, errors.New("JWT_SECRET: required when MONGODB_URI is set (at least 32 bytes; generate one with: openssl rand -base64 48)"))
+		s.errs = append(s.errs, errors.New("JWT_SECRET: required when MONGODB_URI is set (at least 32 bytes; generate one with: openssl rand -base64 48)"))
 	}
-	return c, errors.Join(errs...)
+	return c, errors.Join(s.errs...)
+}
+
+// settings reads the environment for loadConfig: a blank variable takes its default, and each
+// value that is not understood is kept as an error naming its variable, so that a bad start names
+// them all at once.
+type settings struct {
+	getenv func(string) string
+	errs   []error
+}
+
+func (s *settings) str(key, def string) string {
+	if v := strings.TrimSpace(s.getenv(key)); v != "" {
+		return v
+	}
+	return def
+}
+
+// dur is a Go duration; zero is allowed only where it means "none" (zeroOK).
+func (s *settings) dur(key, def string, zeroOK bool) time.Duration {
+	d, err := time.ParseDuration(s.str(key, def))
+	if err != nil || d < 0 || (d == 0 && !zeroOK) {
+		s.errs = append(s.errs, fmt.Errorf("%s: want a positive Go duration such as %s, got %q", key, def, s.getenv(key)))
+	}
+	return d
+}
+
+func (s *settings) num(key string, def int) int {
+	n, err := strconv.Atoi(s.str(key, strconv.Itoa(def)))
+	if err != nil || n < 0 {
+		s.errs = append(s.errs, fmt.Errorf("%s: want a whole number, got %q", key, s.getenv(key)))
+	}
+	return n
 }
 
 // newHTTPServer bounds what one client can hold: a slow-loris sender is cut off after
