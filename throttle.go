@@ -45,7 +45,7 @@ type attempt struct {
 }
 
 // begin counts the other attempts and answers errTooManyAttempts when the limits were reached
-// already, recording nothing, so that a throttled client costs one read. Otherwise it records the
+// already, recording nothing, so that a throttled client costs reads only. Otherwise it records the
 // attempt and returns without waiting for the record to land, so that the work asked for can
 // start meanwhile; check, which waits for the record and counts after, decides.
 func (t *throttle) begin(ctx context.Context, limits ...limit) (*attempt, error) {
