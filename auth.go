@@ -416,12 +416,14 @@ func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, emai
 	}
 	if rehash {
 		// Moved over from bcrypt, or from older argon2id parameters: upgrade while the password is
-		// known. A failure here costs nothing but a later retry.
+		// known, unless the password changed meanwhile (then the session's re-read of the account
+		// refuses this login). A failure here costs nothing but a later retry.
 		fresh := hashPassword(password)
-		if err := p.store.SetPasswordHash(ctx, u.ID, fresh); err != nil {
-			p.log.Warn("password rehash not saved", "user_id", u.ID, "err", err)
-		} else {
+		switch err := p.store.UpgradePasswordHash(ctx, u.ID, u.PasswordHash, fresh); {
+		case err == nil:
 			u.PasswordHash = fresh
+		case !errors.Is(err, ErrNotFound):
+			p.log.Warn("password rehash not saved", "user_id", u.ID, "err", err)
 		}
 	}
 	return u, att, took, nil

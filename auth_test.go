@@ -556,6 +556,31 @@ func TestLoginAcceptsBcryptHashesAndUpgradesThem(t *testing.T) {
 	e.login(t, "legacy@example.com", "node-era-password")
 }
 
+// A login's rehash of an imported hash must not undo a password change made while that login
+// was checking the old password: the upgrade applies only to the hash it checked.
+func TestPasswordUpgradeDoesNotUndoAPasswordChange(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	ctx := context.Background()
+	old, _ := bcrypt.GenerateFromPassword([]byte("node-era-password"), bcrypt.MinCost)
+	if err := e.store.CreateUser(ctx, &User{ID: "legacy", Email: "legacy@example.com", PasswordHash: string(old), CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	changed := hashPassword("a-new-password")
+	if err := e.store.SetPasswordHash(ctx, "legacy", changed); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.store.UpgradePasswordHash(ctx, "legacy", string(old), hashPassword("node-era-password")); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("upgrade of a hash that was replaced: %v, want ErrNotFound", err)
+	}
+	e.do(t, "POST", "/auth/login", credentials{"legacy@example.com", "node-era-password"}).want(t, 401, "invalid_credentials")
+	e.login(t, "legacy@example.com", "a-new-password")
+	if err := e.store.UpgradePasswordHash(ctx, "legacy", changed, hashPassword("a-new-password")); err != nil {
+		t.Fatalf("upgrade of the current hash: %v", err)
+	}
+	e.login(t, "legacy@example.com", "a-new-password")
+}
+
 func TestDatabaseUnreachableAnswers503(t *testing.T) {
 	t.Parallel()
 	e := newUnreachableEnv(t)

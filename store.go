@@ -133,6 +133,10 @@ type Store interface {
 	BcryptHash(ctx context.Context) (string, error)
 	// SetPasswordHash replaces the hash of user id; ErrNotFound when there is no such user.
 	SetPasswordHash(ctx context.Context, id, hash string) error
+	// UpgradePasswordHash replaces the hash of user id with fresh only while it is still old (a
+	// login's rehash must not undo a password change that came while it checked the password);
+	// ErrNotFound when the account is gone or its hash is another now.
+	UpgradePasswordHash(ctx context.Context, id, old, fresh string) error
 
 	// CreateSession records a new session.
 	CreateSession(ctx context.Context, s *Session) error
@@ -419,8 +423,15 @@ func (s *mongoStore) BcryptHash(ctx context.Context) (string, error) {
 }
 
 func (s *mongoStore) SetPasswordHash(ctx context.Context, id, hash string) error {
-	res, err := s.users.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}},
-		bson.D{{Key: "$set", Value: bson.D{{Key: "password_hash", Value: hash}}}})
+	return s.setPasswordHash(ctx, bson.D{{Key: "_id", Value: id}}, hash)
+}
+
+func (s *mongoStore) UpgradePasswordHash(ctx context.Context, id, old, fresh string) error {
+	return s.setPasswordHash(ctx, bson.D{{Key: "_id", Value: id}, {Key: "password_hash", Value: old}}, fresh)
+}
+
+func (s *mongoStore) setPasswordHash(ctx context.Context, filter bson.D, hash string) error {
+	res, err := s.users.UpdateOne(ctx, filter, bson.D{{Key: "$set", Value: bson.D{{Key: "password_hash", Value: hash}}}})
 	if err != nil {
 		return s.err(err)
 	}
