@@ -8,6 +8,8 @@
 //   - upsert:  n UpdateOne({_id}, {$inc: {n: 1}}, upsert) on a new _id; lost are the increments
 //     the server acknowledged that the final count lacks
 //   - $inc:    the same on a document that exists already, so that no call meets a duplicate key
+//   - $set:    n UpdateOne({_id}, {$set: {f<i>: true}}), each call a field of its own; lost are
+//     the fields the server acknowledged that the final document lacks
 //
 // It races on the server at -uri, or starts FerretDB embedded in this process, listening on
 // 127.0.0.1 only, on SQLite (-sqlite) or on a PostgreSQL database (-postgresql URL). It creates
@@ -190,12 +192,13 @@ func loopback(host string) bool {
 // tally is what one operation gave over all rounds.
 type tally struct {
 	name    string
-	counter bool // an $inc race: lost increments, not winners
+	counter bool   // an $inc or $set race: lost updates, not winners
+	unit    string // what counter races lose: "increments" unless set
 	rounds  int
 	one     int // rounds with exactly one winner
 	most    int // the most winners in one round
-	acked   int // $inc: increments acknowledged
-	lost    int // $inc: acknowledged increments missing from the final count
+	acked   int // counter: updates acknowledged
+	lost    int // counter: acknowledged updates missing from the final document
 	errs    int // errors other than the expected duplicate key or no document
 	errMsg  string
 }
@@ -218,7 +221,11 @@ func (t *tally) winners(w int) {
 func (t *tally) String() string {
 	var s string
 	if t.counter {
-		s = fmt.Sprintf("  %-8s %d of %d acknowledged increments lost (%.1f%%)", t.name, t.lost, t.acked,
+		unit := t.unit
+		if unit == "" {
+			unit = "increments"
+		}
+		s = fmt.Sprintf("  %-8s %d of %d acknowledged %s lost (%.1f%%)", t.name, t.lost, t.acked, unit,
 			100*float64(t.lost)/float64(max(t.acked, 1)))
 	} else {
 		s = fmt.Sprintf("  %-8s exactly one winner in %d of %d rounds", t.name, t.one, t.rounds)
@@ -251,12 +258,13 @@ func raceOn(ctx context.Context, uri string, n, rounds int, stdout io.Writer) (s
 
 	insert, del, guarded := &tally{name: "insert"}, &tally{name: "delete"}, &tally{name: "guarded"}
 	upsert, inc := &tally{name: "upsert", counter: true}, &tally{name: "$inc", counter: true}
+	set := &tally{name: "$set", counter: true, unit: "fields"}
 	start := time.Now()
-	fmt.Fprintf(stdout, "%5s %7s %7s %8s %16s %16s\n", "round", "insert", "delete", "guarded", "upsert ack/final", "$inc ack/final")
+	fmt.Fprintf(stdout, "%5s %7s %7s %8s %16s %16s %16s\n", "round", "insert", "delete", "guarded", "upsert ack/final", "$inc ack/final", "$set ack/final")
 	for r := range rounds {
 		id := fmt.Sprintf("r%d", r)
 		wi, err := raceInsert(ctx, db.Collection("insert"), id, n, insert)
-		var wd, wg, upAcked, upFinal, incAcked, incFinal int
+		var wd, wg, upAcked, upFinal, incAcked, incFinal, setAcked, setFinal int
 		if err == nil {
 			wd, err = raceDelete(ctx, db.Collection("delete"), id, n, del)
 		}
@@ -269,6 +277,9 @@ func raceOn(ctx context.Context, uri string, n, rounds int, stdout io.Writer) (s
 		if err == nil {
 			incAcked, incFinal, err = raceInc(ctx, db.Collection("inc"), id, n, true, inc)
 		}
+		if err == nil {
+			setAcked, setFinal, err = raceSet(ctx, db.Collection("set"), id, n, set)
+		}
 		if err != nil {
 			return "", fmt.Errorf("round %d: %w", r+1, err)
 		}
@@ -277,10 +288,12 @@ func raceOn(ctx context.Context, uri string, n, rounds int, stdout io.Writer) (s
 		guarded.winners(wg)
 		upsert.acked, upsert.lost = upsert.acked+upAcked, upsert.lost+upAcked-upFinal
 		inc.acked, inc.lost = inc.acked+incAcked, inc.lost+incAcked-incFinal
-		fmt.Fprintf(stdout, "%5d %7d %7d %8d %16s %16s\n", r+1, wi, wd, wg,
-			fmt.Sprintf("%d/%d", upAcked, upFinal), fmt.Sprintf("%d/%d", incAcked, incFinal))
+		set.acked, set.lost = set.acked+setAcked, set.lost+setAcked-setFinal
+		fmt.Fprintf(stdout, "%5d %7d %7d %8d %16s %16s %16s\n", r+1, wi, wd, wg,
+			fmt.Sprintf("%d/%d", upAcked, upFinal), fmt.Sprintf("%d/%d", incAcked, incFinal),
+			fmt.Sprintf("%d/%d", setAcked, setFinal))
 	}
-	summary := strings.Join([]string{insert.String(), del.String(), guarded.String(), upsert.String(), inc.String()}, "\n")
+	summary := strings.Join([]string{insert.String(), del.String(), guarded.String(), upsert.String(), inc.String(), set.String()}, "\n")
 	fmt.Fprintf(stdout, "%s\n  (%d rounds in %s)\n", summary, rounds, time.Since(start).Round(time.Millisecond))
 	return summary, nil
 }
@@ -371,6 +384,25 @@ func raceInc(ctx context.Context, c *mongo.Collection, id string, n int, exists 
 		return 0, 0, err
 	}
 	return acked, doc.N, ctx.Err()
+}
+
+// raceSet returns how many $set calls, each of a field of its own on one document, the server
+// acknowledged and how many of those fields the document ended with: an update that reads the
+// whole document and writes it back loses the fields set meanwhile.
+func raceSet(ctx context.Context, c *mongo.Collection, id string, n int, t *tally) (acked, final int, err error) {
+	if _, err := c.InsertOne(ctx, bson.D{{Key: "_id", Value: id}}); err != nil {
+		return 0, 0, err
+	}
+	acked = count(n, t, never, func(i int) (bool, error) {
+		_, err := c.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}},
+			bson.D{{Key: "$set", Value: bson.D{{Key: fmt.Sprintf("f%d", i), Value: true}}}})
+		return err == nil, err
+	})
+	var doc bson.M
+	if err := c.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&doc); err != nil {
+		return 0, 0, err
+	}
+	return acked, len(doc) - 1, ctx.Err() // every field but _id
 }
 
 func never(error) bool { return false }
