@@ -58,6 +58,7 @@ func TestRacingStoreCalls(t *testing.T) {
 		{"exactly one of many simultaneous uses of one recovery code wins", raceUseRecoveryCode},
 		{"exactly one of many simultaneous uses of one login challenge wins", raceConsumeMFAChallenge},
 		{"exactly one of many simultaneous activations of a second factor wins", raceActivateTOTP},
+		{"a disable or enable holds against simultaneous writes to the same account", raceDisable},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -266,4 +267,54 @@ func raceActivateTOTP(t *testing.T, s *mongoStore, round int) {
 		errs[i] = s.ActivateTOTP(t.Context(), TOTPFactor{ID: user, UserID: user, Secret: []byte{byte(i)}, CreatedAt: time.Now()})
 	})
 	exactlyOne(t, errs, ErrDuplicate)
+}
+
+// raceDisable disables (even rounds) or enables (odd) an account while the account's other fields
+// are written at the same moment: a password change or a login's hash upgrade, an email
+// verification. On FerretDB, which writes a whole document back for each update, a flag kept in
+// the account's document would be lost to them in about every round.
+func raceDisable(t *testing.T, s *mongoStore, round int) {
+	ctx := t.Context()
+	u := &User{ID: newID(), Email: fmt.Sprintf("disable-%d-%s@example.com", round, newID()[:8]), PasswordHash: "h", CreatedAt: time.Now()}
+	if err := s.CreateUser(ctx, u); err != nil {
+		t.Fatal(err)
+	}
+	want := round%2 == 0
+	if !want {
+		if err := s.SetDisabled(ctx, u.ID, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	errs := make([]error, racers)
+	race(racers, func(i int) {
+		switch i % 4 {
+		case 0:
+			errs[i] = s.SetDisabled(ctx, u.ID, want)
+		case 1:
+			errs[i] = s.SetPasswordHash(ctx, u.ID, fmt.Sprintf("h%d", i))
+		case 2:
+			errs[i] = s.SetEmailVerified(ctx, u.ID, u.Email)
+		case 3:
+			if err := s.UpgradePasswordHash(ctx, u.ID, "h", fmt.Sprintf("u%d", i)); !errors.Is(err, ErrNotFound) {
+				errs[i] = err
+			}
+		}
+	})
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("racer %d: %v", i, err)
+		}
+	}
+	for _, read := range []func() (*User, error){
+		func() (*User, error) { return s.UserByID(ctx, u.ID) },
+		func() (*User, error) { return s.UserByEmail(ctx, u.Email) },
+	} {
+		got, err := read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Disabled != want {
+			t.Fatalf("disabled %v after setting it to %v while the account was written", got.Disabled, want)
+		}
+	}
 }

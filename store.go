@@ -27,7 +27,9 @@ type User struct {
 	Email        string    `bson:"email"`
 	PasswordHash string    `bson:"password_hash"`
 	CreatedAt    time.Time `bson:"created_at"`
-	Disabled     bool      `bson:"disabled,omitempty"` // by an operator: no login, no session
+	// Disabled by an operator: no login, no session. It is kept apart, in disabled_accounts (see
+	// SetDisabled); the field here is read only for accounts disabled before that.
+	Disabled bool `bson:"disabled,omitempty"`
 
 	// EmailVerified: the owner followed a link mailed to Email. Accounts made before verification
 	// existed have no such field and read as unverified.
@@ -227,9 +229,9 @@ type Store interface {
 // FerretDB, unlike MongoDB, lets two guarded findOneAndUpdate calls both win and loses concurrent
 // $inc updates, so nothing here relies on either.
 type mongoStore struct {
-	users, sessions, blacklist, refreshUses, attempts, signingKeys *mongo.Collection
-	totp, totpSteps, recoveryCodes, mfaChallenges                  *mongo.Collection
-	metrics                                                        *metrics // counts the database's failures; may be nil
+	users, disabled, sessions, blacklist, refreshUses, attempts *mongo.Collection
+	signingKeys, totp, totpSteps, recoveryCodes, mfaChallenges  *mongo.Collection
+	metrics                                                     *metrics // counts the database's failures; may be nil
 }
 
 // connectMongo makes a client for uri. The driver waits 30s for a server by default, far too long
@@ -256,6 +258,7 @@ func mongoOptions(uri string) *options.ClientOptions {
 func mongoCollections(db *mongo.Database, m *metrics) *mongoStore {
 	return &mongoStore{
 		users:         db.Collection("users"),
+		disabled:      db.Collection("disabled_accounts"),
 		sessions:      db.Collection("sessions"),
 		blacklist:     db.Collection("blacklist"),
 		refreshUses:   db.Collection("refresh_tokens"),
@@ -388,31 +391,78 @@ func (s *mongoStore) UserByEmail(ctx context.Context, email string) (*User, erro
 	if err := s.users.FindOne(ctx, bson.D{{Key: "email", Value: email}}).Decode(&u); err != nil {
 		return nil, s.err(err)
 	}
+	disabled, err := s.isDisabled(ctx, u.ID)
+	if err != nil {
+		return nil, err
+	}
+	u.Disabled = u.Disabled || disabled
 	return &u, nil
 }
 
 func (s *mongoStore) UserByID(ctx context.Context, id string) (*User, error) {
+	var (
+		disabled bool
+		disErr   error
+		read     = make(chan struct{})
+	)
+	go func() {
+		defer close(read)
+		disabled, disErr = s.isDisabled(ctx, id)
+	}()
 	var u User
-	if err := s.users.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&u); err != nil {
+	err := s.users.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&u)
+	<-read
+	if err != nil {
 		return nil, s.err(err)
 	}
+	if disErr != nil {
+		return nil, disErr
+	}
+	u.Disabled = u.Disabled || disabled
 	return &u, nil
 }
 
+// isDisabled reports whether account id has a record in disabled_accounts.
+func (s *mongoStore) isDisabled(ctx context.Context, id string) (bool, error) {
+	err := s.disabled.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Err()
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return false, nil
+	}
+	return err == nil, s.err(err)
+}
+
+// SetDisabled records a disable as a document of its own, inserted, and an enable as its
+// deletion: the account's document has other writers (password changes, a login's hash upgrade,
+// email verification), and FerretDB writes a whole document back for each update, so a flag kept
+// there could be lost to one of them landing at the same moment (BENCHMARKS.md, "Different fields
+// of one document"). Inserts and deletes of one _id are never lost.
 func (s *mongoStore) SetDisabled(ctx context.Context, id string, disabled bool) error {
-	res, err := s.users.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}},
-		bson.D{{Key: "$set", Value: bson.D{{Key: "disabled", Value: disabled}}}})
-	if err != nil {
+	if err := s.users.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Err(); err != nil {
 		return s.err(err)
 	}
-	if res.MatchedCount == 0 {
-		return ErrNotFound
+	if disabled {
+		_, err := s.disabled.InsertOne(ctx, bson.D{{Key: "_id", Value: id}, {Key: "at", Value: time.Now().UTC()}})
+		if mongo.IsDuplicateKeyError(err) {
+			return nil
+		}
+		return s.err(err)
 	}
-	return nil
+	if _, err := s.disabled.DeleteOne(ctx, bson.D{{Key: "_id", Value: id}}); err != nil {
+		return s.err(err)
+	}
+	// An account disabled before disabled_accounts existed has the flag in its document; the
+	// filter leaves every other account's document alone.
+	_, err := s.users.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}, {Key: "disabled", Value: true}},
+		bson.D{{Key: "$unset", Value: bson.D{{Key: "disabled", Value: ""}}}})
+	return s.err(err)
 }
 
 func (s *mongoStore) DeleteUser(ctx context.Context, id string) error {
-	return s.deleteOne(ctx, s.users, bson.D{{Key: "_id", Value: id}})
+	if err := s.deleteOne(ctx, s.users, bson.D{{Key: "_id", Value: id}}); err != nil {
+		return err
+	}
+	_, err := s.disabled.DeleteOne(ctx, bson.D{{Key: "_id", Value: id}})
+	return s.err(err)
 }
 
 func (s *mongoStore) BcryptHash(ctx context.Context) (string, error) {
