@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestAdminAPI(t *testing.T) {
@@ -63,6 +64,20 @@ func TestAdminAPI(t *testing.T) {
 		e.adminDo(t, "POST", "/admin/users/"+id+"/enable", nil).want(t, 200, "")
 		e.login(t, email, "correct horse battery")
 		e.adminDo(t, "POST", "/admin/users/nobody/disable", nil).want(t, 404, "not_found")
+	})
+	t.Run("keeps an account disabled in its own document, as before disabled_accounts, until enabled", func(t *testing.T) {
+		old := &User{ID: newID(), Email: "disabled-before@example.com", PasswordHash: hashPassword("correct horse battery"),
+			CreatedAt: time.Now(), Disabled: true}
+		if err := e.store.CreateUser(t.Context(), old); err != nil {
+			t.Fatal(err)
+		}
+		e.do(t, "POST", "/auth/login", credentials{old.Email, "correct horse battery"}).want(t, 403, "account_disabled")
+		e.adminDo(t, "POST", "/admin/users/"+old.ID+"/enable", nil).want(t, 200, "")
+		e.login(t, old.Email, "correct horse battery")
+		e.adminDo(t, "POST", "/admin/users/"+old.ID+"/disable", nil).want(t, 200, "")
+		e.do(t, "POST", "/auth/login", credentials{old.Email, "correct horse battery"}).want(t, 403, "account_disabled")
+		e.adminDo(t, "POST", "/admin/users/"+old.ID+"/enable", nil).want(t, 200, "")
+		e.login(t, old.Email, "correct horse battery")
 	})
 	t.Run("deletes a user as account deletion does", func(t *testing.T) {
 		live, liveRefresh := e.login(t, email, "correct horse battery")
