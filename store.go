@@ -227,7 +227,9 @@ type Store interface {
 // mongoStore is the Store on MongoDB (or anything that speaks its wire protocol, such as the
 // embedded FerretDB). Atomicity comes only from unique-key inserts and single-document deletes:
 // FerretDB, unlike MongoDB, lets two guarded findOneAndUpdate calls both win and loses concurrent
-// $inc updates, so nothing here relies on either.
+// $inc updates, so nothing here relies on either; it also keeps only one of two simultaneous
+// updates of one document, even of different fields, so a write that must not be undone by the
+// document's other writers gets a document of its own (see SetDisabled).
 type mongoStore struct {
 	users, disabled, sessions, blacklist, refreshUses, attempts *mongo.Collection
 	signingKeys, totp, totpSteps, recoveryCodes, mfaChallenges  *mongo.Collection
