@@ -264,3 +264,30 @@ func (e *testEnv) mustLive(tb testing.TB, user string) []Session {
 	}
 	return live
 }
+
+// A login opens its session while the password hashes (see opening): a wrong password, or an
+// attempt beyond the throttle's limit, must leave no record of it behind.
+func TestARefusedLoginLeavesNoSessionRecord(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, func(c *config) { c.maxFailures = 2 })
+	email, access, _ := e.user(t)
+	u, err := e.store.UserByEmail(t.Context(), email)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		e.do(t, "POST", "/auth/login", credentials{email, "wrong guess"}).want(t, 401, "invalid_credentials")
+	}
+	e.do(t, "POST", "/auth/login", credentials{email, "wrong guess"}).want(t, 429, "too_many_attempts")
+	waitFor(t, "the refused logins' session records to go", func() bool {
+		all, err := e.store.SessionsOfUser(t.Context(), u.ID, e.clock.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(all) == 1
+	})
+	r := e.do(t, "GET", "/auth/sessions", nil, "Authorization", "Bearer "+access).want(t, 200, "")
+	if n := len(r.body["sessions"].([]any)); n != 1 {
+		t.Fatalf("%d sessions listed, want the one login's", n)
+	}
+}

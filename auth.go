@@ -120,7 +120,15 @@ func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, 
 			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "email and password are required"}
 		}
 		client := clients.of(r)
-		u, settled, err := passwords.check(r.Context(), client, req.Email, req.Password)
+		var opened *opening
+		u, err := passwords.check(r.Context(), client, req.Email, req.Password, func(u *User) {
+			if !u.hasTOTP && !u.Disabled && (!requireVerified || u.EmailVerified) {
+				opened = sessions.open(r.Context(), u, client, r.UserAgent(), levelPassword)
+			}
+		})
+		if err != nil {
+			sessions.drop(opened)
+		}
 		switch {
 		case errors.Is(err, errInvalidCredentials):
 			m.login(loginInvalidCredentials)
@@ -134,7 +142,6 @@ func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, 
 		case err != nil:
 			return err
 		}
-		defer settled()
 		if requireVerified && !u.EmailVerified {
 			m.login(loginUnverified)
 			return errEmailNotVerified
@@ -148,7 +155,10 @@ func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, 
 			encode(w, http.StatusOK, challenge{true, token, int64(mfaTokenTTL / time.Second)})
 			return nil
 		}
-		pair, err := sessions.start(r.Context(), u, client, r.UserAgent(), levelPassword)
+		if opened == nil { // check did not call meanwhile
+			opened = sessions.open(r.Context(), u, client, r.UserAgent(), levelPassword)
+		}
+		pair, err := opened.keep()
 		if errors.Is(err, errAccountDisabled) {
 			m.login(loginDisabled)
 		}
@@ -295,19 +305,20 @@ func loginKeys(client netip.Addr, email string) (account, clientKey string) {
 	return "login|" + c + "|" + email, "login|" + c
 }
 
-// check returns the account of email when password is its password, and settled, which waits
-// until the client's failed attempts at the account are forgotten: a login starts its session
-// meanwhile, and answers after both. Otherwise the error is errInvalidCredentials (a wrong
-// password and an unknown email alike), errTooManyAttempts with its Retry-After, errBusy, or the
-// store's.
+// check returns the account of email when password is its password. Otherwise the error is
+// errInvalidCredentials (a wrong password and an unknown email alike), errTooManyAttempts with its
+// Retry-After, errAccountDisabled, errBusy, or the store's. When meanwhile is not nil, it is
+// called while the password hashes, with the account, once the attempt is known to be within the
+// limits, and must not wait: a login opens its session there (see opening), so that its answer
+// waits on no database write after the hash.
 //
 // The whole check, database reads and writes included, runs in a hashing slot: during a storm the
 // logins waiting for a slot cost neither hashing memory nor database work, and the database sees
-// only as many logins at once as there are slots (and the forgetting of those just done).
-func (p *passwordCheck) check(ctx context.Context, client netip.Addr, email, password string) (u *User, settled func(), err error) {
+// only as many logins at once as there are slots.
+func (p *passwordCheck) check(ctx context.Context, client netip.Addr, email, password string, meanwhile func(*User)) (u *User, err error) {
 	turn, err := p.hasher.admit()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	defer turn.done()
 	email = normalizeEmail(email)
@@ -315,8 +326,8 @@ func (p *passwordCheck) check(ctx context.Context, client netip.Addr, email, pas
 		att  *attempt
 		took time.Duration
 	)
-	if err := turn.run(ctx, func() { u, att, took, err = p.checkInSlot(ctx, client, email, password) }); err != nil {
-		return nil, nil, err
+	if err := turn.run(ctx, func() { u, att, took, err = p.checkInSlot(ctx, client, email, password, meanwhile) }); err != nil {
+		return nil, err
 	}
 	if errors.Is(err, errInvalidCredentials) {
 		// Outside the slot: waiting costs no CPU and holds no hashing memory.
@@ -324,18 +335,14 @@ func (p *passwordCheck) check(ctx context.Context, client netip.Addr, email, pas
 		p.times.pad(ctx, took)
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	// A success forgets the account's failures from this client.
-	forgotten := make(chan struct{})
-	go func() {
-		defer close(forgotten)
-		account, _ := loginKeys(client, email)
-		if err := att.succeeded(ctx, account); err != nil {
-			p.log.Warn("clearing login failures failed", "err", err)
-		}
-	}()
-	return u, func() { <-forgotten }, nil
+	account, _ := loginKeys(client, email)
+	if err := att.succeeded(ctx, account); err != nil {
+		p.log.Warn("clearing login failures failed", "err", err)
+	}
+	return u, nil
 }
 
 // checkUser is check for the account with id user: for the endpoints of a signed-in user who is
@@ -347,15 +354,12 @@ func (p *passwordCheck) checkUser(ctx context.Context, client netip.Addr, user, 
 	} else if err != nil {
 		return nil, err
 	}
-	u, settled, err := p.check(ctx, client, u.Email, password)
-	if err == nil {
-		settled()
-	}
-	return u, err
+	return p.check(ctx, client, u.Email, password, nil)
 }
 
 // checkInSlot is check in its hashing slot; took is how long the password check itself took.
-func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, email, password string) (u *User, att *attempt, took time.Duration, err error) {
+func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, email, password string,
+	meanwhile func(*User)) (u *User, att *attempt, took time.Duration, err error) {
 	account, clientKey := loginKeys(client, email)
 	// The attempt is recorded and the account read at once: the work around the hash must stay
 	// small next to the hash itself.
@@ -382,30 +386,37 @@ func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, emai
 	if u != nil {
 		hash = u.PasswordHash
 	}
-	// The attempt's rank is read while the password is hashed; an attempt beyond the limit learns
-	// nothing about the password.
-	ranked := make(chan error, 1)
-	go func() { ranked <- att.check(ctx) }()
-	// Whether a second factor is to follow is read while the password hashes, too.
-	factor := make(chan error, 1)
-	if u != nil {
-		go func() { _, err := p.store.TOTP(ctx, u.ID); factor <- err }()
-	} else {
-		factor <- ErrNotFound
-	}
+	// While the password hashes: the attempt's rank is read (an attempt beyond the limit learns
+	// nothing about the password), and whether a second factor is to follow; then meanwhile runs.
+	var rankErr, factorErr error
+	aside := make(chan struct{})
+	go func() {
+		defer close(aside)
+		var wg sync.WaitGroup
+		wg.Go(func() { rankErr = att.check(ctx) })
+		factorErr = ErrNotFound
+		if u != nil {
+			wg.Go(func() { _, factorErr = p.store.TOTP(ctx, u.ID) })
+		}
+		wg.Wait()
+		if u == nil || rankErr != nil || (factorErr != nil && !errors.Is(factorErr, ErrNotFound)) {
+			return
+		}
+		u.hasTOTP = factorErr == nil
+		if meanwhile != nil {
+			meanwhile(u)
+		}
+	}()
 	started := time.Now()
 	ok, rehash := checkPassword(hash, password)
 	took = time.Since(started)
 	p.times.observe(hashKind(hash), took)
-	factorErr := <-factor
-	if err := <-ranked; err != nil {
-		return nil, nil, 0, err
+	<-aside
+	if rankErr != nil {
+		return nil, nil, 0, rankErr
 	}
 	if factorErr != nil && !errors.Is(factorErr, ErrNotFound) {
 		return nil, nil, 0, factorErr
-	}
-	if u != nil {
-		u.hasTOTP = factorErr == nil
 	}
 	if u != nil && u.Disabled {
 		// The same answer whether the password was right or not; the attempt counts.
@@ -416,8 +427,8 @@ func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, emai
 	}
 	if rehash {
 		// Moved over from bcrypt, or from older argon2id parameters: upgrade while the password is
-		// known, unless the password changed meanwhile (then the session's re-read of the account
-		// refuses this login). A failure here costs nothing but a later retry.
+		// known, unless the password changed meanwhile (then the change ends the session this login
+		// opened, see opening). A failure here costs nothing but a later retry.
 		fresh := hashPassword(password)
 		switch err := p.store.UpgradePasswordHash(ctx, u.ID, u.PasswordHash, fresh); {
 		case err == nil:

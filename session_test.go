@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -288,6 +289,22 @@ func TestLoginThrottling(t *testing.T) {
 		}
 	})
 
+	t.Run("leaves no attempt behind after a success", func(t *testing.T) {
+		t.Parallel()
+		e := newTestEnv(t, trustLoopback)
+		email, _, _ := e.user(t) // the first try: its attempt is removed after the answer
+		account, clientKey := loginKeys(netip.MustParseAddr(victim), email)
+		e.loginFrom(t, victim, email, "typo").want(t, 401, "invalid_credentials")
+		e.loginFrom(t, victim, email, "correct horse battery").want(t, 200, "") // waits: it clears a failure
+		if n := e.attempts(t, account); n != 0 {
+			t.Fatalf("%d attempts at the account right after a success that cleared a failure, want 0", n)
+		}
+		e.loginFrom(t, victim, email, "correct horse battery").want(t, 200, "")
+		waitFor(t, "the successful attempts' records to go, the typo's alone to stay", func() bool {
+			return e.attempts(t, account) == 0 && e.attempts(t, clientKey) == 1
+		})
+	})
+
 	// Each attempt is counted before its hash runs: a burst cannot slip guesses past the limit.
 	for _, instances := range []int{1, 2} {
 		t.Run(fmt.Sprintf("lets at most the limit of 40 simultaneous wrong logins through on %d instances", instances), func(t *testing.T) {
@@ -509,4 +526,14 @@ func TestNoTokenOfARacingRefreshOutlivesItsSessionsEnd(t *testing.T) {
 			}
 		}
 	}
+}
+
+// attempts counts the throttle's attempts under key within its window.
+func (e *testEnv) attempts(tb testing.TB, key string) int {
+	tb.Helper()
+	got, err := e.store.Attempts(context.Background(), key, e.clock.Now().Add(-time.Hour), "", 1000)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return len(got)
 }

@@ -47,12 +47,41 @@ type sessionKeeper struct {
 // start begins a session for u, logging in from ip with userAgent at level lvl, and issues its
 // first tokens.
 func (k *sessionKeeper) start(ctx context.Context, u *User, ip netip.Addr, userAgent string, lvl level) (tokenPair, error) {
+	return k.open(ctx, u, ip, userAgent, lvl).keep()
+}
+
+// opening is a session started before its caller knows whether it is to be kept: a login opens
+// its session while the password hashes, so that its answer waits on no database write after the
+// hash, and a failed login's answer waits on none at all. Its record carries no token until keep
+// hands the tokens out; drop removes it.
+type opening struct {
+	done chan struct{} // closed when the record is written and the account read again
+	id   string
+	pair tokenPair
+	err  error
+}
+
+// open writes the record of a session for u and makes its first tokens, without waiting; see
+// start. The work goes on if ctx ends, so that a record is either written before drop removes it
+// or not at all.
+func (k *sessionKeeper) open(ctx context.Context, u *User, ip netip.Addr, userAgent string, lvl level) *opening {
 	now := k.tokens.now().UTC().Truncate(time.Millisecond)
 	s := &Session{ID: newID(), UserID: u.ID, CreatedAt: now, LastUsedAt: now, IP: ip.String(),
 		UserAgent: cut(userAgent, 256)}
 	if k.maxAge > 0 {
 		s.ExpiresAt = now.Add(k.maxAge)
 	}
+	o := &opening{done: make(chan struct{}), id: s.ID}
+	ctx = context.WithoutCancel(ctx)
+	go func() {
+		defer close(o.done)
+		o.pair, o.err = k.write(ctx, u, s, lvl)
+	}()
+	return o
+}
+
+// write is open's work: the record of s, then the account read again.
+func (k *sessionKeeper) write(ctx context.Context, u *User, s *Session, lvl level) (tokenPair, error) {
 	first := k.tokens.successor(s.ExpiresAt, lvl)
 	pair, until, err := k.tokens.pair(u.ID, u.Email, u.EmailVerified, s.ID, first, s.ExpiresAt)
 	if err != nil {
@@ -63,8 +92,8 @@ func (k *sessionKeeper) start(ctx context.Context, u *User, ip netip.Addr, userA
 		return tokenPair{}, err
 	}
 	// The account is read again after the session is written: an operator's disable, a deletion
-	// or a password change that came while this login was checking the password either shows
-	// here, or lists this session when it ends the user's sessions (see endAll).
+	// or a password change that came before this read shows here, and one that comes after it
+	// lists this session when it ends the user's sessions (see endAll).
 	again, err := k.store.UserByID(ctx, u.ID)
 	reason, refusal := "", error(nil)
 	switch {
@@ -84,6 +113,29 @@ func (k *sessionKeeper) start(ctx context.Context, u *User, ip netip.Addr, userA
 		return tokenPair{}, refusal
 	}
 	return pair, nil
+}
+
+// keep hands out the session's tokens, or tells why there are none.
+func (o *opening) keep() (tokenPair, error) {
+	<-o.done
+	return o.pair, o.err
+}
+
+// drop removes the record of a session whose tokens are not to be handed out, without waiting:
+// the login that opened it was refused. A record that cannot be removed names no token, and is
+// purged with the ended ones once its tokens would have expired.
+func (k *sessionKeeper) drop(o *opening) {
+	if o == nil {
+		return
+	}
+	go func() {
+		<-o.done
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := k.store.DeleteSession(ctx, o.id); err != nil {
+			k.log.Warn("removing the session of a refused login failed", "session_id", o.id, "err", err)
+		}
+	}()
 }
 
 // live lists the sessions of user that have not ended, newest first.

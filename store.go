@@ -142,6 +142,8 @@ type Store interface {
 
 	// CreateSession records a new session.
 	CreateSession(ctx context.Context, s *Session) error
+	// DeleteSession removes the record of a session none of whose tokens was handed out.
+	DeleteSession(ctx context.Context, id string) error
 	// SessionByID finds a session; ErrNotFound when there is none.
 	SessionByID(ctx context.Context, id string) (*Session, error)
 	// SessionsOfUser lists the sessions of user whose tokens have not all expired at now, ended
@@ -495,6 +497,11 @@ func (s *mongoStore) setPasswordHash(ctx context.Context, filter bson.D, hash st
 
 func (s *mongoStore) CreateSession(ctx context.Context, sess *Session) error {
 	_, err := s.sessions.InsertOne(ctx, sess)
+	return s.err(err)
+}
+
+func (s *mongoStore) DeleteSession(ctx context.Context, id string) error {
+	_, err := s.sessions.DeleteOne(ctx, bson.D{{Key: "_id", Value: id}})
 	return s.err(err)
 }
 

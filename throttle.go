@@ -40,6 +40,7 @@ type attempt struct {
 	t         *throttle
 	docs      []Attempt
 	limits    []int
+	others    []int         // how many other attempts check found under each doc's key, up to its limit
 	recorded  chan struct{} // closed when the record has landed, or failed with recordErr
 	recordErr error
 }
@@ -102,16 +103,19 @@ func (a *attempt) check(ctx context.Context) error {
 }
 
 // ahead is how long until fewer than each limit's worth of other attempts are recorded: until the
-// oldest of the newest max leaves the window. Zero when that is so already.
+// oldest of the newest max leaves the window. Zero when that is so already. It notes how many
+// others it found under each key.
 func (a *attempt) ahead(ctx context.Context) (time.Duration, error) {
 	since := a.docs[0].At.Add(-a.t.window)
 	waits := make([]time.Duration, len(a.docs))
 	errs := make([]error, len(a.docs))
+	a.others = make([]int, len(a.docs))
 	var wg sync.WaitGroup
 	for i, doc := range a.docs {
 		wg.Go(func() {
 			var others []time.Time
 			others, errs[i] = a.t.store.Attempts(ctx, doc.Key, since, doc.ID, a.limits[i])
+			a.others[i] = len(others)
 			if len(others) >= a.limits[i] {
 				waits[i] = others[a.limits[i]-1].Add(a.t.window).Sub(doc.At)
 			}
@@ -130,13 +134,29 @@ func (a *attempt) forget(ctx context.Context) {
 	}
 }
 
-// succeeded removes the attempt, and with it every attempt under the keys in clear.
+// succeeded removes the attempt, and with it every attempt under the keys in clear. It returns
+// when the attempts that check found under those keys are gone, so that the client's next try
+// counts from zero; when check found none, at once, and the attempt's own record is removed
+// after. Until then it counts as one more attempt, which errs on the safe side.
 func (a *attempt) succeeded(ctx context.Context, clear ...string) error {
 	if len(a.docs) == 0 {
 		return nil
 	}
-	a.written()
-	return a.t.store.ForgetAttempts(ctx, a.ids(), clear...)
+	forget := func(ctx context.Context) error {
+		a.written()
+		return a.t.store.ForgetAttempts(ctx, a.ids(), clear...)
+	}
+	for i, doc := range a.docs {
+		if slices.Contains(clear, doc.Key) && (a.others == nil || a.others[i] > 0) {
+			return forget(ctx)
+		}
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		forget(ctx)
+	}()
+	return nil
 }
 
 func (a *attempt) ids() []string {
