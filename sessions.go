@@ -73,6 +73,8 @@ func (k *sessionKeeper) open(ctx context.Context, u *User, ip netip.Addr, userAg
 	}
 	o := &opening{done: make(chan struct{}), id: s.ID}
 	ctx = context.WithoutCancel(ctx)
+	read := *u // the account as the caller read it, whatever the caller changes later (a rehash)
+	u = &read
 	go func() {
 		defer close(o.done)
 		o.pair, o.err = k.write(ctx, u, s, lvl)
