@@ -290,6 +290,18 @@ func serveTestEnv(tb testing.TB, cfg config, store *mongoStore, m *metrics) *tes
 	e.admin.Config = newHTTPServer(cfg, newAdminHandler(e.deps, testAdminToken), log)
 	e.admin.Start()
 	tb.Cleanup(e.admin.Close)
+	tb.Cleanup(func() {
+		// A failed test shows what the service logged at WARN and above: the cause of a 503.
+		if !tb.Failed() {
+			return
+		}
+		for line := range strings.Lines(e.logs.String()) {
+			if strings.Contains(line, `"level":"WARN"`) || strings.Contains(line, `"level":"ERROR"`) ||
+				strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
+				tb.Log(strings.TrimSpace(line))
+			}
+		}
+	})
 	return e
 }
 

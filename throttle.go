@@ -151,11 +151,7 @@ func (a *attempt) succeeded(ctx context.Context, clear ...string) error {
 			return forget(ctx)
 		}
 	}
-	go func() {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		forget(ctx)
-	}()
+	go forget(context.WithoutCancel(ctx)) // bounded by the driver's timeout, as every call
 	return nil
 }
 
