@@ -155,10 +155,7 @@ func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, 
 			encode(w, http.StatusOK, challenge{true, token, int64(mfaTokenTTL / time.Second)})
 			return nil
 		}
-		if opened == nil { // check did not call meanwhile
-			opened = sessions.open(r.Context(), u, client, r.UserAgent(), levelPassword)
-		}
-		pair, err := opened.keep()
+		pair, err := opened.keep() // opened while the password hashed: check calls meanwhile for every success
 		if errors.Is(err, errAccountDisabled) {
 			m.login(loginDisabled)
 		}
@@ -309,8 +306,8 @@ func loginKeys(client netip.Addr, email string) (account, clientKey string) {
 // errInvalidCredentials (a wrong password and an unknown email alike), errTooManyAttempts with its
 // Retry-After, errAccountDisabled, errBusy, or the store's. When meanwhile is not nil, it is
 // called while the password hashes, with the account, once the attempt is known to be within the
-// limits, and must not wait: a login opens its session there (see opening), so that its answer
-// waits on no database write after the hash.
+// limits (so always before a success), and must not wait: a login opens its session there (see
+// opening), so that its answer waits on no database write after the hash.
 //
 // The whole check, database reads and writes included, runs in a hashing slot: during a storm the
 // logins waiting for a slot cost neither hashing memory nor database work, and the database sees

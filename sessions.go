@@ -132,9 +132,7 @@ func (k *sessionKeeper) drop(o *opening) {
 	}
 	go func() {
 		<-o.done
-		// Bounded by the driver's timeout, as every call: a longer wait could outlast an outage
-		// and fail on a connection dropped as the database came back, clearing the pool under
-		// the calls of that moment.
+		// Bounded by the driver's timeout, as every call.
 		if err := k.store.DeleteSession(context.Background(), o.id); err != nil {
 			k.log.Warn("removing the session of a refused login failed", "session_id", o.id, "err", err)
 		}

@@ -125,33 +125,29 @@ func (a *attempt) ahead(ctx context.Context) (time.Duration, error) {
 	return slices.Max(waits), errors.Join(errs...)
 }
 
-// forget removes the attempt: it was refused before it did anything, or could not go ahead. A
-// failure to remove it leaves it counted, which errs on the safe side.
-func (a *attempt) forget(ctx context.Context) {
-	if len(a.docs) > 0 {
-		a.written()
-		a.t.store.ForgetAttempts(context.WithoutCancel(ctx), a.ids())
-	}
-}
-
-// succeeded removes the attempt, and with it every attempt under the keys in clear. It returns
-// when the attempts that check found under those keys are gone, so that the client's next try
-// counts from zero; when check found none, at once, and the attempt's own record is removed
-// after. Until then it counts as one more attempt, which errs on the safe side.
-func (a *attempt) succeeded(ctx context.Context, clear ...string) error {
+// forget removes the attempt, and with it every attempt under the keys in clear: it was refused
+// before it did anything, could not go ahead, or succeeded. A failure to remove it leaves it
+// counted, which errs on the safe side. Its removal is bounded by the driver's timeout, whatever
+// ctx.
+func (a *attempt) forget(ctx context.Context, clear ...string) error {
 	if len(a.docs) == 0 {
 		return nil
 	}
-	forget := func(ctx context.Context) error {
-		a.written()
-		return a.t.store.ForgetAttempts(ctx, a.ids(), clear...)
-	}
+	a.written()
+	return a.t.store.ForgetAttempts(context.WithoutCancel(ctx), a.ids(), clear...)
+}
+
+// succeeded forgets the attempt, and every attempt under the keys in clear. It returns when the
+// attempts that check found under those keys are gone, so that the client's next try counts from
+// zero; when check found none, at once, and the attempt's own record is removed after. Until then
+// it counts as one more attempt, which errs on the safe side.
+func (a *attempt) succeeded(ctx context.Context, clear ...string) error {
 	for i, doc := range a.docs {
 		if slices.Contains(clear, doc.Key) && (a.others == nil || a.others[i] > 0) {
-			return forget(ctx)
+			return a.forget(ctx, clear...)
 		}
 	}
-	go forget(context.WithoutCancel(ctx)) // bounded by the driver's timeout, as every call
+	go a.forget(ctx, clear...)
 	return nil
 }
 
