@@ -170,10 +170,11 @@ func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, 
 }
 
 // handlePasswordChange replaces the signed-in user's password. The answer's tokens belong to a
-// new session; every earlier session of the user ends, the one whose token was sent included, so
-// that no copy of an old token outlives the old password.
-func handlePasswordChange(log *slog.Logger, clients clientIPs, store Store, passwords *passwordCheck, h *hasher,
-	sessions *sessionKeeper, m *metrics) http.Handler {
+// new session, at the level the user proved in the session that asked; every earlier session of
+// the user ends, the one whose token was sent included, so that no copy of an old token outlives
+// the old password.
+func handlePasswordChange(log *slog.Logger, clients clientIPs, passwords *passwordCheck, h *hasher,
+	users *accounts, sessions *sessionKeeper) http.Handler {
 	type request struct {
 		CurrentPassword string `json:"current_password"`
 		NewPassword     string `json:"new_password"`
@@ -201,14 +202,11 @@ func handlePasswordChange(log *slog.Logger, clients clientIPs, store Store, pass
 		if err != nil {
 			return err
 		}
-		if err := store.SetPasswordHash(ctx, u.ID, hash); err != nil {
-			return err
-		}
-		if _, err := sessions.endAll(ctx, u.ID, "", endPasswordChange); err != nil {
+		if err := users.setPassword(ctx, u.ID, hash, endPasswordChange); err != nil {
 			return err
 		}
 		u.PasswordHash = hash
-		pair, err := sessions.start(ctx, u, client, r.UserAgent(), levelPassword)
+		pair, err := sessions.start(ctx, u, client, r.UserAgent(), c.level())
 		if err != nil {
 			return err
 		}
@@ -246,40 +244,6 @@ func handleDeleteAccount(log *slog.Logger, clients clientIPs, passwords *passwor
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	})
-}
-
-// accounts are the operations on an account that end its sessions, shared by its owner's and the
-// operator's endpoints.
-type accounts struct {
-	store    Store
-	sessions *sessionKeeper
-}
-
-// remove ends every session of user, then deletes the account.
-func (a *accounts) remove(ctx context.Context, user, reason string) error {
-	if _, err := a.sessions.endAll(ctx, user, "", reason); err != nil {
-		return err
-	}
-	if err := a.store.DeleteUser(ctx, user); errors.Is(err, ErrNotFound) {
-		return errNoSuchUser
-	} else if err != nil {
-		return err
-	}
-	return nil
-}
-
-// disable bars user from logging in and ends every session; enable lets them log in again.
-func (a *accounts) setDisabled(ctx context.Context, user string, disabled bool) error {
-	if err := a.store.SetDisabled(ctx, user, disabled); errors.Is(err, ErrNotFound) {
-		return errNoSuchUser
-	} else if err != nil {
-		return err
-	}
-	if disabled {
-		_, err := a.sessions.endAll(ctx, user, "", endDisabled)
-		return err
-	}
-	return nil
 }
 
 // passwordCheck is the one place where a password is compared with an account's, with the login

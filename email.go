@@ -48,11 +48,13 @@ const (
 
 // The kinds of mail in the outbox; each is a template pair under mail/.
 const (
-	mailReset        = "reset"         // to an account's address: a reset link
-	mailVerify       = "verify"        // to an unverified address: a verification link
-	mailChange       = "change"        // to a new address: the link that makes it the account's
-	mailChangeNotice = "change_notice" // to the old address: a change was asked for
-	mailSignupExists = "signup_exists" // to an address with an account: someone tried to sign up
+	mailReset        = "reset"          // to an account's address: a reset link
+	mailVerify       = "verify"         // to an unverified address: a verification link
+	mailChange       = "change"         // to a new address: the link that makes it the account's
+	mailChangeNotice = "change_notice"  // to the old address: a change was asked for
+	mailSignupExists = "signup_exists"  // to an address with an account: someone tried to sign up
+	mailFactorAdded  = "factor_added"   // to an account's address: a second factor was added
+	mailFactorGone   = "factor_removed" // to an account's address: its second factor was removed
 )
 
 var (
@@ -303,15 +305,27 @@ func (f *mailFlows) send(ctx context.Context, client netip.Addr, m *MailMessage,
 	return f.outbox.queue(ctx, m)
 }
 
+// notify queues a notice of kind to u's address, when the service sends mail. The change it tells
+// of is made already: a failure to queue it is logged, not answered.
+func (f *mailFlows) notify(ctx context.Context, kind string, u *User) {
+	if !f.cfg.enabled() {
+		return
+	}
+	if err := f.outbox.queue(ctx, &MailMessage{Kind: kind, To: u.Email, UserID: u.ID}); err != nil {
+		f.log.LogAttrs(ctx, slog.LevelWarn, "queueing a notice failed", slog.String("kind", kind),
+			slog.String("user_id", u.ID), slog.String("err", err.Error()))
+	}
+}
+
 // newMailToken makes a token of at least 128 random bits (256 here) for purpose, stores its
 // digest, and returns it in clear for the mail: the only place it ever is.
-func newMailToken(ctx context.Context, store Store, now time.Time, purpose, user, email string, ttl time.Duration) (string, error) {
+func newMailToken(ctx context.Context, store Store, now time.Time, purpose, user, email string, stamp int64, ttl time.Duration) (string, error) {
 	var b [32]byte
 	rand.Read(b[:])
 	raw := base64.RawURLEncoding.EncodeToString(b[:])
 	now = now.UTC().Truncate(time.Millisecond)
 	err := store.CreateMailToken(ctx, &MailToken{Digest: mailTokenDigest(raw), Purpose: purpose, UserID: user,
-		Email: email, CreatedAt: now, ExpiresAt: now.Add(ttl)})
+		Email: email, Stamp: stamp, CreatedAt: now, ExpiresAt: now.Add(ttl)})
 	return raw, err
 }
 
@@ -324,8 +338,8 @@ func mailTokenDigest(raw string) string {
 
 // take consumes a token of one of purposes: it is read by its digest, checked, then deleted, and
 // only the caller whose delete removed it may act on it. Of any number of simultaneous uses, one
-// succeeds; the others, like a used, unknown or expired token, get errMailTokenInvalid. A token
-// of another purpose is left as it is.
+// succeeds; the others, like a used, unknown or expired token, or one made before the account's
+// security stamp last moved, get errMailTokenInvalid. A token of another purpose is left as it is.
 func (f *mailFlows) take(ctx context.Context, raw string, purposes ...string) (*MailToken, error) {
 	if raw == "" || len(raw) > 256 {
 		return nil, errMailTokenInvalid
@@ -341,6 +355,12 @@ func (f *mailFlows) take(ctx context.Context, raw string, purposes ...string) (*
 		return nil, errMailTokenInvalid
 	case !f.now().Before(t.ExpiresAt):
 		f.store.DeleteMailToken(ctx, digest) // a failure leaves it to the purge
+		return nil, errMailTokenInvalid
+	}
+	if stamp, err := f.store.Stamp(ctx, t.UserID); err != nil {
+		return nil, err
+	} else if stamp != t.Stamp {
+		f.store.DeleteMailToken(ctx, digest)
 		return nil, errMailTokenInvalid
 	}
 	if err := f.store.DeleteMailToken(ctx, digest); errors.Is(err, ErrNotFound) {
@@ -403,7 +423,7 @@ func handleMailRequest(log *slog.Logger, clients clientIPs, f *mailFlows, kind, 
 
 // handleResetPassword replaces the password of the account a reset link was mailed for, and ends
 // every session of it: whoever knew the old password is out.
-func handleResetPassword(log *slog.Logger, f *mailFlows, h *hasher, sessions *sessionKeeper) http.Handler {
+func handleResetPassword(log *slog.Logger, f *mailFlows, h *hasher, users *accounts) http.Handler {
 	type request struct {
 		Token    string `json:"token"`
 		Password string `json:"password"`
@@ -435,14 +455,8 @@ func handleResetPassword(log *slog.Logger, f *mailFlows, h *hasher, sessions *se
 		if err != nil {
 			return err
 		}
-		if err := f.store.SetPasswordHash(ctx, u.ID, hash); err != nil {
-			return err
-		}
-		if _, err := sessions.endAll(ctx, u.ID, "", endPasswordReset); err != nil {
-			return err
-		}
-		// The other reset links of the account die with this one; and the link proved the mailbox.
-		if err := f.store.DeleteMailTokens(ctx, u.ID, purposeReset); err != nil {
+		// The account's other links die with the stamp; the link proved the mailbox.
+		if err := users.setPassword(ctx, u.ID, hash, endPasswordReset); err != nil {
 			return err
 		}
 		if err := f.store.SetEmailVerified(ctx, u.ID, u.Email); err != nil && !errors.Is(err, ErrNotFound) {
@@ -458,7 +472,7 @@ func handleResetPassword(log *slog.Logger, f *mailFlows, h *hasher, sessions *se
 
 // handleVerifyEmail follows a verification link, or an address change's confirmation link, which
 // then makes the new address the account's: still unique at that moment, or 409.
-func handleVerifyEmail(log *slog.Logger, f *mailFlows) http.Handler {
+func handleVerifyEmail(log *slog.Logger, f *mailFlows, users *accounts) http.Handler {
 	type request struct {
 		Token string `json:"token"`
 	}
@@ -494,6 +508,10 @@ func handleVerifyEmail(log *slog.Logger, f *mailFlows) http.Handler {
 		}
 		noteUser(ctx, t.UserID)
 		if t.Purpose == purposeEmailChange {
+			// The means of recovery changed: links and challenges issued before are void.
+			if err := users.moveStamp(ctx, t.UserID, stampEmailChanged); err != nil {
+				return err
+			}
 			log.LogAttrs(ctx, slog.LevelInfo, "email changed", slog.String("request_id", requestID(ctx)),
 				slog.String("user_id", t.UserID))
 		}
@@ -536,6 +554,11 @@ func handleEmailChange(log *slog.Logger, clients clientIPs, f *mailFlows, passwo
 		if email == u.Email {
 			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "new_email is the account's address already"}
 		}
+		// The link holds under the stamp of now: a password reset before it is followed voids it.
+		stamp, err := f.store.Stamp(ctx, u.ID)
+		if err != nil {
+			return err
+		}
 		// Whether the new address has an account is not told here; confirming the change is.
 		ok, err := f.allow(ctx, client, email, true)
 		if err != nil {
@@ -544,7 +567,7 @@ func handleEmailChange(log *slog.Logger, clients clientIPs, f *mailFlows, passwo
 		if ok {
 			// The notice is not held to the old address's limits: a mail to it beforehand must not
 			// be able to silence it.
-			if err := f.outbox.queue(ctx, &MailMessage{Kind: mailChange, To: email, UserID: u.ID}); err != nil {
+			if err := f.outbox.queue(ctx, &MailMessage{Kind: mailChange, To: email, UserID: u.ID, Stamp: stamp}); err != nil {
 				return err
 			}
 			if err := f.outbox.queue(ctx, &MailMessage{Kind: mailChangeNotice, To: u.Email, UserID: u.ID, NewEmail: email}); err != nil {

@@ -638,7 +638,11 @@ func TestEmailChangeFromTheMailsReceived(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		stale, err := newMailToken(t.Context(), e.store, e.clock.Now(), purposeReset, u.ID, old, time.Hour)
+		stamp, err := e.store.Stamp(t.Context(), u.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stale, err := newMailToken(t.Context(), e.store, e.clock.Now(), purposeReset, u.ID, old, stamp, time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -674,7 +678,7 @@ func TestRacingUsesOfOneTokenLetExactlyOneWin(t *testing.T) {
 	}
 	const racers, rounds = 32, 10
 	for round := range rounds {
-		token, err := newMailToken(t.Context(), e.store, e.clock.Now(), purposeVerify, u.ID, u.Email, time.Hour)
+		token, err := newMailToken(t.Context(), e.store, e.clock.Now(), purposeVerify, u.ID, u.Email, 0, time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -71,6 +71,8 @@ type mfa struct {
 	tokens    *tokens
 	seal      *sealer
 	sessions  *sessionKeeper
+	accounts  *accounts      // a factor added, removed or used up moves the account's stamp
+	mail      *mailFlows     // and its owner is told
 	passwords *passwordCheck // its throttle counts wrong codes as failed logins
 	clients   clientIPs
 	metrics   *metrics
@@ -106,6 +108,7 @@ func (m *mfa) check(ctx context.Context, r *http.Request, u *User, secret []byte
 		ok = err == nil
 		if ok {
 			m.metrics.mfa(mfaRecoveryCode)
+			err = m.recoveryUsed(ctx, u)
 		}
 	case code != "":
 		step, match := totpMatch(secret, code, m.tokens.now())
@@ -131,6 +134,16 @@ func (m *mfa) check(ctx context.Context, r *http.Request, u *User, secret []byte
 		return errCodeInvalid // the attempt stays recorded, as a failed login
 	}
 	return att.succeeded(ctx, account)
+}
+
+// recoveryUsed moves the stamp of u's account when its last recovery code is used: the means of
+// recovery are gone.
+func (m *mfa) recoveryUsed(ctx context.Context, u *User) error {
+	left, err := m.store.RecoveryCodesLeft(ctx, u.ID)
+	if err != nil || left > 0 {
+		return err
+	}
+	return m.accounts.moveStamp(ctx, u.ID, stampRecoveryUsedUp)
 }
 
 // prove checks a code or a recovery code against u's active factor (see check).
@@ -160,10 +173,15 @@ func (m *mfa) signedIn(ctx context.Context, c *claims) (*User, error) {
 	return u, err
 }
 
-// challenge starts the second step of a login: the mfa_token the client sends with its code.
+// challenge starts the second step of a login: the mfa_token the client sends with its code. It
+// holds under the account's security stamp as it is now.
 func (m *mfa) challenge(ctx context.Context, u *User, r *http.Request) (string, error) {
+	stamp, err := m.store.Stamp(ctx, u.ID)
+	if err != nil {
+		return "", err
+	}
 	token := newID() + newID() // 256 random bits
-	err := m.store.CreateMFAChallenge(ctx, MFAChallenge{ID: digest(token), UserID: u.ID,
+	err = m.store.CreateMFAChallenge(ctx, MFAChallenge{ID: digest(token), UserID: u.ID, Stamp: stamp,
 		IP: m.clients.of(r).String(), UserAgent: cut(r.UserAgent(), 256),
 		ExpiresAt: m.tokens.now().Add(mfaTokenTTL)})
 	return token, err
@@ -194,16 +212,30 @@ func newRecoveryCode() string {
 	return s[:5] + "-" + s[5:]
 }
 
-// handleEnrolTOTP gives the signed-in user a new secret to put in an authenticator app; it is not
-// active until a code from it is confirmed.
+// handleEnrolTOTP gives the signed-in user a new secret to put in an authenticator app, after the
+// password: a stolen access token alone cannot add a factor and lock the owner out. The factor is
+// not active until a code from it is confirmed.
 func handleEnrolTOTP(log *slog.Logger, m *mfa) http.Handler {
+	type request struct {
+		Password string `json:"password"`
+	}
 	type response struct {
 		Secret     string `json:"secret"`
 		OtpauthURL string `json:"otpauth_url"`
 	}
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		ctx := r.Context()
-		u, err := m.signedIn(ctx, claimsFrom(ctx))
+		req, err := decode[request](w, r)
+		if err != nil {
+			return err
+		}
+		if req.Password == "" {
+			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "password is required to add a second factor"}
+		}
+		ctx, c := r.Context(), claimsFrom(r.Context())
+		if _, err := m.passwords.checkUser(ctx, m.clients.of(r), c.Subject, req.Password); err != nil {
+			return err
+		}
+		u, err := m.signedIn(ctx, c)
 		if err != nil {
 			return err
 		}
@@ -227,7 +259,8 @@ func handleEnrolTOTP(log *slog.Logger, m *mfa) http.Handler {
 }
 
 // handleConfirmTOTP activates the factor being enrolled with a code from it, and answers the ten
-// recovery codes, this once.
+// recovery codes, this once. The account's stamp moves, its owner is mailed, and its other
+// sessions end: opened without the factor, they would stay at aal1 for good.
 func handleConfirmTOTP(log *slog.Logger, m *mfa) http.Handler {
 	type request struct {
 		Code string `json:"code"`
@@ -273,6 +306,13 @@ func handleConfirmTOTP(log *slog.Logger, m *mfa) http.Handler {
 		if err := m.store.SetRecoveryCodes(ctx, u.ID, digests); err != nil {
 			return err
 		}
+		if err := m.accounts.moveStamp(ctx, u.ID, stampFactorAdded); err != nil {
+			return err
+		}
+		if _, err := m.sessions.endAll(ctx, u.ID, claimsFrom(ctx).Session, endMFAAdded); err != nil {
+			return err
+		}
+		m.mail.notify(ctx, mailFactorAdded, u)
 		m.metrics.mfa(mfaEnrolled)
 		log.LogAttrs(ctx, slog.LevelInfo, "second factor enabled", slog.String("request_id", requestID(ctx)),
 			slog.String("user_id", u.ID))
@@ -281,8 +321,8 @@ func handleConfirmTOTP(log *slog.Logger, m *mfa) http.Handler {
 	})
 }
 
-// handleRemoveTOTP removes the active factor, after a current code or a recovery code; the user's
-// other sessions end.
+// handleRemoveTOTP removes the active factor, after a current code or a recovery code; the stamp
+// moves, the owner is mailed and the user's other sessions end.
 func handleRemoveTOTP(log *slog.Logger, m *mfa) http.Handler {
 	type request struct {
 		Code         string `json:"code"`
@@ -306,9 +346,13 @@ func handleRemoveTOTP(log *slog.Logger, m *mfa) http.Handler {
 		} else if err != nil {
 			return err
 		}
+		if err := m.accounts.moveStamp(ctx, u.ID, stampFactorRemoved); err != nil {
+			return err
+		}
 		if _, err := m.sessions.endAll(ctx, u.ID, c.Session, endMFARemoved); err != nil {
 			return err
 		}
+		m.mail.notify(ctx, mailFactorGone, u)
 		m.metrics.mfa(mfaRemoved)
 		log.LogAttrs(ctx, slog.LevelInfo, "second factor removed", slog.String("request_id", requestID(ctx)),
 			slog.String("user_id", u.ID))
@@ -346,6 +390,12 @@ func handleVerifyMFA(log *slog.Logger, m *mfa) http.Handler {
 			return errTokenInvalid
 		} else if err != nil {
 			return err
+		}
+		// A challenge issued before the password or a factor changed is void.
+		if stamp, err := m.store.Stamp(ctx, u.ID); err != nil {
+			return err
+		} else if stamp != ch.Stamp {
+			return errTokenInvalid
 		}
 		if err := m.prove(ctx, r, u, req.Code, req.RecoveryCode); err != nil {
 			return err

@@ -47,7 +47,7 @@ func oathtool(tb testing.TB, secret string, at time.Time) string {
 // recovery codes.
 func (e *testEnv) enrolTOTP(tb testing.TB, access string) (secret string, recovery []string) {
 	tb.Helper()
-	r := e.do(tb, "POST", "/auth/mfa/totp", nil, "Authorization", "Bearer "+access).want(tb, 200, "")
+	r := e.do(tb, "POST", "/auth/mfa/totp", map[string]string{"password": "correct horse battery"}, "Authorization", "Bearer "+access).want(tb, 200, "")
 	secret = r.str("secret")
 	c := e.do(tb, "POST", "/auth/mfa/totp/confirm", map[string]string{"code": oathtool(tb, secret, e.clock.Now())},
 		"Authorization", "Bearer "+access).want(tb, 200, "")
@@ -81,7 +81,7 @@ func TestSecondFactor(t *testing.T) {
 	var secret string
 	var recovery []string
 	t.Run("enrolment gives a secret and an otpauth URL any authenticator app reads", func(t *testing.T) {
-		r := e.do(t, "POST", "/auth/mfa/totp", nil, "Authorization", "Bearer "+access).want(t, 200, "")
+		r := e.do(t, "POST", "/auth/mfa/totp", map[string]string{"password": "correct horse battery"}, "Authorization", "Bearer "+access).want(t, 200, "")
 		secret = r.str("secret")
 		if raw, err := base32.StdEncoding.WithPadding(base32.NoPadding).DecodeString(secret); err != nil || len(raw) != 20 {
 			t.Fatalf("secret %q: want 160 bits in base32", secret)
@@ -109,7 +109,7 @@ func TestSecondFactor(t *testing.T) {
 		if len(recovery) != 10 || len(seen) != 10 {
 			t.Fatalf("recovery codes %v, want ten different ones", recovery)
 		}
-		e.do(t, "POST", "/auth/mfa/totp", nil, "Authorization", "Bearer "+access).want(t, 409, "mfa_already_enabled")
+		e.do(t, "POST", "/auth/mfa/totp", map[string]string{"password": "correct horse battery"}, "Authorization", "Bearer "+access).want(t, 409, "mfa_already_enabled")
 	})
 	t.Run("the secret is stored sealed, and recovery codes only as digests", func(t *testing.T) {
 		f, err := e.store.TOTP(t.Context(), userID(t, e, access))

@@ -307,8 +307,17 @@ type mailData struct {
 func (o *outbox) render(ctx context.Context, m MailMessage) (*outgoingMail, error) {
 	d := mailData{AppName: o.cfg.appName, AppURL: o.cfg.appURL, Email: m.To}
 	user := m.UserID
+	// A link is made under the account's security stamp as it is now; a mail queued for an account
+	// under an earlier stamp has no link to make (a reset or a change of factor came since).
 	link := func(path, purpose, user, email string, ttl time.Duration) error {
-		raw, err := newMailToken(ctx, o.store, o.now(), purpose, user, email, ttl)
+		stamp, err := o.store.Stamp(ctx, user)
+		if err != nil {
+			return err
+		}
+		if m.UserID != "" && stamp != m.Stamp {
+			return errNoMail
+		}
+		raw, err := newMailToken(ctx, o.store, o.now(), purpose, user, email, stamp, ttl)
 		if err != nil {
 			return err
 		}
@@ -364,7 +373,7 @@ func (o *outbox) render(ctx context.Context, m MailMessage) (*outgoingMail, erro
 		}
 	case mailChangeNotice:
 		d.NewEmail = m.NewEmail
-	case mailSignupExists:
+	case mailSignupExists, mailFactorAdded, mailFactorGone:
 	default:
 		return nil, permanentError{fmt.Errorf("unknown kind of mail %q", m.Kind)}
 	}
@@ -573,7 +582,7 @@ type mailTemplates struct {
 //go:embed mail
 var builtinMail embed.FS
 
-var mailKinds = []string{mailReset, mailVerify, mailChange, mailChangeNotice, mailSignupExists}
+var mailKinds = []string{mailReset, mailVerify, mailChange, mailChangeNotice, mailSignupExists, mailFactorAdded, mailFactorGone}
 
 // loadMailTemplates parses the built-in templates, each replaced by the file of the same name in
 // dir (MAIL_TEMPLATES_DIR) when dir is set and has one: reset.txt, reset.html, verify.txt, ... A

@@ -23,7 +23,7 @@ func addRoutes(mux routeAdder, d *deps) {
 	signedIn := requireAccess(d.log, d.tokens, d.revocations)
 	mux.Handle("GET /auth/sessions", signedIn(handleSessions(d.log, d.sessions)))
 	mux.Handle("DELETE /auth/sessions/{id}", signedIn(handleEndSession(d.log, d.sessions)))
-	mux.Handle("POST /auth/password", signedIn(handlePasswordChange(d.log, d.clients, d.store, d.passwords, d.hasher, d.sessions, d.metrics)))
+	mux.Handle("POST /auth/password", signedIn(handlePasswordChange(d.log, d.clients, d.passwords, d.hasher, d.accounts, d.sessions)))
 	mux.Handle("DELETE /auth/account", signedIn(handleDeleteAccount(d.log, d.clients, d.passwords, d.accounts)))
 	mux.Handle("POST /auth/mfa/totp", signedIn(handleEnrolTOTP(d.log, d.mfa)))
 	mux.Handle("POST /auth/mfa/totp/confirm", signedIn(handleConfirmTOTP(d.log, d.mfa)))
@@ -31,8 +31,8 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("POST /auth/mfa/verify", handleVerifyMFA(d.log, d.mfa))
 	mux.Handle("POST /auth/password/forgot", handleMailRequest(d.log, d.clients, d.mail, mailReset,
 		"if an account has this address, a reset link is on its way to it"))
-	mux.Handle("POST /auth/password/reset", handleResetPassword(d.log, d.mail, d.hasher, d.sessions))
-	mux.Handle("POST /auth/email/verify", handleVerifyEmail(d.log, d.mail))
+	mux.Handle("POST /auth/password/reset", handleResetPassword(d.log, d.mail, d.hasher, d.accounts))
+	mux.Handle("POST /auth/email/verify", handleVerifyEmail(d.log, d.mail, d.accounts))
 	mux.Handle("POST /auth/email/resend", handleMailRequest(d.log, d.clients, d.mail, mailVerify,
 		"if this address has an account that is not verified yet, a link is on its way to it"))
 	mux.Handle("POST /auth/email/change", signedIn(handleEmailChange(d.log, d.clients, d.mail, d.passwords, d.sessions)))
@@ -112,6 +112,11 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		log:        log,
 	}
 	clients := clientIPs{trusted: c.trustedProxies}
+	users := &accounts{store: store, sessions: sessions}
+	mail := &mailFlows{cfg: c.mail, store: store, outbox: newOutbox(store, c.mail, m, now, log),
+		perInterval: &throttle{store: store, now: now, window: c.mail.addressInterval},
+		perWindow:   &throttle{store: store, now: now, window: mailWindow},
+		now:         now, log: log}
 	return &deps{
 		log:         log,
 		now:         now,
@@ -121,20 +126,17 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		issuer:      c.issuer,
 		revocations: revs,
 		sessions:    sessions,
-		accounts:    &accounts{store: store, sessions: sessions},
+		accounts:    users,
 		passwords:   passwords,
-		mfa: &mfa{store: store, tokens: t, seal: newSealer(secret, "totp"), sessions: sessions,
-			passwords: passwords, clients: clients, metrics: m, appName: c.appName},
+		mfa: &mfa{store: store, tokens: t, seal: newSealer(secret, "totp"), sessions: sessions, accounts: users,
+			mail: mail, passwords: passwords, clients: clients, metrics: m, appName: c.appName},
 		signups:          &throttle{store: store, now: now, window: c.signupWindow},
 		signupsPerClient: c.signupMax,
 		hasher:           h,
 		clients:          clients,
 		metricsEnabled:   c.metrics && c.metricsAddr == "",
 		metrics:          m,
-		mail: &mailFlows{cfg: c.mail, store: store, outbox: newOutbox(store, c.mail, m, now, log),
-			perInterval: &throttle{store: store, now: now, window: c.mail.addressInterval},
-			perWindow:   &throttle{store: store, now: now, window: mailWindow},
-			now:         now, log: log},
+		mail:             mail,
 	}
 }
 

@@ -24,6 +24,7 @@ const (
 	endAdminLogout    = "admin_logout"     // POST /admin/users/{id}/logout
 	endDisabled       = "account_disabled" // POST /admin/users/{id}/disable
 	endMFARemoved     = "mfa_removed"      // DELETE /auth/mfa/totp: the other sessions
+	endMFAAdded       = "mfa_added"        // POST /auth/mfa/totp/confirm: the other sessions
 	endPasswordReset  = "password_reset"   // POST /auth/password/reset
 )
 

@@ -99,13 +99,25 @@ type TOTPFactor struct {
 }
 
 // MFAChallenge is a login with the right password that waits for its second factor, found by the
-// SHA-256 digest of its mfa_token.
+// SHA-256 digest of its mfa_token. Stamp is the account's security stamp when it was issued.
 type MFAChallenge struct {
 	ID        string    `bson:"_id"`
 	UserID    string    `bson:"user_id"`
+	Stamp     int64     `bson:"stamp"`
 	IP        string    `bson:"ip"`
 	UserAgent string    `bson:"user_agent"`
 	ExpiresAt time.Time `bson:"expires_at"`
+}
+
+// SecurityEvent is one change of an account's credentials or means of recovery (see
+// docs/security-model.md). The account's security stamp is how many it has had: everything issued
+// on its behalf records the stamp and is refused once the stamp has moved. Events are inserted,
+// never updated, so that no concurrent write to the account can lose one.
+type SecurityEvent struct {
+	ID     string    `bson:"_id"`
+	UserID string    `bson:"user_id"`
+	Reason string    `bson:"reason"`
+	At     time.Time `bson:"at"`
 }
 
 // Attempt is one try of something throttled, recorded under one key before its outcome is known.
@@ -135,6 +147,11 @@ type Store interface {
 	BcryptHash(ctx context.Context) (string, error)
 	// SetPasswordHash replaces the hash of user id; ErrNotFound when there is no such user.
 	SetPasswordHash(ctx context.Context, id, hash string) error
+	// Stamp is the security stamp of account user: how many security events it has had (0 for
+	// none, and for an account that does not exist).
+	Stamp(ctx context.Context, user string) (int64, error)
+	// MoveStamp records a security event of account user for reason, which moves its stamp.
+	MoveStamp(ctx context.Context, user, reason string, at time.Time) error
 	// UpgradePasswordHash replaces the hash of user id with fresh only while it is still old (a
 	// login's rehash must not undo a password change that came while it checked the password);
 	// ErrNotFound when the account is gone or its hash is another now.
@@ -193,6 +210,8 @@ type Store interface {
 	ClaimTOTPStep(ctx context.Context, user string, step int64, expires time.Time) error
 	// SetRecoveryCodes replaces user's recovery codes with these digests.
 	SetRecoveryCodes(ctx context.Context, user string, digests []string) error
+	// RecoveryCodesLeft counts user's unused recovery codes.
+	RecoveryCodesLeft(ctx context.Context, user string) (int64, error)
 	// UseRecoveryCode deletes user's recovery code with this digest; ErrNotFound when there is
 	// none (also for all but one of simultaneous uses).
 	UseRecoveryCode(ctx context.Context, user, digest string) error
@@ -235,6 +254,7 @@ type Store interface {
 type mongoStore struct {
 	users, disabled, sessions, blacklist, refreshUses, attempts *mongo.Collection
 	signingKeys, totp, totpSteps, recoveryCodes, mfaChallenges  *mongo.Collection
+	securityEvents                                              *mongo.Collection
 	metrics                                                     *metrics // counts the database's failures; may be nil
 }
 
@@ -261,18 +281,19 @@ func mongoOptions(uri string) *options.ClientOptions {
 // database's failures.
 func mongoCollections(db *mongo.Database, m *metrics) *mongoStore {
 	return &mongoStore{
-		users:         db.Collection("users"),
-		disabled:      db.Collection("disabled_accounts"),
-		sessions:      db.Collection("sessions"),
-		blacklist:     db.Collection("blacklist"),
-		refreshUses:   db.Collection("refresh_tokens"),
-		attempts:      db.Collection("attempts"),
-		totp:          db.Collection("totp_factors"),
-		totpSteps:     db.Collection("totp_steps"),
-		recoveryCodes: db.Collection("recovery_codes"),
-		mfaChallenges: db.Collection("mfa_challenges"),
-		signingKeys:   db.Collection("signing_keys"),
-		metrics:       m,
+		users:          db.Collection("users"),
+		disabled:       db.Collection("disabled_accounts"),
+		sessions:       db.Collection("sessions"),
+		blacklist:      db.Collection("blacklist"),
+		refreshUses:    db.Collection("refresh_tokens"),
+		attempts:       db.Collection("attempts"),
+		totp:           db.Collection("totp_factors"),
+		totpSteps:      db.Collection("totp_steps"),
+		recoveryCodes:  db.Collection("recovery_codes"),
+		mfaChallenges:  db.Collection("mfa_challenges"),
+		signingKeys:    db.Collection("signing_keys"),
+		securityEvents: db.Collection("security_events"),
+		metrics:        m,
 	}
 }
 
@@ -291,6 +312,7 @@ func newMongoStore(ctx context.Context, db *mongo.Database, m *metrics) (*mongoS
 		{s.refreshUses, bson.D{{Key: "expires_at", Value: 1}}, false, true},
 		{s.sessions, bson.D{{Key: "user_id", Value: 1}}, false, false},
 		{s.recoveryCodes, bson.D{{Key: "user_id", Value: 1}}, false, false},
+		{s.securityEvents, bson.D{{Key: "user_id", Value: 1}}, false, false},
 		{s.totpSteps, bson.D{{Key: "expires_at", Value: 1}}, false, true},
 		{s.mfaChallenges, bson.D{{Key: "expires_at", Value: 1}}, false, true},
 		{s.sessions, bson.D{{Key: "tokens_expire_at", Value: 1}}, false, true},
@@ -465,7 +487,20 @@ func (s *mongoStore) DeleteUser(ctx context.Context, id string) error {
 	if err := s.deleteOne(ctx, s.users, bson.D{{Key: "_id", Value: id}}); err != nil {
 		return err
 	}
-	_, err := s.disabled.DeleteOne(ctx, bson.D{{Key: "_id", Value: id}})
+	if _, err := s.disabled.DeleteOne(ctx, bson.D{{Key: "_id", Value: id}}); err != nil {
+		return s.err(err)
+	}
+	_, err := s.securityEvents.DeleteMany(ctx, bson.D{{Key: "user_id", Value: id}})
+	return s.err(err)
+}
+
+func (s *mongoStore) Stamp(ctx context.Context, user string) (int64, error) {
+	n, err := s.securityEvents.CountDocuments(ctx, bson.D{{Key: "user_id", Value: user}})
+	return n, s.err(err)
+}
+
+func (s *mongoStore) MoveStamp(ctx context.Context, user, reason string, at time.Time) error {
+	_, err := s.securityEvents.InsertOne(ctx, SecurityEvent{ID: newID(), UserID: user, Reason: reason, At: at})
 	return s.err(err)
 }
 
@@ -730,6 +765,11 @@ func (s *mongoStore) SetRecoveryCodes(ctx context.Context, user string, digests 
 	return s.err(err)
 }
 
+func (s *mongoStore) RecoveryCodesLeft(ctx context.Context, user string) (int64, error) {
+	n, err := s.recoveryCodes.CountDocuments(ctx, bson.D{{Key: "user_id", Value: user}})
+	return n, s.err(err)
+}
+
 func (s *mongoStore) UseRecoveryCode(ctx context.Context, user, digest string) error {
 	return s.deleteOne(ctx, s.recoveryCodes, bson.D{{Key: "_id", Value: digest}, {Key: "user_id", Value: user}})
 }
@@ -787,11 +827,14 @@ func (s *mongoStore) Ping(ctx context.Context) error {
 // sender renders it, and makes the token in its link, when it delivers: no token in clear is ever
 // stored. Attempts and NextAt are written only by the holder of the attempt's lease (MailLease).
 type MailMessage struct {
-	ID        string    `bson:"_id"`
-	Kind      string    `bson:"kind"` // one of the mail* kinds
-	To        string    `bson:"to"`
-	UserID    string    `bson:"user_id,omitempty"`
-	NewEmail  string    `bson:"new_email,omitempty"` // an address change's new address, in the old one's notice
+	ID       string `bson:"_id"`
+	Kind     string `bson:"kind"` // one of the mail* kinds
+	To       string `bson:"to"`
+	UserID   string `bson:"user_id,omitempty"`
+	NewEmail string `bson:"new_email,omitempty"` // an address change's new address, in the old one's notice
+	// Stamp is the account's security stamp when a mail for UserID was queued: its link is made
+	// only while the stamp is still that.
+	Stamp     int64     `bson:"stamp,omitempty"`
 	CreatedAt time.Time `bson:"created_at"`
 	NextAt    time.Time `bson:"next_at"`  // not before then
 	Attempts  int       `bson:"attempts"` // attempts started
@@ -815,6 +858,7 @@ type MailToken struct {
 	Purpose   string    `bson:"purpose"`
 	UserID    string    `bson:"user_id"`
 	Email     string    `bson:"email"`
+	Stamp     int64     `bson:"stamp"` // the account's security stamp when the link was made
 	CreatedAt time.Time `bson:"created_at"`
 	ExpiresAt time.Time `bson:"expires_at"`
 }
@@ -850,8 +894,6 @@ type mailStore interface {
 	// DeleteMailToken deletes a token: nil for exactly one caller, however many try at once, and
 	// ErrNotFound for the others.
 	DeleteMailToken(ctx context.Context, digest string) error
-	// DeleteMailTokens deletes every token of user for purpose.
-	DeleteMailTokens(ctx context.Context, user, purpose string) error
 
 	// SetEmailVerified marks the address of user id verified, if it is still email; ErrNotFound
 	// when there is no such user with that address.
@@ -881,7 +923,6 @@ func (s *mongoStore) mailIndexes(ctx context.Context) error {
 		{s.outbox(), bson.D{{Key: "created_at", Value: 1}}, false},
 		{s.mailLeases(), bson.D{{Key: "message_id", Value: 1}}, false},
 		{s.mailLeases(), bson.D{{Key: "expires_at", Value: 1}}, true},
-		{s.mailTokens(), bson.D{{Key: "user_id", Value: 1}, {Key: "purpose", Value: 1}}, false},
 		{s.mailTokens(), bson.D{{Key: "expires_at", Value: 1}}, true},
 	} {
 		opts := options.Index()
@@ -1001,11 +1042,6 @@ func (s *mongoStore) DeleteMailToken(ctx context.Context, digest string) error {
 		return ErrNotFound
 	}
 	return nil
-}
-
-func (s *mongoStore) DeleteMailTokens(ctx context.Context, user, purpose string) error {
-	_, err := s.mailTokens().DeleteMany(ctx, bson.D{{Key: "user_id", Value: user}, {Key: "purpose", Value: purpose}})
-	return s.err(err)
 }
 
 func (s *mongoStore) SetEmailVerified(ctx context.Context, id, email string) error {
