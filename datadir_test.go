@@ -130,7 +130,7 @@ func TestTheDevelopmentDataDirMustBeTheServiceUsersAlone(t *testing.T) {
 			dataDir := newDataDir(t)
 			tt.setup(t, dataDir)
 			env := map[string]string{"DATA_DIR": dataDir, "HOST": "127.0.0.1", "PORT": "0",
-				"MONGODB_DATABASE": newTestDB(t).Name()}
+				"METRICS_ADDR": "127.0.0.1:0", "MONGODB_DATABASE": newTestDB(t).Name()}
 			for i := 0; i+1 < len(tt.env); i += 2 {
 				env[tt.env[i]] = tt.env[i+1]
 			}

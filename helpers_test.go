@@ -183,14 +183,16 @@ func (s *syncBuffer) String() string {
 // testEnv is one service under test: the real handler, behind the http.Server that run builds, on a
 // real listener, over its own database.
 type testEnv struct {
-	cfg    config
-	admin  *httptest.Server // the admin API, with testAdminToken
-	clock  *clock
-	store  *mongoStore
-	deps   *deps
-	srv    *httptest.Server
-	logs   *syncBuffer
-	secret []byte
+	cfg   config
+	admin *httptest.Server // the admin API, with testAdminToken
+	// metricsSrv is the listener METRICS_ADDR gives; nil when metrics are off or on the API's port.
+	metricsSrv *httptest.Server
+	clock      *clock
+	store      *mongoStore
+	deps       *deps
+	srv        *httptest.Server
+	logs       *syncBuffer
+	secret     []byte
 }
 
 const (
@@ -290,6 +292,12 @@ func serveTestEnv(tb testing.TB, cfg config, store *mongoStore, m *metrics) *tes
 	e.admin.Config = newHTTPServer(cfg, newAdminHandler(e.deps, testAdminToken), log)
 	e.admin.Start()
 	tb.Cleanup(e.admin.Close)
+	if cfg.metrics && cfg.metricsAddr != metricsOnAPIPort {
+		e.metricsSrv = httptest.NewUnstartedServer(nil)
+		e.metricsSrv.Config = newHTTPServer(cfg, newMetricsHandler(e.deps), log)
+		e.metricsSrv.Start()
+		tb.Cleanup(e.metricsSrv.Close)
+	}
 	tb.Cleanup(func() {
 		// A failed test shows what the service logged at WARN and above: the cause of a 503.
 		if !tb.Failed() {

@@ -761,7 +761,7 @@ func TestKeysAreLoadedAtStartAndPolled(t *testing.T) {
 		newKeyEnvOn(t, db, withAlg(algEdDSA))
 		env := map[string]string{"MONGODB_URI": testMongoURI, "MONGODB_DATABASE": db.Name(), "JWT_ALG": "EdDSA",
 			"JWT_SECRET": "another-secret-that-is-at-least-32-bytes-long", "HOST": "127.0.0.1", "PORT": "0",
-			"DATA_DIR": t.TempDir()}
+			"METRICS_ADDR": "127.0.0.1:0", "DATA_DIR": t.TempDir()}
 		err := run(t.Context(), nil, func(k string) string { return env[k] }, io.Discard, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), "loading the signing keys") || !strings.Contains(err.Error(), "cannot be unsealed") {
 			t.Fatalf("run: %v", err)

@@ -86,7 +86,7 @@ type config struct {
 	hashWait         time.Duration
 	memoryLimit      int64 // bytes; 0 leaves the Go runtime's default (or GOMEMLIMIT)
 	metrics          bool
-	metricsAddr      string // serve /metrics here instead of on the API's port
+	metricsAddr      string // the metrics listener's address, or metricsOnAPIPort
 	appName          string // shown in authenticator apps and mails
 	adminToken       string // the admin API is served only when set
 	adminAddr        string
@@ -103,6 +103,11 @@ type config struct {
 	// MONGODB_URI sets timeoutMS.
 	dbWait time.Duration
 }
+
+// metricsOnAPIPort is the METRICS_ADDR that serves /metrics on the API's own port. Not the
+// default: the counters tell anyone who can read them which addresses have accounts (a reset
+// request mails only a known address).
+const metricsOnAPIPort = "public"
 
 func loadConfig(getenv func(string) string) (config, error) {
 	s := &settings{getenv: getenv}
@@ -137,7 +142,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		hashQueue:      s.num("HASH_QUEUE", 512),
 		hashWait:       s.dur("HASH_WAIT", "3s", false),
 		memoryLimit:    int64(s.num("MEMORY_LIMIT_MIB", 160)) << 20,
-		metricsAddr:    s.str("METRICS_ADDR", ""),
+		metricsAddr:    s.str("METRICS_ADDR", "127.0.0.1:7880"),
 		appName:        s.str("APP_NAME", "auth"),
 		adminToken:     getenv("ADMIN_TOKEN"),
 		adminAddr:      s.str("ADMIN_ADDR", "127.0.0.1:7879"),
@@ -163,6 +168,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 	var err error
 	if c.metrics, err = strconv.ParseBool(s.str("METRICS_ENABLED", "true")); err != nil {
 		s.errs = append(s.errs, fmt.Errorf("METRICS_ENABLED: want true or false, got %q", getenv("METRICS_ENABLED")))
+	}
+	if _, _, err := net.SplitHostPort(c.metricsAddr); err != nil && c.metricsAddr != metricsOnAPIPort {
+		s.errs = append(s.errs, fmt.Errorf("METRICS_ADDR: want host:port or %s, got %q", metricsOnAPIPort, c.metricsAddr))
 	}
 	if c.trustedProxies, err = parseTrustedProxies(getenv("TRUSTED_PROXIES")); err != nil {
 		s.errs = append(s.errs, err)
@@ -333,11 +341,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		srv        *http.Server
 	}
 	listeners := []listener{{"api", net.JoinHostPort(c.host, c.port), newHTTPServer(c, newHandler(d, c), log)}}
-	if c.metrics && c.metricsAddr != "" {
-		// Metrics on a port of their own, which operators can keep off the proxy's network.
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", handleMetrics(d.metrics, d.revocations, d.hasher))
-		listeners = append(listeners, listener{"metrics", c.metricsAddr, newHTTPServer(c, mux, log)})
+	switch {
+	case !c.metrics:
+		log.Info("metrics are off", "metrics_enabled", false)
+	case c.metricsAddr == metricsOnAPIPort:
+		log.Warn("metrics are served on the API's port, where anyone who reaches it can read them; keep /metrics off the public side of the proxy",
+			"metrics_addr", c.metricsAddr)
+	default:
+		// Its "listening" line below says where.
+		listeners = append(listeners, listener{"metrics", c.metricsAddr, newHTTPServer(c, newMetricsHandler(d), log)})
 	}
 	if c.adminToken != "" {
 		// The operators' API on an address of its own, loopback by default, never the API's port.

@@ -12,11 +12,16 @@ import (
 	"github.com/prometheus/common/expfmt"
 )
 
-// scrape reads GET /metrics and parses it with Prometheus's own parser, so that a format error
-// fails the test rather than a Prometheus server in production.
+// scrape reads GET /metrics where e serves it and parses it with Prometheus's own parser, so that
+// a format error fails the test rather than a Prometheus server in production.
 func scrape(tb testing.TB, e *testEnv) map[string]*dto.MetricFamily {
 	tb.Helper()
-	r := e.do(tb, "GET", "/metrics", nil)
+	var r response
+	if e.metricsSrv != nil {
+		r = send(tb, e.metricsSrv.Client(), "GET", e.metricsSrv.URL+"/metrics", nil)
+	} else {
+		r = e.do(tb, "GET", "/metrics", nil)
+	}
 	if r.status != http.StatusOK {
 		tb.Fatalf("GET /metrics: %d %s", r.status, r.raw)
 	}
@@ -170,12 +175,55 @@ func TestMetricsEnabledSetting(t *testing.T) {
 
 func TestMetricsEndpointIsOffWhenDisabled(t *testing.T) {
 	t.Parallel()
-	off, err := loadConfig(func(k string) string { return map[string]string{"METRICS_ENABLED": "false"}[k] })
-	if err != nil {
-		t.Fatal(err)
+	for _, addr := range []string{"", metricsOnAPIPort} {
+		off, err := loadConfig(func(k string) string {
+			return map[string]string{"METRICS_ENABLED": "false", "METRICS_ADDR": addr}[k]
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := newTestEnv(t, func(c *config) { *c = off })
+		e.do(t, "GET", "/metrics", nil).want(t, 404, "not_found")
+		if e.metricsSrv != nil {
+			t.Fatalf("METRICS_ADDR=%q: a metrics listener with METRICS_ENABLED=false", addr)
+		}
 	}
-	e := newTestEnv(t, func(c *config) { *c = off })
+}
+
+// The counters move with what happens to an account: a reset mailed, a login refused for an
+// unverified address. Read from the public port, they would tell which addresses have accounts.
+func TestMetricsAreNotServedOnThePublicPort(t *testing.T) {
+	t.Parallel()
+	c, err := loadConfig(func(string) string { return "" })
+	if err != nil || c.metricsAddr != "127.0.0.1:7880" {
+		t.Fatalf("METRICS_ADDR defaults to %q (%v), want 127.0.0.1:7880", c.metricsAddr, err)
+	}
+	e := newTestEnv(t)
 	e.do(t, "GET", "/metrics", nil).want(t, 404, "not_found")
+	metricValue(t, scrape(t, e), "auth_http_requests_total", "route", "unmatched", "status", "404")
+}
+
+func TestMetricsAddrPublicServesThemOnTheAPIPort(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, func(c *config) { c.metricsAddr = metricsOnAPIPort })
+	if e.metricsSrv != nil {
+		t.Fatal("a metrics listener of their own with METRICS_ADDR=public")
+	}
+	e.do(t, "GET", "/healthz", nil).want(t, 200, "")
+	metricValue(t, scrape(t, e), "auth_http_requests_total")
+}
+
+func TestMetricsAddrSetting(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct{ value, want string }{
+		{"", ""}, {"public", ""}, {"127.0.0.1:0", ""}, {"[::1]:9090", ""}, {":9090", ""},
+		{"7880", "METRICS_ADDR"}, {"Public", "METRICS_ADDR"}, {"127.0.0.1", "METRICS_ADDR"},
+	} {
+		_, err := loadConfig(func(k string) string { return map[string]string{"METRICS_ADDR": tt.value}[k] })
+		if (err == nil) != (tt.want == "") || (err != nil && !strings.Contains(err.Error(), tt.want)) {
+			t.Errorf("METRICS_ADDR=%q: got %v, want an error naming %q", tt.value, err, tt.want)
+		}
+	}
 }
 
 func TestMetricsExposition(t *testing.T) {

@@ -56,6 +56,7 @@ func TestOpenAPIDescribesEveryRouteAndNoOther(t *testing.T) {
 	var patterns patternList
 	addRoutes(&patterns, e.deps)
 	addAdminRoutes(&patterns, e.deps)
+	addMetricsRoutes(&patterns, e.deps)
 	documented := documentedOperations(t, openAPI)
 
 	// registered is path -> methods; "" stands for a pattern without a method, which ServeMux

@@ -49,9 +49,23 @@ func addRoutes(mux routeAdder, d *deps) {
 	// revokes them (handleKeyRotate, handleKeyRevoke).
 	mux.Handle("GET /.well-known/jwks.json", handleJWKS(d.keys))
 	mux.Handle("GET /.well-known/openid-configuration", handleOpenIDConfiguration(d.log, d.issuer))
-	if d.metricsEnabled {
-		mux.Handle("GET /metrics", handleMetrics(d.metrics, d.revocations, d.hasher))
+	if d.metricsOnAPIPort {
+		addMetricsRoutes(mux, d)
 	}
+}
+
+// addMetricsRoutes lists what the metrics listener serves: on METRICS_ADDR, or on the API's port
+// with METRICS_ADDR=public.
+func addMetricsRoutes(mux routeAdder, d *deps) {
+	mux.Handle("GET /metrics", handleMetrics(d.metrics, d.revocations, d.hasher))
+}
+
+// newMetricsHandler is the listener on METRICS_ADDR. Scrapes are neither logged nor counted: they
+// would drown the requests the service exists for.
+func newMetricsHandler(d *deps) http.Handler {
+	mux := http.NewServeMux()
+	addMetricsRoutes(mux, d)
+	return recoverer(d.log)(muxErrorsAsJSON(mux))
 }
 
 // newHandler is the whole HTTP service: the routes inside the middleware chain, recovery outermost.
@@ -84,7 +98,7 @@ type deps struct {
 	signupsPerClient int
 	hasher           *hasher
 	clients          clientIPs
-	metricsEnabled   bool
+	metricsOnAPIPort bool // METRICS_ADDR=public
 	metrics          *metrics
 	mail             *mailFlows
 }
@@ -134,7 +148,7 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		signupsPerClient: c.signupMax,
 		hasher:           h,
 		clients:          clients,
-		metricsEnabled:   c.metrics && c.metricsAddr == "",
+		metricsOnAPIPort: c.metrics && c.metricsAddr == metricsOnAPIPort,
 		metrics:          m,
 		mail:             mail,
 	}

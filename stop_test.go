@@ -119,11 +119,12 @@ func (f *inFlight) finish(tb testing.TB) response {
 	return r
 }
 
-// startRun runs the service in this process on dataDir, on any free loopback port; stop cancels its
-// context, the same path as SIGTERM, and returns what run returned. logs holds what it logged.
+// startRun runs the service in this process on dataDir, on any free loopback ports (the API's and
+// the metrics'); stop cancels its context, the same path as SIGTERM, and returns what run
+// returned. logs holds what it logged.
 func startRun(tb testing.TB, dataDir string, extraEnv ...string) (s service, logs *syncBuffer, stop func() error) {
 	tb.Helper()
-	env := map[string]string{"DATA_DIR": dataDir, "HOST": "127.0.0.1", "PORT": "0"}
+	env := map[string]string{"DATA_DIR": dataDir, "HOST": "127.0.0.1", "PORT": "0", "METRICS_ADDR": "127.0.0.1:0"}
 	for i := 0; i+1 < len(extraEnv); i += 2 {
 		env[extraEnv[i]] = extraEnv[i+1]
 	}
@@ -208,7 +209,7 @@ func TestSIGTERMFinishesInFlightRequestsAndExitsZero(t *testing.T) {
 	// MONGODB_URI emptied: the suite may run against a real MongoDB, the process is about the
 	// embedded default and its DATA_DIR.
 	cmd.Env = append(os.Environ(), runMainEnv+"=1", "MONGODB_URI=", "DATA_DIR="+newDataDir(t),
-		"HOST=127.0.0.1", "PORT=0")
+		"HOST=127.0.0.1", "PORT=0", "METRICS_ADDR=127.0.0.1:0")
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -241,15 +242,31 @@ func TestSIGTERMFinishesInFlightRequestsAndExitsZero(t *testing.T) {
 	}
 }
 
-func TestMetricsCanHaveAPortOfTheirOwn(t *testing.T) {
+func TestRunServesMetricsOnTheirOwnListenerOnly(t *testing.T) {
 	t.Parallel()
-	s, logs, stop := startRun(t, newDataDir(t), "METRICS_ADDR", "127.0.0.1:0")
-	s.do(t, "GET", "/metrics", nil).want(t, 404, "not_found")
-	m := service{"http://" + listenAddr(t, logs, "metrics", nil)}.do(t, "GET", "/metrics", nil)
-	if m.status != 200 || !strings.Contains(m.raw, "auth_http_requests_total") {
-		t.Fatalf("metrics port: %d %.200s", m.status, m.raw)
-	}
-	if err := stop(); err != nil {
-		t.Fatalf("run: %v", err)
-	}
+	t.Run("on METRICS_ADDR, and the API's port answers 404", func(t *testing.T) {
+		t.Parallel()
+		s, logs, stop := startRun(t, newDataDir(t)) // METRICS_ADDR=127.0.0.1:0
+		s.do(t, "GET", "/metrics", nil).want(t, 404, "not_found")
+		m := service{"http://" + listenAddr(t, logs, "metrics", nil)}.do(t, "GET", "/metrics", nil)
+		if m.status != 200 || !strings.Contains(m.raw, "auth_http_requests_total") {
+			t.Fatalf("metrics port: %d %.200s", m.status, m.raw)
+		}
+		if err := stop(); err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	})
+	t.Run("on the API's port with METRICS_ADDR=public, and no listener of their own", func(t *testing.T) {
+		t.Parallel()
+		s, logs, stop := startRun(t, newDataDir(t), "METRICS_ADDR", "public")
+		if m := s.do(t, "GET", "/metrics", nil); m.status != 200 || !strings.Contains(m.raw, "auth_http_requests_total") {
+			t.Fatalf("API port: %d %.200s", m.status, m.raw)
+		}
+		if err := stop(); err != nil {
+			t.Fatalf("run: %v", err)
+		}
+		if l := logs.String(); strings.Contains(l, `"serves":"metrics"`) || !strings.Contains(l, "metrics are served on the API's port") {
+			t.Fatalf("want no metrics listener and a warning saying where they are:\n%s", l)
+		}
+	})
 }

@@ -22,10 +22,10 @@ go build -o "$tmp/auth" .
 go build -o "$tmp/baseline" ./scripts/baseline
 go build -o "$tmp/endsessions" ./scripts/endsessions
 freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-svc=$(freeport); base=$(freeport)
+svc=$(freeport); base=$(freeport); met=$(freeport)
 
 # The service logs its access lines to a file, as a collector would take them from stdout.
-DATA_DIR="$tmp/data" PORT=$svc ACCESS_TOKEN_TTL=1h "$tmp/auth" >"$tmp/auth.log" 2>&1 &
+DATA_DIR="$tmp/data" PORT=$svc METRICS_ADDR=127.0.0.1:$met ACCESS_TOKEN_TTL=1h "$tmp/auth" >"$tmp/auth.log" 2>&1 &
 pids+=($!)
 "$tmp/baseline" "127.0.0.1:$base" &
 pids+=($!)
@@ -45,7 +45,7 @@ if [ "${ENDED_SESSIONS:-0}" -gt 0 ]; then
   sock=$(python3 -c 'import sys,urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$tmp/data/mongo.sock")
   "$tmp/endsessions" -uri "mongodb://$sock/" -n "$ENDED_SESSIONS"
   sleep 3
-  curl -fs "127.0.0.1:$svc/metrics" | awk '/^auth_revocation_cache_entries/ {print "revocation entries in memory: " $2}'
+  curl -fs "127.0.0.1:$met/metrics" | awk '/^auth_revocation_cache_entries/ {print "revocation entries in memory: " $2}'
 fi
 
 # wrk prints "Requests/sec: N" and, with --latency, "99%  1.23ms".

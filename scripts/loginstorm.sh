@@ -27,9 +27,9 @@ trap cleanup EXIT
 go build -o "$work/auth" .
 go build -o "$work/loginstorm" ./scripts/loginstorm
 
-# Any free loopback port; the service logs the one it got. The storm's clients are named in
-# X-Forwarded-For, which the service believes from loopback.
-HOST=127.0.0.1 PORT=0 DATA_DIR=$work/data TRUSTED_PROXIES=127.0.0.1 "$work/auth" >"$work/log" 2>&1 &
+# Any free loopback ports, the metrics' too; the service logs the ones it got. The storm's clients
+# are named in X-Forwarded-For, which the service believes from loopback.
+HOST=127.0.0.1 PORT=0 METRICS_ADDR=127.0.0.1:0 DATA_DIR=$work/data TRUSTED_PROXIES=127.0.0.1 "$work/auth" >"$work/log" 2>&1 &
 pid=$!
 base=
 for _ in $(seq 1 600); do

@@ -29,11 +29,12 @@ type process struct {
 	done chan struct{} // closed when it has exited
 	err  error         // how it exited, once done
 
-	first  chan string // the first line of stdout
-	listen chan string // the API's address, from the service's "listening" line
-	panics atomic.Int64
-	mu     sync.Mutex
-	logged map[string]int // WARN and ERROR lines by level and message
+	first         chan string // the first line of stdout
+	listen        chan string // the API's address, from the service's "listening" line
+	metricsListen chan string // the metrics listener's address, from its "listening" line
+	panics        atomic.Int64
+	mu            sync.Mutex
+	logged        map[string]int // WARN and ERROR lines by level and message
 }
 
 // startProcess starts bin with env, logging to logPath. The child is killed if the soak dies
@@ -44,7 +45,7 @@ func startProcess(name, bin string, args, env []string, logPath string) (*proces
 		return nil, err
 	}
 	p := &process{name: name, log: f, done: make(chan struct{}),
-		first: make(chan string, 1), listen: make(chan string, 1), logged: map[string]int{}}
+		first: make(chan string, 1), listen: make(chan string, 1), metricsListen: make(chan string, 1), logged: map[string]int{}}
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Env = env
 	p.cmd.Stdout = &lineWriter{line: p.sawLine}
@@ -63,7 +64,7 @@ func startProcess(name, bin string, args, env []string, logPath string) (*proces
 }
 
 // sawLine writes one line of output to the log and notes what the soak looks for in it: the
-// address the service listens on, and its warnings and errors by message.
+// addresses the service listens on, and its warnings and errors by message.
 func (p *process) sawLine(line []byte) {
 	p.log.Write(line)
 	select {
@@ -82,9 +83,10 @@ func (p *process) sawLine(line []byte) {
 		if json.Unmarshal(line, &rec) != nil {
 			return
 		}
-		if rec.Msg == "listening" && rec.Serves == "api" {
+		if rec.Msg == "listening" {
+			to := map[string]chan string{"api": p.listen, "metrics": p.metricsListen}[rec.Serves]
 			select {
-			case p.listen <- rec.Addr:
+			case to <- rec.Addr: // a nil channel (another listener) is never ready
 			default:
 			}
 		}
@@ -168,7 +170,8 @@ func startDatabase(bin, dir, logPath string) (*process, string, error) {
 // instance is one running process of the service and where it answers.
 type instance struct {
 	*process
-	base string // http://127.0.0.1:port
+	base        string // http://127.0.0.1:port
+	metricsBase string // where its /metrics is: http://127.0.0.1:port
 }
 
 // startInstance starts the service and waits until it answers /readyz with 200.
@@ -177,15 +180,20 @@ func startInstance(name, bin string, env []string, logPath string) (*instance, e
 	if err != nil {
 		return nil, err
 	}
-	var in *instance
-	select {
-	case addr := <-p.listen:
-		in = &instance{p, "http://" + addr}
-	case <-p.done:
-		return nil, fmt.Errorf("instance %s exited at start: %v (see %s)", name, p.err, logPath)
-	case <-time.After(60 * time.Second):
-		p.kill()
-		return nil, fmt.Errorf("instance %s did not listen within 60s (see %s)", name, logPath)
+	in := &instance{process: p}
+	for _, l := range []struct {
+		addr *string
+		seen chan string
+	}{{&in.base, p.listen}, {&in.metricsBase, p.metricsListen}} {
+		select {
+		case addr := <-l.seen:
+			*l.addr = "http://" + addr
+		case <-p.done:
+			return nil, fmt.Errorf("instance %s exited at start: %v (see %s)", name, p.err, logPath)
+		case <-time.After(60 * time.Second):
+			p.kill()
+			return nil, fmt.Errorf("instance %s did not listen within 60s (see %s)", name, logPath)
+		}
 	}
 	// A client of its own, whose connection is closed after: the soak counts the instance's
 	// goroutines at rest.
@@ -225,8 +233,8 @@ func instanceEnv(environ []string, mongoURI, secret, dataDir string) []string {
 		"JWT_SECRET=" + secret,
 		"TRUSTED_PROXIES=127.0.0.1", // each virtual user is a client of its own, by X-Forwarded-For
 		"METRICS_ENABLED=true",
-		"METRICS_ADDR=", // on the API's port, where the soak reads it
-		"ADMIN_TOKEN=",  // no admin listener: two instances would want the same port
+		"METRICS_ADDR=127.0.0.1:0", // any free port, as the API's: two instances share the machine
+		"ADMIN_TOKEN=",             // no admin listener: two instances would want the same port
 		"DATA_DIR=" + dataDir,
 		"LOG_FORMAT=json",
 	}
@@ -278,7 +286,7 @@ type gauges struct {
 }
 
 func scrape(client *http.Client, in *instance) (gauges, error) {
-	res, err := client.Get(in.base + "/metrics")
+	res, err := client.Get(in.metricsBase + "/metrics")
 	if err != nil {
 		return gauges{}, err
 	}
