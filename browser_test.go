@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -410,6 +411,93 @@ func TestClientInABrowserBehindNginx(t *testing.T) {
 	})
 }
 
+func TestBrowserModuleSendsTheTokenOnlyToAllowedOrigins(t *testing.T) {
+	t.Parallel()
+	// api stands for the app's API on other origins than the page's. It lets the page read its
+	// answers and notes the Authorization header of each call, by path. A call without a token
+	// gets the challenge that makes the module refresh and send again, so that a retry would show.
+	var mu sync.Mutex
+	got := map[string][]string{}
+	var app *httptest.Server
+	api := httptestServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Access-Control-Allow-Origin", app.URL)
+		h.Set("Access-Control-Allow-Headers", "Authorization")
+		h.Set("Access-Control-Expose-Headers", "WWW-Authenticate")
+		if r.Method == http.MethodOptions {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		mu.Lock()
+		got[r.URL.Path] = append(got[r.URL.Path], r.Header.Get("Authorization"))
+		mu.Unlock()
+		if r.Header.Get("Authorization") == "" {
+			h.Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+			w.WriteHeader(http.StatusUnauthorized)
+		}
+	}))
+	// Every name under .test, on any port, reaches api: a look-alike of a listed origin, a port
+	// or a scheme other than the listed one's, is then a server that would see a token sent to it.
+	browser := startChromium(t, chromedp.Flag("host-resolver-rules", "MAP *.test "+hostPort(t, api.URL)))
+	app = httptestServer(t, http.FileServer(http.Dir("testdata/browser")))
+	e := newTestEnv(t, func(c *config) { c.corsOrigins = []string{app.URL} })
+	w := newWindow(t, browser)
+	w.expect(404)
+	q := url.Values{"service": {e.srv.URL}, "api": {"http://api.test", "https://secure.test"}}
+	a := w.open(t, app.URL+"/?"+q.Encode())
+	a.signIn(t, e.newUser(t))
+	bearer := "Bearer " + a.stored(t).AccessToken
+
+	a.call(t, e.srv.URL+"/auth/page").want(t, 200, "the service's own origin")
+	for _, tt := range []struct {
+		name, input string // input is what auth.fetch is given, in JavaScript
+		path        string // where it arrives
+		token       bool
+		refused     bool // by fetch itself: nothing arrives
+	}{
+		{"a listed origin", `"http://api.test/listed"`, "/listed", true, false},
+		{"a listed origin, spelled otherwise", `"HTTP://API.Test:80/spelled"`, "/spelled", true, false},
+		{"a Request to a listed origin", `new Request("http://api.test/request")`, "/request", true, false},
+		{"an unlisted origin", `"http://other.test/unlisted"`, "/unlisted", false, false},
+		{"a name that begins with a listed one", `"http://api.test.evil.test/prefix"`, "/prefix", false, false},
+		{"a listed name on another port", `"http://api.test:8080/port"`, "/port", false, false},
+		{"a listed name with http, listed with https", `"http://secure.test/scheme"`, "/scheme", false, false},
+		{"a Request to an unlisted origin", `new Request("http://other.test/request-other")`, "/request-other", false, false},
+		// fetch refuses a URL with credentials; the module must not be the one to send it.
+		{"a listed origin as the userinfo of another", `"http://api.test@evil.test/userinfo"`, "/userinfo", false, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := evaluate[callResult](t, a, fmt.Sprintf(`call(%s).catch((e) => ({status: 0, body: String(e)}))`, tt.input))
+			mu.Lock()
+			seen := got[tt.path]
+			mu.Unlock()
+			switch {
+			case tt.refused:
+				if r.Status != 0 || len(seen) != 0 {
+					t.Fatalf("got %d %s, want fetch to refuse the URL", r.Status, r.Body)
+				}
+			case tt.token:
+				if r.Status != 200 || !slices.Equal(seen, []string{bearer}) {
+					t.Fatalf("got %d; the API saw Authorization %q; want 200 and the token, once", r.Status, seen)
+				}
+			default:
+				// Sent once, without a token, and answered as the API answered: not refreshed, not sent again.
+				if r.Status != 401 || !slices.Equal(seen, []string{""}) {
+					t.Fatalf("got %d; the API saw Authorization %q; want one call without a token, and its 401", r.Status, seen)
+				}
+			}
+		})
+	}
+
+	// The page's own origin is not the service's here, and not listed.
+	a.call(t, app.URL+"/missing").want(t, 404, "the page's own origin")
+	if sent := w.find("GET", "/missing"); len(sent) != 1 || sent[0].auth != "" {
+		t.Fatalf("a call to the page's own origin went as %+v, want one request without Authorization", sent)
+	}
+	w.wantCount(t, "POST", "/auth/refresh", 0)
+	t.Logf("requests: %s", w.summary())
+}
+
 // callResult is what the test page's call() reports of an auth.fetch.
 type callResult struct {
 	Status    int    `json:"status"`
@@ -458,10 +546,10 @@ func chromium(tb testing.TB) string {
 	return ""
 }
 
-// startChromium starts one headless Chromium for the test, with a fresh profile, and stops it when
-// the test ends. Background networking is off: the browser makes no request the test did not ask
-// for, and on a closed network it does not wait on any.
-func startChromium(tb testing.TB) context.Context {
+// startChromium starts one headless Chromium for the test, with a fresh profile and any extra
+// options, and stops it when the test ends. Background networking is off: the browser makes no
+// request the test did not ask for, and on a closed network it does not wait on any.
+func startChromium(tb testing.TB, extra ...chromedp.ExecAllocatorOption) context.Context {
 	tb.Helper()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromium(tb)),
@@ -471,6 +559,7 @@ func startChromium(tb testing.TB) context.Context {
 		chromedp.Flag("disable-quic", true),
 		chromedp.Flag("disable-component-update", true),
 	)
+	opts = append(opts, extra...)
 	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	browser, cancel := chromedp.NewContext(alloc)
 	tb.Cleanup(func() { cancel(); cancelAlloc() })

@@ -6,6 +6,10 @@
 //   await auth.signIn(email, password);
 //   const res = await auth.fetch("/api/orders");
 //
+// auth.fetch sends the access token only to the service's origin (baseURL's, else the page's) and
+// to the origins in apiOrigins, e.g. createAuth({apiOrigins: ["https://api.example.com"]}); a
+// request to any other origin goes out as a plain fetch.
+//
 // Tabs that keep the tokens in localStorage share one session. A refresh token may be used once:
 // the service takes a retired one, presented after REFRESH_REUSE_INTERVAL, for a stolen copy and
 // ends the session. So the tabs of an origin refresh one at a time, under a Web Lock, and a tab
@@ -28,6 +32,7 @@ export function createAuth({
   refreshAhead = 0, // seconds before the access token expires to refresh it; 0: only on a 401
   retryFor = 10, // seconds to retry a refresh or sign-out that the service could not answer
   timeout = 10, // seconds after which a request to the service counts as unanswered
+  apiOrigins = [], // other origins that auth.fetch sends the access token to
 } = {}) {
   const store = storage === "memory" ? memory() : storage;
   // Only localStorage is seen by other tabs; only then do tabs need locks and each other's news.
@@ -38,6 +43,19 @@ export function createAuth({
   let retiring = Promise.resolve(); // the mark on the refresh token it last saw replaced
   let refreshing = null; // this tab's refresh, which all its waiting calls share
   const ahead = { token: undefined, timer: 0 };
+  // Origins are compared as the browser parses URLs, so a look-alike name, userinfo, another port
+  // or scheme is another origin; an entry of apiOrigins that is no absolute URL throws here.
+  const origins = new Set([origin(baseURL || "/"), ...apiOrigins.map((o) => new URL(o).origin)]);
+  origins.delete("null"); // no page to resolve against, or an opaque origin: nothing matches
+  // origin is that of a Request, a URL or a string, a relative one resolved as fetch does.
+  function origin(input) {
+    try {
+      const base = globalThis.document?.baseURI ?? globalThis.location?.href;
+      return new URL(input.url ?? input, base).origin;
+    } catch {
+      return "null";
+    }
+  }
 
   // entry is what storage holds: {access_token, refresh_token, expires_at} when signed in,
   // {ended: reason} after a session ended, {} before any.
@@ -185,8 +203,9 @@ export function createAuth({
 
   // authFetch is fetch with the access token, and without an Authorization header when signed
   // out. A 401 about a token refreshes it and sends the request again with the new one; the
-  // README says what it resolves to.
+  // README says what it resolves to. Another origin than those allowed gets a plain fetch.
   async function authFetch(url, init = {}) {
+    if (!origins.has(origin(url))) return fetch(url, init);
     let sent = current();
     // A tab that finds its tokens replaced by another may find those expired too: three tries.
     for (let tries = 1; ; tries++) {
