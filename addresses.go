@@ -1,6 +1,9 @@
 package main
 
 import (
+	"context"
+	"errors"
+	"log/slog"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -173,4 +176,34 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// normalizeStoredEmails rewrites the addresses that were stored before normalizeEmail made
+// domains A-labels (and local parts NFC), so that a login, which looks up the normalised form,
+// finds their accounts. It runs at every start, since instances of an older version may still
+// write such addresses during an upgrade; only addresses beyond ASCII are read. An address whose
+// new form another account has already is left as it is, and logged: the operator decides.
+func normalizeStoredEmails(ctx context.Context, store Store, log *slog.Logger) error {
+	users, err := store.UsersWithUnicodeEmail(ctx)
+	if err != nil {
+		return err
+	}
+	for _, u := range users {
+		to := normalizeEmail(u.Email)
+		if to == u.Email {
+			continue
+		}
+		switch err := store.RewriteEmail(ctx, u.ID, u.Email, to); {
+		case errors.Is(err, ErrDuplicate):
+			log.Warn("an account's address was left in its old form: another account has its normalised form",
+				"user_id", u.ID, "email", u.Email, "normalised", to)
+		case errors.Is(err, ErrNotFound):
+			// Deleted or given another address meanwhile.
+		case err != nil:
+			return err
+		default:
+			log.Info("an account's address is now stored in its normalised form", "user_id", u.ID, "normalised", to)
+		}
+	}
+	return nil
 }

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestTheAddressRule(t *testing.T) {
@@ -109,6 +111,61 @@ func TestSignupStoresTheDomainInALabels(t *testing.T) {
 	if found.str("id") != r.str("id") {
 		t.Fatalf("the admin API found %s for the Unicode form", found.raw)
 	}
+}
+
+// Before the rule, addresses were stored as typed, lower-cased: a Unicode domain as Unicode. The
+// start rewrites them, but for one whose new form another account has.
+func TestAnAccountWithAUnicodeDomainFromBeforeKeepsWorking(t *testing.T) {
+	t.Parallel()
+	db := newTestDB(t)
+	ctx := context.Background()
+	old, err := newMongoStore(ctx, db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash := hashPassword("correct horse battery")
+	for _, u := range []User{
+		{ID: "old", Email: "jürgen@exämple.de", EmailVerified: true},
+		{ID: "nfd", Email: "ju\u0308rgen@example.de"},
+		{ID: "clash-unicode", Email: "ada@bücher.de"},
+		{ID: "clash-alabel", Email: "ada@xn--bcher-kva.de"},
+	} {
+		u.PasswordHash, u.CreatedAt = hash, time.Now()
+		if err := old.CreateUser(ctx, &u); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	e := newTestEnvOn(t, db)
+	for _, email := range []string{"jürgen@exämple.de", "jürgen@xn--exmple-cua.de", "JÜRGEN@EXÄMPLE.DE"} {
+		access, _ := e.login(t, email, "correct horse battery")
+		e.page(t, access).want(t, 200, "")
+	}
+	u, err := e.store.UserByID(ctx, "old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Email != "jürgen@xn--exmple-cua.de" || !u.EmailVerified {
+		t.Fatalf("stored %q, verified %v; want the A-label form, still verified", u.Email, u.EmailVerified)
+	}
+	if u, err := e.store.UserByEmail(ctx, "jürgen@example.de"); err != nil || u.ID != "nfd" {
+		t.Fatalf("the decomposed address is not stored composed: %v %v", u, err)
+	}
+	e.login(t, "ju\u0308rgen@example.de", "correct horse battery")
+
+	// The clash is left for the operator, and logged.
+	if u, err := e.store.UserByID(ctx, "clash-unicode"); err != nil || u.Email != "ada@bücher.de" {
+		t.Fatalf("the clashing account: %v %v", u, err)
+	}
+	if !strings.Contains(e.logs.String(), "clash-unicode") {
+		t.Fatalf("the clash is not logged:\n%s", e.logs.String())
+	}
+	access, _ := e.login(t, "ada@bücher.de", "correct horse battery")
+	if r := e.page(t, access).want(t, 200, ""); r.header.Get("X-User-Id") != "clash-alabel" {
+		t.Fatalf("logged in as %q, want the account with the normalised address", r.header.Get("X-User-Id"))
+	}
+	// A second start has nothing left to do but the clash.
+	newTestEnvOn(t, db)
 }
 
 func TestEmailChangeRefusesAnAddressThatIsNotAMailbox(t *testing.T) {

@@ -321,7 +321,13 @@ func (p *passwordCheck) checkUser(ctx context.Context, client netip.Addr, user, 
 	} else if err != nil {
 		return nil, err
 	}
-	return p.check(ctx, client, u.Email, password, nil)
+	got, err := p.check(ctx, client, u.Email, password, nil)
+	if err == nil && got.ID != user {
+		// An address left in its old form (see normalizeStoredEmails) normalises to another
+		// account's address: that account's password is not this one's.
+		return nil, errInvalidCredentials
+	}
+	return got, err
 }
 
 // checkInSlot is check in its hashing slot; took is how long the password check itself took.
