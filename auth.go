@@ -9,8 +9,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"golang.org/x/crypto/bcrypt"
 )
@@ -18,34 +16,6 @@ import (
 type credentials struct {
 	Email    string `json:"email"`
 	Password string `json:"password"`
-}
-
-// normalizeEmail is the form in which emails are stored and compared: trimmed and lower-cased.
-func normalizeEmail(s string) string { return strings.ToLower(strings.TrimSpace(s)) }
-
-// validEmail checks the shape of a normalised address; mail servers decide the rest. Characters
-// that do not show (zero-width spaces, bidirectional controls, other format and control
-// characters, spaces of any kind) are refused: an address must look like what it is wherever it is
-// shown, a proxy's X-User-Email header included.
-func validEmail(s string) bool {
-	at := strings.LastIndexByte(s, '@')
-	if len(s) > 254 || at < 1 || at > 64 || at == len(s)-1 || strings.Count(s, "@") != 1 {
-		return false
-	}
-	domain := s[at+1:]
-	if !strings.Contains(domain, ".") || strings.HasPrefix(domain, ".") || strings.HasSuffix(domain, ".") ||
-		strings.Contains(domain, "..") {
-		return false
-	}
-	for _, c := range s {
-		// Not graphic: controls, format characters (Cf), private use, unassigned. U+FFFD is what
-		// JSON decoding makes of bytes that are not UTF-8.
-		if !unicode.IsGraphic(c) || unicode.IsSpace(c) || c == utf8.RuneError ||
-			c == '<' || c == '>' || c == '(' || c == ')' || c == ',' || c == ';' || c == '\\' || c == '"' {
-			return false
-		}
-	}
-	return true
 }
 
 // validPassword is the rule for every new password.
@@ -315,7 +285,13 @@ func (p *passwordCheck) checkUser(ctx context.Context, client netip.Addr, user, 
 	} else if err != nil {
 		return nil, err
 	}
-	return p.check(ctx, client, u.Email, password, nil)
+	got, err := p.check(ctx, client, u.Email, password, nil)
+	if err == nil && got.ID != user {
+		// An address left in its old form (see normalizeStoredEmails) normalises to another
+		// account's address: that account's password is not this one's.
+		return nil, errInvalidCredentials
+	}
+	return got, err
 }
 
 // checkInSlot is check in its hashing slot; took is how long the password check itself took.

@@ -250,6 +250,9 @@ func newTestEnvOn(tb testing.TB, db *mongo.Database, opts ...func(*config)) *tes
 		tb.Fatal(err)
 	}
 	e := serveTestEnv(tb, cfg, store, m)
+	if err := normalizeStoredEmails(ctx, store, e.deps.log); err != nil {
+		tb.Fatal(err)
+	}
 	if err := e.deps.revocations.sync(ctx); err != nil {
 		tb.Fatal(err)
 	}

@@ -313,6 +313,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return fmt.Errorf("mongodb at start: %w", err)
 	}
+	if err := normalizeStoredEmails(startCtx, store, log); err != nil {
+		// Not fatal: only accounts with an address from before the rule miss their login, until
+		// a start that succeeds at this.
+		log.Warn("normalising the stored addresses failed", "err", err)
+	}
 	d := newDeps(c, store, m, secret, time.Now, log)
 	if err := d.revocations.sync(startCtx); err != nil {
 		return fmt.Errorf("loading the blacklist: %w", err)

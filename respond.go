@@ -40,7 +40,7 @@ func (e *apiError) after(d time.Duration) *apiError {
 
 var (
 	errInvalidRequest     = &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "the request body must be a JSON object with the documented fields"}
-	errInvalidEmail       = &apiError{status: http.StatusBadRequest, code: "invalid_email", message: "email must be a valid address such as name@example.com"}
+	errInvalidEmail       = &apiError{status: http.StatusBadRequest, code: "invalid_email", message: "email must be a mailbox address such as name@example.com: no quotes, spaces, address literals or IP addresses, and the name and each part of the domain in one script (not Latin mixed with Cyrillic, for example)"}
 	errWeakPassword       = &apiError{status: http.StatusBadRequest, code: "weak_password", message: "password must be between 8 and 1024 bytes long"}
 	errEmailTaken         = &apiError{status: http.StatusConflict, code: "email_taken", message: "an account with this email already exists"}
 	errInvalidCredentials = &apiError{status: http.StatusUnauthorized, code: "invalid_credentials", message: "email or password is incorrect"}

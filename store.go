@@ -156,6 +156,13 @@ type Store interface {
 	// login's rehash must not undo a password change that came while it checked the password);
 	// ErrNotFound when the account is gone or its hash is another now.
 	UpgradePasswordHash(ctx context.Context, id, old, fresh string) error
+	// UsersWithUnicodeEmail lists the id and email of every account whose email has a character
+	// beyond ASCII.
+	UsersWithUnicodeEmail(ctx context.Context) ([]User, error)
+	// RewriteEmail replaces the email of user id with to while it is still from, and keeps
+	// whether it is verified; ErrDuplicate when another account has to, ErrNotFound when the
+	// account is gone or has another address now.
+	RewriteEmail(ctx context.Context, id, from, to string) error
 
 	// CreateSession records a new session.
 	CreateSession(ctx context.Context, s *Session) error
@@ -1057,12 +1064,35 @@ func (s *mongoStore) SetEmailVerified(ctx context.Context, id, email string) err
 }
 
 func (s *mongoStore) SetEmail(ctx context.Context, id, email string) error {
+	return s.updateEmail(ctx, bson.D{{Key: "_id", Value: id}}, id, email,
+		bson.D{{Key: "email", Value: email}, {Key: "email_verified", Value: true}})
+}
+
+func (s *mongoStore) UsersWithUnicodeEmail(ctx context.Context) ([]User, error) {
+	cur, err := s.users.Find(ctx, bson.D{{Key: "email", Value: bson.D{{Key: "$regex", Value: `[^\x00-\x7f]`}}}},
+		options.Find().SetProjection(bson.D{{Key: "email", Value: 1}}))
+	if err != nil {
+		return nil, s.err(err)
+	}
+	var users []User
+	if err := cur.All(ctx, &users); err != nil {
+		return nil, s.err(err)
+	}
+	return users, nil
+}
+
+func (s *mongoStore) RewriteEmail(ctx context.Context, id, from, to string) error {
+	return s.updateEmail(ctx, bson.D{{Key: "_id", Value: id}, {Key: "email", Value: from}}, id, to,
+		bson.D{{Key: "email", Value: to}})
+}
+
+// updateEmail sets fields, email among them, on the account id that filter matches.
+func (s *mongoStore) updateEmail(ctx context.Context, filter bson.D, id, email string, fields bson.D) error {
 	// The unique index on email decides between two accounts that want one address, on MongoDB
 	// and FerretDB alike. FerretDB 1.24, though, reports an update that breaks it as an
 	// InternalError (code 1, "UNIQUE constraint failed"), not as E11000 as it does an insert: so a
 	// failed update is a duplicate when another account has the address now.
-	res, err := s.users.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}},
-		bson.D{{Key: "$set", Value: bson.D{{Key: "email", Value: email}, {Key: "email_verified", Value: true}}}})
+	res, err := s.users.UpdateOne(ctx, filter, bson.D{{Key: "$set", Value: fields}})
 	var se mongo.ServerError
 	if err != nil && errors.As(err, &se) && !mongo.IsDuplicateKeyError(err) {
 		if other, ferr := s.UserByEmail(ctx, email); ferr == nil && other.ID != id {
