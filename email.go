@@ -371,22 +371,6 @@ func (f *mailFlows) take(ctx context.Context, raw string, purposes ...string) (*
 	return t, nil
 }
 
-// identity returns, once its result is asked for, the current address of c's user and whether it
-// is verified, read while the caller does other work: a refresh signs them into the new tokens,
-// so that a verification or an address change shows from the next refresh on. Should the read
-// fail, the tokens keep what c says.
-func (k *sessionKeeper) identity(ctx context.Context, c *claims) func() (string, bool) {
-	done := make(chan struct{})
-	email, verified := c.Email, c.EmailVerified
-	go func() {
-		defer close(done)
-		if u, err := k.store.UserByID(ctx, c.Subject); err == nil {
-			email, verified = u.Email, u.EmailVerified
-		}
-	}()
-	return func() (string, bool) { <-done; return email, verified }
-}
-
 // accepted is the answer of the endpoints that queue a mail, whatever happened to it.
 type accepted struct {
 	Message string `json:"message"`

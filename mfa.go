@@ -424,7 +424,7 @@ func (m *mfa) stepUp(w http.ResponseWriter, r *http.Request, code, recovery stri
 		return &apiError{status: http.StatusBadRequest, code: "invalid_request",
 			message: "send mfa_token with the code, or an access token to step up its session"}
 	}
-	c, err := m.tokens.parse(raw, useAccess)
+	c, err := accept(m.tokens, m.sessions.revs, raw, useAccess)
 	if err != nil {
 		return err
 	}

@@ -337,22 +337,9 @@ func guardedMethod(r *http.Request) string {
 func requireAccess(log *slog.Logger, t *tokens, revs *revocations) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			raw := accessToken(r)
-			if raw == "" {
-				writeError(w, r, log, errTokenMissing)
-				return
-			}
-			c, err := t.parse(raw, useAccess)
+			c, err := accept(t, revs, accessToken(r), useAccess)
 			if err != nil {
 				writeError(w, r, log, err)
-				return
-			}
-			if !revs.vouches() {
-				writeError(w, r, log, errCannotVouch)
-				return
-			}
-			if revs.revoked(c) {
-				writeError(w, r, log, errTokenRevoked)
 				return
 			}
 			// A proxy asks for a stronger login on the routes it chooses (RFC 9470's step-up).

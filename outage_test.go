@@ -335,7 +335,7 @@ func TestARefreshWhoseReplyWasLostIsSafeToRetry(t *testing.T) {
 			// Past the interval of the 503 the same token is reuse again, and ends the session.
 			e.clock.Advance(tt.reuse - tt.wait)
 			e.refresh(t, refresh).want(t, 401, "token_reused")
-			e.page(t, retry.str("access_token")).want(t, 401, "token_revoked")
+			e.page(t, retry.str("access_token")).want(t, 401, "token_reused")
 		})
 	}
 }

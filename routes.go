@@ -18,7 +18,7 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("POST /auth/signup", handleSignup(d.log, d.clients, d.store, d.hasher, d.signups, d.signupsPerClient, d.now, d.mail))
 	mux.Handle("POST /auth/login", handleLogin(d.log, d.clients, d.passwords, d.sessions, d.mfa, d.metrics,
 		d.mail.cfg.verification == verificationRequired))
-	mux.Handle("POST /auth/refresh", handleRefresh(d.log, d.tokens, d.sessions, d.metrics))
+	mux.Handle("POST /auth/refresh", handleRefresh(d.log, d.tokens, d.revocations, d.sessions, d.metrics))
 	mux.Handle("POST /auth/logout", handleLogout(d.log, d.tokens, d.revocations, d.sessions, d.metrics))
 	signedIn := requireAccess(d.log, d.tokens, d.revocations)
 	mux.Handle("GET /auth/sessions", signedIn(handleSessions(d.log, d.sessions)))

@@ -115,8 +115,8 @@ func TestRefreshRotation(t *testing.T) {
 		if r.header.Get("WWW-Authenticate") == "" {
 			t.Fatal("401 without WWW-Authenticate")
 		}
-		e.page(t, access).want(t, 401, "token_revoked")
-		e.page(t, rotated.str("access_token")).want(t, 401, "token_revoked")
+		e.page(t, access).want(t, 401, "token_reused")
+		e.page(t, rotated.str("access_token")).want(t, 401, "token_reused")
 		// Refresh says why the session ended, to the user's client as to the thief's.
 		e.refresh(t, rotated.str("refresh_token")).want(t, 401, "token_reused")
 		e.page(t, otherAccess).want(t, 200, "")
@@ -171,8 +171,8 @@ func TestRefreshRotation(t *testing.T) {
 		userNext := e.refresh(t, user.str("refresh_token")).want(t, 200, "")
 		e.clock.Advance(e.reuseWindow())
 		e.refresh(t, thief.str("refresh_token")).want(t, 401, "token_reused")
-		e.page(t, userNext.str("access_token")).want(t, 401, "token_revoked")
-		e.page(t, thief.str("access_token")).want(t, 401, "token_revoked")
+		e.page(t, userNext.str("access_token")).want(t, 401, "token_reused")
+		e.page(t, thief.str("access_token")).want(t, 401, "token_reused")
 		e.refresh(t, userNext.str("refresh_token")).want(t, 401, "token_reused")
 	})
 
@@ -204,11 +204,11 @@ func TestRefreshRotation(t *testing.T) {
 		a.refresh(t, refresh).want(t, 200, "")
 		b.clock.Advance(b.reuseWindow())
 		b.refresh(t, refresh).want(t, 401, "token_reused")
-		b.page(t, access).want(t, 401, "token_revoked")
+		b.page(t, access).want(t, 401, "token_reused")
 		if err := a.deps.revocations.sync(t.Context()); err != nil {
 			t.Fatal(err)
 		}
-		a.page(t, access).want(t, 401, "token_revoked")
+		a.page(t, access).want(t, 401, "token_reused")
 	})
 }
 

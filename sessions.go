@@ -86,11 +86,11 @@ func (k *sessionKeeper) open(ctx context.Context, u *User, ip netip.Addr, userAg
 // write is open's work: the record of s, then the account read again.
 func (k *sessionKeeper) write(ctx context.Context, u *User, s *Session, lvl level) (tokenPair, error) {
 	first := k.tokens.successor(s.ExpiresAt, lvl)
-	pair, until, err := k.tokens.pair(u.ID, u.Email, u.EmailVerified, s.ID, first, s.ExpiresAt)
+	s.TokensExpireAt, s.Head = k.tokens.bound(first, s.ExpiresAt), first.ID
+	pair, err := k.tokens.pair(u.ID, u.Email, u.EmailVerified, s.ID, first, s.ExpiresAt, s.ExpiresAt)
 	if err != nil {
 		return tokenPair{}, err
 	}
-	s.TokensExpireAt, s.Head = until, first.ID
 	if err := k.store.CreateSession(ctx, s); err != nil {
 		return tokenPair{}, err
 	}
@@ -199,59 +199,46 @@ func (k *sessionKeeper) alive(ctx context.Context, c *claims) error {
 // database records a claim but its reply is lost, the client gets 503 up to answerBy later, and
 // its retry within the interval of that 503 must get the successor, not be taken for reuse. When
 // the database then stays out of reach, the retries are answered 503 until it is back, so the
-// time this instance found it unreachable does not count either. The window grows by that and no
-// more: a retired token presented after it is still reuse.
+// time this instance found it unreachable does not count either.
+//
+// A rotation sends four commands: the claim and the read of the account side by side, then the
+// session's record and the blacklist (see commit). Refresh is not the hot path: it asks the
+// database, not this instance's copy of the blacklist, which may lag another instance's logout.
 func (k *sessionKeeper) refresh(ctx context.Context, c *claims) (tokenPair, refreshOutcome, error) {
-	if err := k.revs.refusal(c); err != nil {
-		return tokenPair{}, 0, err
-	}
 	ctx, cancel := context.WithTimeout(ctx, k.answerBy)
 	defer cancel()
 	now := k.tokens.now()
-	// Refresh is not the hot path: it asks the database rather than trust this instance's copy of
-	// the blacklist, which may be up to one sync interval behind another instance's logout.
-	var (
-		s       *Session
-		sessErr error
-		read    = make(chan struct{})
-	)
-	go func() {
-		defer close(read)
-		s, sessErr = k.store.SessionByID(ctx, c.Session)
-	}()
-	err := k.checkNotRevoked(ctx, c, now)
-	<-read
-	switch {
-	case err != nil:
-		return tokenPair{}, 0, err
-	case errors.Is(sessErr, ErrNotFound):
-		return tokenPair{}, 0, errTokenRevoked // ended long ago, and purged
-	case sessErr != nil:
-		return tokenPair{}, 0, sessErr
-	case s.UserID != c.Subject:
-		return tokenPair{}, 0, errTokenInvalid
-	case !s.ExpiresAt.IsZero() && !now.Before(s.ExpiresAt):
+	end, known := c.sessionEnd()
+	if !known {
+		s, err := k.store.SessionByID(ctx, c.Session)
+		if errors.Is(err, ErrNotFound) {
+			return tokenPair{}, 0, errTokenRevoked // ended long ago, and purged
+		} else if err != nil {
+			return tokenPair{}, 0, err
+		}
+		end = s.ExpiresAt
+	}
+	if !end.IsZero() && !now.Before(end) {
 		return tokenPair{}, 0, errSessionExpired
 	}
-
-	next := k.tokens.successor(s.ExpiresAt, c.level())
-	// The latest this refresh can make any token of the session live: a fresh access token and a
-	// fresh successor. It is recorded with the claim.
-	_, bound, err := k.tokens.pair(c.Subject, c.Email, c.EmailVerified, c.Session, next, s.ExpiresAt)
-	if err != nil {
-		return tokenPair{}, 0, err
-	}
+	next := k.tokens.successor(end, c.level())
+	bound := k.tokens.bound(next, end) // the latest this refresh can make any token of the session live
+	who := k.identity(ctx, c)          // a verified or changed address shows from the next refresh on
 	first, won, err := k.store.ClaimRefresh(ctx, RefreshUse{JTI: c.ID, UsedAt: now,
 		ExpiresAt: k.tokens.until(c.expiresAt()), Next: next, Bound: bound})
 	if err != nil {
 		return tokenPair{}, 0, err
 	}
-	outcome, end := refreshRotated, s.ExpiresAt
+	outcome, tokensEnd := refreshRotated, end
 	if !won {
 		// Time the database was out of reach does not count: no refresh could be answered then
 		// anywhere, and every retry in it was answered 503 (see refresh).
 		window := k.answerBy + k.reuse + k.revs.downtime(first.UsedAt, now)
 		if !now.Before(first.UsedAt.Add(window)) {
+			// A session ended for another reason first says so, and is not ended again.
+			if err := k.checkNotRevoked(ctx, c, now); err != nil {
+				return tokenPair{}, 0, err
+			}
 			if err := k.end(ctx, c.Session, endReused); err != nil {
 				return tokenPair{}, 0, err
 			}
@@ -262,15 +249,30 @@ func (k *sessionKeeper) refresh(ctx context.Context, c *claims) (tokenPair, refr
 		// The first use's successor again, and an access token that lives no longer than the
 		// first use's tokens, whose expiry that use wrote: a repeat writes nothing.
 		next, outcome = first.Next, refreshReuseGrace
-		end = earliest(end, first.Bound.Add(-k.tokens.leeway))
+		tokensEnd = earliest(end, first.Bound.Add(-k.tokens.leeway))
 	}
-	who := k.identity(ctx, c) // a verified or changed address shows from the next refresh on
 	if err := k.commit(ctx, c, won, next.ID, bound, now); err != nil {
 		return tokenPair{}, 0, err
 	}
 	email, verified := who()
-	pair, _, err := k.tokens.pair(c.Subject, email, verified, c.Session, next, end)
+	pair, err := k.tokens.pair(c.Subject, email, verified, c.Session, next, tokensEnd, end)
 	return pair, outcome, err
+}
+
+// identity returns, once its result is asked for, the current address of c's user and whether it
+// is verified, read while the caller does other work: a refresh signs them into the new tokens,
+// so that a verification or an address change shows from the next refresh on. Should the read
+// fail, the tokens keep what c says.
+func (k *sessionKeeper) identity(ctx context.Context, c *claims) func() (string, bool) {
+	done := make(chan struct{})
+	email, verified := c.Email, c.EmailVerified
+	go func() {
+		defer close(done)
+		if e, v, err := k.store.EmailOf(ctx, c.Subject); err == nil {
+			email, verified = e, v
+		}
+	}()
+	return func() (string, bool) { <-done; return email, verified }
 }
 
 // earliest of two session ends, zero meaning none.
@@ -323,10 +325,7 @@ func (k *sessionKeeper) raise(ctx context.Context, c *claims, lvl level) (tokenP
 		return tokenPair{}, errStepUpRace
 	}
 	next := k.tokens.successor(s.ExpiresAt, lvl)
-	_, bound, err := k.tokens.pair(c.Subject, c.Email, c.EmailVerified, c.Session, next, s.ExpiresAt)
-	if err != nil {
-		return tokenPair{}, err
-	}
+	bound := k.tokens.bound(next, s.ExpiresAt)
 	// The head's claim lasts as long as any token of the session, the head included.
 	_, won, err := k.store.ClaimRefresh(ctx, RefreshUse{JTI: s.Head, UsedAt: now, ExpiresAt: s.TokensExpireAt,
 		Next: next, Bound: bound})
@@ -339,8 +338,7 @@ func (k *sessionKeeper) raise(ctx context.Context, c *claims, lvl level) (tokenP
 	if err := k.commit(ctx, c, won, next.ID, bound, now); err != nil {
 		return tokenPair{}, err
 	}
-	pair, _, err := k.tokens.pair(c.Subject, c.Email, c.EmailVerified, c.Session, next, s.ExpiresAt)
-	return pair, err
+	return k.tokens.pair(c.Subject, c.Email, c.EmailVerified, c.Session, next, s.ExpiresAt, s.ExpiresAt)
 }
 
 // checkNotRevoked asks the database whether c's token or its session was revoked; as refusal does,
@@ -414,16 +412,13 @@ func refreshToken(w http.ResponseWriter, r *http.Request) (string, error) {
 	return bearer(body.RefreshToken), nil
 }
 
-func handleRefresh(log *slog.Logger, t *tokens, sessions *sessionKeeper, m *metrics) http.Handler {
+func handleRefresh(log *slog.Logger, t *tokens, revs *revocations, sessions *sessionKeeper, m *metrics) http.Handler {
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		raw, err := refreshToken(w, r)
 		if err != nil {
 			return err
 		}
-		if raw == "" {
-			return errTokenMissing
-		}
-		c, err := t.parse(raw, useRefresh)
+		c, err := accept(t, revs, raw, useRefresh)
 		if err != nil {
 			return err
 		}
@@ -594,18 +589,9 @@ func handleVerify(log *slog.Logger, t *tokens, revs *revocations) http.Handler {
 		if raw == "" {
 			raw = bearer(header(r, hdrRefresh))
 		}
-		if raw == "" {
-			return errTokenMissing
-		}
-		c, err := t.parse(raw, "")
+		c, err := accept(t, revs, raw, "")
 		if err != nil {
 			return err
-		}
-		if !revs.vouches() {
-			return errCannotVouch
-		}
-		if revs.revoked(c) {
-			return errTokenRevoked
 		}
 		noteUser(r.Context(), c.Subject)
 		encode(w, http.StatusOK, response{true, c.Use, c})

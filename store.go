@@ -137,6 +137,9 @@ type Store interface {
 	UserByEmail(ctx context.Context, email string) (*User, error)
 	// UserByID finds an account; ErrNotFound when there is none.
 	UserByID(ctx context.Context, id string) (*User, error)
+	// EmailOf is the address of account id and whether it is verified, without the rest of the
+	// account; ErrNotFound when there is none.
+	EmailOf(ctx context.Context, id string) (email string, verified bool, err error)
 	// SetDisabled disables or enables account id; ErrNotFound when there is none.
 	SetDisabled(ctx context.Context, id string, disabled bool) error
 	// DeleteUser deletes account id, so that its email is free again; ErrNotFound when there is
@@ -453,6 +456,13 @@ func (s *mongoStore) UserByID(ctx context.Context, id string) (*User, error) {
 	}
 	u.Disabled = u.Disabled || disabled
 	return &u, nil
+}
+
+func (s *mongoStore) EmailOf(ctx context.Context, id string) (string, bool, error) {
+	var u User
+	err := s.users.FindOne(ctx, bson.D{{Key: "_id", Value: id}},
+		options.FindOne().SetProjection(bson.D{{Key: "email", Value: 1}, {Key: "email_verified", Value: 1}})).Decode(&u)
+	return u.Email, u.EmailVerified, s.err(err)
 }
 
 // isDisabled reports whether account id has a record in disabled_accounts.

@@ -28,6 +28,9 @@ type claims struct {
 	Expiry   int64    `json:"exp"`
 	AMR      []string `json:"amr,omitempty"` // how the user authenticated (RFC 8176)
 	ACR      string   `json:"acr,omitempty"` // the assurance level: aal1, aal2
+	// SessionEnd, in refresh tokens only, is when their session ends (SESSION_MAX_AGE after the
+	// login), in Unix seconds, 0 for never: refresh needs it before it may read anything.
+	SessionEnd *int64 `json:"sxp,omitempty"`
 
 	// EmailVerified says whether the user had followed a verification link to Email when the
 	// token was signed; tokens signed before verification existed read as false.
@@ -72,6 +75,18 @@ func (c *claims) GetAudience() (jwt.ClaimStrings, error) {
 }
 
 func (c *claims) expiresAt() time.Time { return time.Unix(c.Expiry, 0) }
+
+// sessionEnd is when the session of refresh token c ends (zero for never); known is false for a
+// token that does not say, as those signed before refresh tokens carried it.
+func (c *claims) sessionEnd() (end time.Time, known bool) {
+	switch {
+	case c.SessionEnd == nil:
+		return time.Time{}, false
+	case *c.SessionEnd == 0:
+		return time.Time{}, true
+	}
+	return time.Unix(*c.SessionEnd, 0), true
+}
 
 // tokens issues and checks the service's JWTs, signed with the keys of keys.
 type tokens struct {
@@ -134,8 +149,7 @@ type tokenPair struct {
 
 // issue signs an access and a refresh token for user in login session sid, with no session end.
 func (t *tokens) issue(userID, email, sid string) (tokenPair, error) {
-	pair, _, err := t.pair(userID, email, false, sid, t.successor(time.Time{}, levelPassword), time.Time{})
-	return pair, err
+	return t.pair(userID, email, false, sid, t.successor(time.Time{}, levelPassword), time.Time{}, time.Time{})
 }
 
 // successor is a new refresh token of level lvl: its id and times. It lives refreshTTL, but not
@@ -149,33 +163,50 @@ func (t *tokens) successor(end time.Time, lvl level) Successor {
 	return Successor{ID: newID(), IssuedAt: now.Unix(), Expiry: exp.Unix(), Level: lvl}
 }
 
-// pair signs a fresh access token and the refresh token next for user in session sid, with the
-// user's email and whether it is verified, both of next's level; no token outlives the session's
-// end (zero for none). until is the last moment either is accepted.
-func (t *tokens) pair(userID, email string, verified bool, sid string, next Successor, end time.Time) (p tokenPair, until time.Time, err error) {
-	now := t.now()
+// accessExpiry is when an access token signed at now expires: accessTTL later, or at end (the
+// session's, or an earlier bound; zero for none).
+func (t *tokens) accessExpiry(now, end time.Time) time.Time {
 	exp := now.Add(t.accessTTL)
 	if !end.IsZero() && end.Before(exp) {
 		exp = end
 	}
+	return exp
+}
+
+// bound is the last moment that a pair signed now with the refresh token next, ending by end, is
+// accepted: what pair's tokens would say, computed without signing them.
+func (t *tokens) bound(next Successor, end time.Time) time.Time {
+	return t.until(time.Unix(max(t.accessExpiry(t.now(), end).Unix(), next.Expiry), 0))
+}
+
+// pair signs a fresh access token and the refresh token next for user in session sid, with the
+// user's email and whether it is verified, both of next's level; no token outlives end (the
+// session's end, or an earlier bound; zero for none), and the refresh token carries sessionEnd.
+func (t *tokens) pair(userID, email string, verified bool, sid string, next Successor, end, sessionEnd time.Time) (tokenPair, error) {
+	now := t.now()
+	exp := t.accessExpiry(now, end)
 	access, err := t.sign(claims{Subject: userID, Email: email, EmailVerified: verified, Session: sid, Use: useAccess,
 		ID: newID(), IssuedAt: now.Unix(), Expiry: exp.Unix(), AMR: next.Level.AMR, ACR: next.Level.ACR})
 	if err != nil {
-		return tokenPair{}, time.Time{}, err
+		return tokenPair{}, err
+	}
+	var sxp int64
+	if !sessionEnd.IsZero() {
+		sxp = sessionEnd.Unix()
 	}
 	refresh, err := t.sign(claims{Subject: userID, Email: email, EmailVerified: verified, Session: sid, Use: useRefresh,
-		ID: next.ID, IssuedAt: next.IssuedAt, Expiry: next.Expiry, AMR: next.Level.AMR, ACR: next.Level.ACR})
+		ID: next.ID, IssuedAt: next.IssuedAt, Expiry: next.Expiry, AMR: next.Level.AMR, ACR: next.Level.ACR,
+		SessionEnd: &sxp})
 	if err != nil {
-		return tokenPair{}, time.Time{}, err
+		return tokenPair{}, err
 	}
-	p = tokenPair{
+	return tokenPair{
 		AccessToken:      access,
 		RefreshToken:     refresh,
 		TokenType:        "Bearer",
 		ExpiresIn:        exp.Unix() - now.Unix(),
 		RefreshExpiresIn: max(next.Expiry-now.Unix(), 0),
-	}
-	return p, t.until(time.Unix(max(exp.Unix(), next.Expiry), 0)), nil
+	}, nil
 }
 
 // sign signs c as it is, issuer and audience added, with the key in force now, which it names in
