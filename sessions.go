@@ -403,7 +403,11 @@ type refreshBody struct {
 // refreshToken takes the refresh token from the original service's header or, failing that, the
 // body.
 func refreshToken(w http.ResponseWriter, r *http.Request) (string, error) {
-	if t := bearer(header(r, hdrRefresh)); t != "" {
+	sent, err := header(r, hdrRefresh)
+	if err != nil {
+		return "", err
+	}
+	if t := bearer(sent); t != "" {
 		return t, nil
 	}
 	var body refreshBody
@@ -447,7 +451,10 @@ func handleLogout(log *slog.Logger, t *tokens, revs *revocations, sessions *sess
 		if scope != "" && scope != "local" && scope != "others" && scope != "global" {
 			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "scope must be local, others or global"}
 		}
-		access := accessToken(r)
+		access, err := accessToken(r)
+		if err != nil {
+			return err
+		}
 		refresh, err := refreshToken(w, r)
 		if err != nil {
 			return err
@@ -587,11 +594,16 @@ func handleVerify(log *slog.Logger, t *tokens, revs *revocations) http.Handler {
 			return err
 		}
 		raw := bearer(req.Token)
+		var err error
 		if raw == "" {
-			raw = accessToken(r)
+			raw, err = accessToken(r)
 		}
-		if raw == "" {
-			raw = bearer(header(r, hdrRefresh))
+		if raw == "" && err == nil {
+			raw, err = header(r, hdrRefresh)
+			raw = bearer(raw)
+		}
+		if err != nil {
+			return err
 		}
 		if raw == "" {
 			return errTokenMissing
