@@ -444,7 +444,10 @@ func handleRefresh(log *slog.Logger, t *tokens, sessions *sessionKeeper, m *metr
 }
 
 // handleLogout ends the session of the tokens sent (scope=local, the default), or every other
-// session of their user too (scope=global), or every session but theirs (scope=others).
+// session of their user too (scope=global), or every session but theirs (scope=others). An
+// expired or ended session's token still ends its own session, but only a live one ends others:
+// a token that outlived its session (an old copy, a thief's) must not log the user out
+// everywhere. That liveness is asked of the database, as refresh does.
 func handleLogout(log *slog.Logger, t *tokens, revs *revocations, sessions *sessionKeeper, m *metrics) http.Handler {
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		scope := r.URL.Query().Get("scope")
@@ -474,7 +477,7 @@ func handleLogout(log *slog.Logger, t *tokens, revs *revocations, sessions *sess
 			}
 			// An expired token is still proof of its session, and logging it out must work.
 			c, err := t.parse(tok.raw, tok.use)
-			if err != nil && !errors.Is(err, errTokenExpired) {
+			if err != nil && (!errors.Is(err, errTokenExpired) || scope == "others" || scope == "global") {
 				return err
 			}
 			if user != "" && c.Subject != user {
@@ -484,6 +487,11 @@ func handleLogout(log *slog.Logger, t *tokens, revs *revocations, sessions *sess
 			noteUser(r.Context(), c.Subject)
 			tokensEnded = append(tokensEnded, Revocation{ID: jtiPrefix + c.ID, ExpiresAt: t.until(c.expiresAt()), CreatedAt: now})
 			sids[c.Session] = true
+			if scope == "others" || scope == "global" {
+				if err := sessions.alive(r.Context(), c); err != nil {
+					return err
+				}
+			}
 		}
 		if scope != "others" {
 			if err := revs.revoke(r.Context(), tokensEnded...); err != nil {
