@@ -146,6 +146,51 @@ func TestLogoutScopes(t *testing.T) {
 	})
 }
 
+func TestLogoutOthersWithARevokedTokenIsRefused(t *testing.T) {
+	t.Parallel()
+	for _, scope := range []string{"others", "global"} {
+		t.Run(scope+", on an instance that has not heard of the logout yet", func(t *testing.T) {
+			t.Parallel()
+			a, b := newTestPair(t)
+			email, ended, endedRefresh := a.user(t)
+			there, thereRefresh := a.login(t, email, "correct horse battery")
+			a.do(t, "POST", "/auth/logout", nil, "Authorization", "Bearer "+ended).want(t, 200, "")
+			// b's copy of the blacklist is a poll behind: only the database knows.
+			b.do(t, "POST", "/auth/logout?scope="+scope, nil, "Authorization", "Bearer "+ended).want(t, 401, "token_revoked")
+			b.do(t, "POST", "/auth/logout?scope="+scope, map[string]string{"refresh_token": endedRefresh}).want(t, 401, "token_revoked")
+			a.page(t, there).want(t, 200, "")
+			a.refresh(t, thereRefresh).want(t, 200, "")
+		})
+	}
+	t.Run("a session ended as reused answers token_reused", func(t *testing.T) {
+		t.Parallel()
+		e := newTestEnv(t)
+		email, access, refresh := e.user(t)
+		there, _ := e.login(t, email, "correct horse battery")
+		e.refresh(t, refresh).want(t, 200, "")
+		e.clock.Advance(e.reuseWindow() + time.Second)
+		e.refresh(t, refresh).want(t, 401, "token_reused")
+		e.do(t, "POST", "/auth/logout?scope=others", nil, "Authorization", "Bearer "+access).want(t, 401, "token_reused")
+		e.page(t, there).want(t, 200, "")
+	})
+}
+
+func TestLogoutGlobalWithAnExpiredTokenIsRefused(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	email, access, refresh := e.user(t)
+	_, thereRefresh := e.login(t, email, "correct horse battery")
+	e.clock.Advance(e.cfg.accessTTL + e.cfg.leeway + time.Second) // the refresh tokens still live
+	for _, scope := range []string{"global", "others"} {
+		e.do(t, "POST", "/auth/logout?scope="+scope, nil, "Authorization", "Bearer "+access).want(t, 401, "token_expired")
+	}
+	e.refresh(t, thereRefresh).want(t, 200, "")
+	t.Run("the expired token still ends its own session", func(t *testing.T) {
+		e.do(t, "POST", "/auth/logout", nil, "Authorization", "Bearer "+access).want(t, 200, "")
+		e.refresh(t, refresh).want(t, 401, "token_revoked")
+	})
+}
+
 func TestPasswordChange(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t, trustLoopback)

@@ -44,7 +44,12 @@ func requireAdmin(log *slog.Logger, token string) func(http.Handler) http.Handle
 	want := sha256.Sum256([]byte(token))
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			got := sha256.Sum256([]byte(bearer(r.Header.Get("Authorization"))))
+			sent, err := header(r, "Authorization")
+			if err != nil {
+				writeError(w, r, log, err)
+				return
+			}
+			got := sha256.Sum256([]byte(bearer(sent)))
 			if subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
 				writeError(w, r, log, errAdminToken)
 				return

@@ -53,11 +53,8 @@ func TestAdminAPI(t *testing.T) {
 		live, _ := e.login(t, email, "correct horse battery")
 		e.adminDo(t, "POST", "/admin/users/"+id+"/disable", nil).want(t, 200, "")
 		e.page(t, live).want(t, 401, "token_revoked")
-		right := e.do(t, "POST", "/auth/login", credentials{email, "correct horse battery"}).want(t, 403, "account_disabled")
-		wrong := e.do(t, "POST", "/auth/login", credentials{email, "wrong guess"}).want(t, 403, "account_disabled")
-		if right.raw != wrong.raw {
-			t.Fatalf("the answers differ: %s and %s", right.raw, wrong.raw)
-		}
+		e.do(t, "POST", "/auth/login", credentials{email, "correct horse battery"}).want(t, 403, "account_disabled")
+		e.do(t, "POST", "/auth/login", credentials{email, "wrong guess"}).want(t, 401, "invalid_credentials")
 		if r := e.adminDo(t, "GET", "/admin/users?email="+email, nil).want(t, 200, ""); r.body["disabled"] != true {
 			t.Fatalf("body %s, want disabled", r.raw)
 		}
@@ -116,5 +113,26 @@ func TestAdminSettings(t *testing.T) {
 		admin := service{"http://" + listenAddr(t, logs, "admin", nil)}
 		admin.do(t, "GET", "/admin/users?email=a@example.com", nil).want(t, 401, "token_invalid")
 		admin.do(t, "GET", "/admin/users?email=a@example.com", nil, "Authorization", "Bearer "+testAdminToken).want(t, 404, "not_found")
+	})
+}
+
+func TestAWrongPasswordOnADisabledAccountAnswersInvalidCredentials(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	email, _, _ := e.user(t)
+	id := e.adminDo(t, "GET", "/admin/users?email="+email, nil).want(t, 200, "").str("id")
+	e.adminDo(t, "POST", "/admin/users/"+id+"/disable", nil).want(t, 200, "")
+
+	wrong := e.do(t, "POST", "/auth/login", credentials{email, "wrong guess"}).want(t, 401, "invalid_credentials")
+	unknown := e.do(t, "POST", "/auth/login", credentials{"nobody-" + email, "wrong guess"}).want(t, 401, "invalid_credentials")
+	if wrong.raw != unknown.raw {
+		t.Fatalf("a disabled account's answer %s differs from an unknown address's %s", wrong.raw, unknown.raw)
+	}
+	e.do(t, "POST", "/auth/login", credentials{email, "correct horse battery"}).want(t, 403, "account_disabled")
+	t.Run("every attempt counts as a failed login, right password or wrong", func(t *testing.T) {
+		for range e.cfg.maxFailures - 2 {
+			e.do(t, "POST", "/auth/login", credentials{email, "wrong guess"}).want(t, 401, "invalid_credentials")
+		}
+		e.do(t, "POST", "/auth/login", credentials{email, "correct horse battery"}).want(t, 429, "too_many_attempts")
 	})
 }

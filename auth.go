@@ -238,7 +238,7 @@ func loginKeys(client netip.Addr, email string) (account, clientKey string) {
 
 // check returns the account of email when password is its password. Otherwise the error is
 // errInvalidCredentials (a wrong password and an unknown email alike), errTooManyAttempts with its
-// Retry-After, errAccountDisabled, errBusy, or the store's. When meanwhile is not nil, it is
+// Retry-After, errAccountDisabled (for the right password only), errBusy, or the store's. When meanwhile is not nil, it is
 // called while the password hashes, with the account, once the attempt is known to be within the
 // limits (so always before a success), and must not wait: a login opens its session there (see
 // opening), so that its answer waits on no database write after the hash.
@@ -355,12 +355,13 @@ func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, emai
 	if factorErr != nil && !errors.Is(factorErr, ErrNotFound) {
 		return nil, nil, 0, factorErr
 	}
-	if u != nil && u.Disabled {
-		// The same answer whether the password was right or not; the attempt counts.
-		return nil, nil, took, errAccountDisabled
-	}
 	if u == nil || !ok {
 		return nil, nil, took, errInvalidCredentials // the attempt stays recorded, as a failure
+	}
+	if u.Disabled {
+		// Only the right password learns that the account exists and is disabled; the attempt
+		// still counts as a failure.
+		return nil, nil, took, errAccountDisabled
 	}
 	if rehash {
 		// Moved over from bcrypt, or from older argon2id parameters: upgrade while the password is

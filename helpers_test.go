@@ -353,7 +353,7 @@ func (e *testEnv) do(tb testing.TB, method, path string, body any, headers ...st
 }
 
 // send makes one request and reads its answer; body is JSON-encoded unless it is a string, which
-// is sent as it is, and headers are name, value pairs. A body goes as application/json unless the
+// is sent as it is, and headers are name, value pairs (a name given twice is sent twice). A body goes as application/json unless the
 // headers say otherwise.
 func send(tb testing.TB, client *http.Client, method, url string, body any, headers ...string) response {
 	tb.Helper()
@@ -376,8 +376,15 @@ func send(tb testing.TB, client *http.Client, method, url string, body any, head
 	if rd != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	given := map[string]bool{}
 	for i := 0; i+1 < len(headers); i += 2 {
-		req.Header.Set(headers[i], headers[i+1])
+		// A name given twice is sent twice; given once, it replaces the default Content-Type.
+		if name := http.CanonicalHeaderKey(headers[i]); given[name] {
+			req.Header.Add(name, headers[i+1])
+		} else {
+			req.Header.Set(name, headers[i+1])
+			given[name] = true
+		}
 	}
 	res, err := client.Do(req)
 	if err != nil {

@@ -371,7 +371,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		// The address as bound, so that PORT=0 (any free port) tells where the service is.
 		log.Info("listening", "serves", l.name, "addr", ln.Addr().String(),
-			"access_ttl", c.accessTTL.String(), "refresh_ttl", c.refreshTTL.String())
+			"access_ttl", c.accessTTL.String(), "refresh_ttl", c.refreshTTL.String(),
+			"refresh_reuse_window", (c.reuseInterval + c.dbWait).String())
 		go func() { serveErr <- l.srv.Serve(ln) }()
 	}
 

@@ -84,7 +84,7 @@ func (m *metrics) mfa(o mfaOutcome) { m.mfas[o].Add(1) }
 type refreshOutcome int
 
 const (
-	refreshReuseGrace refreshOutcome = iota // used again within REFRESH_REUSE_INTERVAL: same session
+	refreshReuseGrace refreshOutcome = iota // used again within the interval plus the database timeout
 	refreshReused                           // used again after it: the session was revoked
 	refreshRotated                          // the token's first use
 	numRefreshOutcomes
@@ -231,7 +231,7 @@ func (m *metrics) expose(g gauges, extra ...family) []byte {
 				sample(b, name, m.logins[i].Load(), "outcome", o)
 			}
 		}},
-		{"auth_refreshes_total", "Refresh tokens presented that were decided, by outcome.", "counter", func(b *bytes.Buffer, name string) {
+		{"auth_refreshes_total", "Refresh tokens presented that were decided, by outcome: rotated (a first use), reuse_grace (a retired token again within REFRESH_REUSE_INTERVAL plus the database timeout of its first use, 15 s by default), reused (after that: the session ended).", "counter", func(b *bytes.Buffer, name string) {
 			for i, o := range refreshOutcomeNames {
 				sample(b, name, m.refreshes[i].Load(), "outcome", o)
 			}

@@ -419,7 +419,10 @@ func handleVerifyMFA(log *slog.Logger, m *mfa) http.Handler {
 
 // stepUp verifies the factor of the user of the access token sent and moves its session to aal2.
 func (m *mfa) stepUp(w http.ResponseWriter, r *http.Request, code, recovery string) error {
-	raw := accessToken(r)
+	raw, err := accessToken(r)
+	if err != nil {
+		return err
+	}
 	if raw == "" {
 		return &apiError{status: http.StatusBadRequest, code: "invalid_request",
 			message: "send mfa_token with the code, or an access token to step up its session"}

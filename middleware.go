@@ -248,7 +248,8 @@ const forwardAuthPath = "/auth/page"
 //
 // A preflight from such an origin is answered 204 without a token, as browsers send none. On the
 // forward-auth route that 204 lets the guarded request through the proxy, so there only a real
-// preflight gets it (see guardedMethod); anything else there goes on to the token check.
+// preflight gets it (see guardedMethod); anything else there goes on to the token check. An
+// Origin or Access-Control-Request-Method sent twice is believed neither way: no CORS answer.
 func cors(origins []string) func(http.Handler) http.Handler {
 	allowed := make(map[string]bool, len(origins))
 	for _, o := range origins {
@@ -259,8 +260,8 @@ func cors(origins []string) func(http.Handler) http.Handler {
 			return next
 		}
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			origin := r.Header.Get("Origin")
-			if origin == "" {
+			origin, err := header(r, "Origin")
+			if origin == "" || err != nil {
 				next.ServeHTTP(w, r)
 				return
 			}
@@ -277,7 +278,8 @@ func cors(origins []string) func(http.Handler) http.Handler {
 				return
 			}
 			h.Set("Access-Control-Expose-Headers", "WWW-Authenticate, Retry-After, X-Request-Id, X-User-Id, X-User-Email, X-User-Email-Verified, X-User-Acr")
-			if guardedMethod(r) == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+			asks, err := header(r, "Access-Control-Request-Method")
+			if guardedMethod(r) == http.MethodOptions && asks != "" && err == nil {
 				h.Set("Access-Control-Allow-Methods", "GET, HEAD, POST, DELETE, OPTIONS")
 				h.Set("Access-Control-Allow-Headers",
 					"Authorization, Content-Type, authorization_access, authorization_refresh, X-Request-Id")
@@ -320,14 +322,11 @@ func guardedMethod(r *http.Request) string {
 	if r.URL.Path != forwardAuthPath {
 		return r.Method
 	}
-	switch named := r.Header.Values("X-Forwarded-Method"); len(named) {
-	case 0:
+	if _, sent := r.Header["X-Forwarded-Method"]; !sent {
 		return r.Method
-	case 1:
-		return named[0]
-	default:
-		return ""
 	}
+	named, _ := header(r, "X-Forwarded-Method")
+	return named
 }
 
 // requireAccess lets a request through only with a valid, unexpired, unrevoked access token, and
@@ -337,13 +336,27 @@ func guardedMethod(r *http.Request) string {
 func requireAccess(log *slog.Logger, t *tokens, revs *revocations) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			c, err := accept(t, revs, accessToken(r), useAccess)
+			raw, err := accessToken(r)
 			if err != nil {
 				writeError(w, r, log, err)
 				return
 			}
-			// A proxy asks for a stronger login on the routes it chooses (RFC 9470's step-up).
-			if required := header(r, "X-Auth-Require"); required != "" && !satisfies(c.level(), required) {
+			c, err := accept(t, revs, raw, useAccess)
+			if err != nil {
+				writeError(w, r, log, err)
+				return
+			}
+			// A proxy asks for a stronger login on the routes it chooses (RFC 9470's step-up). A list
+			// in one line is two requirements as much as two lines are.
+			required, err := header(r, "X-Auth-Require")
+			if err == nil && strings.IndexByte(required, ',') >= 0 {
+				err = errRepeated("X-Auth-Require")
+			}
+			if err != nil {
+				writeError(w, r, log, err)
+				return
+			}
+			if required != "" && !satisfies(c.level(), required) {
 				writeError(w, r, log, errMFARequired)
 				return
 			}

@@ -103,6 +103,8 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 		// Only a 401 challenges: a 400 token_invalid (a reset link used twice) is no bearer token.
 	case code == errTokenMissing.code:
 		h.Set("WWW-Authenticate", `Bearer`)
+	case code == "invalid_request":
+		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer error="invalid_request", error_description=%q`, e.message))
 	case code == errMFARequired.code:
 		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer error="insufficient_user_authentication", error_description=%q, acr_values="aal2"`, e.message))
 	case code == errTokenInvalid.code, code == errTokenExpired.code, code == errTokenRevoked.code,
@@ -216,20 +218,52 @@ const (
 	hdrRefresh = "Authorization_refresh"
 )
 
-func header(r *http.Request, canonical string) string {
-	if v := r.Header[canonical]; len(v) > 0 {
-		return v[0]
+// header is the one value of the request header stored under canonical, "" when absent. Every
+// header a security decision reads goes through it. Sent more than once, it is refused rather
+// than one copy believed: a proxy that appends where it should replace, or a client adding a
+// copy of its own, must not get to choose which one counts. The refusal is a 401, which a
+// forward-auth proxy passes on (nginx turns a 400 into a 500).
+func header(r *http.Request, canonical string) (string, error) {
+	switch v := r.Header[canonical]; len(v) {
+	case 0:
+		return "", nil
+	case 1:
+		return v[0], nil
 	}
-	return ""
+	return "", errRepeated(canonical)
+}
+
+// errRepeated refuses a request that sent the header name more than once, or sent a list where
+// one value belongs.
+func errRepeated(name string) *apiError {
+	return &apiError{status: http.StatusUnauthorized, code: "invalid_request",
+		message: "the " + name + " header was sent more than once; send it once"}
 }
 
 // accessToken takes the access token from the original service's header or the standard one.
-func accessToken(r *http.Request) string {
-	if t := bearer(header(r, hdrAccess)); t != "" {
-		return t
+// Both may carry it, but not two different tokens: an application behind the proxy that reads
+// the other one would take the request for someone the check never saw. Authorization in another
+// scheme (Basic, for a proxy's own login) carries no token of ours and is left alone.
+func accessToken(r *http.Request) (string, error) {
+	own, err := header(r, hdrAccess)
+	if err != nil {
+		return "", err
 	}
-	return bearer(header(r, "Authorization"))
+	std, err := header(r, "Authorization")
+	if err != nil {
+		return "", err
+	}
+	if own = bearer(own); own == "" {
+		return bearer(std), nil
+	}
+	if t := bearer(std); t != "" && t != own && !strings.Contains(t, " ") {
+		return "", errTwoTokens
+	}
+	return own, nil
 }
+
+var errTwoTokens = &apiError{status: http.StatusUnauthorized, code: "invalid_request",
+	message: "authorization_access and Authorization carry different tokens; send one"}
 
 // bearer strips an optional "Bearer " prefix, which clients send in either header form.
 func bearer(v string) string {

@@ -83,6 +83,24 @@ func TestEndedSessionsStayEnded(t *testing.T) {
 	})
 }
 
+// The README and the metrics' help promise 15 s by default: REFRESH_REUSE_INTERVAL's 10 s after
+// the first use's answer was due, which the database timeout's 5 s bounds.
+func TestTheReuseWindowIsTheIntervalPlusTheDatabaseTimeout(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	if e.cfg.reuseInterval != 10*time.Second || e.cfg.dbWait != 5*time.Second {
+		t.Fatalf("defaults %v and %v, want 10s and 5s", e.cfg.reuseInterval, e.cfg.dbWait)
+	}
+	_, _, refresh := e.user(t)
+	next := e.refresh(t, refresh).want(t, 200, "").str("refresh_token")
+	e.clock.Advance(14 * time.Second)
+	if again := e.refresh(t, refresh).want(t, 200, "").str("refresh_token"); again != next {
+		t.Fatal("at 14 s the retired token did not get its successor")
+	}
+	e.clock.Advance(2 * time.Second)
+	e.refresh(t, refresh).want(t, 401, "token_reused")
+}
+
 func TestRefreshRotation(t *testing.T) {
 	t.Parallel()
 

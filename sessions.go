@@ -402,7 +402,11 @@ type refreshBody struct {
 // refreshToken takes the refresh token from the original service's header or, failing that, the
 // body.
 func refreshToken(w http.ResponseWriter, r *http.Request) (string, error) {
-	if t := bearer(header(r, hdrRefresh)); t != "" {
+	sent, err := header(r, hdrRefresh)
+	if err != nil {
+		return "", err
+	}
+	if t := bearer(sent); t != "" {
 		return t, nil
 	}
 	var body refreshBody
@@ -436,14 +440,20 @@ func handleRefresh(log *slog.Logger, t *tokens, revs *revocations, sessions *ses
 }
 
 // handleLogout ends the session of the tokens sent (scope=local, the default), or every other
-// session of their user too (scope=global), or every session but theirs (scope=others).
+// session of their user too (scope=global), or every session but theirs (scope=others). An
+// expired or ended session's token still ends its own session, but only a live one ends others:
+// a token that outlived its session (an old copy, a thief's) must not log the user out
+// everywhere. That liveness is asked of the database, as refresh does.
 func handleLogout(log *slog.Logger, t *tokens, revs *revocations, sessions *sessionKeeper, m *metrics) http.Handler {
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		scope := r.URL.Query().Get("scope")
 		if scope != "" && scope != "local" && scope != "others" && scope != "global" {
 			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "scope must be local, others or global"}
 		}
-		access := accessToken(r)
+		access, err := accessToken(r)
+		if err != nil {
+			return err
+		}
 		refresh, err := refreshToken(w, r)
 		if err != nil {
 			return err
@@ -463,7 +473,7 @@ func handleLogout(log *slog.Logger, t *tokens, revs *revocations, sessions *sess
 			}
 			// An expired token is still proof of its session, and logging it out must work.
 			c, err := t.parse(tok.raw, tok.use)
-			if err != nil && !errors.Is(err, errTokenExpired) {
+			if err != nil && (!errors.Is(err, errTokenExpired) || scope == "others" || scope == "global") {
 				return err
 			}
 			if user != "" && c.Subject != user {
@@ -473,6 +483,11 @@ func handleLogout(log *slog.Logger, t *tokens, revs *revocations, sessions *sess
 			noteUser(r.Context(), c.Subject)
 			tokensEnded = append(tokensEnded, Revocation{ID: jtiPrefix + c.ID, ExpiresAt: t.until(c.expiresAt()), CreatedAt: now})
 			sids[c.Session] = true
+			if scope == "others" || scope == "global" {
+				if err := sessions.alive(r.Context(), c); err != nil {
+					return err
+				}
+			}
 		}
 		if scope != "others" {
 			if err := revs.revoke(r.Context(), tokensEnded...); err != nil {
@@ -583,11 +598,16 @@ func handleVerify(log *slog.Logger, t *tokens, revs *revocations) http.Handler {
 			return err
 		}
 		raw := bearer(req.Token)
+		var err error
 		if raw == "" {
-			raw = accessToken(r)
+			raw, err = accessToken(r)
 		}
-		if raw == "" {
-			raw = bearer(header(r, hdrRefresh))
+		if raw == "" && err == nil {
+			raw, err = header(r, hdrRefresh)
+			raw = bearer(raw)
+		}
+		if err != nil {
+			return err
 		}
 		c, err := accept(t, revs, raw, "")
 		if err != nil {
