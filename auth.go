@@ -57,16 +57,40 @@ func handleSignup(log *slog.Logger, clients clientIPs, store Store, h *hasher, s
 			return err
 		}
 		u := &User{ID: newID(), Email: email, PasswordHash: hash, CreatedAt: now().UTC().Truncate(time.Millisecond)}
-		err = store.CreateUser(r.Context(), u)
-		if err != nil && !errors.Is(err, ErrDuplicate) {
+		taken, err := createAccount(r.Context(), store, u, mail.cfg.verification != verificationOff)
+		if err != nil {
 			return err
 		}
-		if u, err = mail.signupMail(r.Context(), client, u, err != nil); err != nil {
+		if u, err = mail.signupMail(r.Context(), client, u, taken); err != nil {
 			return err
 		}
 		encode(w, http.StatusCreated, response{u.ID, u.Email, u.CreatedAt})
 		return nil
 	})
+}
+
+// createAccount inserts u, and tells whether its address was taken. A new account's insert
+// commits, and a taken address's fails without a commit, about half a millisecond sooner. With
+// even (when a taken address must look new), each outcome also makes the other's twin write:
+// a taken address inserts a record that commits, a new account the twin's standing record, which
+// its unique _id refuses. Either way, one insert into users and one into attempts, and one
+// document written. The first new account of a database writes the standing record.
+func createAccount(ctx context.Context, store Store, u *User, even bool) (taken bool, err error) {
+	err = store.CreateUser(ctx, u)
+	if taken = errors.Is(err, ErrDuplicate); err != nil && !taken {
+		return false, err
+	}
+	if !even {
+		return taken, nil
+	}
+	twin := Attempt{ID: "signup-twin", Key: "signup-twin", ExpiresAt: time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)}
+	if taken {
+		twin.ID, twin.At, twin.ExpiresAt = newID(), u.CreatedAt, u.CreatedAt.Add(time.Minute) // purged as attempts are
+	}
+	if err := store.AddAttempts(ctx, twin); err != nil && !errors.Is(err, ErrDuplicate) {
+		return false, err
+	}
+	return taken, nil
 }
 
 // handleLogin checks email and password. With requireVerified (EMAIL_VERIFICATION=required), the

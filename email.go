@@ -60,6 +60,7 @@ const (
 var (
 	errEmailDisabled    = &apiError{status: http.StatusNotImplemented, code: "email_disabled", message: "this service sends no mail: its operator has not configured SMTP_URL"}
 	errMailTokenInvalid = &apiError{status: http.StatusBadRequest, code: "token_invalid", message: "the link is used, unknown or expired; ask for a new one"}
+	errTooManyChanges   = &apiError{status: http.StatusTooManyRequests, code: "too_many_attempts", message: "too many address changes asked for; wait before asking again"}
 	errEmailNotVerified = &apiError{status: http.StatusForbidden, code: "email_not_verified", message: "confirm your email address first: follow the link mailed to you, or ask for another at /auth/email/resend"}
 )
 
@@ -76,8 +77,8 @@ type mailConfig struct {
 	verification string
 	resetTTL     time.Duration
 	verifyTTL    time.Duration
-	// At most one mail per address per addressInterval, maxPerAddress per address and
-	// maxPerClient per client within mailWindow; 0 turns a limit off.
+	// Of each kind of mail: at most one per address per addressInterval, maxPerAddress per
+	// address and maxPerClient per client within mailWindow; 0 turns a limit off.
 	addressInterval time.Duration
 	maxPerAddress   int
 	maxPerClient    int
@@ -245,61 +246,93 @@ type mailFlows struct {
 	cfg    mailConfig
 	store  Store
 	outbox *outbox
-	// Mails per address per addressInterval, and per address and per client per mailWindow.
+	// Mails per kind and address per addressInterval, and per kind and address and per kind and
+	// client per mailWindow.
 	perInterval, perWindow *throttle
 	now                    func() time.Time
 	log                    *slog.Logger
 }
 
-// allow counts a mail to address asked for by client against the limits, and tells whether it may
-// go. A mail over a limit is dropped, and the request answered as if it went, so that the limits
-// tell nothing about the address. perClient is false for mails of sign-up, which has a per-client
-// limit of its own.
-func (f *mailFlows) allow(ctx context.Context, client netip.Addr, address string, perClient bool) (bool, error) {
-	interval := limit{"mail-interval|" + address, 0}
+// mailBudget is a mail's place within its kind's limits: counted until given back.
+type mailBudget struct{ interval, window *attempt }
+
+// giveBack uncounts a mail that was not queued after all.
+func (b *mailBudget) giveBack(ctx context.Context) {
+	b.interval.forget(ctx)
+	b.window.forget(ctx)
+}
+
+// reserve counts a mail of kind to address, asked for by client, against that kind's limits, or
+// answers errTooManyAttempts with the wait and counts nothing. Each kind has limits of its own, so
+// that mail of one kind, which anyone may ask for (a sign-up, an address change naming the
+// address), never holds back mail of another, a password reset above all. perClient is false for
+// mails of sign-up, which has a per-client limit of its own, and for the notice that goes with an
+// address change's link, which the link counts.
+func (f *mailFlows) reserve(ctx context.Context, client netip.Addr, kind, address string, perClient bool) (*mailBudget, error) {
+	interval := limit{"mail-interval|" + kind + "|" + address, 0}
 	if f.cfg.addressInterval > 0 {
 		interval.max = 1
 	}
-	window := []limit{{"mail|" + address, f.cfg.maxPerAddress}}
+	window := []limit{{"mail|" + kind + "|" + address, f.cfg.maxPerAddress}}
 	if perClient {
-		window = append(window, limit{"mail-client|" + clientPrefix(client), f.cfg.maxPerClient})
+		window = append(window, limit{"mail-client|" + kind + "|" + clientPrefix(client), f.cfg.maxPerClient})
 	}
 	// The two throttles' round trips run side by side.
 	var (
-		a, b       *attempt
+		b          mailBudget
 		errA, errB error
 		wg         sync.WaitGroup
 	)
-	wg.Go(func() { a, errA = f.perInterval.begin(ctx, interval) })
-	wg.Go(func() { b, errB = f.perWindow.begin(ctx, window...) })
+	wg.Go(func() { b.interval, errA = f.perInterval.begin(ctx, interval) })
+	wg.Go(func() { b.window, errB = f.perWindow.begin(ctx, window...) })
 	wg.Wait()
 	if errA == nil && errB == nil {
-		wg.Go(func() { errA = a.check(ctx) })
-		wg.Go(func() { errB = b.check(ctx) })
+		wg.Go(func() { errA = b.interval.check(ctx) })
+		wg.Go(func() { errB = b.window.check(ctx) })
 		wg.Wait()
 	}
 	if errA == nil && errB == nil {
-		return true, nil
+		return &b, nil
 	}
 	// What went ahead of a refused mail is forgotten: it sent nothing.
-	if a != nil && errA == nil {
-		a.forget(ctx)
+	if b.interval != nil && errA == nil {
+		b.interval.forget(ctx)
 	}
-	if b != nil && errB == nil {
-		b.forget(ctx)
+	if b.window != nil && errB == nil {
+		b.window.forget(ctx)
 	}
-	for _, err := range []error{errA, errB} {
-		if err != nil && !errors.Is(err, errTooManyAttempts) {
-			return false, err
-		}
-	}
-	return false, nil
+	return nil, longerWait(errA, errB)
 }
 
-// send queues m when the limits allow a mail to its address.
+// longerWait is the error of a and b that is not errTooManyAttempts, if any, or else the refusal
+// with the longer wait.
+func longerWait(a, b error) error {
+	var refused *apiError
+	for _, err := range []error{a, b} {
+		var e *apiError
+		switch {
+		case err == nil:
+		case !errors.Is(err, errTooManyAttempts) || !errors.As(err, &e):
+			return err
+		case refused == nil || e.retryAfter > refused.retryAfter:
+			refused = e
+		}
+	}
+	if refused == nil {
+		return nil
+	}
+	return refused
+}
+
+// send queues m when the limits of its kind allow a mail to its address. A mail over a limit is
+// dropped, and the request answered as if it went, so that the limits tell nothing about the
+// address.
 func (f *mailFlows) send(ctx context.Context, client netip.Addr, m *MailMessage, perClient bool) error {
-	ok, err := f.allow(ctx, client, m.To, perClient)
-	if err != nil || !ok {
+	_, err := f.reserve(ctx, client, m.Kind, m.To, perClient)
+	if errors.Is(err, errTooManyAttempts) {
+		return nil
+	}
+	if err != nil {
 		return err
 	}
 	return f.outbox.queue(ctx, m)
@@ -505,8 +538,8 @@ func handleVerifyEmail(log *slog.Logger, f *mailFlows, users *accounts) http.Han
 }
 
 // handleEmailChange starts an address change for the signed-in user, after the password: a link
-// to the new address, which changes it when followed, and a notice to the old one. No session
-// ends; tokens carry the new address from their next refresh.
+// to the new address, which changes it when followed, and a notice to the old one, never one
+// without the other. No session ends; tokens carry the new address from their next refresh.
 func handleEmailChange(log *slog.Logger, clients clientIPs, f *mailFlows, passwords *passwordCheck, sessions *sessionKeeper) http.Handler {
 	type request struct {
 		NewEmail string `json:"new_email"`
@@ -538,24 +571,47 @@ func handleEmailChange(log *slog.Logger, clients clientIPs, f *mailFlows, passwo
 		if email == u.Email {
 			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "new_email is the account's address already"}
 		}
+		// A link goes out only with its notice to the old address. The notice's limits are its
+		// kind's, which no other mail to that address spends: past them the request is refused
+		// and says when to try again, which tells the account's holder nothing new. Past the new
+		// address's limits nothing is queued, and the answer is the usual one: whether the new
+		// address has an account is not told here; confirming the change is.
 		// The link holds under the stamp of now: a password reset before it is followed voids it.
 		stamp, err := f.store.Stamp(ctx, u.ID)
 		if err != nil {
 			return err
 		}
-		// Whether the new address has an account is not told here; confirming the change is.
-		ok, err := f.allow(ctx, client, email, true)
-		if err != nil {
-			return err
-		}
-		if ok {
-			// The notice is not held to the old address's limits: a mail to it beforehand must not
-			// be able to silence it.
+		var (
+			notice, link       *mailBudget
+			noticeErr, linkErr error
+			wg                 sync.WaitGroup
+		)
+		wg.Go(func() { notice, noticeErr = f.reserve(ctx, client, mailChangeNotice, u.Email, false) })
+		wg.Go(func() { link, linkErr = f.reserve(ctx, client, mailChange, email, true) })
+		wg.Wait()
+		if noticeErr == nil && linkErr == nil {
+			// The notice first: should the link then fail to queue, no link goes out unannounced.
+			if err := f.outbox.queue(ctx, &MailMessage{Kind: mailChangeNotice, To: u.Email, UserID: u.ID, NewEmail: email}); err != nil {
+				return err
+			}
 			if err := f.outbox.queue(ctx, &MailMessage{Kind: mailChange, To: email, UserID: u.ID, Stamp: stamp}); err != nil {
 				return err
 			}
-			if err := f.outbox.queue(ctx, &MailMessage{Kind: mailChangeNotice, To: u.Email, UserID: u.ID, NewEmail: email}); err != nil {
-				return err
+		} else {
+			if notice != nil {
+				notice.giveBack(ctx)
+			}
+			if link != nil {
+				link.giveBack(ctx)
+			}
+			var refused *apiError
+			switch {
+			case errors.As(noticeErr, &refused) && errors.Is(noticeErr, errTooManyAttempts):
+				return errTooManyChanges.after(refused.retryAfter)
+			case noticeErr != nil:
+				return noticeErr
+			case !errors.Is(linkErr, errTooManyAttempts):
+				return linkErr
 			}
 		}
 		encode(w, http.StatusAccepted, accepted{"a link is on its way to the new address; the address changes when it is followed"})

@@ -22,6 +22,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -590,6 +592,37 @@ func TestSignUpWithVerificationTellsNobodyWhoHasAnAccount(t *testing.T) {
 	})
 }
 
+// With verification on, a sign-up with a taken address is answered like a new one, after the same
+// database work: the same commands on the same collections, and as many documents written. A
+// new account's insert commits where a taken address's fails without a commit, which on its own
+// would answer sooner (BENCHMARKS.md, "Sign-up of a taken address").
+func TestSignupOfATakenAddressDoesTheSameDatabaseWork(t *testing.T) {
+	t.Parallel()
+	srv := newMailServer(t, false)
+	for _, verification := range []string{verificationOptional, verificationRequired} {
+		t.Run(verification, func(t *testing.T) {
+			var l commandLog
+			cfg := testConfig(t)
+			srv.configure(&cfg)
+			cfg.mail.verification = verification
+			e := newMonitoredEnv(t, &l, cfg) // no mail sender: only the requests' work
+			e.signup(t, "taken@example.com", "correct horse battery")
+
+			signup := func(email string) ([]string, int64) {
+				l.take()
+				e.signup(t, email, "another password")
+				return l.take()
+			}
+			fresh, freshWritten := signup("new@example.com")
+			taken, takenWritten := signup("taken@example.com")
+			if !slices.Equal(fresh, taken) || freshWritten != takenWritten {
+				t.Fatalf("a new address: %d documents written by\n%s\na taken one: %d by\n%s",
+					freshWritten, strings.Join(fresh, "\n"), takenWritten, strings.Join(taken, "\n"))
+			}
+		})
+	}
+}
+
 func TestEmailChangeFromTheMailsReceived(t *testing.T) {
 	t.Parallel()
 	srv := newMailServer(t, false)
@@ -907,6 +940,138 @@ func TestMailIsLimitedPerAddressAndPerClientWithTheSameAnswer(t *testing.T) {
 	})
 }
 
+// subjectsTo lists the subjects of what s received for to, in order.
+func (s *mailServer) subjectsTo(tb testing.TB, to string) []string {
+	tb.Helper()
+	var out []string
+	for _, m := range s.mailsTo(to) {
+		out = append(out, parseMail(tb, m).subject)
+	}
+	return out
+}
+
+// count is how many of subjects contain part.
+func count(subjects []string, part string) int {
+	n := 0
+	for _, s := range subjects {
+		if strings.Contains(s, part) {
+			n++
+		}
+	}
+	return n
+}
+
+// Anyone may have mail sent to an address: by naming it as an account's new address, or by
+// signing up with it. Each kind of mail has limits of its own, so none of that holds back the
+// owner's password reset.
+func TestChangeRequestsDoNotBlockTheOwnersResetMail(t *testing.T) {
+	t.Parallel()
+	srv := newMailServer(t, false)
+	e := newMailEnv(t, srv, func(c *config) { // the default limits
+		c.mail.addressInterval, c.mail.maxPerAddress, c.mail.maxPerClient = time.Minute, 5, 20
+	})
+	const victim = "victim@example.com"
+	e.signupMailed(t, srv, victim)
+	for range e.cfg.mail.maxPerAddress + 1 {
+		_, access, _ := e.user(t) // an account of the attacker's for each: its notices are limited too
+		e.do(t, "POST", "/auth/email/change", map[string]string{"new_email": victim, "password": "correct horse battery"},
+			"Authorization", "Bearer "+access).want(t, 202, "")
+	}
+	for range e.cfg.mail.maxPerAddress + 1 {
+		e.do(t, "POST", "/auth/signup", credentials{victim, "another password"}).want(t, 201, "")
+	}
+	e.outboxEmpty(t)
+	before := srv.subjectsTo(t, victim)
+	if count(before, "Confirm your new address") == 0 || count(before, "tried to sign up") == 0 {
+		t.Fatalf("the attack sent the victim none of its mails: %q", before)
+	}
+
+	e.do(t, "POST", "/auth/password/forgot", map[string]string{"email": victim}).want(t, 202, "")
+	e.outboxEmpty(t)
+	var reset []parsedMail
+	for _, m := range srv.mailsTo(victim)[len(before):] {
+		reset = append(reset, parseMail(t, m))
+	}
+	if len(reset) != 1 {
+		t.Fatalf("%d mails after the reset request, want the reset mail", len(reset))
+	}
+	if path, _ := reset[0].link(t); path != "/reset-password" {
+		t.Fatalf("the mail after the reset request links to %s", path)
+	}
+}
+
+// A change of address mails its link to the new address only together with a notice to the old
+// one; the notices are limited like any mail, and past their limit the request is refused.
+func TestAddressChangeNoticesAreThrottled(t *testing.T) {
+	t.Parallel()
+	srv := newMailServer(t, false)
+	e := newMailEnv(t, srv)
+	const owner = "changer@example.com"
+	e.signupMailed(t, srv, owner)
+	access, _ := e.login(t, owner, "correct horse battery")
+	change := func(to string) response {
+		return e.do(t, "POST", "/auth/email/change", map[string]string{"new_email": to, "password": "correct horse battery"},
+			"Authorization", "Bearer "+access)
+	}
+	limit := e.cfg.mail.maxPerAddress
+	for i := range limit {
+		change(fmt.Sprintf("new%d@example.com", i)).want(t, 202, "")
+	}
+	r := change("one-more@example.com").want(t, 429, "too_many_attempts")
+	if s, err := strconv.Atoi(r.header.Get("Retry-After")); err != nil || s < 1 {
+		t.Fatalf("Retry-After %q, want seconds", r.header.Get("Retry-After"))
+	}
+	e.outboxEmpty(t)
+	if n := count(srv.subjectsTo(t, owner), "about to change"); n != limit {
+		t.Fatalf("%d notices to the old address, want %d", n, limit)
+	}
+	if got := srv.mailsTo("one-more@example.com"); len(got) != 0 {
+		t.Fatalf("%d mails to the address of the refused change", len(got))
+	}
+}
+
+// Other mail to the old address does not silence the notice; a notice spent within the interval
+// refuses the change, link and all; and a change whose link the new address's limits hold back
+// sends nothing, notice included, and answers as ever.
+func TestNoChangeLinkGoesOutWithoutItsNotice(t *testing.T) {
+	t.Parallel()
+	srv := newMailServer(t, false)
+	e := newMailEnv(t, srv, func(c *config) { c.mail.addressInterval, c.mail.maxPerAddress = time.Minute, 5 })
+	const owner = "owner-of-it@example.com"
+	e.signupMailed(t, srv, owner)
+	access, _ := e.login(t, owner, "correct horse battery")
+	change := func(access, to string) response {
+		return e.do(t, "POST", "/auth/email/change", map[string]string{"new_email": to, "password": "correct horse battery"},
+			"Authorization", "Bearer "+access)
+	}
+	notices := func() int { e.outboxEmpty(t); return count(srv.subjectsTo(t, owner), "about to change") }
+	links := func(to string) int { e.outboxEmpty(t); return count(srv.subjectsTo(t, to), "Confirm your new address") }
+
+	for range 6 {
+		e.do(t, "POST", "/auth/password/forgot", map[string]string{"email": owner}).want(t, 202, "")
+	}
+	change(access, "a@example.com").want(t, 202, "")
+	if notices() != 1 || links("a@example.com") != 1 {
+		t.Fatalf("after other mail to the old address: %d notices, %d links; want one of each", notices(), links("a@example.com"))
+	}
+
+	r := change(access, "b@example.com").want(t, 429, "too_many_attempts")
+	if s, err := strconv.Atoi(r.header.Get("Retry-After")); err != nil || s < 1 || s > 60 {
+		t.Fatalf("Retry-After %q, want at most the interval", r.header.Get("Retry-After"))
+	}
+	if notices() != 1 || links("b@example.com") != 0 {
+		t.Fatalf("a change refused: %d notices, %d links to its address; want 1 and 0", notices(), links("b@example.com"))
+	}
+
+	e.clock.Advance(time.Minute)
+	_, other, _ := e.user(t)
+	change(other, "c@example.com").want(t, 202, "") // spends c's interval
+	change(access, "c@example.com").want(t, 202, "")
+	if notices() != 1 || links("c@example.com") != 1 {
+		t.Fatalf("a change held back by the new address's limits: %d notices, %d links; want 1 and 1", notices(), links("c@example.com"))
+	}
+}
+
 func TestImplicitTLSDeliversToo(t *testing.T) {
 	t.Parallel()
 	srv := newMailServer(t, true)
@@ -1165,6 +1330,86 @@ func BenchmarkForgotPassword(b *testing.B) {
 				b.StartTimer()
 				e.do(b, "POST", "/auth/password/forgot", map[string]string{"email": tt.email}).want(b, 202, "")
 			}
+		})
+	}
+}
+
+// BenchmarkSignupNewAndTaken times sign-ups with verification on, of a new address and of a
+// taken one in turns (which goes first alternates), and reports the median of each: they should
+// take as long (see TestSignupOfATakenAddressDoesTheSameDatabaseWork). The clock moves an hour,
+// and expired attempts and the outbox are cleared, between turns, so that each is within the limits.
+//
+//	go test -run '^$' -bench SignupNewAndTaken -benchtime 100x -count 3 .
+func BenchmarkSignupNewAndTaken(b *testing.B) {
+	srv := newMailServer(b, false)
+	e := newTestEnv(b, srv.configure, func(c *config) { // no sender: only the requests
+		c.mail.addressInterval, c.mail.maxPerAddress = time.Minute, 5
+	})
+	e.signup(b, "taken@example.com", "correct horse battery")
+	var fresh, taken []time.Duration
+	timed := func(into *[]time.Duration, email string) {
+		start := time.Now()
+		e.signup(b, email, "correct horse battery")
+		*into = append(*into, time.Since(start))
+	}
+	for b.Loop() {
+		b.StopTimer()
+		e.clock.Advance(time.Hour)
+		if err := e.store.Purge(b.Context(), e.clock.Now()); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := e.store.outbox().DeleteMany(b.Context(), bson.D{}); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		if len(fresh)%2 == 0 {
+			timed(&fresh, "new-"+newID()+"@example.com")
+			timed(&taken, "taken@example.com")
+		} else {
+			timed(&taken, "taken@example.com")
+			timed(&fresh, "new-"+newID()+"@example.com")
+		}
+	}
+	median := func(d []time.Duration) float64 {
+		slices.Sort(d)
+		return float64(d[len(d)/2].Microseconds()) / 1000
+	}
+	b.ReportMetric(median(fresh), "new-ms")
+	b.ReportMetric(median(taken), "taken-ms")
+}
+
+// BenchmarkCreateAccount times sign-up's database write alone, for a new address and a taken one
+// in turns, without the twin write (uneven, as with EMAIL_VERIFICATION=off) and with it, and
+// reports the median of each.
+//
+//	go test -run '^$' -bench CreateAccount -benchtime 300x -count 3 .
+func BenchmarkCreateAccount(b *testing.B) {
+	for _, even := range []bool{false, true} {
+		b.Run(map[bool]string{false: "uneven", true: "even"}[even], func(b *testing.B) {
+			store, err := newMongoStore(b.Context(), newTestDB(b), nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			create := func(into *[]time.Duration, email string) {
+				start := time.Now()
+				if _, err := createAccount(b.Context(), store, &User{ID: newID(), Email: email, CreatedAt: time.Now()}, even); err != nil {
+					b.Fatal(err)
+				}
+				*into = append(*into, time.Since(start))
+			}
+			var fresh, taken []time.Duration
+			create(&fresh, "taken@example.com")
+			fresh = nil
+			for b.Loop() {
+				create(&fresh, "new-"+newID()+"@example.com")
+				create(&taken, "taken@example.com")
+			}
+			median := func(d []time.Duration) float64 {
+				slices.Sort(d)
+				return float64(d[len(d)/2].Microseconds()) / 1000
+			}
+			b.ReportMetric(median(fresh), "new-ms")
+			b.ReportMetric(median(taken), "taken-ms")
 		})
 	}
 }
