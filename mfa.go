@@ -20,7 +20,7 @@ import (
 
 // TOTP as every authenticator app reads it: RFC 6238 with HMAC-SHA1, 6 digits, 30-second steps,
 // and a 160-bit secret. A code is accepted for its own step and the one before and after (a
-// phone's clock a little off), never twice.
+// phone's clock a little off), never twice, and never after a later step's.
 const (
 	totpStep    = 30 * time.Second
 	totpDigits  = 6
@@ -110,8 +110,9 @@ func (m *mfa) check(ctx context.Context, r *http.Request, u *User, secret []byte
 	case code != "":
 		step, match := totpMatch(secret, code, m.tokens.now())
 		if match {
-			// The step is claimed: the same code again, within its 30 seconds, fails.
-			err = m.store.ClaimTOTPStep(ctx, u.ID, step, m.tokens.now().Add((totpSkew+1)*totpStep))
+			// A step is claimed, and with it every earlier one: its code again, or the code before
+			// it, fails. The claim lasts while they could still be accepted.
+			err = m.store.ClaimTOTPStep(ctx, u.ID, step, time.Unix((step+totpSkew+1)*int64(totpStep/time.Second), 0))
 			ok = err == nil
 			if errors.Is(err, ErrDuplicate) {
 				m.metrics.mfa(mfaReplayed)
