@@ -254,13 +254,13 @@ type mailFlows struct {
 // tell nothing about the address. perClient is false for mails of sign-up, which has a per-client
 // limit of its own.
 func (f *mailFlows) allow(ctx context.Context, client netip.Addr, address string, perClient bool) (bool, error) {
-	interval := limit{"mail-interval|" + address, 0}
+	interval := limit{key: "mail-interval|" + address}
 	if f.cfg.addressInterval > 0 {
 		interval.max = 1
 	}
-	window := []limit{{"mail|" + address, f.cfg.maxPerAddress}}
+	window := []limit{{key: "mail|" + address, max: f.cfg.maxPerAddress}}
 	if perClient {
-		window = append(window, limit{"mail-client|" + clientPrefix(client), f.cfg.maxPerClient})
+		window = append(window, limit{key: "mail-client|" + clientPrefix(client), max: f.cfg.maxPerClient})
 	}
 	// The two throttles' round trips run side by side.
 	var (

@@ -103,14 +103,10 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 	revs := newRevocations(store, now, log, c.revocationMaxLag)
 	sessions := &sessionKeeper{store: store, tokens: t, revs: revs, metrics: m, log: log,
 		maxAge: c.sessionMaxAge, reuse: c.reuseInterval, answerBy: c.dbWait}
-	passwords := &passwordCheck{
-		store:      store,
-		hasher:     h,
-		throttle:   &throttle{store: store, now: now, window: c.failureWindow},
-		maxAccount: c.maxFailures,
-		maxClient:  c.maxClientFails,
-		log:        log,
-	}
+	limits := &loginLimits{throttle: &throttle{store: store, now: now, window: c.failureWindow},
+		maxAccount: c.maxFailures, maxClient: c.maxClientFails, maxFactor: c.mfaMaxFailures,
+		maxChallenge: mfaChallengeMaxWrong, challengeWindow: mfaTokenTTL}
+	passwords := &passwordCheck{store: store, hasher: h, limits: limits, log: log}
 	clients := clientIPs{trusted: c.trustedProxies}
 	return &deps{
 		log:         log,
@@ -124,7 +120,7 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		accounts:    &accounts{store: store, sessions: sessions},
 		passwords:   passwords,
 		mfa: &mfa{store: store, tokens: t, seal: newSealer(secret, "totp"), sessions: sessions,
-			passwords: passwords, clients: clients, metrics: m, appName: c.appName},
+			limits: limits, clients: clients, metrics: m, appName: c.appName, log: log},
 		signups:          &throttle{store: store, now: now, window: c.signupWindow},
 		signupsPerClient: c.signupMax,
 		hasher:           h,
