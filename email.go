@@ -53,6 +53,7 @@ const (
 	mailChange       = "change"        // to a new address: the link that makes it the account's
 	mailChangeNotice = "change_notice" // to the old address: a change was asked for
 	mailSignupExists = "signup_exists" // to an address with an account: someone tried to sign up
+	mailMFAFailures  = "mfa_failures"  // to an account's address: its second factor is locked for a while
 )
 
 var (

@@ -74,6 +74,7 @@ type mfa struct {
 	seal     *sealer
 	sessions *sessionKeeper
 	limits   *loginLimits
+	outbox   *outbox // the owner is mailed when the factor locks, if mail is on
 	clients  clientIPs
 	metrics  *metrics
 	appName  string
@@ -96,7 +97,8 @@ func (m *mfa) check(ctx context.Context, r *http.Request, u *User, secret []byte
 
 // verify checks code or recovery within the limits on guessing u's second factor (see
 // loginLimits.factor): the limits first, so that beyond them a right code is refused too. ch is
-// the login challenge answered, nil in a session; active is whether secret is u's active factor.
+// the login challenge answered, nil in a session; active is whether secret is u's active factor,
+// whose owner is mailed when it locks.
 func (m *mfa) verify(ctx context.Context, r *http.Request, u *User, secret []byte, code, recovery string,
 	ch *MFAChallenge, active bool) error {
 	if recovery == "" && code == "" {
@@ -158,12 +160,21 @@ func (m *mfa) attempt(ctx context.Context, r *http.Request, u *User, ch *MFAChal
 }
 
 // missed ends a wrong try att: ch is deleted with its last allowed wrong answer (should that
-// fail, the wrong answers recorded refuse it all the same).
+// fail, the wrong answers recorded refuse it all the same), and the try that locks the account's
+// factor mails its owner, when the factor is active: one being enrolled locks nothing worth it.
 func (m *mfa) missed(ctx context.Context, att *attempt, u *User, ch *MFAChallenge, active bool) {
 	if ch != nil && m.limits.maxChallenge > 0 && att.failures(challengeKey(ch.ID)) >= m.limits.maxChallenge {
 		if err := m.store.ConsumeMFAChallenge(context.WithoutCancel(ctx), ch.ID); err != nil && !errors.Is(err, ErrNotFound) {
 			m.log.Warn("deleting a challenge after its last wrong answer failed", "err", err)
 		}
+	}
+	if n := att.failures(factorKey(u.ID)); !active || m.limits.maxFactor == 0 || n < m.limits.maxFactor ||
+		!m.outbox.cfg.enabled() {
+		return
+	}
+	if err := m.outbox.queue(context.WithoutCancel(ctx), &MailMessage{Kind: mailMFAFailures, To: u.Email, UserID: u.ID,
+		Failures: m.limits.maxFactor, LockedFor: m.limits.throttle.window, SignedIn: ch == nil}); err != nil {
+		m.log.Warn("mailing the owner of a locked second factor failed", "user_id", u.ID, "err", err)
 	}
 }
 

@@ -141,6 +141,55 @@ func TestStepUpAndRemovalCountInTheSameLimit(t *testing.T) {
 		"X-Forwarded-For", clientNo(7)))
 }
 
+func TestTheOwnerIsMailedWhenTheSecondFactorLimitIsHit(t *testing.T) {
+	t.Parallel()
+	srv := newMailServer(t, false)
+	e := newMailEnv(t, srv, trustLoopback)
+	const email = "locked@example.com"
+	e.signupMailed(t, srv, email)
+	access, _ := e.login(t, email, "correct horse battery")
+	secret, _ := e.enrolTOTP(t, access)
+	check := func(t *testing.T, m parsedMail, who string) {
+		t.Helper()
+		if m.subject != "Your Example App second factor is locked for 5 minutes" {
+			t.Fatalf("subject %q", m.subject)
+		}
+		for _, body := range []string{m.text, m.html} {
+			if !strings.Contains(body, who) || !strings.Contains(body, "5 times") || !strings.Contains(body, "for the next 5 minutes") {
+				t.Fatalf("the mail does not say who (%q), how often and for how long:\n%s", who, body)
+			}
+		}
+	}
+
+	t.Run("after step-ups in a session", func(t *testing.T) {
+		for range e.cfg.mfaMaxFailures {
+			e.verifyMFA(t, map[string]string{"code": wrongCode(t, secret, e.clock.Now())}, "Authorization", "Bearer "+access).
+				want(t, 401, "invalid_code")
+		}
+		check(t, srv.next(t, email, nil), "Someone signed in to your Example App account, "+email)
+	})
+	t.Run("after logins with the password", func(t *testing.T) {
+		e.clock.Advance(e.cfg.failureWindow)
+		for i := range e.cfg.mfaMaxFailures + 2 {
+			r := e.verifyMFA(t, map[string]string{"mfa_token": e.challengeFrom(t, clientNo(i), email), "code": wrongCode(t, secret, e.clock.Now())},
+				"X-Forwarded-For", clientNo(i))
+			if i < e.cfg.mfaMaxFailures {
+				r.want(t, 401, "invalid_code")
+			}
+			if i == e.cfg.mfaMaxFailures-1 {
+				check(t, srv.next(t, email, nil), "Someone who knows the password of your Example App account, "+email)
+			}
+			if i >= e.cfg.mfaMaxFailures {
+				e.lockedOut(t, r)
+			}
+		}
+		e.outboxEmpty(t)
+		if n := len(srv.mailsTo(email)); n != 3 {
+			t.Fatalf("%d mails to %s, want the verification and two notices", n, email)
+		}
+	})
+}
+
 func TestMFAMaxFailuresZeroTurnsTheLimitOff(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t, trustLoopback, func(c *config) { c.mfaMaxFailures = 0 })

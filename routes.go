@@ -108,6 +108,7 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		maxChallenge: mfaChallengeMaxWrong, challengeWindow: mfaTokenTTL}
 	passwords := &passwordCheck{store: store, hasher: h, limits: limits, log: log}
 	clients := clientIPs{trusted: c.trustedProxies}
+	mailOut := newOutbox(store, c.mail, m, now, log)
 	return &deps{
 		log:         log,
 		now:         now,
@@ -120,14 +121,14 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		accounts:    &accounts{store: store, sessions: sessions},
 		passwords:   passwords,
 		mfa: &mfa{store: store, tokens: t, seal: newSealer(secret, "totp"), sessions: sessions,
-			limits: limits, clients: clients, metrics: m, appName: c.appName, log: log},
+			limits: limits, outbox: mailOut, clients: clients, metrics: m, appName: c.appName, log: log},
 		signups:          &throttle{store: store, now: now, window: c.signupWindow},
 		signupsPerClient: c.signupMax,
 		hasher:           h,
 		clients:          clients,
 		metricsEnabled:   c.metrics && c.metricsAddr == "",
 		metrics:          m,
-		mail: &mailFlows{cfg: c.mail, store: store, outbox: newOutbox(store, c.mail, m, now, log),
+		mail: &mailFlows{cfg: c.mail, store: store, outbox: mailOut,
 			perInterval: &throttle{store: store, now: now, window: c.mail.addressInterval},
 			perWindow:   &throttle{store: store, now: now, window: mailWindow},
 			now:         now, log: log},

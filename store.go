@@ -815,6 +815,11 @@ type MailMessage struct {
 	NextAt    time.Time `bson:"next_at"`  // not before then
 	Attempts  int       `bson:"attempts"` // attempts started
 	LastError string    `bson:"last_error,omitempty"`
+	// A locked second factor's notice: the failures that locked it, for how long, and whether
+	// they came from a session rather than from logins.
+	Failures  int           `bson:"failures,omitempty"`
+	LockedFor time.Duration `bson:"locked_for,omitempty"`
+	SignedIn  bool          `bson:"signed_in,omitempty"`
 }
 
 // MailLease is the claim on one delivery attempt of a message: its ID is the message's and the
