@@ -45,7 +45,7 @@ func handleSignup(log *slog.Logger, clients clientIPs, store Store, h *hasher, s
 			return errWeakPassword
 		}
 		client := clients.of(r)
-		att, err := signups.begin(r.Context(), limit{"signup|" + clientPrefix(client), perClient})
+		att, err := signups.begin(r.Context(), limit{key: "signup|" + clientPrefix(client), max: perClient})
 		if err != nil {
 			return err
 		}
@@ -243,21 +243,11 @@ func handleDeleteAccount(log *slog.Logger, clients clientIPs, passwords *passwor
 // passwordCheck is the one place where a password is compared with an account's, with the login
 // throttle around it: login uses it, and so does everything that asks for a password again.
 type passwordCheck struct {
-	store    Store
-	throttle *throttle
-	hasher   *hasher
-	times    checkTimes
-	log      *slog.Logger
-	// Failed attempts allowed within the throttle's window: for one account from one client, so
-	// that an attacker cannot lock a user out of their own client, and from one client for any
-	// accounts.
-	maxAccount, maxClient int
-}
-
-// loginKeys are the throttle's keys for a login as email from client.
-func loginKeys(client netip.Addr, email string) (account, clientKey string) {
-	c := clientPrefix(client)
-	return "login|" + c + "|" + email, "login|" + c
+	store  Store
+	limits *loginLimits
+	hasher *hasher
+	times  checkTimes
+	log    *slog.Logger
 }
 
 // check returns the account of email when password is its password. Otherwise the error is
@@ -293,8 +283,7 @@ func (p *passwordCheck) check(ctx context.Context, client netip.Addr, email, pas
 		return nil, err
 	}
 	// A success forgets the account's failures from this client.
-	account, _ := loginKeys(client, email)
-	if err := att.succeeded(ctx, account); err != nil {
+	if err := att.succeeded(ctx); err != nil {
 		p.log.Warn("clearing login failures failed", "err", err)
 	}
 	return u, nil
@@ -321,7 +310,6 @@ func (p *passwordCheck) checkUser(ctx context.Context, client netip.Addr, user, 
 // checkInSlot is check in its hashing slot; took is how long the password check itself took.
 func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, email, password string,
 	meanwhile func(*User)) (u *User, att *attempt, took time.Duration, err error) {
-	account, clientKey := loginKeys(client, email)
 	// The attempt is recorded and the account read at once: the work around the hash must stay
 	// small next to the hash itself.
 	var (
@@ -332,7 +320,7 @@ func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, emai
 		defer close(fetched)
 		u, userErr = p.store.UserByEmail(ctx, email)
 	}()
-	att, err = p.throttle.begin(ctx, limit{account, p.maxAccount}, limit{clientKey, p.maxClient})
+	att, err = p.limits.password(ctx, client, email)
 	<-fetched
 	if err != nil {
 		return nil, nil, 0, err

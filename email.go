@@ -55,6 +55,7 @@ const (
 	mailSignupExists = "signup_exists"  // to an address with an account: someone tried to sign up
 	mailFactorAdded  = "factor_added"   // to an account's address: a second factor was added
 	mailFactorGone   = "factor_removed" // to an account's address: its second factor was removed
+	mailMFAFailures  = "mfa_failures"   // to an account's address: its second factor is locked for a while
 )
 
 var (
@@ -269,13 +270,13 @@ func (b *mailBudget) giveBack(ctx context.Context) {
 // mails of sign-up, which has a per-client limit of its own, and for the notice that goes with an
 // address change's link, which the link counts.
 func (f *mailFlows) reserve(ctx context.Context, client netip.Addr, kind, address string, perClient bool) (*mailBudget, error) {
-	interval := limit{"mail-interval|" + kind + "|" + address, 0}
+	interval := limit{key: "mail-interval|" + kind + "|" + address}
 	if f.cfg.addressInterval > 0 {
 		interval.max = 1
 	}
-	window := []limit{{"mail|" + kind + "|" + address, f.cfg.maxPerAddress}}
+	window := []limit{{key: "mail|" + kind + "|" + address, max: f.cfg.maxPerAddress}}
 	if perClient {
-		window = append(window, limit{"mail-client|" + kind + "|" + clientPrefix(client), f.cfg.maxPerClient})
+		window = append(window, limit{key: "mail-client|" + kind + "|" + clientPrefix(client), max: f.cfg.maxPerClient})
 	}
 	// The two throttles' round trips run side by side.
 	var (

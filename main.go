@@ -79,6 +79,7 @@ type config struct {
 	failureWindow    time.Duration
 	maxFailures      int
 	maxClientFails   int
+	mfaMaxFailures   int // wrong second factors for one account, from every client, within failureWindow
 	signupMax        int
 	signupWindow     time.Duration
 	hashConcurrent   int
@@ -134,6 +135,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		failureWindow:    s.dur("LOGIN_FAILURE_WINDOW", "5m", false),
 		maxFailures:      s.num("LOGIN_MAX_FAILURES", 5),
 		maxClientFails:   s.num("LOGIN_MAX_CLIENT_FAILURES", 50),
+		mfaMaxFailures:   s.num("MFA_MAX_FAILURES", 5),
 		signupMax:        s.num("SIGNUP_MAX_PER_CLIENT", 10),
 		signupWindow:     s.dur("SIGNUP_WINDOW", "10m", false),
 		// Each hash holds 19 MiB: more than four at once would break the memory budget (see

@@ -20,7 +20,7 @@ import (
 
 // TOTP as every authenticator app reads it: RFC 6238 with HMAC-SHA1, 6 digits, 30-second steps,
 // and a 160-bit secret. A code is accepted for its own step and the one before and after (a
-// phone's clock a little off), never twice.
+// phone's clock a little off), never twice, and never after a later step's.
 const (
 	totpStep    = 30 * time.Second
 	totpDigits  = 6
@@ -28,6 +28,8 @@ const (
 	totpSecret  = 20
 	pendingTTL  = 15 * time.Minute // how long an enrolment waits for its first code
 	mfaTokenTTL = 5 * time.Minute  // how long a login waits for its second factor
+	// Wrong answers to one login's challenge before it dies, whatever MFA_MAX_FAILURES.
+	mfaChallengeMaxWrong = 3
 )
 
 var b32 = base32.StdEncoding.WithPadding(base32.NoPadding)
@@ -72,11 +74,13 @@ type mfa struct {
 	seal      *sealer
 	sessions  *sessionKeeper
 	accounts  *accounts      // a factor added, removed or used up moves the account's stamp
-	mail      *mailFlows     // and its owner is told
-	passwords *passwordCheck // its throttle counts wrong codes as failed logins
+	mail      *mailFlows     // and its owner is told; and when wrong codes lock the factor
+	passwords *passwordCheck // adding a factor asks for the password
+	limits    *loginLimits
 	clients   clientIPs
 	metrics   *metrics
 	appName   string
+	log       *slog.Logger
 }
 
 var (
@@ -87,43 +91,43 @@ var (
 	errStepUpRace        = &apiError{status: http.StatusConflict, code: "conflict", message: "the session was refreshed meanwhile; refresh, then step up with a new code"}
 )
 
-// check verifies code (a TOTP code) or recovery (a recovery code) for user, counting a wrong one as
-// a failed login of email from client. It returns how the user proved the factor.
+// check verifies code (a TOTP code) or recovery (a recovery code) for user against secret, a
+// factor being enrolled: see verify.
 func (m *mfa) check(ctx context.Context, r *http.Request, u *User, secret []byte, code, recovery string) error {
-	account, clientKey := loginKeys(m.clients.of(r), u.Email)
-	att, err := m.passwords.throttle.begin(ctx, limit{account, m.passwords.maxAccount}, limit{clientKey, m.passwords.maxClient})
-	if err == nil {
-		err = att.check(ctx)
+	return m.verify(ctx, r, u, secret, code, recovery, nil, false)
+}
+
+// verify checks code or recovery within the limits on guessing u's second factor (see
+// loginLimits.factor): the limits first, so that beyond them a right code is refused too. ch is
+// the login challenge answered, nil in a session; active is whether secret is u's active factor,
+// whose owner is mailed when it locks.
+func (m *mfa) verify(ctx context.Context, r *http.Request, u *User, secret []byte, code, recovery string,
+	ch *MFAChallenge, active bool) error {
+	if recovery == "" && code == "" {
+		return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "send code or recovery_code"}
 	}
-	if errors.Is(err, errTooManyAttempts) {
-		m.metrics.mfa(mfaThrottled)
-	}
+	att, err := m.attempt(ctx, r, u, ch)
 	if err != nil {
 		return err
 	}
 	ok := false
-	switch {
-	case recovery != "":
+	if recovery != "" {
 		err = m.store.UseRecoveryCode(ctx, u.ID, recoveryDigest(recovery))
 		ok = err == nil
 		if ok {
 			m.metrics.mfa(mfaRecoveryCode)
 			err = m.recoveryUsed(ctx, u)
 		}
-	case code != "":
-		step, match := totpMatch(secret, code, m.tokens.now())
-		if match {
-			// The step is claimed: the same code again, within its 30 seconds, fails.
-			err = m.store.ClaimTOTPStep(ctx, u.ID, step, m.tokens.now().Add((totpSkew+1)*totpStep))
-			ok = err == nil
-			if errors.Is(err, ErrDuplicate) {
-				m.metrics.mfa(mfaReplayed)
-			} else if ok {
-				m.metrics.mfa(mfaVerified)
-			}
+	} else if step, match := totpMatch(secret, code, m.tokens.now()); match {
+		// A step is claimed, and with it every earlier one: its code again, or the code before
+		// it, fails. The claim lasts while they could still be accepted.
+		err = m.store.ClaimTOTPStep(ctx, u.ID, step, time.Unix((step+totpSkew+1)*int64(totpStep/time.Second), 0))
+		ok = err == nil
+		if errors.Is(err, ErrDuplicate) {
+			m.metrics.mfa(mfaReplayed)
+		} else if ok {
+			m.metrics.mfa(mfaVerified)
 		}
-	default:
-		return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "send code or recovery_code"}
 	}
 	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrDuplicate) {
 		att.forget(ctx)
@@ -131,9 +135,10 @@ func (m *mfa) check(ctx context.Context, r *http.Request, u *User, secret []byte
 	}
 	if !ok {
 		m.metrics.mfa(mfaInvalid)
-		return errCodeInvalid // the attempt stays recorded, as a failed login
+		m.missed(ctx, att, u, ch, active)
+		return errCodeInvalid // the attempt stays recorded, as a failure
 	}
-	return att.succeeded(ctx, account)
+	return att.succeeded(ctx)
 }
 
 // recoveryUsed moves the stamp of u's account when its last recovery code is used: the means of
@@ -146,8 +151,54 @@ func (m *mfa) recoveryUsed(ctx context.Context, u *User) error {
 	return m.accounts.moveStamp(ctx, u.ID, stampRecoveryUsedUp)
 }
 
-// prove checks a code or a recovery code against u's active factor (see check).
+// attempt begins a try at u's second factor, of any kind, from r's client, answering ch if not
+// nil: errTooManyAttempts when the account or the client is over its limit, errTokenInvalid when
+// ch is dead. The try then ends in succeeded, or in missed.
+func (m *mfa) attempt(ctx context.Context, r *http.Request, u *User, ch *MFAChallenge) (*attempt, error) {
+	challenge := ""
+	if ch != nil {
+		challenge = ch.ID
+	}
+	att, err := m.limits.factor(ctx, m.clients.of(r), u.ID, challenge)
+	if err == nil {
+		err = att.check(ctx)
+	}
+	if errors.Is(err, errTooManyAttempts) {
+		m.metrics.mfa(mfaThrottled)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return att, nil
+}
+
+// missed ends a wrong try att: ch is deleted with its last allowed wrong answer (should that
+// fail, the wrong answers recorded refuse it all the same), and the try that locks the account's
+// factor mails its owner, when the factor is active: one being enrolled locks nothing worth it.
+func (m *mfa) missed(ctx context.Context, att *attempt, u *User, ch *MFAChallenge, active bool) {
+	if ch != nil && m.limits.maxChallenge > 0 && att.failures(challengeKey(ch.ID)) >= m.limits.maxChallenge {
+		if err := m.store.ConsumeMFAChallenge(context.WithoutCancel(ctx), ch.ID); err != nil && !errors.Is(err, ErrNotFound) {
+			m.log.Warn("deleting a challenge after its last wrong answer failed", "err", err)
+		}
+	}
+	if n := att.failures(factorKey(u.ID)); !active || m.limits.maxFactor == 0 || n < m.limits.maxFactor ||
+		!m.mail.cfg.enabled() {
+		return
+	}
+	if err := m.mail.outbox.queue(context.WithoutCancel(ctx), &MailMessage{Kind: mailMFAFailures, To: u.Email, UserID: u.ID,
+		Failures: m.limits.maxFactor, LockedFor: m.limits.throttle.window, SignedIn: ch == nil}); err != nil {
+		m.log.Warn("mailing the owner of a locked second factor failed", "user_id", u.ID, "err", err)
+	}
+}
+
+// prove checks a code or a recovery code against u's active factor, in a session (see verify).
 func (m *mfa) prove(ctx context.Context, r *http.Request, u *User, code, recovery string) error {
+	return m.answer(ctx, r, u, nil, code, recovery)
+}
+
+// answer checks a code or a recovery code against u's active factor, for the login challenge ch,
+// or in a session when ch is nil (see verify).
+func (m *mfa) answer(ctx context.Context, r *http.Request, u *User, ch *MFAChallenge, code, recovery string) error {
 	f, err := m.store.TOTP(ctx, u.ID)
 	if errors.Is(err, ErrNotFound) {
 		return errMFANotEnrolled
@@ -158,7 +209,7 @@ func (m *mfa) prove(ctx context.Context, r *http.Request, u *User, code, recover
 	if err != nil {
 		return err
 	}
-	return m.check(ctx, r, u, secret, code, recovery)
+	return m.verify(ctx, r, u, secret, code, recovery, ch, true)
 }
 
 // signedIn is the account of the access token c, whose session the database says is alive.
@@ -397,7 +448,7 @@ func handleVerifyMFA(log *slog.Logger, m *mfa) http.Handler {
 		} else if stamp != ch.Stamp {
 			return errTokenInvalid
 		}
-		if err := m.prove(ctx, r, u, req.Code, req.RecoveryCode); err != nil {
+		if err := m.answer(ctx, r, u, ch, req.Code, req.RecoveryCode); err != nil {
 			return err
 		}
 		// One challenge, one session: of simultaneous right codes, one consumes it.

@@ -301,6 +301,11 @@ type mailData struct {
 	Link     string // the link to follow, when there is one
 	Code     string // the token alone, for clients without a browser
 	Expires  string // how long the link works, in words
+	// A locked second factor's: how many wrong tries locked it, for how long, and whether they
+	// came from a session (true) or from logins with the password.
+	Failures  int
+	LockedFor string
+	SignedIn  bool
 }
 
 // render makes the mail for m, reading the account it concerns as it is now.
@@ -374,6 +379,8 @@ func (o *outbox) render(ctx context.Context, m MailMessage) (*outgoingMail, erro
 	case mailChangeNotice:
 		d.NewEmail = m.NewEmail
 	case mailSignupExists, mailFactorAdded, mailFactorGone:
+	case mailMFAFailures:
+		d.Failures, d.LockedFor, d.SignedIn = m.Failures, inWords(m.LockedFor), m.SignedIn
 	default:
 		return nil, permanentError{fmt.Errorf("unknown kind of mail %q", m.Kind)}
 	}
@@ -582,7 +589,8 @@ type mailTemplates struct {
 //go:embed mail
 var builtinMail embed.FS
 
-var mailKinds = []string{mailReset, mailVerify, mailChange, mailChangeNotice, mailSignupExists, mailFactorAdded, mailFactorGone}
+var mailKinds = []string{mailReset, mailVerify, mailChange, mailChangeNotice, mailSignupExists, mailFactorAdded, mailFactorGone,
+	mailMFAFailures}
 
 // loadMailTemplates parses the built-in templates, each replaced by the file of the same name in
 // dir (MAIL_TEMPLATES_DIR) when dir is set and has one: reset.txt, reset.html, verify.txt, ... A
@@ -600,7 +608,8 @@ func loadMailTemplates(dir string) (*mailTemplates, error) {
 		return builtinMail.ReadFile("mail/" + name)
 	}
 	sample := mailData{AppName: "app", AppURL: "https://app.example.com", Email: "old@example.com",
-		NewEmail: "new@example.com", Link: "https://app.example.com/x?token=t", Code: "t", Expires: "1 hour"}
+		NewEmail: "new@example.com", Link: "https://app.example.com/x?token=t", Code: "t", Expires: "1 hour",
+		Failures: 5, LockedFor: "5 minutes"}
 	for _, kind := range mailKinds {
 		src, err := read(kind + ".txt")
 		if err != nil {

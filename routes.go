@@ -117,14 +117,10 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 	revs := newRevocations(store, now, log, c.revocationMaxLag)
 	sessions := &sessionKeeper{store: store, tokens: t, revs: revs, metrics: m, log: log,
 		maxAge: c.sessionMaxAge, reuse: c.reuseInterval, answerBy: c.dbWait}
-	passwords := &passwordCheck{
-		store:      store,
-		hasher:     h,
-		throttle:   &throttle{store: store, now: now, window: c.failureWindow},
-		maxAccount: c.maxFailures,
-		maxClient:  c.maxClientFails,
-		log:        log,
-	}
+	limits := &loginLimits{throttle: &throttle{store: store, now: now, window: c.failureWindow},
+		maxAccount: c.maxFailures, maxClient: c.maxClientFails, maxFactor: c.mfaMaxFailures,
+		maxChallenge: mfaChallengeMaxWrong, challengeWindow: mfaTokenTTL}
+	passwords := &passwordCheck{store: store, hasher: h, limits: limits, log: log}
 	clients := clientIPs{trusted: c.trustedProxies}
 	users := &accounts{store: store, sessions: sessions}
 	mail := &mailFlows{cfg: c.mail, store: store, outbox: newOutbox(store, c.mail, m, now, log),
@@ -143,7 +139,7 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		accounts:    users,
 		passwords:   passwords,
 		mfa: &mfa{store: store, tokens: t, seal: newSealer(secret, "totp"), sessions: sessions, accounts: users,
-			mail: mail, passwords: passwords, clients: clients, metrics: m, appName: c.appName},
+			mail: mail, passwords: passwords, limits: limits, clients: clients, metrics: m, appName: c.appName, log: log},
 		signups:          &throttle{store: store, now: now, window: c.signupWindow},
 		signupsPerClient: c.signupMax,
 		hasher:           h,

@@ -216,7 +216,9 @@ type Store interface {
 	// RemoveTOTP deletes user's active factor and recovery codes; ErrNotFound when there is no
 	// active factor (also for all but one of simultaneous removals).
 	RemoveTOTP(ctx context.Context, user string) error
-	// ClaimTOTPStep records that user used the code of a time step; ErrDuplicate when it was used.
+	// ClaimTOTPStep records that user used the code of a time step, kept until expires;
+	// ErrDuplicate when that step or a later one was claimed (RFC 6238 section 5.2), by a claim
+	// racing this one too.
 	ClaimTOTPStep(ctx context.Context, user string, step int64, expires time.Time) error
 	// SetRecoveryCodes replaces user's recovery codes with these digests.
 	SetRecoveryCodes(ctx context.Context, user string, digests []string) error
@@ -324,6 +326,7 @@ func newMongoStore(ctx context.Context, db *mongo.Database, m *metrics) (*mongoS
 		{s.recoveryCodes, bson.D{{Key: "user_id", Value: 1}}, false, false},
 		{s.securityEvents, bson.D{{Key: "user_id", Value: 1}}, false, false},
 		{s.totpSteps, bson.D{{Key: "expires_at", Value: 1}}, false, true},
+		{s.totpSteps, bson.D{{Key: "user_id", Value: 1}, {Key: "step", Value: -1}}, false, false},
 		{s.mfaChallenges, bson.D{{Key: "expires_at", Value: 1}}, false, true},
 		{s.sessions, bson.D{{Key: "tokens_expire_at", Value: 1}}, false, true},
 		{s.attempts, bson.D{{Key: "key", Value: 1}, {Key: "at", Value: -1}}, false, false},
@@ -763,10 +766,26 @@ func (s *mongoStore) RemoveTOTP(ctx context.Context, user string) error {
 }
 
 func (s *mongoStore) ClaimTOTPStep(ctx context.Context, user string, step int64, expires time.Time) error {
-	_, err := s.totpSteps.InsertOne(ctx, bson.D{
-		{Key: "_id", Value: user + ":" + strconv.FormatInt(step, 10)},
+	// The unique insert decides between uses of one step. Then any claim of a step as late or
+	// later refuses this one: each claim is written before it looks, so of two racing the one
+	// that looks last sees the other, and only the earlier step can be refused.
+	id := user + ":" + strconv.FormatInt(step, 10)
+	if _, err := s.totpSteps.InsertOne(ctx, bson.D{
+		{Key: "_id", Value: id}, {Key: "user_id", Value: user}, {Key: "step", Value: step},
 		{Key: "expires_at", Value: expires},
-	})
+	}); err != nil {
+		return s.err(err)
+	}
+	err := s.totpSteps.FindOne(ctx, bson.D{
+		{Key: "user_id", Value: user}, {Key: "step", Value: bson.D{{Key: "$gte", Value: step}}},
+		{Key: "_id", Value: bson.D{{Key: "$ne", Value: id}}},
+	}, options.FindOne().SetProjection(bson.D{{Key: "_id", Value: 1}})).Err()
+	switch {
+	case err == nil:
+		return ErrDuplicate
+	case errors.Is(err, mongo.ErrNoDocuments):
+		return nil
+	}
 	return s.err(err)
 }
 
@@ -856,6 +875,11 @@ type MailMessage struct {
 	NextAt    time.Time `bson:"next_at"`  // not before then
 	Attempts  int       `bson:"attempts"` // attempts started
 	LastError string    `bson:"last_error,omitempty"`
+	// A locked second factor's notice: the failures that locked it, for how long, and whether
+	// they came from a session rather than from logins.
+	Failures  int           `bson:"failures,omitempty"`
+	LockedFor time.Duration `bson:"locked_for,omitempty"`
+	SignedIn  bool          `bson:"signed_in,omitempty"`
 }
 
 // MailLease is the claim on one delivery attempt of a message: its ID is the message's and the

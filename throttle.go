@@ -33,13 +33,20 @@ type throttle struct {
 type limit struct {
 	key string
 	max int
+	// A success forgets every attempt under key (see succeeded).
+	forgive bool
+	// The window of this limit when not zero, instead of the throttle's.
+	window time.Duration
+	// What a refused attempt is answered when this limit is reached; errTooManyAttempts with its
+	// Retry-After when nil.
+	refuse error
 }
 
 // attempt is one try, recorded under the key of each of its limits.
 type attempt struct {
 	t         *throttle
 	docs      []Attempt
-	limits    []int
+	limits    []limit
 	others    []int         // how many other attempts check found under each doc's key, up to its limit
 	recorded  chan struct{} // closed when the record has landed, or failed with recordErr
 	recordErr error
@@ -54,20 +61,23 @@ func (t *throttle) begin(ctx context.Context, limits ...limit) (*attempt, error)
 	a := &attempt{t: t, recorded: make(chan struct{})}
 	for _, l := range limits {
 		if l.max > 0 {
-			a.docs = append(a.docs, Attempt{ID: newID(), Key: l.key, At: at, ExpiresAt: at.Add(t.window)})
-			a.limits = append(a.limits, l.max)
+			if l.window == 0 {
+				l.window = t.window
+			}
+			a.docs = append(a.docs, Attempt{ID: newID(), Key: l.key, At: at, ExpiresAt: at.Add(l.window)})
+			a.limits = append(a.limits, l)
 		}
 	}
 	if len(a.docs) == 0 {
 		close(a.recorded)
 		return a, nil
 	}
-	wait, err := a.ahead(ctx)
+	refused, err := a.ahead(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if wait > 0 {
-		return nil, errTooManyAttempts.after(wait)
+	if refused != nil {
+		return nil, refused
 	}
 	go func() {
 		defer close(a.recorded)
@@ -91,38 +101,60 @@ func (a *attempt) check(ctx context.Context) error {
 	if err := a.written(); err != nil {
 		return err
 	}
-	wait, err := a.ahead(ctx)
+	refused, err := a.ahead(ctx)
 	if err != nil {
 		return err
 	}
-	if wait > 0 {
+	if refused != nil {
 		a.forget(ctx)
-		return errTooManyAttempts.after(wait)
+		return refused
 	}
 	return nil
 }
 
-// ahead is how long until fewer than each limit's worth of other attempts are recorded: until the
-// oldest of the newest max leaves the window. Zero when that is so already. It notes how many
-// others it found under each key.
-func (a *attempt) ahead(ctx context.Context) (time.Duration, error) {
-	since := a.docs[0].At.Add(-a.t.window)
+// ahead answers nil when fewer than each limit's worth of other attempts are recorded within its
+// window. Otherwise it answers the refusal: the refuse error of the first limit reached that has
+// one, or errTooManyAttempts after the time until the oldest of the newest max leaves the window.
+// It notes how many others it found under each key.
+func (a *attempt) ahead(ctx context.Context) (refused error, err error) {
 	waits := make([]time.Duration, len(a.docs))
 	errs := make([]error, len(a.docs))
 	a.others = make([]int, len(a.docs))
 	var wg sync.WaitGroup
 	for i, doc := range a.docs {
 		wg.Go(func() {
+			l, window := a.limits[i], doc.ExpiresAt.Sub(doc.At)
 			var others []time.Time
-			others, errs[i] = a.t.store.Attempts(ctx, doc.Key, since, doc.ID, a.limits[i])
+			others, errs[i] = a.t.store.Attempts(ctx, doc.Key, doc.At.Add(-window), doc.ID, l.max)
 			a.others[i] = len(others)
-			if len(others) >= a.limits[i] {
-				waits[i] = others[a.limits[i]-1].Add(a.t.window).Sub(doc.At)
+			if len(others) >= l.max {
+				waits[i] = max(others[l.max-1].Add(window).Sub(doc.At), time.Millisecond)
 			}
 		})
 	}
 	wg.Wait()
-	return slices.Max(waits), errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	for i, l := range a.limits {
+		if waits[i] > 0 && l.refuse != nil {
+			return l.refuse, nil
+		}
+	}
+	if wait := slices.Max(waits); wait > 0 {
+		return errTooManyAttempts.after(wait), nil
+	}
+	return nil, nil
+}
+
+// failures is how many attempts under key check found within the window, this one included.
+func (a *attempt) failures(key string) int {
+	for i, doc := range a.docs {
+		if doc.Key == key && a.others != nil {
+			return a.others[i] + 1
+		}
+	}
+	return 0
 }
 
 // forget removes the attempt, and with it every attempt under the keys in clear: it was refused
@@ -137,15 +169,21 @@ func (a *attempt) forget(ctx context.Context, clear ...string) error {
 	return a.t.store.ForgetAttempts(context.WithoutCancel(ctx), a.ids(), clear...)
 }
 
-// succeeded forgets the attempt, and every attempt under the keys in clear. It returns when the
-// attempts that check found under those keys are gone, so that the client's next try counts from
-// zero; when check found none, at once, and the attempt's own record is removed after. Until then
-// it counts as one more attempt, which errs on the safe side.
-func (a *attempt) succeeded(ctx context.Context, clear ...string) error {
+// succeeded forgets the attempt, and every attempt under the keys of its limits that forgive. It
+// returns when the attempts that check found under those keys are gone, so that the client's next
+// try counts from zero; when check found none, at once, and the attempt's own record is removed
+// after. Until then it counts as one more attempt, which errs on the safe side.
+func (a *attempt) succeeded(ctx context.Context) error {
+	var clear []string
+	wait := false
 	for i, doc := range a.docs {
-		if slices.Contains(clear, doc.Key) && (a.others == nil || a.others[i] > 0) {
-			return a.forget(ctx, clear...)
+		if a.limits[i].forgive {
+			clear = append(clear, doc.Key)
+			wait = wait || a.others == nil || a.others[i] > 0
 		}
+	}
+	if wait {
+		return a.forget(ctx, clear...)
 	}
 	go a.forget(ctx, clear...)
 	return nil
@@ -157,6 +195,55 @@ func (a *attempt) ids() []string {
 		ids[i] = d.ID
 	}
 	return ids
+}
+
+// loginLimits is the one home of the limits on guessing an account's secrets: which keys a
+// password or a second factor counts under, and how many failures each allows.
+type loginLimits struct {
+	throttle *throttle
+	// Wrong passwords within the throttle's window: for one account from one client, so that an
+	// attacker cannot lock a user out of their own client, and from one client for any accounts.
+	maxAccount, maxClient int
+	// Wrong second factors within the window, for one account from every client: who sends them
+	// knows the password or holds a session, so the account itself is what is guarded.
+	maxFactor int
+	// Wrong answers to one login's challenge within challengeWindow, after which it is dead.
+	maxChallenge    int
+	challengeWindow time.Duration
+}
+
+// loginKeys are the throttle's keys for a login as email from client.
+func loginKeys(client netip.Addr, email string) (account, clientKey string) {
+	c := clientPrefix(client)
+	return "login|" + c + "|" + email, "login|" + c
+}
+
+// factorKey is the key of the wrong second factors of account user; challengeKey of the wrong
+// answers to one login's challenge.
+func factorKey(user string) string  { return "factor|" + user }
+func challengeKey(id string) string { return "challenge|" + id }
+
+// password begins a try at email's password from client (see throttle.begin). Its success forgets
+// the account's failures from that client.
+func (g *loginLimits) password(ctx context.Context, client netip.Addr, email string) (*attempt, error) {
+	account, clientKey := loginKeys(client, email)
+	return g.throttle.begin(ctx, limit{key: account, max: g.maxAccount, forgive: true}, limit{key: clientKey, max: g.maxClient})
+}
+
+// factor begins a try at user's second factor from client, any kind of factor: it counts toward
+// the account's limit, which a right password does not clear, and the client's login limit. With
+// a challenge (the id of a login's, "" in a session), also toward the challenge's own limit: a
+// challenge that reached it is dead, and answered errTokenInvalid. Its success forgets the
+// account's factor failures: they are there to stop someone without the factor, who never
+// succeeds, and the factor's owner has just shown it.
+func (g *loginLimits) factor(ctx context.Context, client netip.Addr, user, challenge string) (*attempt, error) {
+	_, clientKey := loginKeys(client, "")
+	limits := []limit{{key: factorKey(user), max: g.maxFactor, forgive: true}, {key: clientKey, max: g.maxClient}}
+	if challenge != "" {
+		limits = append(limits, limit{key: challengeKey(challenge), max: g.maxChallenge, window: g.challengeWindow,
+			refuse: errTokenInvalid})
+	}
+	return g.throttle.begin(ctx, limits...)
 }
 
 // clientPrefix names a client: its address, or for IPv6 its /64, which one subscriber usually holds
