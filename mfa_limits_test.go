@@ -185,8 +185,8 @@ func TestTheOwnerIsMailedWhenTheSecondFactorLimitIsHit(t *testing.T) {
 			}
 		}
 		e.outboxEmpty(t)
-		if n := len(srv.mailsTo(email)); n != 3 {
-			t.Fatalf("%d mails to %s, want the verification and two notices", n, email)
+		if n := len(srv.mailsTo(email)); n != 4 {
+			t.Fatalf("%d mails to %s, want the verification, the new factor's notice and two lock notices", n, email)
 		}
 	})
 }
