@@ -19,29 +19,9 @@ import (
 	"time"
 )
 
-// nginxConf is the nginx configuration the README shows; the end-to-end tests run exactly this
-// text, with only the addresses changed.
+// nginxConf is the nginx configuration docs/proxies.md links; the end-to-end tests run exactly
+// this text, with only the addresses changed.
 const nginxConf = "deploy/nginx.conf"
-
-// The README shows each proxy configuration that the end-to-end tests run, verbatim.
-func TestREADMEShowsTheProxyConfigurationsTheTestsRun(t *testing.T) {
-	t.Parallel()
-	readme, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []struct{ path, lang string }{
-		{nginxConf, "nginx"}, {nginxSPAConf, "nginx"}, {caddyfile, "caddyfile"},
-	} {
-		conf, err := os.ReadFile(f.path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !strings.Contains(string(readme), "```"+f.lang+"\n"+string(conf)+"```\n") {
-			t.Errorf("README.md must show %s verbatim in a %s code block", f.path, f.lang)
-		}
-	}
-}
 
 func TestNginxInFrontOfTheService(t *testing.T) {
 	t.Parallel()
