@@ -23,14 +23,14 @@ const (
 // accounts are the operations on an account that move its stamp or end its sessions, shared by its
 // owner's and the operator's endpoints.
 type accounts struct {
-	store    Store
+	store    userStore
 	sessions *sessionKeeper
 }
 
 // moveStamp records event on user's account: from then on, every link, challenge or code issued
 // for it before is refused.
 func (a *accounts) moveStamp(ctx context.Context, user, event string) error {
-	return a.store.MoveStamp(ctx, user, event, a.sessions.tokens.now().UTC())
+	return a.store.MoveStamp(ctx, SecurityEvent{ID: newID(), UserID: user, Reason: event, At: a.sessions.tokens.now().UTC()})
 }
 
 // setPassword gives user the password hashed as hash, for reason (a change or a reset): the stamp

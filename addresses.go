@@ -183,7 +183,7 @@ func contains(list []string, s string) bool {
 // finds their accounts. It runs at every start, since instances of an older version may still
 // write such addresses during an upgrade; only addresses beyond ASCII are read. An address whose
 // new form another account has already is left as it is, and logged: the operator decides.
-func normalizeStoredEmails(ctx context.Context, store Store, log *slog.Logger) error {
+func normalizeStoredEmails(ctx context.Context, store userStore, log *slog.Logger) error {
 	users, err := store.UsersWithUnicodeEmail(ctx)
 	if err != nil {
 		return err

@@ -75,7 +75,10 @@ func handleSignup(log *slog.Logger, clients clientIPs, store Store, h *hasher, s
 // a taken address inserts a record that commits, a new account the twin's standing record, which
 // its unique _id refuses. Either way, one insert into users and one into attempts, and one
 // document written. The first new account of a database writes the standing record.
-func createAccount(ctx context.Context, store Store, u *User, even bool) (taken bool, err error) {
+func createAccount(ctx context.Context, store interface {
+	userStore
+	attemptStore
+}, u *User, even bool) (taken bool, err error) {
 	err = store.CreateUser(ctx, u)
 	if taken = errors.Is(err, ErrDuplicate); err != nil && !taken {
 		return false, err
@@ -243,7 +246,10 @@ func handleDeleteAccount(log *slog.Logger, clients clientIPs, passwords *passwor
 // passwordCheck is the one place where a password is compared with an account's, with the login
 // throttle around it: login uses it, and so does everything that asks for a password again.
 type passwordCheck struct {
-	store  Store
+	store interface {
+		userStore
+		factorStore
+	}
 	limits *loginLimits
 	hasher *hasher
 	times  checkTimes

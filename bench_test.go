@@ -261,7 +261,7 @@ func BenchmarkRevocationPoll(b *testing.B) {
 	for _, n := range []int{0, 1000, 10000} {
 		b.Run(fmt.Sprint("entries=", n), func(b *testing.B) {
 			ctx := context.Background()
-			store, err := newMongoStore(ctx, newTestDB(b), newMetrics())
+			store, err := newMongoStore(ctx, newTestDB(b), nil)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -86,7 +86,7 @@ func newMonitoredEnv(tb testing.TB, l *commandLog, cfg config) *testEnv {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	m := newMetrics()
-	store, err := newMongoStore(ctx, client.Database(newTestDB(tb).Name()), m) // dropped when the test ends
+	store, err := newMongoStore(ctx, client.Database(newTestDB(tb).Name()), &m.dbErrors) // dropped when the test ends
 	if err != nil {
 		tb.Fatal(err)
 	}

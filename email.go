@@ -244,8 +244,11 @@ func loopbackHost(host string) bool {
 
 // mailFlows are the parts the email endpoints share.
 type mailFlows struct {
-	cfg    mailConfig
-	store  Store
+	cfg   mailConfig
+	store interface {
+		mailStore
+		userStore
+	}
 	outbox *outbox
 	// Mails per kind and address per addressInterval, and per kind and address and per kind and
 	// client per mailWindow.
@@ -353,7 +356,7 @@ func (f *mailFlows) notify(ctx context.Context, kind string, u *User) {
 
 // newMailToken makes a token of at least 128 random bits (256 here) for purpose, stores its
 // digest, and returns it in clear for the mail: the only place it ever is.
-func newMailToken(ctx context.Context, store Store, now time.Time, purpose, user, email string, stamp int64, ttl time.Duration) (string, error) {
+func newMailToken(ctx context.Context, store mailStore, now time.Time, purpose, user, email string, stamp int64, ttl time.Duration) (string, error) {
 	var b [32]byte
 	rand.Read(b[:])
 	raw := base64.RawURLEncoding.EncodeToString(b[:])

@@ -245,7 +245,7 @@ func newTestEnvOn(tb testing.TB, db *mongo.Database, opts ...func(*config)) *tes
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	m := newMetrics()
-	store, err := newMongoStore(ctx, db, m)
+	store, err := newMongoStore(ctx, db, &m.dbErrors)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -277,7 +277,7 @@ func newUnreachableEnv(tb testing.TB) *testEnv {
 	}
 	tb.Cleanup(func() { client.Disconnect(context.Background()) })
 	m := newMetrics()
-	return serveTestEnv(tb, testConfig(tb), mongoCollections(client.Database("x"), m), m)
+	return serveTestEnv(tb, testConfig(tb), mongoCollections(client.Database("x"), &m.dbErrors), m)
 }
 
 // serveTestEnv serves the service over store with cfg, on a fake clock and a captured log, behind

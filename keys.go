@@ -148,7 +148,7 @@ func (s *keySet) lookup(tok *jwt.Token) (*verifyKey, error) {
 // publish-ahead.
 type keyring struct {
 	alg   string
-	store Store // nil with HS256
+	store keyStore // nil with HS256
 	now   func() time.Time
 	log   *slog.Logger
 	keks  []*sealer // from JWT_SECRET, then JWT_SECRET_PREVIOUS
@@ -197,7 +197,7 @@ func newHMACKeyring(secret []byte, previous [][]byte) *keyring {
 }
 
 // newManagedKeyring is the key set of EdDSA or ES256 on store; load fills it.
-func newManagedKeyring(alg string, store Store, secret []byte, previous [][]byte,
+func newManagedKeyring(alg string, store keyStore, secret []byte, previous [][]byte,
 	rotation, publishAhead, retention time.Duration, now func() time.Time, log *slog.Logger) *keyring {
 	r := &keyring{alg: alg, store: store, now: now, log: log, rotation: rotation, publishAhead: publishAhead,
 		retention: retention, private: make(map[string]any), verifyBy: make(map[string]*verifyKey)}

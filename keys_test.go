@@ -264,7 +264,7 @@ func serveWithSecret(tb testing.TB, db *mongo.Database, secret string, opts ...f
 		o(&cfg)
 	}
 	m := newMetrics()
-	store, err := newMongoStore(context.Background(), db, m)
+	store, err := newMongoStore(context.Background(), db, &m.dbErrors)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -311,7 +311,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	startCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	m := newMetrics()
-	store, err := newMongoStore(startCtx, client.Database(c.mongoDatabase), m)
+	store, err := newMongoStore(startCtx, client.Database(c.mongoDatabase), &m.dbErrors)
 	if err != nil {
 		return fmt.Errorf("mongodb at start: %w", err)
 	}

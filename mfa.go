@@ -69,7 +69,10 @@ func totpMatch(secret []byte, code string, now time.Time) (int64, bool) {
 // Every "exactly one wins" here (a code's step, a recovery code, a login's challenge, the one
 // active factor) is a unique-key insert or a single-document delete.
 type mfa struct {
-	store     Store
+	store interface {
+		factorStore
+		userStore
+	}
 	tokens    *tokens
 	seal      *sealer
 	sessions  *sessionKeeper

@@ -47,7 +47,10 @@ import (
 // lifetime counts from its delivery, not from the request, so mail held up by an outage still
 // arrives with a working link.
 type outbox struct {
-	store     Store
+	store interface {
+		mailStore
+		userStore
+	}
 	cfg       mailConfig
 	transport mailTransport
 	metrics   *metrics

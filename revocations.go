@@ -16,9 +16,12 @@ import (
 // available on every server). Entries leave when every token they match has expired, so memory is
 // bounded by the number of live revocations.
 type revocations struct {
-	store Store
-	now   func() time.Time
-	log   *slog.Logger
+	store interface {
+		revocationStore
+		Purge(ctx context.Context, now time.Time) error // every store's expired records, on the same clock
+	}
+	now func() time.Time
+	log *slog.Logger
 
 	// maxLag, when not zero, is REVOCATION_MAX_LAG: past it without a successful poll, this
 	// instance cannot vouch that a token was not revoked elsewhere, and says so (see vouches).
@@ -49,7 +52,10 @@ const (
 	syncOverlap = 10 * time.Second
 )
 
-func newRevocations(store Store, now func() time.Time, log *slog.Logger, maxLag time.Duration) *revocations {
+func newRevocations(store interface {
+	revocationStore
+	Purge(ctx context.Context, now time.Time) error
+}, now func() time.Time, log *slog.Logger, maxLag time.Duration) *revocations {
 	return &revocations{store: store, now: now, log: log, maxLag: maxLag,
 		jtis: make(map[string]time.Time), sids: make(map[string]time.Time), reused: make(map[string]bool)}
 }

@@ -32,7 +32,11 @@ const (
 // (see Session) and the sid inside every token of one login; it ends with a blacklist entry for
 // the sid, which the token check reads from memory and refresh from the database.
 type sessionKeeper struct {
-	store   Store
+	store interface {
+		sessionStore
+		revocationStore
+		userStore
+	}
 	tokens  *tokens
 	revs    *revocations
 	metrics *metrics

@@ -1,11 +1,15 @@
 package main
 
+// store.go holds what the service keeps: small interfaces, one per concern, combined into Store,
+// with the records they keep; and the plumbing of their MongoDB implementation, whose code by
+// concern is in store_*.go.
+
 import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -19,6 +23,68 @@ var (
 	ErrDuplicate   = errors.New("duplicate")
 	ErrUnavailable = errors.New("database unavailable")
 )
+
+// Store is everything the service keeps. Every method takes the request's context and answers
+// ErrUnavailable when the database cannot be reached in time; the errors each may answer besides
+// are in its comment. Each part of the service takes only the interfaces it uses.
+type Store interface {
+	userStore
+	sessionStore
+	revocationStore
+	attemptStore
+	factorStore
+	keyStore
+	mailStore
+	// Purge deletes everything that expired before now.
+	Purge(ctx context.Context, now time.Time) error
+	// Ping checks that the database answers.
+	Ping(ctx context.Context) error
+}
+
+// userStore keeps the accounts, whether they are disabled, and their security events.
+type userStore interface {
+	// CreateUser inserts u; ErrDuplicate when its email is taken.
+	CreateUser(ctx context.Context, u *User) error
+	// UserByEmail finds the account with a normalised email; ErrNotFound when there is none.
+	UserByEmail(ctx context.Context, email string) (*User, error)
+	// UserByID finds an account; ErrNotFound when there is none.
+	UserByID(ctx context.Context, id string) (*User, error)
+	// EmailOf is the address of account id and whether it is verified, without the rest of the
+	// account; ErrNotFound when there is none.
+	EmailOf(ctx context.Context, id string) (email string, verified bool, err error)
+	// SetDisabled disables or enables account id; ErrNotFound when there is none.
+	SetDisabled(ctx context.Context, id string, disabled bool) error
+	// DeleteUser deletes account id, so that its email is free again; ErrNotFound when there is
+	// none.
+	DeleteUser(ctx context.Context, id string) error
+	// BcryptHash returns the bcrypt hash of some account that still has one (accounts imported
+	// from the Node service keep theirs until they log in); ErrNotFound when none does.
+	BcryptHash(ctx context.Context) (string, error)
+	// SetPasswordHash replaces the hash of user id; ErrNotFound when there is no such user.
+	SetPasswordHash(ctx context.Context, id, hash string) error
+	// UpgradePasswordHash replaces the hash of user id with fresh only while it is still old (a
+	// login's rehash must not undo a password change that came while it checked the password);
+	// ErrNotFound when the account is gone or its hash is another now.
+	UpgradePasswordHash(ctx context.Context, id, old, fresh string) error
+	// Stamp is the security stamp of account user: how many security events it has had (0 for
+	// none, and for an account that does not exist).
+	Stamp(ctx context.Context, user string) (int64, error)
+	// MoveStamp records the security event e, which moves its account's stamp.
+	MoveStamp(ctx context.Context, e SecurityEvent) error
+	// SetEmailVerified marks the address of user id verified, if it is still email; ErrNotFound
+	// when there is no such user with that address.
+	SetEmailVerified(ctx context.Context, id, email string) error
+	// SetEmail gives user id the verified address email; ErrDuplicate when another account has
+	// it, ErrNotFound when there is no such user.
+	SetEmail(ctx context.Context, id, email string) error
+	// UsersWithUnicodeEmail lists the id and email of every account whose email has a character
+	// beyond ASCII.
+	UsersWithUnicodeEmail(ctx context.Context) ([]User, error)
+	// RewriteEmail replaces the email of user id with to while it is still from, and keeps
+	// whether it is verified; ErrDuplicate when another account has to, ErrNotFound when the
+	// account is gone or has another address now.
+	RewriteEmail(ctx context.Context, id, from, to string) error
+}
 
 // User is an account. PasswordHash is a PHC string (argon2id) or, for accounts moved over from
 // the Node service, a bcrypt hash.
@@ -38,16 +104,35 @@ type User struct {
 	hasTOTP bool // an active second factor, as passwordCheck found; not stored here
 }
 
-// Revocation is one blacklist entry: a token id ("jti:...") or a whole login session ("sid:...").
-// It means nothing after ExpiresAt, because every token it could match has expired by then.
-//
-// CreatedAt is when the entry was written or last extended: instances poll for entries by it.
-// Reason says why a session ended ("logout", "reused", ...), for the people who read the database.
-type Revocation struct {
-	ID        string    `bson:"_id"`
-	ExpiresAt time.Time `bson:"expires_at"`
-	CreatedAt time.Time `bson:"created_at"`
-	Reason    string    `bson:"reason,omitempty"`
+// SecurityEvent is one change of an account's credentials or means of recovery (see
+// docs/security-model.md). The account's security stamp is how many it has had: everything issued
+// on its behalf records the stamp and is refused once the stamp has moved. Events are inserted,
+// never updated, so that no concurrent write to the account can lose one.
+type SecurityEvent struct {
+	ID     string    `bson:"_id"`
+	UserID string    `bson:"user_id"`
+	Reason string    `bson:"reason"`
+	At     time.Time `bson:"at"`
+}
+
+// sessionStore keeps the sessions and the first use of each refresh token.
+type sessionStore interface {
+	// CreateSession records a new session.
+	CreateSession(ctx context.Context, s *Session) error
+	// DeleteSession removes the record of a session none of whose tokens was handed out.
+	DeleteSession(ctx context.Context, id string) error
+	// SessionByID finds a session; ErrNotFound when there is none.
+	SessionByID(ctx context.Context, id string) (*Session, error)
+	// SessionsOfUser lists the sessions of user whose tokens have not all expired at now, ended
+	// ones included (see Session), newest first.
+	SessionsOfUser(ctx context.Context, user string, now time.Time) ([]Session, error)
+	// TouchSession notes a use of session id at usedAt that issued tokens accepted up to
+	// tokensExpire (the record's TokensExpireAt never goes back) and made head its newest refresh
+	// token. ErrNotFound when there is none. Callers never touch one session twice at once.
+	TouchSession(ctx context.Context, id string, usedAt, tokensExpire time.Time, head string) error
+	// ClaimRefresh records the first use of a refresh token. won is true for exactly one caller
+	// per token, even under concurrency; the others get the record that caller wrote.
+	ClaimRefresh(ctx context.Context, use RefreshUse) (first RefreshUse, won bool, err error)
 }
 
 // Session is one login and every token refreshed from it, all of which carry its ID as sid. It
@@ -88,103 +173,8 @@ type Successor struct {
 	Level    level  `bson:",inline"`
 }
 
-// TOTPFactor is a user's time-based one-time password secret (RFC 6238), sealed. A factor being
-// enrolled has the id "pending:<user id>"; once its first code is confirmed, an active copy is
-// inserted under the user's id, which is unique: one active factor per user.
-type TOTPFactor struct {
-	ID        string    `bson:"_id"`
-	UserID    string    `bson:"user_id"`
-	Secret    []byte    `bson:"secret"`
-	CreatedAt time.Time `bson:"created_at"`
-}
-
-// MFAChallenge is a login with the right password that waits for its second factor, found by the
-// SHA-256 digest of its mfa_token. Stamp is the account's security stamp when it was issued.
-type MFAChallenge struct {
-	ID        string    `bson:"_id"`
-	UserID    string    `bson:"user_id"`
-	Stamp     int64     `bson:"stamp"`
-	IP        string    `bson:"ip"`
-	UserAgent string    `bson:"user_agent"`
-	ExpiresAt time.Time `bson:"expires_at"`
-}
-
-// SecurityEvent is one change of an account's credentials or means of recovery (see
-// docs/security-model.md). The account's security stamp is how many it has had: everything issued
-// on its behalf records the stamp and is refused once the stamp has moved. Events are inserted,
-// never updated, so that no concurrent write to the account can lose one.
-type SecurityEvent struct {
-	ID     string    `bson:"_id"`
-	UserID string    `bson:"user_id"`
-	Reason string    `bson:"reason"`
-	At     time.Time `bson:"at"`
-}
-
-// Attempt is one try of something throttled, recorded under one key before its outcome is known.
-type Attempt struct {
-	ID        string    `bson:"_id"`
-	Key       string    `bson:"key"`
-	At        time.Time `bson:"at"`
-	ExpiresAt time.Time `bson:"expires_at"`
-}
-
-// Store is everything the service keeps. Every method takes the request's context and answers
-// ErrUnavailable when the database cannot be reached in time.
-type Store interface {
-	// CreateUser inserts u; ErrDuplicate when its email is taken.
-	CreateUser(ctx context.Context, u *User) error
-	// UserByEmail finds the account with a normalised email; ErrNotFound when there is none.
-	UserByEmail(ctx context.Context, email string) (*User, error)
-	// UserByID finds an account; ErrNotFound when there is none.
-	UserByID(ctx context.Context, id string) (*User, error)
-	// EmailOf is the address of account id and whether it is verified, without the rest of the
-	// account; ErrNotFound when there is none.
-	EmailOf(ctx context.Context, id string) (email string, verified bool, err error)
-	// SetDisabled disables or enables account id; ErrNotFound when there is none.
-	SetDisabled(ctx context.Context, id string, disabled bool) error
-	// DeleteUser deletes account id, so that its email is free again; ErrNotFound when there is
-	// none.
-	DeleteUser(ctx context.Context, id string) error
-	// BcryptHash returns the bcrypt hash of some account that still has one (accounts imported
-	// from the Node service keep theirs until they log in); ErrNotFound when none does.
-	BcryptHash(ctx context.Context) (string, error)
-	// SetPasswordHash replaces the hash of user id; ErrNotFound when there is no such user.
-	SetPasswordHash(ctx context.Context, id, hash string) error
-	// Stamp is the security stamp of account user: how many security events it has had (0 for
-	// none, and for an account that does not exist).
-	Stamp(ctx context.Context, user string) (int64, error)
-	// MoveStamp records a security event of account user for reason, which moves its stamp.
-	MoveStamp(ctx context.Context, user, reason string, at time.Time) error
-	// UpgradePasswordHash replaces the hash of user id with fresh only while it is still old (a
-	// login's rehash must not undo a password change that came while it checked the password);
-	// ErrNotFound when the account is gone or its hash is another now.
-	UpgradePasswordHash(ctx context.Context, id, old, fresh string) error
-	// UsersWithUnicodeEmail lists the id and email of every account whose email has a character
-	// beyond ASCII.
-	UsersWithUnicodeEmail(ctx context.Context) ([]User, error)
-	// RewriteEmail replaces the email of user id with to while it is still from, and keeps
-	// whether it is verified; ErrDuplicate when another account has to, ErrNotFound when the
-	// account is gone or has another address now.
-	RewriteEmail(ctx context.Context, id, from, to string) error
-
-	// CreateSession records a new session.
-	CreateSession(ctx context.Context, s *Session) error
-	// DeleteSession removes the record of a session none of whose tokens was handed out.
-	DeleteSession(ctx context.Context, id string) error
-	// SessionByID finds a session; ErrNotFound when there is none.
-	SessionByID(ctx context.Context, id string) (*Session, error)
-	// SessionsOfUser lists the sessions of user whose tokens have not all expired at now, ended
-	// ones included (see Session), newest first.
-	SessionsOfUser(ctx context.Context, user string, now time.Time) ([]Session, error)
-	// TouchSession notes a use of session id at usedAt that issued tokens accepted up to
-	// tokensExpire (the record's TokensExpireAt never goes back) and made head its newest refresh
-	// token. ErrNotFound when there is none. Callers never touch one session twice at once.
-	TouchSession(ctx context.Context, id string, usedAt, tokensExpire time.Time, head string) error
-
-	// ClaimRefresh records the first use of a refresh token. won is true for exactly one caller
-	// per token, even under concurrency; the others get the record that caller wrote.
-	ClaimRefresh(ctx context.Context, use RefreshUse) (first RefreshUse, won bool, err error)
-
+// revocationStore keeps the blacklist.
+type revocationStore interface {
 	// Revoke records revocations; recording one that exists already is not an error.
 	Revoke(ctx context.Context, revs ...Revocation) error
 	// ExtendRevocation makes revocation id last until at least expires, and marks it changed at
@@ -197,7 +187,22 @@ type Store interface {
 	RevokedAmong(ctx context.Context, now time.Time, ids ...string) (map[string]bool, error)
 	// RevocationsSince lists revocations created at or after since that are still in force at now.
 	RevocationsSince(ctx context.Context, since, now time.Time) ([]Revocation, error)
+}
 
+// Revocation is one blacklist entry: a token id ("jti:...") or a whole login session ("sid:...").
+// It means nothing after ExpiresAt, because every token it could match has expired by then.
+//
+// CreatedAt is when the entry was written or last extended: instances poll for entries by it.
+// Reason says why a session ended ("logout", "reused", ...), for the people who read the database.
+type Revocation struct {
+	ID        string    `bson:"_id"`
+	ExpiresAt time.Time `bson:"expires_at"`
+	CreatedAt time.Time `bson:"created_at"`
+	Reason    string    `bson:"reason,omitempty"`
+}
+
+// attemptStore keeps the attempts that the throttles count.
+type attemptStore interface {
 	// AddAttempts records attempts, whose ids the caller makes unique.
 	AddAttempts(ctx context.Context, as ...Attempt) error
 	// Attempts lists, newest first and at most limit of them, the times of the attempts of key
@@ -205,7 +210,19 @@ type Store interface {
 	Attempts(ctx context.Context, key string, since time.Time, except string, limit int) ([]time.Time, error)
 	// ForgetAttempts deletes the attempts with these ids and every attempt of these keys.
 	ForgetAttempts(ctx context.Context, ids []string, keys ...string) error
+}
 
+// Attempt is one try of something throttled, recorded under one key before its outcome is known.
+type Attempt struct {
+	ID        string    `bson:"_id"`
+	Key       string    `bson:"key"`
+	At        time.Time `bson:"at"`
+	ExpiresAt time.Time `bson:"expires_at"`
+}
+
+// factorStore keeps the second factors: TOTP secrets, the steps used, recovery codes, and the
+// logins waiting for their second factor.
+type factorStore interface {
 	// SavePendingTOTP records a factor being enrolled, replacing an earlier one being enrolled.
 	SavePendingTOTP(ctx context.Context, f TOTPFactor) error
 	// TOTP finds a factor by its id; ErrNotFound when there is none.
@@ -234,11 +251,31 @@ type Store interface {
 	// ConsumeMFAChallenge deletes a challenge; ErrNotFound when there is none (also for all but
 	// one of simultaneous consumptions).
 	ConsumeMFAChallenge(ctx context.Context, id string) error
+}
 
-	// Purge deletes everything that expired before now.
-	Purge(ctx context.Context, now time.Time) error
-	Ping(ctx context.Context) error
+// TOTPFactor is a user's time-based one-time password secret (RFC 6238), sealed. A factor being
+// enrolled has the id "pending:<user id>"; once its first code is confirmed, an active copy is
+// inserted under the user's id, which is unique: one active factor per user.
+type TOTPFactor struct {
+	ID        string    `bson:"_id"`
+	UserID    string    `bson:"user_id"`
+	Secret    []byte    `bson:"secret"`
+	CreatedAt time.Time `bson:"created_at"`
+}
 
+// MFAChallenge is a login with the right password that waits for its second factor, found by the
+// SHA-256 digest of its mfa_token. Stamp is the account's security stamp when it was issued.
+type MFAChallenge struct {
+	ID        string    `bson:"_id"`
+	UserID    string    `bson:"user_id"`
+	Stamp     int64     `bson:"stamp"`
+	IP        string    `bson:"ip"`
+	UserAgent string    `bson:"user_agent"`
+	ExpiresAt time.Time `bson:"expires_at"`
+}
+
+// keyStore keeps the signing keys that every instance shares.
+type keyStore interface {
 	// SigningKeys lists every signing key record, oldest generation first.
 	SigningKeys(ctx context.Context) ([]SigningKey, error)
 	// AddSigningKey inserts k; ErrDuplicate when a key of its generation exists already, which
@@ -253,8 +290,101 @@ type Store interface {
 	// DeleteSigningKey removes the key of generation gen; deleting one that is gone is not an
 	// error.
 	DeleteSigningKey(ctx context.Context, gen int64) error
+}
 
-	mailStore
+// SigningKey is one key pair of JWT_ALG EdDSA or ES256, shared by every instance. Gen numbers the
+// keys in the order they take over; a new key is claimed by inserting the next number as _id, so
+// that among instances racing to make it exactly one succeeds. The schedule is in the record
+// itself (ActivateAt, RevokedAt), so every instance reads the same one; see keys.go.
+//
+// Private is the PKCS #8 private key sealed with AES-256-GCM under a key derived from JWT_SECRET;
+// the clear private key never reaches the database.
+type SigningKey struct {
+	Gen        int64     `bson:"_id"`
+	KID        string    `bson:"kid"`
+	Alg        string    `bson:"alg"`
+	Public     []byte    `bson:"public"`  // PKIX, DER
+	Private    []byte    `bson:"private"` // sealed: nonce, then ciphertext and tag
+	CreatedAt  time.Time `bson:"created_at"`
+	ActivateAt time.Time `bson:"activate_at"`
+	RevokedAt  time.Time `bson:"revoked_at,omitempty"` // zero: not revoked
+}
+
+// mailStore keeps the outbox, its leases and the tokens mailed in links.
+type mailStore interface {
+	// QueueMail adds m to the outbox.
+	QueueMail(ctx context.Context, m *MailMessage) error
+	// DueMail lists at most limit messages due at now, the longest due first.
+	DueMail(ctx context.Context, now time.Time, limit int) ([]MailMessage, error)
+	// OldestMail is when the oldest message in the outbox was queued; ErrNotFound when none is.
+	OldestMail(ctx context.Context) (time.Time, error)
+	// LeaseMail records a lease; ErrDuplicate when one with its id exists: another holds it.
+	LeaseMail(ctx context.Context, l *MailLease) error
+	// MailLeaseByID finds a lease; ErrNotFound when there is none.
+	MailLeaseByID(ctx context.Context, id string) (*MailLease, error)
+	// RescheduleMail records that attempts have started on message id and that the next may
+	// start at next; lastErr is why the last one failed, if it did.
+	RescheduleMail(ctx context.Context, id string, attempts int, next time.Time, lastErr string) error
+	// MailByID finds a message in the outbox; ErrNotFound when there is none.
+	MailByID(ctx context.Context, id string) (*MailMessage, error)
+	// DeleteMail removes message id from the outbox, and its leases.
+	DeleteMail(ctx context.Context, id string) error
+	// ReleaseMailLease deletes the lease id, which its holder did not use after all.
+	ReleaseMailLease(ctx context.Context, id string) error
+	// PurgeMail deletes the mailed tokens and the leases that expired before now.
+	PurgeMail(ctx context.Context, now time.Time) error
+	// CreateMailToken records a mailed token's digest.
+	CreateMailToken(ctx context.Context, t *MailToken) error
+	// MailTokenByDigest finds a token; ErrNotFound when there is none.
+	MailTokenByDigest(ctx context.Context, digest string) (*MailToken, error)
+	// DeleteMailToken deletes a token: nil for exactly one caller, however many try at once, and
+	// ErrNotFound for the others.
+	DeleteMailToken(ctx context.Context, digest string) error
+}
+
+// MailMessage is a mail waiting in the outbox: what to send and to whom, never its text. The
+// sender renders it, and makes the token in its link, when it delivers: no token in clear is ever
+// stored. Attempts and NextAt are written only by the holder of the attempt's lease (MailLease).
+type MailMessage struct {
+	ID       string `bson:"_id"`
+	Kind     string `bson:"kind"` // one of the mail* kinds
+	To       string `bson:"to"`
+	UserID   string `bson:"user_id,omitempty"`
+	NewEmail string `bson:"new_email,omitempty"` // an address change's new address, in the old one's notice
+	// Stamp is the account's security stamp when a mail for UserID was queued: its link is made
+	// only while the stamp is still that.
+	Stamp     int64     `bson:"stamp,omitempty"`
+	CreatedAt time.Time `bson:"created_at"`
+	NextAt    time.Time `bson:"next_at"`  // not before then
+	Attempts  int       `bson:"attempts"` // attempts started
+	LastError string    `bson:"last_error,omitempty"`
+	// A locked second factor's notice: the failures that locked it, for how long, and whether
+	// they came from a session rather than from logins.
+	Failures  int           `bson:"failures,omitempty"`
+	LockedFor time.Duration `bson:"locked_for,omitempty"`
+	SignedIn  bool          `bson:"signed_in,omitempty"`
+}
+
+// MailLease is the claim on one delivery attempt of a message: its ID is the message's and the
+// attempt's number, so that of the instances that try to claim it one insert succeeds.
+type MailLease struct {
+	ID        string    `bson:"_id"`
+	MessageID string    `bson:"message_id"`
+	TakenAt   time.Time `bson:"taken_at"`
+	ExpiresAt time.Time `bson:"expires_at"`
+}
+
+// MailToken is a token mailed in a link, kept only as the SHA-256 digest of the token. Email is
+// the address it was sent to: the account's for a reset or a verification, the new one for an
+// address change.
+type MailToken struct {
+	Digest    string    `bson:"_id"`
+	Purpose   string    `bson:"purpose"`
+	UserID    string    `bson:"user_id"`
+	Email     string    `bson:"email"`
+	Stamp     int64     `bson:"stamp"` // the account's security stamp when the link was made
+	CreatedAt time.Time `bson:"created_at"`
+	ExpiresAt time.Time `bson:"expires_at"`
 }
 
 // mongoStore is the Store on MongoDB (or anything that speaks its wire protocol, such as the
@@ -267,7 +397,7 @@ type mongoStore struct {
 	users, disabled, sessions, blacklist, refreshUses, attempts *mongo.Collection
 	signingKeys, totp, totpSteps, recoveryCodes, mfaChallenges  *mongo.Collection
 	securityEvents                                              *mongo.Collection
-	metrics                                                     *metrics // counts the database's failures; may be nil
+	failures                                                    *atomic.Uint64 // counts the database's failures; may be nil
 }
 
 // connectMongo makes a client for uri. The driver waits 30s for a server by default, far too long
@@ -289,9 +419,9 @@ func mongoOptions(uri string) *options.ClientOptions {
 		ApplyURI(uri)
 }
 
-// mongoCollections is the store on db's collections, as they are; m, when not nil, counts the
-// database's failures.
-func mongoCollections(db *mongo.Database, m *metrics) *mongoStore {
+// mongoCollections is the store on db's collections, as they are; failures, when not nil, counts
+// the database's failures.
+func mongoCollections(db *mongo.Database, failures *atomic.Uint64) *mongoStore {
 	return &mongoStore{
 		users:          db.Collection("users"),
 		disabled:       db.Collection("disabled_accounts"),
@@ -305,13 +435,13 @@ func mongoCollections(db *mongo.Database, m *metrics) *mongoStore {
 		mfaChallenges:  db.Collection("mfa_challenges"),
 		signingKeys:    db.Collection("signing_keys"),
 		securityEvents: db.Collection("security_events"),
-		metrics:        m,
+		failures:       failures,
 	}
 }
 
 // newMongoStore opens the collections of db and makes sure their indexes exist.
-func newMongoStore(ctx context.Context, db *mongo.Database, m *metrics) (*mongoStore, error) {
-	s := mongoCollections(db, m)
+func newMongoStore(ctx context.Context, db *mongo.Database, failures *atomic.Uint64) (*mongoStore, error) {
+	s := mongoCollections(db, failures)
 	indexes := []struct {
 		coll   *mongo.Collection
 		keys   bson.D
@@ -413,418 +543,11 @@ func transient(se mongo.ServerError) bool {
 // or duplicate record, or a caller that gave up.
 func (s *mongoStore) err(err error) error {
 	err = storeErr(err)
-	if err != nil && s.metrics != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrDuplicate) &&
+	if err != nil && s.failures != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrDuplicate) &&
 		!errors.Is(err, context.Canceled) {
-		s.metrics.dbErrors.Add(1)
+		s.failures.Add(1)
 	}
 	return err
-}
-
-func (s *mongoStore) CreateUser(ctx context.Context, u *User) error {
-	_, err := s.users.InsertOne(ctx, u)
-	return s.err(err)
-}
-
-func (s *mongoStore) UserByEmail(ctx context.Context, email string) (*User, error) {
-	var u User
-	if err := s.users.FindOne(ctx, bson.D{{Key: "email", Value: email}}).Decode(&u); err != nil {
-		return nil, s.err(err)
-	}
-	disabled, err := s.isDisabled(ctx, u.ID)
-	if err != nil {
-		return nil, err
-	}
-	u.Disabled = u.Disabled || disabled
-	return &u, nil
-}
-
-func (s *mongoStore) UserByID(ctx context.Context, id string) (*User, error) {
-	var (
-		disabled bool
-		disErr   error
-		read     = make(chan struct{})
-	)
-	go func() {
-		defer close(read)
-		disabled, disErr = s.isDisabled(ctx, id)
-	}()
-	var u User
-	err := s.users.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&u)
-	<-read
-	if err != nil {
-		return nil, s.err(err)
-	}
-	if disErr != nil {
-		return nil, disErr
-	}
-	u.Disabled = u.Disabled || disabled
-	return &u, nil
-}
-
-func (s *mongoStore) EmailOf(ctx context.Context, id string) (string, bool, error) {
-	var u User
-	err := s.users.FindOne(ctx, bson.D{{Key: "_id", Value: id}},
-		options.FindOne().SetProjection(bson.D{{Key: "email", Value: 1}, {Key: "email_verified", Value: 1}})).Decode(&u)
-	return u.Email, u.EmailVerified, s.err(err)
-}
-
-// isDisabled reports whether account id has a record in disabled_accounts.
-func (s *mongoStore) isDisabled(ctx context.Context, id string) (bool, error) {
-	err := s.disabled.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Err()
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		return false, nil
-	}
-	return err == nil, s.err(err)
-}
-
-// SetDisabled records a disable as a document of its own, inserted, and an enable as its
-// deletion: the account's document has other writers (password changes, a login's hash upgrade,
-// email verification), and FerretDB writes a whole document back for each update, so a flag kept
-// there could be lost to one of them landing at the same moment (BENCHMARKS.md, "Different fields
-// of one document"). Inserts and deletes of one _id are never lost.
-func (s *mongoStore) SetDisabled(ctx context.Context, id string, disabled bool) error {
-	if err := s.users.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Err(); err != nil {
-		return s.err(err)
-	}
-	if disabled {
-		_, err := s.disabled.InsertOne(ctx, bson.D{{Key: "_id", Value: id}, {Key: "at", Value: time.Now().UTC()}})
-		if mongo.IsDuplicateKeyError(err) {
-			return nil
-		}
-		return s.err(err)
-	}
-	if _, err := s.disabled.DeleteOne(ctx, bson.D{{Key: "_id", Value: id}}); err != nil {
-		return s.err(err)
-	}
-	// An account disabled before disabled_accounts existed has the flag in its document; the
-	// filter leaves every other account's document alone.
-	_, err := s.users.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}, {Key: "disabled", Value: true}},
-		bson.D{{Key: "$unset", Value: bson.D{{Key: "disabled", Value: ""}}}})
-	return s.err(err)
-}
-
-func (s *mongoStore) DeleteUser(ctx context.Context, id string) error {
-	if err := s.deleteOne(ctx, s.users, bson.D{{Key: "_id", Value: id}}); err != nil {
-		return err
-	}
-	if _, err := s.disabled.DeleteOne(ctx, bson.D{{Key: "_id", Value: id}}); err != nil {
-		return s.err(err)
-	}
-	_, err := s.securityEvents.DeleteMany(ctx, bson.D{{Key: "user_id", Value: id}})
-	return s.err(err)
-}
-
-func (s *mongoStore) Stamp(ctx context.Context, user string) (int64, error) {
-	n, err := s.securityEvents.CountDocuments(ctx, bson.D{{Key: "user_id", Value: user}})
-	return n, s.err(err)
-}
-
-func (s *mongoStore) MoveStamp(ctx context.Context, user, reason string, at time.Time) error {
-	_, err := s.securityEvents.InsertOne(ctx, SecurityEvent{ID: newID(), UserID: user, Reason: reason, At: at})
-	return s.err(err)
-}
-
-func (s *mongoStore) BcryptHash(ctx context.Context) (string, error) {
-	var u User
-	err := s.users.FindOne(ctx, bson.D{{Key: "password_hash", Value: bson.D{{Key: "$regex", Value: `^\$2[aby]\$`}}}},
-		options.FindOne().SetProjection(bson.D{{Key: "password_hash", Value: 1}})).Decode(&u)
-	return u.PasswordHash, s.err(err)
-}
-
-func (s *mongoStore) SetPasswordHash(ctx context.Context, id, hash string) error {
-	return s.setPasswordHash(ctx, bson.D{{Key: "_id", Value: id}}, hash)
-}
-
-func (s *mongoStore) UpgradePasswordHash(ctx context.Context, id, old, fresh string) error {
-	return s.setPasswordHash(ctx, bson.D{{Key: "_id", Value: id}, {Key: "password_hash", Value: old}}, fresh)
-}
-
-func (s *mongoStore) setPasswordHash(ctx context.Context, filter bson.D, hash string) error {
-	res, err := s.users.UpdateOne(ctx, filter, bson.D{{Key: "$set", Value: bson.D{{Key: "password_hash", Value: hash}}}})
-	if err != nil {
-		return s.err(err)
-	}
-	if res.MatchedCount == 0 {
-		return ErrNotFound
-	}
-	return nil
-}
-
-func (s *mongoStore) CreateSession(ctx context.Context, sess *Session) error {
-	_, err := s.sessions.InsertOne(ctx, sess)
-	return s.err(err)
-}
-
-func (s *mongoStore) DeleteSession(ctx context.Context, id string) error {
-	_, err := s.sessions.DeleteOne(ctx, bson.D{{Key: "_id", Value: id}})
-	return s.err(err)
-}
-
-func (s *mongoStore) SessionByID(ctx context.Context, id string) (*Session, error) {
-	var sess Session
-	if err := s.sessions.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&sess); err != nil {
-		return nil, s.err(err)
-	}
-	return &sess, nil
-}
-
-func (s *mongoStore) SessionsOfUser(ctx context.Context, user string, now time.Time) ([]Session, error) {
-	cur, err := s.sessions.Find(ctx, bson.D{
-		{Key: "user_id", Value: user},
-		{Key: "tokens_expire_at", Value: bson.D{{Key: "$gt", Value: now}}},
-	}, options.Find().SetSort(bson.D{{Key: "created_at", Value: -1}}))
-	if err != nil {
-		return nil, s.err(err)
-	}
-	var out []Session
-	if err := cur.All(ctx, &out); err != nil {
-		return nil, s.err(err)
-	}
-	return out, nil
-}
-
-func (s *mongoStore) TouchSession(ctx context.Context, id string, usedAt, tokensExpire time.Time, head string) error {
-	res, err := s.sessions.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}}, bson.D{
-		{Key: "$set", Value: bson.D{{Key: "last_used_at", Value: usedAt}, {Key: "head", Value: head}}},
-		{Key: "$max", Value: bson.D{{Key: "tokens_expire_at", Value: tokensExpire}}},
-	})
-	if err != nil {
-		return s.err(err)
-	}
-	if res.MatchedCount == 0 {
-		return ErrNotFound
-	}
-	return nil
-}
-
-func (s *mongoStore) ClaimRefresh(ctx context.Context, use RefreshUse) (RefreshUse, bool, error) {
-	_, err := s.refreshUses.InsertOne(ctx, use)
-	if err = s.err(err); !errors.Is(err, ErrDuplicate) {
-		return use, err == nil, err
-	}
-	var first RefreshUse
-	if err := s.refreshUses.FindOne(ctx, bson.D{{Key: "_id", Value: use.JTI}}).Decode(&first); err != nil {
-		return RefreshUse{}, false, s.err(err)
-	}
-	return first, false, nil
-}
-
-func (s *mongoStore) Revoke(ctx context.Context, revs ...Revocation) error {
-	if len(revs) == 0 {
-		return nil
-	}
-	docs := make([]any, len(revs))
-	for i, r := range revs {
-		docs[i] = r
-	}
-	// One unordered insert: every new entry lands even when others exist already.
-	_, err := s.blacklist.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
-	var bwe mongo.BulkWriteException
-	if errors.As(err, &bwe) && bwe.WriteConcernError == nil {
-		for _, we := range bwe.WriteErrors {
-			if !mongo.IsDuplicateKeyError(we.WriteError) {
-				return s.err(err)
-			}
-		}
-		return nil
-	}
-	return s.err(err)
-}
-
-// ExtendRevocation's $max is not atomic on FerretDB, but every ender of a session extends its entry
-// to an expiry read from the session's record after writing the entry, which covers every token
-// the session issued (see sessionKeeper.end): whichever of two simultaneous extensions lands is
-// enough.
-func (s *mongoStore) ExtendRevocation(ctx context.Context, id string, expires, now time.Time) error {
-	_, err := s.blacklist.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}}, bson.D{
-		{Key: "$max", Value: bson.D{{Key: "expires_at", Value: expires}}},
-		{Key: "$set", Value: bson.D{{Key: "created_at", Value: now}}},
-	})
-	return s.err(err)
-}
-
-func (s *mongoStore) Revoked(ctx context.Context, now time.Time, ids ...string) (bool, string, error) {
-	var found Revocation
-	err := s.blacklist.FindOne(ctx, bson.D{
-		{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}},
-		{Key: "expires_at", Value: bson.D{{Key: "$gt", Value: now}}},
-	}, options.FindOne().SetSort(bson.D{{Key: "reason", Value: -1}})).Decode(&found)
-	switch err = s.err(err); {
-	case err == nil:
-		return true, found.Reason, nil
-	case errors.Is(err, ErrNotFound):
-		return false, "", nil
-	}
-	return false, "", err
-}
-
-func (s *mongoStore) RevokedAmong(ctx context.Context, now time.Time, ids ...string) (map[string]bool, error) {
-	out := make(map[string]bool, len(ids))
-	if len(ids) == 0 {
-		return out, nil
-	}
-	cur, err := s.blacklist.Find(ctx, bson.D{
-		{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}},
-		{Key: "expires_at", Value: bson.D{{Key: "$gt", Value: now}}},
-	}, options.Find().SetProjection(bson.D{{Key: "_id", Value: 1}}))
-	if err != nil {
-		return nil, s.err(err)
-	}
-	var found []Revocation
-	if err := cur.All(ctx, &found); err != nil {
-		return nil, s.err(err)
-	}
-	for _, r := range found {
-		out[r.ID] = true
-	}
-	return out, nil
-}
-
-func (s *mongoStore) RevocationsSince(ctx context.Context, since, now time.Time) ([]Revocation, error) {
-	cur, err := s.blacklist.Find(ctx, bson.D{
-		{Key: "created_at", Value: bson.D{{Key: "$gte", Value: since}}},
-		{Key: "expires_at", Value: bson.D{{Key: "$gt", Value: now}}},
-	})
-	if err != nil {
-		return nil, s.err(err)
-	}
-	var revs []Revocation
-	if err := cur.All(ctx, &revs); err != nil {
-		return nil, s.err(err)
-	}
-	return revs, nil
-}
-
-func (s *mongoStore) AddAttempts(ctx context.Context, as ...Attempt) error {
-	// One document per attempt rather than a counter: $inc loses updates on FerretDB.
-	docs := make([]any, len(as))
-	for i, a := range as {
-		docs[i] = a
-	}
-	_, err := s.attempts.InsertMany(ctx, docs)
-	return s.err(err)
-}
-
-func (s *mongoStore) Attempts(ctx context.Context, key string, since time.Time, except string, limit int) ([]time.Time, error) {
-	cur, err := s.attempts.Find(ctx,
-		bson.D{
-			{Key: "key", Value: key},
-			{Key: "at", Value: bson.D{{Key: "$gt", Value: since}}},
-			{Key: "_id", Value: bson.D{{Key: "$ne", Value: except}}},
-		},
-		options.Find().SetSort(bson.D{{Key: "at", Value: -1}}).SetLimit(int64(limit)).
-			SetProjection(bson.D{{Key: "at", Value: 1}}))
-	if err != nil {
-		return nil, s.err(err)
-	}
-	var found []Attempt
-	if err := cur.All(ctx, &found); err != nil {
-		return nil, s.err(err)
-	}
-	times := make([]time.Time, len(found))
-	for i, f := range found {
-		times[i] = f.At
-	}
-	return times, nil
-}
-
-func (s *mongoStore) ForgetAttempts(ctx context.Context, ids []string, keys ...string) error {
-	_, err := s.attempts.DeleteMany(ctx, bson.D{{Key: "$or", Value: bson.A{
-		bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: append([]string{}, ids...)}}}},
-		bson.D{{Key: "key", Value: bson.D{{Key: "$in", Value: append([]string{}, keys...)}}}},
-	}}})
-	return s.err(err)
-}
-
-func (s *mongoStore) SavePendingTOTP(ctx context.Context, f TOTPFactor) error {
-	_, err := s.totp.ReplaceOne(ctx, bson.D{{Key: "_id", Value: f.ID}}, f, options.Replace().SetUpsert(true))
-	return s.err(err)
-}
-
-func (s *mongoStore) TOTP(ctx context.Context, id string) (*TOTPFactor, error) {
-	var f TOTPFactor
-	if err := s.totp.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&f); err != nil {
-		return nil, s.err(err)
-	}
-	return &f, nil
-}
-
-func (s *mongoStore) ActivateTOTP(ctx context.Context, f TOTPFactor) error {
-	if _, err := s.totp.InsertOne(ctx, f); err != nil {
-		return s.err(err)
-	}
-	_, err := s.totp.DeleteOne(ctx, bson.D{{Key: "_id", Value: "pending:" + f.UserID}})
-	return s.err(err)
-}
-
-func (s *mongoStore) RemoveTOTP(ctx context.Context, user string) error {
-	if err := s.deleteOne(ctx, s.totp, bson.D{{Key: "_id", Value: user}}); err != nil {
-		return err
-	}
-	_, err := s.recoveryCodes.DeleteMany(ctx, bson.D{{Key: "user_id", Value: user}})
-	return s.err(err)
-}
-
-func (s *mongoStore) ClaimTOTPStep(ctx context.Context, user string, step int64, expires time.Time) error {
-	// The unique insert decides between uses of one step. Then any claim of a step as late or
-	// later refuses this one: each claim is written before it looks, so of two racing the one
-	// that looks last sees the other, and only the earlier step can be refused.
-	id := user + ":" + strconv.FormatInt(step, 10)
-	if _, err := s.totpSteps.InsertOne(ctx, bson.D{
-		{Key: "_id", Value: id}, {Key: "user_id", Value: user}, {Key: "step", Value: step},
-		{Key: "expires_at", Value: expires},
-	}); err != nil {
-		return s.err(err)
-	}
-	err := s.totpSteps.FindOne(ctx, bson.D{
-		{Key: "user_id", Value: user}, {Key: "step", Value: bson.D{{Key: "$gte", Value: step}}},
-		{Key: "_id", Value: bson.D{{Key: "$ne", Value: id}}},
-	}, options.FindOne().SetProjection(bson.D{{Key: "_id", Value: 1}})).Err()
-	switch {
-	case err == nil:
-		return ErrDuplicate
-	case errors.Is(err, mongo.ErrNoDocuments):
-		return nil
-	}
-	return s.err(err)
-}
-
-func (s *mongoStore) SetRecoveryCodes(ctx context.Context, user string, digests []string) error {
-	if _, err := s.recoveryCodes.DeleteMany(ctx, bson.D{{Key: "user_id", Value: user}}); err != nil {
-		return s.err(err)
-	}
-	docs := make([]any, len(digests))
-	for i, d := range digests {
-		docs[i] = bson.D{{Key: "_id", Value: d}, {Key: "user_id", Value: user}}
-	}
-	_, err := s.recoveryCodes.InsertMany(ctx, docs)
-	return s.err(err)
-}
-
-func (s *mongoStore) RecoveryCodesLeft(ctx context.Context, user string) (int64, error) {
-	n, err := s.recoveryCodes.CountDocuments(ctx, bson.D{{Key: "user_id", Value: user}})
-	return n, s.err(err)
-}
-
-func (s *mongoStore) UseRecoveryCode(ctx context.Context, user, digest string) error {
-	return s.deleteOne(ctx, s.recoveryCodes, bson.D{{Key: "_id", Value: digest}, {Key: "user_id", Value: user}})
-}
-
-func (s *mongoStore) CreateMFAChallenge(ctx context.Context, ch MFAChallenge) error {
-	_, err := s.mfaChallenges.InsertOne(ctx, ch)
-	return s.err(err)
-}
-
-func (s *mongoStore) MFAChallenge(ctx context.Context, id string) (*MFAChallenge, error) {
-	var ch MFAChallenge
-	if err := s.mfaChallenges.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&ch); err != nil {
-		return nil, s.err(err)
-	}
-	return &ch, nil
-}
-
-func (s *mongoStore) ConsumeMFAChallenge(ctx context.Context, id string) error {
-	return s.deleteOne(ctx, s.mfaChallenges, bson.D{{Key: "_id", Value: id}})
 }
 
 // deleteOne deletes the one document filter names; ErrNotFound when there was none, which is
@@ -857,355 +580,4 @@ func (s *mongoStore) Purge(ctx context.Context, now time.Time) error {
 
 func (s *mongoStore) Ping(ctx context.Context) error {
 	return s.err(s.users.Database().Client().Ping(ctx, nil))
-}
-
-// MailMessage is a mail waiting in the outbox: what to send and to whom, never its text. The
-// sender renders it, and makes the token in its link, when it delivers: no token in clear is ever
-// stored. Attempts and NextAt are written only by the holder of the attempt's lease (MailLease).
-type MailMessage struct {
-	ID       string `bson:"_id"`
-	Kind     string `bson:"kind"` // one of the mail* kinds
-	To       string `bson:"to"`
-	UserID   string `bson:"user_id,omitempty"`
-	NewEmail string `bson:"new_email,omitempty"` // an address change's new address, in the old one's notice
-	// Stamp is the account's security stamp when a mail for UserID was queued: its link is made
-	// only while the stamp is still that.
-	Stamp     int64     `bson:"stamp,omitempty"`
-	CreatedAt time.Time `bson:"created_at"`
-	NextAt    time.Time `bson:"next_at"`  // not before then
-	Attempts  int       `bson:"attempts"` // attempts started
-	LastError string    `bson:"last_error,omitempty"`
-	// A locked second factor's notice: the failures that locked it, for how long, and whether
-	// they came from a session rather than from logins.
-	Failures  int           `bson:"failures,omitempty"`
-	LockedFor time.Duration `bson:"locked_for,omitempty"`
-	SignedIn  bool          `bson:"signed_in,omitempty"`
-}
-
-// MailLease is the claim on one delivery attempt of a message: its ID is the message's and the
-// attempt's number, so that of the instances that try to claim it one insert succeeds.
-type MailLease struct {
-	ID        string    `bson:"_id"`
-	MessageID string    `bson:"message_id"`
-	TakenAt   time.Time `bson:"taken_at"`
-	ExpiresAt time.Time `bson:"expires_at"`
-}
-
-// MailToken is a token mailed in a link, kept only as the SHA-256 digest of the token. Email is
-// the address it was sent to: the account's for a reset or a verification, the new one for an
-// address change.
-type MailToken struct {
-	Digest    string    `bson:"_id"`
-	Purpose   string    `bson:"purpose"`
-	UserID    string    `bson:"user_id"`
-	Email     string    `bson:"email"`
-	Stamp     int64     `bson:"stamp"` // the account's security stamp when the link was made
-	CreatedAt time.Time `bson:"created_at"`
-	ExpiresAt time.Time `bson:"expires_at"`
-}
-
-// mailStore is what the Store keeps for mail: the outbox, its leases and the mailed tokens.
-type mailStore interface {
-	// QueueMail adds m to the outbox.
-	QueueMail(ctx context.Context, m *MailMessage) error
-	// DueMail lists at most limit messages due at now, the longest due first.
-	DueMail(ctx context.Context, now time.Time, limit int) ([]MailMessage, error)
-	// OldestMail is when the oldest message in the outbox was queued; ErrNotFound when none is.
-	OldestMail(ctx context.Context) (time.Time, error)
-	// LeaseMail records a lease; ErrDuplicate when one with its id exists: another holds it.
-	LeaseMail(ctx context.Context, l *MailLease) error
-	// MailLeaseByID finds a lease; ErrNotFound when there is none.
-	MailLeaseByID(ctx context.Context, id string) (*MailLease, error)
-	// RescheduleMail records that attempts have started on message id and that the next may
-	// start at next; lastErr is why the last one failed, if it did.
-	RescheduleMail(ctx context.Context, id string, attempts int, next time.Time, lastErr string) error
-	// MailByID finds a message in the outbox; ErrNotFound when there is none.
-	MailByID(ctx context.Context, id string) (*MailMessage, error)
-	// DeleteMail removes message id from the outbox, and its leases.
-	DeleteMail(ctx context.Context, id string) error
-	// ReleaseMailLease deletes the lease id, which its holder did not use after all.
-	ReleaseMailLease(ctx context.Context, id string) error
-	// PurgeMail deletes the mailed tokens and the leases that expired before now.
-	PurgeMail(ctx context.Context, now time.Time) error
-
-	// CreateMailToken records a mailed token's digest.
-	CreateMailToken(ctx context.Context, t *MailToken) error
-	// MailTokenByDigest finds a token; ErrNotFound when there is none.
-	MailTokenByDigest(ctx context.Context, digest string) (*MailToken, error)
-	// DeleteMailToken deletes a token: nil for exactly one caller, however many try at once, and
-	// ErrNotFound for the others.
-	DeleteMailToken(ctx context.Context, digest string) error
-
-	// SetEmailVerified marks the address of user id verified, if it is still email; ErrNotFound
-	// when there is no such user with that address.
-	SetEmailVerified(ctx context.Context, id, email string) error
-	// SetEmail gives user id the verified address email; ErrDuplicate when another account has
-	// it, ErrNotFound when there is no such user.
-	SetEmail(ctx context.Context, id, email string) error
-}
-
-// The mail collections are looked up by name, not kept in mongoStore's fields, so that mail
-// stays in these few functions.
-func (s *mongoStore) outbox() *mongo.Collection { return s.users.Database().Collection("mail_outbox") }
-func (s *mongoStore) mailLeases() *mongo.Collection {
-	return s.users.Database().Collection("mail_leases")
-}
-func (s *mongoStore) mailTokens() *mongo.Collection {
-	return s.users.Database().Collection("mail_tokens")
-}
-
-func (s *mongoStore) mailIndexes(ctx context.Context) error {
-	for _, ix := range []struct {
-		coll *mongo.Collection
-		keys bson.D
-		ttl  bool
-	}{
-		{s.outbox(), bson.D{{Key: "next_at", Value: 1}}, false},
-		{s.outbox(), bson.D{{Key: "created_at", Value: 1}}, false},
-		{s.mailLeases(), bson.D{{Key: "message_id", Value: 1}}, false},
-		{s.mailLeases(), bson.D{{Key: "expires_at", Value: 1}}, true},
-		{s.mailTokens(), bson.D{{Key: "expires_at", Value: 1}}, true},
-	} {
-		opts := options.Index()
-		if ix.ttl {
-			opts.SetExpireAfterSeconds(0)
-		}
-		_, err := ix.coll.Indexes().CreateOne(ctx, mongo.IndexModel{Keys: ix.keys, Options: opts})
-		if ix.ttl && isNotImplemented(err) {
-			// FerretDB refuses TTL indexes; PurgeMail deletes expired documents on every server.
-			_, err = ix.coll.Indexes().CreateOne(ctx, mongo.IndexModel{Keys: ix.keys})
-		}
-		if err != nil {
-			return fmt.Errorf("create index on %s: %w", ix.coll.Name(), s.err(err))
-		}
-	}
-	return nil
-}
-
-// PurgeMail: the outbox itself is emptied by the sender, which gives up on a message and says so.
-func (s *mongoStore) PurgeMail(ctx context.Context, now time.Time) error {
-	for _, c := range []*mongo.Collection{s.mailTokens(), s.mailLeases()} {
-		if _, err := c.DeleteMany(ctx, bson.D{{Key: "expires_at", Value: bson.D{{Key: "$lte", Value: now}}}}); err != nil {
-			return s.err(err)
-		}
-	}
-	return nil
-}
-
-func (s *mongoStore) QueueMail(ctx context.Context, m *MailMessage) error {
-	_, err := s.outbox().InsertOne(ctx, m)
-	return s.err(err)
-}
-
-func (s *mongoStore) DueMail(ctx context.Context, now time.Time, limit int) ([]MailMessage, error) {
-	cur, err := s.outbox().Find(ctx, bson.D{{Key: "next_at", Value: bson.D{{Key: "$lte", Value: now}}}},
-		options.Find().SetSort(bson.D{{Key: "next_at", Value: 1}}).SetLimit(int64(limit)))
-	if err != nil {
-		return nil, s.err(err)
-	}
-	var out []MailMessage
-	if err := cur.All(ctx, &out); err != nil {
-		return nil, s.err(err)
-	}
-	return out, nil
-}
-
-func (s *mongoStore) OldestMail(ctx context.Context) (time.Time, error) {
-	var m MailMessage
-	err := s.outbox().FindOne(ctx, bson.D{}, options.FindOne().SetSort(bson.D{{Key: "created_at", Value: 1}}).
-		SetProjection(bson.D{{Key: "created_at", Value: 1}})).Decode(&m)
-	return m.CreatedAt, s.err(err)
-}
-
-func (s *mongoStore) LeaseMail(ctx context.Context, l *MailLease) error {
-	_, err := s.mailLeases().InsertOne(ctx, l)
-	return s.err(err)
-}
-
-func (s *mongoStore) MailLeaseByID(ctx context.Context, id string) (*MailLease, error) {
-	var l MailLease
-	if err := s.mailLeases().FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&l); err != nil {
-		return nil, s.err(err)
-	}
-	return &l, nil
-}
-
-func (s *mongoStore) RescheduleMail(ctx context.Context, id string, attempts int, next time.Time, lastErr string) error {
-	// A plain $set, not a guarded update: only the holder of the current attempt's lease writes.
-	_, err := s.outbox().UpdateOne(ctx, bson.D{{Key: "_id", Value: id}}, bson.D{{Key: "$set", Value: bson.D{
-		{Key: "attempts", Value: attempts}, {Key: "next_at", Value: next}, {Key: "last_error", Value: lastErr},
-	}}})
-	return s.err(err)
-}
-
-func (s *mongoStore) MailByID(ctx context.Context, id string) (*MailMessage, error) {
-	var m MailMessage
-	if err := s.outbox().FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&m); err != nil {
-		return nil, s.err(err)
-	}
-	return &m, nil
-}
-
-func (s *mongoStore) ReleaseMailLease(ctx context.Context, id string) error {
-	_, err := s.mailLeases().DeleteOne(ctx, bson.D{{Key: "_id", Value: id}})
-	return s.err(err)
-}
-
-func (s *mongoStore) DeleteMail(ctx context.Context, id string) error {
-	if _, err := s.outbox().DeleteOne(ctx, bson.D{{Key: "_id", Value: id}}); err != nil {
-		return s.err(err)
-	}
-	_, err := s.mailLeases().DeleteMany(ctx, bson.D{{Key: "message_id", Value: id}})
-	return s.err(err)
-}
-
-func (s *mongoStore) CreateMailToken(ctx context.Context, t *MailToken) error {
-	_, err := s.mailTokens().InsertOne(ctx, t)
-	return s.err(err)
-}
-
-func (s *mongoStore) MailTokenByDigest(ctx context.Context, digest string) (*MailToken, error) {
-	var t MailToken
-	if err := s.mailTokens().FindOne(ctx, bson.D{{Key: "_id", Value: digest}}).Decode(&t); err != nil {
-		return nil, s.err(err)
-	}
-	return &t, nil
-}
-
-func (s *mongoStore) DeleteMailToken(ctx context.Context, digest string) error {
-	// A single-document delete is atomic on MongoDB and FerretDB alike: of any number of callers,
-	// one sees a document deleted.
-	res, err := s.mailTokens().DeleteOne(ctx, bson.D{{Key: "_id", Value: digest}})
-	if err != nil {
-		return s.err(err)
-	}
-	if res.DeletedCount == 0 {
-		return ErrNotFound
-	}
-	return nil
-}
-
-func (s *mongoStore) SetEmailVerified(ctx context.Context, id, email string) error {
-	res, err := s.users.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}, {Key: "email", Value: email}},
-		bson.D{{Key: "$set", Value: bson.D{{Key: "email_verified", Value: true}}}})
-	if err != nil {
-		return s.err(err)
-	}
-	if res.MatchedCount == 0 {
-		return ErrNotFound
-	}
-	return nil
-}
-
-func (s *mongoStore) SetEmail(ctx context.Context, id, email string) error {
-	return s.updateEmail(ctx, bson.D{{Key: "_id", Value: id}}, id, email,
-		bson.D{{Key: "email", Value: email}, {Key: "email_verified", Value: true}})
-}
-
-func (s *mongoStore) UsersWithUnicodeEmail(ctx context.Context) ([]User, error) {
-	cur, err := s.users.Find(ctx, bson.D{{Key: "email", Value: bson.D{{Key: "$regex", Value: `[^\x00-\x7f]`}}}},
-		options.Find().SetProjection(bson.D{{Key: "email", Value: 1}}))
-	if err != nil {
-		return nil, s.err(err)
-	}
-	var users []User
-	if err := cur.All(ctx, &users); err != nil {
-		return nil, s.err(err)
-	}
-	return users, nil
-}
-
-func (s *mongoStore) RewriteEmail(ctx context.Context, id, from, to string) error {
-	return s.updateEmail(ctx, bson.D{{Key: "_id", Value: id}, {Key: "email", Value: from}}, id, to,
-		bson.D{{Key: "email", Value: to}})
-}
-
-// updateEmail sets fields, email among them, on the account id that filter matches.
-func (s *mongoStore) updateEmail(ctx context.Context, filter bson.D, id, email string, fields bson.D) error {
-	// The unique index on email decides between two accounts that want one address, on MongoDB
-	// and FerretDB alike. FerretDB 1.24, though, reports an update that breaks it as an
-	// InternalError (code 1, "UNIQUE constraint failed"), not as E11000 as it does an insert: so a
-	// failed update is a duplicate when another account has the address now.
-	res, err := s.users.UpdateOne(ctx, filter, bson.D{{Key: "$set", Value: fields}})
-	var se mongo.ServerError
-	if err != nil && errors.As(err, &se) && !mongo.IsDuplicateKeyError(err) {
-		if other, ferr := s.UserByEmail(ctx, email); ferr == nil && other.ID != id {
-			return ErrDuplicate
-		}
-	}
-	if err != nil {
-		return s.err(err)
-	}
-	if res.MatchedCount == 0 {
-		return ErrNotFound
-	}
-	return nil
-}
-
-// SigningKey is one key pair of JWT_ALG EdDSA or ES256, shared by every instance. Gen numbers the
-// keys in the order they take over; a new key is claimed by inserting the next number as _id, so
-// that among instances racing to make it exactly one succeeds. The schedule is in the record
-// itself (ActivateAt, RevokedAt), so every instance reads the same one; see keys.go.
-//
-// Private is the PKCS #8 private key sealed with AES-256-GCM under a key derived from JWT_SECRET;
-// the clear private key never reaches the database.
-type SigningKey struct {
-	Gen        int64     `bson:"_id"`
-	KID        string    `bson:"kid"`
-	Alg        string    `bson:"alg"`
-	Public     []byte    `bson:"public"`  // PKIX, DER
-	Private    []byte    `bson:"private"` // sealed: nonce, then ciphertext and tag
-	CreatedAt  time.Time `bson:"created_at"`
-	ActivateAt time.Time `bson:"activate_at"`
-	RevokedAt  time.Time `bson:"revoked_at,omitempty"` // zero: not revoked
-}
-
-func (s *mongoStore) SigningKeys(ctx context.Context) ([]SigningKey, error) {
-	cur, err := s.signingKeys.Find(ctx, bson.D{}, options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}))
-	if err != nil {
-		return nil, s.err(err)
-	}
-	var keys []SigningKey
-	if err := cur.All(ctx, &keys); err != nil {
-		return nil, s.err(err)
-	}
-	return keys, nil
-}
-
-func (s *mongoStore) AddSigningKey(ctx context.Context, k *SigningKey) error {
-	_, err := s.signingKeys.InsertOne(ctx, k)
-	return s.err(err)
-}
-
-func (s *mongoStore) AdvanceSigningKey(ctx context.Context, gen int64, at time.Time) error {
-	// $min rather than a guarded update: racing callers all move the activation to about now, so
-	// whichever write lands last changes nothing that matters.
-	res, err := s.signingKeys.UpdateOne(ctx, bson.D{{Key: "_id", Value: gen}},
-		bson.D{{Key: "$min", Value: bson.D{{Key: "activate_at", Value: at}}}})
-	if err != nil {
-		return s.err(err)
-	}
-	if res.MatchedCount == 0 {
-		return ErrNotFound
-	}
-	return nil
-}
-
-func (s *mongoStore) RevokeSigningKey(ctx context.Context, kid string, at time.Time) error {
-	// A key is revoked once for good; a second revocation keeps the first time (a missing field
-	// counts as unset here, and $min writes it).
-	res, err := s.signingKeys.UpdateOne(ctx, bson.D{{Key: "kid", Value: kid}},
-		bson.D{{Key: "$min", Value: bson.D{{Key: "revoked_at", Value: at}}}})
-	if err != nil {
-		return s.err(err)
-	}
-	if res.MatchedCount == 0 {
-		return ErrNotFound
-	}
-	return nil
-}
-
-func (s *mongoStore) DeleteSigningKey(ctx context.Context, gen int64) error {
-	_, err := s.signingKeys.DeleteOne(ctx, bson.D{{Key: "_id", Value: gen}})
-	return s.err(err)
 }

@@ -23,7 +23,7 @@ import (
 // attempt that turns out well is forgotten again; one that fails stays, and is the failure that
 // counts.
 type throttle struct {
-	store  Store
+	store  attemptStore
 	now    func() time.Time
 	window time.Duration
 }
