@@ -175,6 +175,27 @@ func TestLogoutOthersWithARevokedTokenIsRefused(t *testing.T) {
 	})
 }
 
+// A leaked copy of a refresh token that its holder has exchanged since is no live session: it
+// may not end the user's other sessions, though its own session is alive.
+func TestARetiredRefreshTokenCannotEndOtherSessions(t *testing.T) {
+	t.Parallel()
+	for _, scope := range []string{"others", "global"} {
+		t.Run(scope, func(t *testing.T) {
+			t.Parallel()
+			e := newTestEnv(t)
+			email, _, retired := e.user(t)
+			there, _ := e.login(t, email, "correct horse battery")
+			next := e.refresh(t, retired).want(t, 200, "")
+			e.clock.Advance(e.reuseWindow() + time.Second)
+			e.do(t, "POST", "/auth/logout?scope="+scope, nil, "authorization_refresh", retired).want(t, 401, "token_invalid")
+			e.page(t, there).want(t, 200, "")
+			// The newest refresh token of the same session may.
+			e.do(t, "POST", "/auth/logout?scope="+scope, nil, "authorization_refresh", next.str("refresh_token")).want(t, 200, "")
+			e.page(t, there).want(t, 401, "token_revoked")
+		})
+	}
+}
+
 func TestLogoutGlobalWithAnExpiredTokenIsRefused(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)

@@ -48,12 +48,13 @@ var (
 	errTokenInvalid       = &apiError{status: http.StatusUnauthorized, code: "token_invalid", message: "the token is not valid"}
 	errTokenExpired       = &apiError{status: http.StatusUnauthorized, code: "token_expired", message: "the token has expired; call /auth/refresh"}
 	errTokenRevoked       = &apiError{status: http.StatusUnauthorized, code: "token_revoked", message: "the token's session has ended; log in again"}
+	errTokenRetired       = &apiError{status: http.StatusUnauthorized, code: "token_invalid", message: "this refresh token was exchanged already; only the newest may end other sessions"}
 	errTokenReused        = &apiError{status: http.StatusUnauthorized, code: "token_reused", message: "this refresh token was already used, so the session was ended; log in again"}
 	errSessionExpired     = &apiError{status: http.StatusUnauthorized, code: "session_expired", message: "the session reached its maximum age; log in again"}
 	errAccountDisabled    = &apiError{status: http.StatusForbidden, code: "account_disabled", message: "this account is disabled; contact the service's operator"}
 	errNoSuchSession      = &apiError{status: http.StatusNotFound, code: "not_found", message: "no such session"}
 	errNoSuchUser         = &apiError{status: http.StatusNotFound, code: "not_found", message: "no such user"}
-	errTooManyAttempts    = &apiError{status: http.StatusTooManyRequests, code: "too_many_attempts", message: "too many failed logins; wait before trying again"}
+	errTooManyAttempts    = &apiError{status: http.StatusTooManyRequests, code: "too_many_attempts", message: "too many attempts; wait before trying again"}
 	errPayloadTooLarge    = &apiError{status: http.StatusRequestEntityTooLarge, code: "payload_too_large", message: "the request body is too large"}
 	errUnsupportedMedia   = &apiError{status: http.StatusUnsupportedMediaType, code: "unsupported_media_type", message: "send the request body as JSON, with Content-Type: application/json"}
 	errNotFound           = &apiError{status: http.StatusNotFound, code: "not_found", message: "no such endpoint"}

@@ -194,6 +194,25 @@ func (k *sessionKeeper) alive(ctx context.Context, c *claims) error {
 	return k.checkNotRevoked(ctx, c, k.tokens.now())
 }
 
+// current is alive, and for a refresh token also that it is its session's newest, not one
+// exchanged already: only a token the session's holder still has may end the user's other
+// sessions. A leaked copy of a retired one may not.
+func (k *sessionKeeper) current(ctx context.Context, c *claims) error {
+	if err := k.alive(ctx, c); err != nil || c.Use != useRefresh {
+		return err
+	}
+	s, err := k.store.SessionByID(ctx, c.Session)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return errTokenRevoked
+	case err != nil:
+		return err
+	case s.Head != c.ID:
+		return errTokenRetired
+	}
+	return nil
+}
+
 // refresh exchanges the refresh token c for the next pair of its session. The first use of a token
 // gets a new successor; the same token presented again within the reuse interval (another tab, or
 // a client retrying) gets that very successor again, so that a session is only ever one chain;
@@ -488,7 +507,7 @@ func handleLogout(log *slog.Logger, t *tokens, revs *revocations, sessions *sess
 			tokensEnded = append(tokensEnded, Revocation{ID: jtiPrefix + c.ID, ExpiresAt: t.until(c.expiresAt()), CreatedAt: now})
 			sids[c.Session] = true
 			if scope == "others" || scope == "global" {
-				if err := sessions.alive(r.Context(), c); err != nil {
+				if err := sessions.current(r.Context(), c); err != nil {
 					return err
 				}
 			}
