@@ -447,15 +447,3 @@ func (m *mfa) stepUp(w http.ResponseWriter, r *http.Request, code, recovery stri
 	encode(w, http.StatusOK, pair)
 	return nil
 }
-
-// satisfies reports whether a token of level lvl meets the assurance a proxy asks for with
-// X-Auth-Require. An unknown requirement is not met: a mistyped proxy setting fails closed.
-func satisfies(lvl level, required string) bool {
-	switch required {
-	case "", "aal1":
-		return true
-	case "aal2":
-		return lvl.ACR == "aal2"
-	}
-	return false
-}
