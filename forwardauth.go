@@ -80,9 +80,9 @@ func requireAccess(log *slog.Logger, t *tokens, revs *revocations) func(http.Han
 	}
 }
 
-// handlePage answers a request that passed requireAccess: who the user is, in the body and in the
-// headers a forward-auth proxy copies onto the request it lets through.
-func handlePage(now func() time.Time) http.Handler {
+// handleForwardAuth answers a request that passed requireAccess: who the user is, in the body and
+// in the headers a forward-auth proxy copies onto the request it lets through.
+func handleForwardAuth(now func() time.Time) http.Handler {
 	type user struct {
 		ID    string `json:"id"`
 		Email string `json:"email"`

@@ -40,7 +40,7 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("GET /auth/verify", handleVerify(d.log, d.tokens, d.revocations))
 	// Forward-auth proxies ask with GET (nginx, Caddy, Traefik by default) or with the guarded
 	// request's own method, so the protected route answers every method.
-	mux.Handle(forwardAuthPath, signedIn(handlePage(d.now)))
+	mux.Handle(forwardAuthPath, signedIn(handleForwardAuth(d.now)))
 	mux.Handle("GET /auth/client.js", handleClientJS())
 	mux.Handle("GET /healthz", handleHealthz())
 	mux.Handle("GET /readyz", handleReadyz(d.log, d.store, d.revocations))
