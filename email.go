@@ -26,17 +26,6 @@ const (
 	purposeEmailChange = "email_change"
 )
 
-// The kinds of mail in the outbox; each is a template pair under mail/.
-const (
-	mailReset        = "reset"          // to an account's address: a reset link
-	mailVerify       = "verify"         // to an unverified address: a verification link
-	mailChange       = "change"         // to a new address: the link that makes it the account's
-	mailChangeNotice = "change_notice"  // to the old address: a change was asked for
-	mailSignupExists = "signup_exists"  // to an address with an account: someone tried to sign up
-	mailFactorAdded  = "factor_added"   // to an account's address: a second factor was added
-	mailFactorGone   = "factor_removed" // to an account's address: its second factor was removed
-)
-
 var (
 	errEmailDisabled    = &apiError{status: http.StatusNotImplemented, code: "email_disabled", message: "this service sends no mail: its operator has not configured SMTP_URL"}
 	errMailTokenInvalid = &apiError{status: http.StatusBadRequest, code: "token_invalid", message: "the link is used, unknown or expired; ask for a new one"}
