@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 )
@@ -32,17 +31,6 @@ var (
 	errTooManyChanges   = &apiError{status: http.StatusTooManyRequests, code: "too_many_attempts", message: "too many address changes asked for; wait before asking again"}
 	errEmailNotVerified = &apiError{status: http.StatusForbidden, code: "email_not_verified", message: "confirm your email address first: follow the link mailed to you, or ask for another at /auth/email/resend"}
 )
-
-// loopbackHost reports whether host names this machine itself, where mail may go without TLS: a
-// loopback address, or localhost. A name is not resolved: one that resolves to a loopback address
-// today may not tomorrow.
-func loopbackHost(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	a, err := netip.ParseAddr(host)
-	return err == nil && a.IsLoopback()
-}
 
 // mailFlows are the parts the email endpoints share.
 type mailFlows struct {
