@@ -85,28 +85,28 @@ func (t *smtpTransport) deliver(ctx context.Context, m *outgoingMail) error {
 		}
 	}
 	if err := c.Mail(t.from); err != nil {
-		return refusal(err)
+		return permanentIfRefused(err)
 	}
 	if err := c.Rcpt(m.to); err != nil {
-		return refusal(err)
+		return permanentIfRefused(err)
 	}
 	w, err := c.Data()
 	if err != nil {
-		return refusal(err)
+		return permanentIfRefused(err)
 	}
 	if _, err := w.Write(m.data); err != nil {
 		return err
 	}
 	if err := w.Close(); err != nil {
-		return refusal(err)
+		return permanentIfRefused(err)
 	}
 	c.Quit() // the mail is accepted; a failed goodbye changes nothing
 	return nil
 }
 
-// refusal marks a 5xx answer to the sender, recipient or data as permanent: the server will
-// not take this mail however often it is asked.
-func refusal(err error) error {
+// permanentIfRefused marks a 5xx answer to the sender, recipient or data as permanent: the server
+// will not take this mail however often it is asked.
+func permanentIfRefused(err error) error {
 	var te *textproto.Error
 	if errors.As(err, &te) && te.Code >= 500 {
 		return permanentError{err}
