@@ -36,8 +36,8 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("POST /auth/email/resend", handleMailRequest(d.log, d.clients, d.mail, mailVerify,
 		"if this address has an account that is not verified yet, a link is on its way to it"))
 	mux.Handle("POST /auth/email/change", signedIn(handleEmailChange(d.log, d.clients, d.mail, d.passwords, d.sessions)))
-	mux.Handle("POST /auth/verify", handleVerify(d.log, d.tokens, d.revocations))
-	mux.Handle("GET /auth/verify", handleVerify(d.log, d.tokens, d.revocations))
+	mux.Handle("POST /auth/verify", handleIntrospect(d.log, d.tokens, d.revocations))
+	mux.Handle("GET /auth/verify", handleIntrospect(d.log, d.tokens, d.revocations))
 	// Forward-auth proxies ask with GET (nginx, Caddy, Traefik by default) or with the guarded
 	// request's own method, so the protected route answers every method.
 	mux.Handle(forwardAuthPath, signedIn(handleForwardAuth(d.now)))

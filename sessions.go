@@ -583,7 +583,8 @@ func handleEndSession(log *slog.Logger, sessions *sessionKeeper) http.Handler {
 	})
 }
 
-func handleVerify(log *slog.Logger, t *tokens, revs *revocations) http.Handler {
+// handleIntrospect answers /auth/verify: whether a token is valid, of which use, and its claims.
+func handleIntrospect(log *slog.Logger, t *tokens, revs *revocations) http.Handler {
 	type request struct {
 		Token string `json:"token"`
 	}
