@@ -5,10 +5,8 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha1"
-	"crypto/sha256"
 	"encoding/base32"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -185,11 +183,6 @@ func (m *mfa) challenge(ctx context.Context, u *User, r *http.Request) (string, 
 		IP: m.clients.of(r).String(), UserAgent: cut(r.UserAgent(), 256),
 		ExpiresAt: m.tokens.now().Add(mfaTokenTTL)})
 	return token, err
-}
-
-func digest(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(sum[:])
 }
 
 // recoveryDigest is how a recovery code is kept: the digest of its letters, without the spaces,

@@ -6,6 +6,7 @@ import (
 	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 )
 
@@ -50,4 +51,9 @@ func (s *sealer) open(sealed, context []byte) ([]byte, error) {
 		return nil, errUnsealable
 	}
 	return plain, nil
+}
+
+func digest(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
 }
