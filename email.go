@@ -3,9 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -148,16 +146,9 @@ func newMailToken(ctx context.Context, store Store, now time.Time, purpose, user
 	rand.Read(b[:])
 	raw := base64.RawURLEncoding.EncodeToString(b[:])
 	now = now.UTC().Truncate(time.Millisecond)
-	err := store.CreateMailToken(ctx, &MailToken{Digest: mailTokenDigest(raw), Purpose: purpose, UserID: user,
+	err := store.CreateMailToken(ctx, &MailToken{Digest: digest(raw), Purpose: purpose, UserID: user,
 		Email: email, Stamp: stamp, CreatedAt: now, ExpiresAt: now.Add(ttl)})
 	return raw, err
-}
-
-// mailTokenDigest is what is stored of a token: SHA-256 suffices, as the token is 256 random
-// bits and not a password that could be guessed.
-func mailTokenDigest(raw string) string {
-	sum := sha256.Sum256([]byte(raw))
-	return hex.EncodeToString(sum[:])
 }
 
 // take consumes a token of one of purposes: it is read by its digest, checked, then deleted, and
@@ -168,7 +159,7 @@ func (f *mailFlows) take(ctx context.Context, raw string, purposes ...string) (*
 	if raw == "" || len(raw) > 256 {
 		return nil, errMailTokenInvalid
 	}
-	digest := mailTokenDigest(raw)
+	digest := digest(raw)
 	t, err := f.store.MailTokenByDigest(ctx, digest)
 	switch {
 	case errors.Is(err, ErrNotFound):
