@@ -1,5 +1,9 @@
 package main
 
+// email.go is the mail flows: password reset, address verification and address change. A request
+// only queues a mail (see outbox.go); the mail, and the token in its link, are made when it is
+// delivered (see mailcontent.go).
+
 import (
 	"context"
 	"crypto/rand"
@@ -12,9 +16,6 @@ import (
 	"sync"
 	"time"
 )
-
-// Email: password reset, address verification and address change. A request only queues a mail
-// (see outbox.go); the mail, and the token in its link, are made when it is delivered.
 
 // What a mailed token is for.
 const (

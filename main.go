@@ -2,6 +2,8 @@
 // logout and a forward-auth endpoint, on MongoDB.
 package main
 
+// main.go starts the service: it reads the settings, opens the database and serves until a signal.
+
 import (
 	"context"
 	"errors"

@@ -1,5 +1,7 @@
 package main
 
+// mfa.go is the second factor: TOTP, its enrolment and removal, its check, recovery codes.
+
 import (
 	"context"
 	"crypto/hmac"

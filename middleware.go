@@ -1,5 +1,7 @@
 package main
 
+// middleware.go wraps every request: recovery, request ids, the access log, CORS, JSON mux errors.
+
 import (
 	"context"
 	"log/slog"

@@ -1,5 +1,7 @@
 package main
 
+// outbox.go queues mail in the database and delivers it from every instance, with retries.
+
 import (
 	"context"
 	"errors"

@@ -1,5 +1,7 @@
 package main
 
+// routes.go lists every route, and builds the components that the handlers depend on.
+
 import (
 	"context"
 	"fmt"

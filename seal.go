@@ -1,5 +1,7 @@
 package main
 
+// seal.go keeps secrets in the database never in clear: sealed with AES-GCM, or kept as a digest.
+
 import (
 	"crypto/aes"
 	"crypto/cipher"

@@ -1,5 +1,7 @@
 package main
 
+// sessions.go keeps login sessions: refresh rotation, logout, the session list, introspection.
+
 import (
 	"context"
 	"errors"

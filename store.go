@@ -1,5 +1,7 @@
 package main
 
+// store.go is the Store interface, with the errors it returns, and its MongoDB implementation.
+
 import (
 	"context"
 	"errors"

@@ -1,5 +1,7 @@
 package main
 
+// throttle.go limits guessing, with counts in the database that hold across instances and restarts.
+
 import (
 	"context"
 	"errors"

@@ -1,5 +1,7 @@
 package main
 
+// tokens.go issues and parses the service's JWTs, and remembers which tokens it has verified.
+
 import (
 	"crypto/rand"
 	"encoding/base64"
