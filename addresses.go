@@ -1,5 +1,7 @@
 package main
 
+// addresses.go decides which email addresses are accepted, and the one form they are stored in.
+
 import (
 	"context"
 	"errors"

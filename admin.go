@@ -1,5 +1,7 @@
 package main
 
+// admin.go is the operators' API: find accounts, end their sessions, disable or delete them.
+
 import (
 	"crypto/sha256"
 	"crypto/subtle"

@@ -1,5 +1,7 @@
 package main
 
+// auth.go is sign-up, login, password change and account deletion, and their password check.
+
 import (
 	"context"
 	"errors"

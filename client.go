@@ -1,5 +1,7 @@
 package main
 
+// client.go serves client.js, the browser module that signs in and calls the API.
+
 import (
 	"bytes"
 	"crypto/sha256"

@@ -1,5 +1,7 @@
 package main
 
+// datadir.go guards DATA_DIR, where the development database and its generated JWT secret live.
+
 import (
 	"crypto/rand"
 	"encoding/base64"

@@ -2,6 +2,8 @@
 
 package main
 
+// datadir_other.go is DATA_DIR's owner check where file modes guard nothing (Windows).
+
 import "io/fs"
 
 // fileOwner reports that owners and modes do not guard files here: Windows decides with access

@@ -2,6 +2,8 @@
 
 package main
 
+// datadir_unix.go is DATA_DIR's owner check on Unix, where owners and modes guard files.
+
 import (
 	"io/fs"
 	"syscall"

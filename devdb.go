@@ -2,6 +2,8 @@
 
 package main
 
+// devdb.go runs the development database: FerretDB embedded in this process, on DATA_DIR.
+
 import (
 	"context"
 	"errors"

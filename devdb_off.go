@@ -2,6 +2,8 @@
 
 package main
 
+// devdb_off.go stands in for the development database in a production build (-tags nodevdb).
+
 import (
 	"errors"
 	"log/slog"

@@ -1,42 +1,20 @@
 package main
 
+// email.go is the mail flows: password reset, address verification and address change. A request
+// only queues a mail (see outbox.go); the mail, and the token in its link, are made when it is
+// delivered (see mailcontent.go).
+
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"crypto/x509"
 	"encoding/base64"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
-	"net/mail"
 	"net/netip"
-	"net/url"
-	"os"
-	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"time"
-)
-
-// Email: password reset, address verification and address change. A request only queues a mail
-// (see outbox.go); the mail, and the token in its link, are made when it is delivered.
-
-// How mail leaves the service (mailConfig.mode).
-const (
-	mailOff  = "off"  // MONGODB_URI without SMTP_URL: the email endpoints answer email_disabled
-	mailSMTP = "smtp" // SMTP_URL
-	mailDir  = "dir"  // the development mailbox: .eml files under DATA_DIR/mail
-)
-
-// EMAIL_VERIFICATION's values.
-const (
-	verificationOff      = "off"      // no mail at sign-up; sign-up answers 409 for a taken address
-	verificationOptional = "optional" // a mail at sign-up; nothing refused
-	verificationRequired = "required" // and a login with the right password answers 403 until verified
 )
 
 // What a mailed token is for.
@@ -46,201 +24,12 @@ const (
 	purposeEmailChange = "email_change"
 )
 
-// The kinds of mail in the outbox; each is a template pair under mail/.
-const (
-	mailReset        = "reset"          // to an account's address: a reset link
-	mailVerify       = "verify"         // to an unverified address: a verification link
-	mailChange       = "change"         // to a new address: the link that makes it the account's
-	mailChangeNotice = "change_notice"  // to the old address: a change was asked for
-	mailSignupExists = "signup_exists"  // to an address with an account: someone tried to sign up
-	mailFactorAdded  = "factor_added"   // to an account's address: a second factor was added
-	mailFactorGone   = "factor_removed" // to an account's address: its second factor was removed
-	mailMFAFailures  = "mfa_failures"   // to an account's address: its second factor is locked for a while
-)
-
 var (
 	errEmailDisabled    = &apiError{status: http.StatusNotImplemented, code: "email_disabled", message: "this service sends no mail: its operator has not configured SMTP_URL"}
 	errMailTokenInvalid = &apiError{status: http.StatusBadRequest, code: "token_invalid", message: "the link is used, unknown or expired; ask for a new one"}
 	errTooManyChanges   = &apiError{status: http.StatusTooManyRequests, code: "too_many_attempts", message: "too many address changes asked for; wait before asking again"}
 	errEmailNotVerified = &apiError{status: http.StatusForbidden, code: "email_not_verified", message: "confirm your email address first: follow the link mailed to you, or ask for another at /auth/email/resend"}
 )
-
-// mailConfig is the email part of the configuration; see the README's table.
-type mailConfig struct {
-	mode         string
-	dir          string // the development mailbox: DATA_DIR/mail
-	smtp         smtpConfig
-	from         string // the From header, possibly with a name
-	fromAddr     string // the bare address, for MAIL FROM
-	appURL       string // the base of links, without a trailing slash
-	appName      string
-	templates    *mailTemplates
-	verification string
-	resetTTL     time.Duration
-	verifyTTL    time.Duration
-	// Of each kind of mail: at most one per address per addressInterval, maxPerAddress per
-	// address and maxPerClient per client within mailWindow; 0 turns a limit off.
-	addressInterval time.Duration
-	maxPerAddress   int
-	maxPerClient    int
-	giveUpAfter     time.Duration
-
-	// Fixed defaults; fields so that tests can shorten them.
-	poll        time.Duration // how often the outbox is read
-	retryBase   time.Duration // the first retry's delay, doubled for each further one
-	retryCap    time.Duration
-	lease       time.Duration // after this, an attempt whose holder said nothing is taken as dead
-	dialTimeout time.Duration
-	sendTimeout time.Duration // the whole SMTP exchange
-}
-
-// mailWindow is the window of the per-hour mail limits.
-const mailWindow = time.Hour
-
-type smtpConfig struct {
-	host, port  string
-	user, pass  string
-	implicitTLS bool           // smtps://: TLS from the first byte; smtp:// upgrades with STARTTLS
-	roots       *x509.CertPool // nil: the system's; SMTP_CA_FILE adds to them, tests set their own
-}
-
-func (c mailConfig) enabled() bool { return c.mode != mailOff }
-
-// loadMailConfig reads the email settings. Mail goes over SMTP_URL when it is set; without it the
-// development default (no MONGODB_URI) writes mails to files, and production has no mail.
-func loadMailConfig(s *settings, mongoURI, dataDir, appName string) mailConfig {
-	getenv := s.getenv
-	c := mailConfig{
-		mode:            mailOff,
-		appName:         appName,
-		resetTTL:        s.dur("RESET_TOKEN_TTL", "15m", false),
-		verifyTTL:       s.dur("VERIFY_TOKEN_TTL", "24h", false),
-		addressInterval: s.dur("MAIL_ADDRESS_INTERVAL", "1m", true),
-		maxPerAddress:   s.num("MAIL_MAX_PER_ADDRESS", 5),
-		maxPerClient:    s.num("MAIL_MAX_PER_CLIENT", 20),
-		giveUpAfter:     s.dur("MAIL_GIVE_UP_AFTER", "24h", false),
-		poll:            time.Second,
-		retryBase:       5 * time.Second,
-		retryCap:        5 * time.Minute,
-		lease:           2 * time.Minute,
-		dialTimeout:     10 * time.Second,
-		sendTimeout:     30 * time.Second,
-	}
-	from, appURL := getenv("MAIL_FROM"), getenv("APP_URL")
-	switch raw := strings.TrimSpace(getenv("SMTP_URL")); {
-	case raw != "":
-		c.mode = mailSMTP
-		var err error
-		if c.smtp, err = parseSMTPURL(raw); err != nil {
-			s.errs = append(s.errs, err)
-		}
-		if strings.TrimSpace(from) == "" {
-			s.errs = append(s.errs, errors.New("MAIL_FROM: required with SMTP_URL, for example auth@example.com or \"Example <auth@example.com>\""))
-		}
-		if strings.TrimSpace(appURL) == "" {
-			s.errs = append(s.errs, errors.New("APP_URL: required with SMTP_URL: the base of the links in mails, for example https://app.example.com"))
-		}
-		if ca := strings.TrimSpace(getenv("SMTP_CA_FILE")); ca != "" {
-			if c.smtp.roots, err = loadCAFile(ca); err != nil {
-				s.errs = append(s.errs, err)
-			}
-		}
-	case mongoURI == "":
-		c.mode, c.dir = mailDir, filepath.Join(dataDir, "mail")
-		from, appURL = s.str("MAIL_FROM", "auth@localhost"), s.str("APP_URL", "http://localhost:3000")
-	}
-	if c.mode != mailOff {
-		if a, err := mail.ParseAddress(from); err != nil || !strings.Contains(a.Address, "@") {
-			s.errs = append(s.errs, fmt.Errorf("MAIL_FROM: want an address such as auth@example.com, got %q", from))
-		} else {
-			c.from, c.fromAddr = a.String(), a.Address
-		}
-		u, err := url.Parse(strings.TrimSpace(appURL))
-		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-			s.errs = append(s.errs, fmt.Errorf("APP_URL: want an http(s) URL without query, such as https://app.example.com, got %q", appURL))
-		} else {
-			c.appURL = strings.TrimSuffix(u.String(), "/")
-		}
-		var err2 error
-		if c.templates, err2 = loadMailTemplates(getenv("MAIL_TEMPLATES_DIR")); err2 != nil {
-			s.errs = append(s.errs, err2)
-		}
-	}
-	def := verificationOff
-	if c.mode != mailOff {
-		def = verificationOptional
-	}
-	switch c.verification = s.str("EMAIL_VERIFICATION", def); c.verification {
-	case verificationOff:
-	case verificationOptional, verificationRequired:
-		if c.mode == mailOff {
-			s.errs = append(s.errs, fmt.Errorf("EMAIL_VERIFICATION: %s needs mail: set SMTP_URL, or EMAIL_VERIFICATION=off", c.verification))
-		}
-	default:
-		s.errs = append(s.errs, fmt.Errorf("EMAIL_VERIFICATION: want off, optional or required, got %q", c.verification))
-	}
-	return c
-}
-
-// parseSMTPURL reads smtp://user:pass@host:587 (STARTTLS) or smtps://user:pass@host:465.
-func parseSMTPURL(raw string) (smtpConfig, error) {
-	bad := func(why string) (smtpConfig, error) {
-		// The URL holds a password: it is never repeated in the message.
-		return smtpConfig{}, errors.New("SMTP_URL: " + why + "; want smtp://user:password@host:587 (STARTTLS) or smtps://user:password@host:465")
-	}
-	u, err := url.Parse(raw)
-	if err != nil {
-		return bad("not a URL")
-	}
-	c := smtpConfig{host: u.Hostname(), port: u.Port()}
-	switch u.Scheme {
-	case "smtp":
-		if c.port == "" {
-			c.port = "587"
-		}
-	case "smtps":
-		c.implicitTLS = true
-		if c.port == "" {
-			c.port = "465"
-		}
-	default:
-		return bad("the scheme must be smtp or smtps")
-	}
-	if c.host == "" {
-		return bad("no host")
-	}
-	if u.User != nil {
-		c.user = u.User.Username()
-		c.pass, _ = u.User.Password()
-	}
-	return c, nil
-}
-
-func loadCAFile(path string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("SMTP_CA_FILE: %w", err)
-	}
-	pool, err := x509.SystemCertPool()
-	if err != nil {
-		pool = x509.NewCertPool()
-	}
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("SMTP_CA_FILE %s: no PEM certificate in it", path)
-	}
-	return pool, nil
-}
-
-// loopbackHost reports whether host names this machine itself, where mail may go without TLS: a
-// loopback address, or localhost. A name is not resolved: one that resolves to a loopback address
-// today may not tomorrow.
-func loopbackHost(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	a, err := netip.ParseAddr(host)
-	return err == nil && a.IsLoopback()
-}
 
 // mailFlows are the parts the email endpoints share.
 type mailFlows struct {
@@ -361,16 +150,9 @@ func newMailToken(ctx context.Context, store mailStore, now time.Time, purpose, 
 	rand.Read(b[:])
 	raw := base64.RawURLEncoding.EncodeToString(b[:])
 	now = now.UTC().Truncate(time.Millisecond)
-	err := store.CreateMailToken(ctx, &MailToken{Digest: mailTokenDigest(raw), Purpose: purpose, UserID: user,
+	err := store.CreateMailToken(ctx, &MailToken{Digest: digest(raw), Purpose: purpose, UserID: user,
 		Email: email, Stamp: stamp, CreatedAt: now, ExpiresAt: now.Add(ttl)})
 	return raw, err
-}
-
-// mailTokenDigest is what is stored of a token: SHA-256 suffices, as the token is 256 random
-// bits and not a password that could be guessed.
-func mailTokenDigest(raw string) string {
-	sum := sha256.Sum256([]byte(raw))
-	return hex.EncodeToString(sum[:])
 }
 
 // take consumes a token of one of purposes: it is read by its digest, checked, then deleted, and
@@ -381,7 +163,7 @@ func (f *mailFlows) take(ctx context.Context, raw string, purposes ...string) (*
 	if raw == "" || len(raw) > 256 {
 		return nil, errMailTokenInvalid
 	}
-	digest := mailTokenDigest(raw)
+	digest := digest(raw)
 	t, err := f.store.MailTokenByDigest(ctx, digest)
 	switch {
 	case errors.Is(err, ErrNotFound):

@@ -1,5 +1,7 @@
 package main
 
+// keys.go holds the signing keys: their rotation, their sealed storage and the published JWKS.
+
 import (
 	"context"
 	"crypto/ecdsa"

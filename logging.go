@@ -1,5 +1,7 @@
 package main
 
+// logging.go writes the service's log: slog lines, batched in memory and flushed often.
+
 import (
 	"bufio"
 	"context"

@@ -1,5 +1,7 @@
 package main
 
+// metrics.go counts what an operator watches and serves it at /metrics in Prometheus's format.
+
 import (
 	"bytes"
 	"net/http"

@@ -1,14 +1,14 @@
 package main
 
+// mfa.go is the second factor: TOTP, its enrolment and removal, its check, recovery codes.
+
 import (
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha1"
-	"crypto/sha256"
 	"encoding/base32"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -239,11 +239,6 @@ func (m *mfa) challenge(ctx context.Context, u *User, r *http.Request) (string, 
 		IP: m.clients.of(r).String(), UserAgent: cut(r.UserAgent(), 256),
 		ExpiresAt: m.tokens.now().Add(mfaTokenTTL)})
 	return token, err
-}
-
-func digest(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(sum[:])
 }
 
 // recoveryDigest is how a recovery code is kept: the digest of its letters, without the spaces,
@@ -500,16 +495,4 @@ func (m *mfa) stepUp(w http.ResponseWriter, r *http.Request, code, recovery stri
 	noteUser(ctx, u.ID)
 	encode(w, http.StatusOK, pair)
 	return nil
-}
-
-// satisfies reports whether a token of level lvl meets the assurance a proxy asks for with
-// X-Auth-Require. An unknown requirement is not met: a mistyped proxy setting fails closed.
-func satisfies(lvl level, required string) bool {
-	switch required {
-	case "", "aal1":
-		return true
-	case "aal2":
-		return lvl.ACR == "aal2"
-	}
-	return false
 }

@@ -1,5 +1,7 @@
 package main
 
+// openapi.go embeds openapi.yaml, the description of the HTTP API.
+
 import (
 	_ "embed"
 	"net/http"

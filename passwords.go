@@ -1,5 +1,7 @@
 package main
 
+// passwords.go hashes and checks passwords (argon2id; bcrypt when imported) within a budget.
+
 import (
 	"context"
 	"crypto/rand"

@@ -1,5 +1,7 @@
 package main
 
+// respond.go is JSON in and out: strict decoding, encoding, and the one error writer.
+
 import (
 	"context"
 	"encoding/json"

@@ -1,5 +1,7 @@
 package main
 
+// revocations.go keeps this instance's copy of the blacklist, so that a token check never waits.
+
 import (
 	"context"
 	"errors"

@@ -1,5 +1,7 @@
 package main
 
+// routes.go lists every route, and builds the components that the handlers depend on.
+
 import (
 	"context"
 	"fmt"
@@ -36,11 +38,11 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("POST /auth/email/resend", handleMailRequest(d.log, d.clients, d.mail, mailVerify,
 		"if this address has an account that is not verified yet, a link is on its way to it"))
 	mux.Handle("POST /auth/email/change", signedIn(handleEmailChange(d.log, d.clients, d.mail, d.passwords, d.sessions)))
-	mux.Handle("POST /auth/verify", handleVerify(d.log, d.tokens, d.revocations))
-	mux.Handle("GET /auth/verify", handleVerify(d.log, d.tokens, d.revocations))
+	mux.Handle("POST /auth/verify", handleIntrospect(d.log, d.tokens, d.revocations))
+	mux.Handle("GET /auth/verify", handleIntrospect(d.log, d.tokens, d.revocations))
 	// Forward-auth proxies ask with GET (nginx, Caddy, Traefik by default) or with the guarded
 	// request's own method, so the protected route answers every method.
-	mux.Handle(forwardAuthPath, signedIn(handlePage(d.now)))
+	mux.Handle(forwardAuthPath, signedIn(handleForwardAuth(d.now)))
 	mux.Handle("GET /auth/client.js", handleClientJS())
 	mux.Handle("GET /healthz", handleHealthz())
 	mux.Handle("GET /readyz", handleReadyz(d.log, d.store, d.revocations))

@@ -1,11 +1,14 @@
 package main
 
+// seal.go keeps secrets in the database never in clear: sealed with AES-GCM, or kept as a digest.
+
 import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 )
 
@@ -50,4 +53,12 @@ func (s *sealer) open(sealed, context []byte) ([]byte, error) {
 		return nil, errUnsealable
 	}
 	return plain, nil
+}
+
+// digest is what is stored of a random token (a mailed link's, a second-factor challenge's) in
+// hex: SHA-256 suffices, as such a token is at least 128 random bits, not a password that could be
+// guessed. Stored tokens are looked up by it: its output must never change.
+func digest(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
 }

@@ -1,5 +1,7 @@
 package main
 
+// sessions.go keeps login sessions: refresh rotation, logout, the session list, introspection.
+
 import (
 	"context"
 	"errors"
@@ -606,7 +608,8 @@ func handleEndSession(log *slog.Logger, sessions *sessionKeeper) http.Handler {
 	})
 }
 
-func handleVerify(log *slog.Logger, t *tokens, revs *revocations) http.Handler {
+// handleIntrospect answers /auth/verify: whether a token is valid, of which use, and its claims.
+func handleIntrospect(log *slog.Logger, t *tokens, revs *revocations) http.Handler {
 	type request struct {
 		Token string `json:"token"`
 	}

@@ -1,5 +1,7 @@
 package main
 
+// tokens.go issues and parses the service's JWTs, and remembers which tokens it has verified.
+
 import (
 	"crypto/rand"
 	"encoding/base64"
@@ -103,11 +105,6 @@ type tokens struct {
 	verified *verifiedCache
 }
 
-// newTokens issues and checks HS256 tokens signed with secret and no audience.
-func newTokens(secret []byte, issuer string, accessTTL, refreshTTL, leeway time.Duration, now func() time.Time) *tokens {
-	return newTokensWith(newHMACKeyring(secret, nil), issuer, "", accessTTL, refreshTTL, leeway, now)
-}
-
 func newTokensWith(keys *keyring, issuer, audience string, accessTTL, refreshTTL, leeway time.Duration, now func() time.Time) *tokens {
 	t := &tokens{
 		keys:       keys,
@@ -145,11 +142,6 @@ type tokenPair struct {
 	TokenType        string `json:"token_type"`
 	ExpiresIn        int64  `json:"expires_in"`
 	RefreshExpiresIn int64  `json:"refresh_expires_in"`
-}
-
-// issue signs an access and a refresh token for user in login session sid, with no session end.
-func (t *tokens) issue(userID, email, sid string) (tokenPair, error) {
-	return t.pair(userID, email, false, sid, t.successor(time.Time{}, levelPassword), time.Time{}, time.Time{})
 }
 
 // successor is a new refresh token of level lvl: its id and times. It lives refreshTTL, but not

@@ -1,0 +1,116 @@
+package main
+
+// forwardauth.go checks access tokens, for the routes that need one and for forward-auth proxies.
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// forwardAuthPath is the route that forward-auth proxies ask about the requests they guard. A
+// request there stands for another one, which decides whether it is a CORS preflight.
+const forwardAuthPath = "/auth/page"
+
+// guardedMethod is the method of the request r stands for, which decides whether r is a CORS
+// preflight. Off the forward-auth route that is r's own. On it, X-Forwarded-Method decides when
+// present: nginx (as deploy/nginx.conf sets it up), Caddy and Traefik ask with GET whatever the
+// client sent, and name the client's method in that header, replacing any the client sent itself.
+// A proxy that passed a client's own value on would let it name OPTIONS for any request.
+//
+// The header wins whichever way the two disagree. GET naming OPTIONS is how all three ask about
+// a preflight. OPTIONS naming GET is a proxy asking with a method of its own choosing, or a client
+// calling the route directly with a header of its own; taking it for a GET costs at most a
+// refused preflight, never a request let through. More than one value means something appended
+// rather than replaced, so none is believed and the token check decides. Without the header (a
+// browser calling the route directly, or a proxy that asks with the original method) r's own
+// method decides.
+func guardedMethod(r *http.Request) string {
+	if r.URL.Path != forwardAuthPath {
+		return r.Method
+	}
+	if _, sent := r.Header["X-Forwarded-Method"]; !sent {
+		return r.Method
+	}
+	named, _ := header(r, "X-Forwarded-Method")
+	return named
+}
+
+// requireAccess lets a request through only with a valid, unexpired, unrevoked access token, and
+// tells the client why not otherwise: token_expired means "call /auth/refresh and retry". It never
+// touches the database: tokens are checked by signature and the in-memory revocation list.
+// Identity headers a client sends itself are never read.
+func requireAccess(log *slog.Logger, t *tokens, revs *revocations) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			raw, err := accessToken(r)
+			if err != nil {
+				writeError(w, r, log, err)
+				return
+			}
+			c, err := accept(t, revs, raw, useAccess)
+			if err != nil {
+				writeError(w, r, log, err)
+				return
+			}
+			// A proxy asks for a stronger login on the routes it chooses (RFC 9470's step-up). A list
+			// in one line is two requirements as much as two lines are.
+			required, err := header(r, "X-Auth-Require")
+			if err == nil && strings.IndexByte(required, ',') >= 0 {
+				err = errRepeated("X-Auth-Require")
+			}
+			if err != nil {
+				writeError(w, r, log, err)
+				return
+			}
+			if required != "" && !satisfies(c.level(), required) {
+				writeError(w, r, log, errMFARequired)
+				return
+			}
+			if info, ok := r.Context().Value(infoKey).(*reqInfo); ok {
+				info.claims, info.userID = c, c.Subject
+			} else {
+				r = r.WithContext(context.WithValue(r.Context(), infoKey, &reqInfo{claims: c, userID: c.Subject}))
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// handleForwardAuth answers a request that passed requireAccess: who the user is, in the body and
+// in the headers a forward-auth proxy copies onto the request it lets through.
+func handleForwardAuth(now func() time.Time) http.Handler {
+	type user struct {
+		ID    string `json:"id"`
+		Email string `json:"email"`
+	}
+	type response struct {
+		User      user  `json:"user"`
+		ExpiresIn int64 `json:"expires_in"`
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c := claimsFrom(r.Context())
+		h := w.Header()
+		h["X-User-Id"] = []string{c.Subject}
+		h["X-User-Email"] = []string{c.Email}
+		h["X-User-Acr"] = []string{c.level().ACR}
+		h["X-User-Email-Verified"] = []string{strconv.FormatBool(c.EmailVerified)}
+		left := max(int64(c.expiresAt().Sub(now())/time.Second), 0)
+		encode(w, http.StatusOK, response{user{c.Subject, c.Email}, left})
+	})
+}
+
+// satisfies reports whether a token of level lvl meets the assurance a proxy asks for with
+// X-Auth-Require. An unknown requirement is not met: a mistyped proxy setting fails closed.
+func satisfies(lvl level, required string) bool {
+	switch required {
+	case "", "aal1":
+		return true
+	case "aal2":
+		return lvl.ACR == "aal2"
+	}
+	return false
+}
