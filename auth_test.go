@@ -653,6 +653,41 @@ func TestLoginsBeyondTheHashingQueueAreTurnedAwayAtOnce(t *testing.T) {
 	e.login(t, "queue@example.com", "password123")
 }
 
+// An estimate of a turn longer than HASH_WAIT (a cold first hash on a busy machine) once turned
+// every login away, for good: nothing was admitted, so nothing taught the hasher otherwise.
+func TestALoginThatFindsAHashingSlotFreeIsServedWhateverTheEstimate(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.signup(t, "free@example.com", "password123")
+	e.deps.hasher.seed(time.Hour)
+	e.login(t, "free@example.com", "password123")
+	e.signup(t, "free2@example.com", "password123")
+}
+
+// A storm is admitted on the estimate of a turn before any of its own turns ends; one slow turn
+// (a cold first request opening the database's connections) must not shrink what is admitted.
+func TestOneSlowTurnDoesNotTurnAwayLoginsTheSlotsCanServe(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, func(c *config) { c.hashConcurrent, c.hashWait = 1, 3*time.Second })
+	e.signup(t, "slow@example.com", "password123")
+	e.deps.hasher.seed(100 * time.Millisecond)
+	e.deps.hasher.observe(10 * time.Second)
+	var turns []*hashTurn
+	for range 5 { // admitted, not running: the slot stays free for the login
+		turn, err := e.deps.hasher.admit()
+		if err != nil {
+			t.Fatalf("a sixth of what the slot can serve in time: %v", err)
+		}
+		turns = append(turns, turn)
+	}
+	defer func() {
+		for _, turn := range turns {
+			turn.done()
+		}
+	}()
+	e.login(t, "slow@example.com", "password123")
+}
+
 // The Node service's bcrypt silently used only the first 72 bytes of a password; a user who
 // chose a longer one must still get in, and with the whole password from then on.
 func TestLoginAcceptsALongPasswordHashedByBcryptFromItsFirst72Bytes(t *testing.T) {

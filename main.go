@@ -72,6 +72,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	logOut := newLogBuffer(stdout)
 	defer logOut.Flush()
 	log := newLogger(logOut, c)
+	// The hashing slots' first estimate of a turn, timed while the database starts: a storm after
+	// a restart is admitted on it before any of its logins is done.
+	calibration := make(chan time.Duration, 1)
+	go func() { calibration <- calibrateHashing(c.hashConcurrent, 3) }()
 
 	secret := []byte(c.jwtSecret)
 	uri := c.mongoURI
@@ -116,6 +120,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		log.Warn("normalising the stored addresses failed", "err", err)
 	}
 	d := newDeps(c, store, m, secret, time.Now, log)
+	d.hasher.seed(<-calibration)
 	if err := d.revocations.sync(startCtx); err != nil {
 		return fmt.Errorf("loading the blacklist: %w", err)
 	}

@@ -8,6 +8,9 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"fmt"
+	"math"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -81,7 +84,8 @@ func checkPassword(hash, password string) (ok, rehash bool) {
 }
 
 // dummyHash is checked against when a login names no account, so that an unknown email costs
-// the same time as a wrong password. Making it is the first measure of how long a hash takes.
+// the same time as a wrong password. Making it is the first measure of how long a hash takes: a
+// cold one (the process's first 19 MiB), which the calibration at start corrects.
 var dummyHash, dummyHashTook = func() (string, time.Duration) {
 	start := time.Now()
 	return hashPassword("not the password of anyone at all"), time.Since(start)
@@ -100,10 +104,10 @@ func (e *busyError) Is(target error) bool { _, ok := target.(*busyError); return
 var errBusy = &busyError{}
 
 // hasher bounds the memory and the waiting that password hashing takes. At most cap(slots) hashes
-// run at once, 19 MiB each. A login or sign-up is admitted to wait for a slot only when its
-// expected wait (the turns ahead of it, times the recent time of a hash, over the slots) fits
-// within wait, and at most maxTurns are admitted at all; anything beyond is answered at once,
-// with a Retry-After from the backlog, rather than piling up goroutines that would time out
+// run at once, 19 MiB each. A login or sign-up is admitted when a slot is free, or when its
+// expected completion (the turns ahead of it and its own, times the length of a turn, over the
+// slots) fits within wait; at most maxTurns are admitted at all. Anything beyond is answered at
+// once, with a Retry-After from the backlog, rather than piling up goroutines that would time out
 // anyway. A waiting login costs no hashing memory, so as many wait as the cores can serve in time.
 //
 // Sign-ups run in at most half the slots (at least one) and are admitted by that share alone, so
@@ -115,19 +119,31 @@ type hasher struct {
 	maxTurns    int
 
 	mu      sync.Mutex
-	turns   int           // admitted and not done, sign-ups included
-	signups int           // of which sign-ups
-	took    time.Duration // moving average of one hash, measured as it runs
+	turns   int // admitted and not done, sign-ups included
+	signups int // of which sign-ups
+	// The length of a turn is the median of the last turnSamples turns, seeded with the measured
+	// time of a hash (see calibrateHashing): a storm is admitted before any of its turns ends, and
+	// its first turns, on a cold instance, open the database's connections and take fresh memory;
+	// a median lets no few slow turns decide how many the slots can serve.
+	recent   [turnSamples]time.Duration
+	observed int
+	took     time.Duration
 }
 
+const turnSamples = 9
+
 func newHasher(concurrent, queued int, wait time.Duration) *hasher {
-	return &hasher{
+	h := &hasher{
 		slots:       make(chan struct{}, concurrent),
 		signupSlots: make(chan struct{}, max(concurrent/2, 1)),
 		wait:        wait,
 		maxTurns:    concurrent + queued,
 		took:        dummyHashTook,
 	}
+	for i := range h.recent {
+		h.recent[i] = dummyHashTook
+	}
+	return h
 }
 
 // hashTurn is a place in the hashing queue: every password hash and check runs through one, so
@@ -152,9 +168,11 @@ func (h *hasher) enter(signup bool) (*hashTurn, error) {
 	if signup {
 		ahead, slots = h.signups, cap(h.signupSlots)
 	}
-	// The time until this turn's hash is done, were it admitted: its own hash too.
+	// The time until this turn's hash is done, were it admitted: its own hash too. A turn that finds
+	// a slot free waits for nothing, and is admitted whatever the estimate says: an estimate over
+	// wait would otherwise turn everything away, and never learn that hashing got faster.
 	expected := time.Duration(ahead+1) * h.took / time.Duration(max(slots, 1))
-	if h.turns >= h.maxTurns || expected > h.wait {
+	if h.turns >= h.maxTurns || ahead >= slots && expected > h.wait {
 		return nil, &busyError{retryAfter: max(expected-h.wait, time.Second)}
 	}
 	h.turns++
@@ -209,11 +227,49 @@ func (t *hashTurn) run(ctx context.Context, f func()) error {
 	return nil
 }
 
-// observe folds the time of one hash into the moving average, a tenth at a time.
+// observe records the length of one turn.
 func (h *hasher) observe(took time.Duration) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.took += (took - h.took) / 10
+	h.recent[h.observed%turnSamples] = took
+	h.observed++
+	h.estimate()
+}
+
+// seed sets the length of the turns not yet observed to took, a calibration's.
+func (h *hasher) seed(took time.Duration) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i := h.observed; i < turnSamples; i++ {
+		h.recent[i] = took
+	}
+	h.estimate()
+}
+
+// calibrateHashing returns how long a turn takes when every slot hashes: the seed of the estimate.
+// It times rounds of slots checks of the dummy hash at once and keeps the fastest round, after a
+// collection each, so that later rounds reuse the memory of earlier ones: the first hashes of a
+// process get their 19 MiB fresh from the system, which on some machines takes ten times the hash.
+func calibrateHashing(slots, rounds int) time.Duration {
+	fastest := time.Duration(math.MaxInt64)
+	for range rounds {
+		start := time.Now()
+		var wg sync.WaitGroup
+		for range slots {
+			wg.Go(func() { checkPassword(dummyHash, "not the password either") })
+		}
+		wg.Wait()
+		fastest = min(fastest, time.Since(start))
+		runtime.GC()
+	}
+	return fastest
+}
+
+// estimate sets took to the median of the recent turns; h.mu is held.
+func (h *hasher) estimate() {
+	sorted := h.recent
+	slices.Sort(sorted[:])
+	h.took = sorted[turnSamples/2]
 }
 
 // hashSignup hashes a new account's password, in a sign-up's turn.

@@ -1,7 +1,8 @@
 // Command loginstorm sends n logins at the same instant, each on its own connection and, through
 // X-Forwarded-For, from a client of its own (as a storm after an outage comes from many users), and
 // counts the answers. Before the storm it times a few logins one at a time, to know how many the
-// service's hashing slots can serve within its hashing wait.
+// service's hashing slots can serve within its hashing wait; with -measure it does only that, and
+// prints the time, so that the storm can hit another instance, freshly started, given -one.
 //
 // It exits non-zero unless every request got an answer of 200, 429 or 503, the slowest within
 // wait plus a second, and at least 70% of that capacity succeeded.
@@ -39,6 +40,8 @@ func run(args []string, stdout io.Writer) error {
 	slots := fs.Int("slots", 2, "the service's HASH_CONCURRENCY")
 	wait := fs.Duration("wait", 3*time.Second, "the service's HASH_WAIT")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long one login may take before it counts as a timeout")
+	measure := fs.Bool("measure", false, "only time one login alone, and print the time")
+	given := fs.Duration("one", 0, "the time of one login alone, measured before with -measure; then none is timed here")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -67,16 +70,23 @@ func run(args []string, stdout io.Writer) error {
 
 	// One login at a time, from clients the storm does not use: the time of one hash, as the
 	// service sees it on this machine.
-	var alone []time.Duration
-	for i := range 9 {
-		t0 := time.Now()
-		if code, err := login(*n + i); err != nil || code != 200 {
-			return fmt.Errorf("a login on its own: %d %v", code, err)
+	one := *given
+	if one == 0 {
+		var alone []time.Duration
+		for i := range 9 {
+			t0 := time.Now()
+			if code, err := login(*n + i); err != nil || code != 200 {
+				return fmt.Errorf("a login on its own: %d %v", code, err)
+			}
+			alone = append(alone, time.Since(t0))
 		}
-		alone = append(alone, time.Since(t0))
+		slices.Sort(alone)
+		one = alone[len(alone)/2]
 	}
-	slices.Sort(alone)
-	one := alone[len(alone)/2]
+	if *measure {
+		fmt.Fprintln(stdout, one)
+		return nil
+	}
 	capacity := int(time.Duration(*slots) * *wait / one)
 
 	var (
@@ -84,6 +94,7 @@ func run(args []string, stdout io.Writer) error {
 		statuses = map[int]int{}
 		failures = map[string]int{}
 		slowest  time.Duration
+		inTime   int // successes answered within wait
 		wg       sync.WaitGroup
 	)
 	start := make(chan struct{})
@@ -99,6 +110,9 @@ func run(args []string, stdout io.Writer) error {
 			switch {
 			case err == nil:
 				statuses[code]++
+				if code == 200 && took <= *wait {
+					inTime++
+				}
 			case isTimeout(err):
 				failures["timeout"]++
 			default:
@@ -111,8 +125,12 @@ func run(args []string, stdout io.Writer) error {
 	wg.Wait()
 	elapsed := time.Since(t0)
 
-	fmt.Fprintf(stdout, "one login alone: %s (median of 9); %d slots can serve %d within %s\n",
-		one.Round(100*time.Microsecond), *slots, capacity, *wait)
+	how := "median of 9"
+	if *given != 0 {
+		how = "given"
+	}
+	fmt.Fprintf(stdout, "one login alone: %s (%s); %d slots can serve %d within %s\n",
+		one.Round(100*time.Microsecond), how, *slots, capacity, *wait)
 	fmt.Fprintf(stdout, "%d logins in %s (slowest %s)\n", *n, elapsed.Round(time.Millisecond), slowest.Round(time.Millisecond))
 	codes := make([]int, 0, len(statuses))
 	for c := range statuses {
@@ -132,7 +150,8 @@ func run(args []string, stdout io.Writer) error {
 		bad += k
 	}
 	share := float64(statuses[200]) / float64(max(capacity, 1))
-	fmt.Fprintf(stdout, "succeeded: %d, %.0f%% of what the slots can serve in time (goal 70%%)\n", statuses[200], 100*share)
+	fmt.Fprintf(stdout, "succeeded: %d (%d within %s), %.0f%% of what the slots can serve in time (goal 70%%)\n",
+		statuses[200], inTime, *wait, 100*share)
 	if bad > 0 {
 		problems = append(problems, fmt.Sprintf("%d of %d logins got no answer or an unexpected one", bad, *n))
 	}
