@@ -6,8 +6,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -15,13 +13,6 @@ import (
 	"slices"
 	"sync"
 	"time"
-)
-
-// What a mailed token is for.
-const (
-	purposeReset       = "reset"
-	purposeVerify      = "verify"
-	purposeEmailChange = "email_change"
 )
 
 var (
@@ -141,18 +132,6 @@ func (f *mailFlows) notify(ctx context.Context, kind string, u *User) {
 		f.log.LogAttrs(ctx, slog.LevelWarn, "queueing a notice failed", slog.String("kind", kind),
 			slog.String("user_id", u.ID), slog.String("err", err.Error()))
 	}
-}
-
-// newMailToken makes a token of at least 128 random bits (256 here) for purpose, stores its
-// digest, and returns it in clear for the mail: the only place it ever is.
-func newMailToken(ctx context.Context, store mailStore, now time.Time, purpose, user, email string, stamp int64, ttl time.Duration) (string, error) {
-	var b [32]byte
-	rand.Read(b[:])
-	raw := base64.RawURLEncoding.EncodeToString(b[:])
-	now = now.UTC().Truncate(time.Millisecond)
-	err := store.CreateMailToken(ctx, &MailToken{Digest: digest(raw), Purpose: purpose, UserID: user,
-		Email: email, Stamp: stamp, CreatedAt: now, ExpiresAt: now.Add(ttl)})
-	return raw, err
 }
 
 // take consumes a token of one of purposes: it is read by its digest, checked, then deleted, and

@@ -898,7 +898,7 @@ func TestMailIsLimitedPerAddressAndPerClientWithTheSameAnswer(t *testing.T) {
 	t.Parallel()
 	srv := newMailServer(t, false)
 	queued := func(e *testEnv) int {
-		n, err := e.store.outbox().CountDocuments(t.Context(), bson.D{})
+		n, err := e.store.outboxColl().CountDocuments(t.Context(), bson.D{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1324,7 +1324,7 @@ func BenchmarkForgotPassword(b *testing.B) {
 				if err := e.store.Purge(b.Context(), e.clock.Now()); err != nil {
 					b.Fatal(err)
 				}
-				if _, err := e.store.outbox().DeleteMany(b.Context(), bson.D{}); err != nil { // as the sender would
+				if _, err := e.store.outboxColl().DeleteMany(b.Context(), bson.D{}); err != nil { // as the sender would
 					b.Fatal(err)
 				}
 				b.StartTimer()
@@ -1358,7 +1358,7 @@ func BenchmarkSignupNewAndTaken(b *testing.B) {
 		if err := e.store.Purge(b.Context(), e.clock.Now()); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := e.store.outbox().DeleteMany(b.Context(), bson.D{}); err != nil {
+		if _, err := e.store.outboxColl().DeleteMany(b.Context(), bson.D{}); err != nil {
 			b.Fatal(err)
 		}
 		b.StartTimer()

@@ -5,7 +5,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"embed"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	htmltemplate "html/template"
@@ -33,6 +35,25 @@ const (
 	mailFactorGone   = "factor_removed" // to an account's address: its second factor was removed
 	mailMFAFailures  = "mfa_failures"   // to an account's address: its second factor is locked for a while
 )
+
+// What a mailed token is for.
+const (
+	purposeReset       = "reset"
+	purposeVerify      = "verify"
+	purposeEmailChange = "email_change"
+)
+
+// newMailToken makes a token of at least 128 random bits (256 here) for purpose, stores its
+// digest, and returns it in clear for the mail: the only place it ever is.
+func newMailToken(ctx context.Context, store mailStore, now time.Time, purpose, user, email string, stamp int64, ttl time.Duration) (string, error) {
+	var b [32]byte
+	rand.Read(b[:])
+	raw := base64.RawURLEncoding.EncodeToString(b[:])
+	now = now.UTC().Truncate(time.Millisecond)
+	err := store.CreateMailToken(ctx, &MailToken{Digest: digest(raw), Purpose: purpose, UserID: user,
+		Email: email, Stamp: stamp, CreatedAt: now, ExpiresAt: now.Add(ttl)})
+	return raw, err
+}
 
 // mailData is what the templates see.
 type mailData struct {

@@ -19,6 +19,11 @@ import (
 	"time"
 )
 
+// permanentError is a refusal that retrying cannot change.
+type permanentError struct{ error }
+
+func (e permanentError) Unwrap() error { return e.error }
+
 // mailTransport delivers one rendered mail.
 type mailTransport interface {
 	deliver(ctx context.Context, m *outgoingMail) error

@@ -49,11 +49,6 @@ type outbox struct {
 // already, ...), which the request could not tell without telling the client.
 var errNoMail = errors.New("no mail needed")
 
-// permanentError is a refusal that retrying cannot change.
-type permanentError struct{ error }
-
-func (e permanentError) Unwrap() error { return e.error }
-
 func newOutbox(store Store, cfg mailConfig, m *metrics, now func() time.Time, log *slog.Logger) *outbox {
 	o := &outbox{store: store, cfg: cfg, metrics: m, now: now, log: log, wake: make(chan struct{}, 1)}
 	switch cfg.mode {

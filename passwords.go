@@ -91,18 +91,6 @@ var dummyHash, dummyHashTook = func() (string, time.Duration) {
 	return hashPassword("not the password of anyone at all"), time.Since(start)
 }()
 
-// busyError says that password hashing is at capacity: the caller should come back after
-// retryAfter, when the backlog will have drained enough.
-type busyError struct{ retryAfter time.Duration }
-
-func (e *busyError) Error() string { return "password hashing at capacity" }
-
-// Is makes every busyError match errBusy.
-func (e *busyError) Is(target error) bool { _, ok := target.(*busyError); return ok }
-
-// errBusy matches any busyError with errors.Is.
-var errBusy = &busyError{}
-
 // hasher bounds the memory and the waiting that password hashing takes. At most cap(slots) hashes
 // run at once, 19 MiB each. A login or sign-up is admitted when a slot is free, or when its
 // expected completion (the turns ahead of it and its own, times the length of a turn, over the

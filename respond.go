@@ -63,8 +63,22 @@ var (
 	errMethodNotAllowed   = &apiError{status: http.StatusMethodNotAllowed, code: "method_not_allowed", message: "this endpoint does not accept that method"}
 	errUnavailable        = &apiError{status: http.StatusServiceUnavailable, code: "unavailable", message: "the service is temporarily unavailable; try again shortly"}
 	errCannotVouch        = &apiError{status: http.StatusServiceUnavailable, code: "unavailable", message: "this instance cannot check tokens against recent logouts; try again shortly"}
+	errMFARequired        = &apiError{status: http.StatusUnauthorized, code: "mfa_required", message: "this needs a second factor: verify a code at /auth/mfa/verify"}
+	errStepUpRace         = &apiError{status: http.StatusConflict, code: "conflict", message: "the session was refreshed meanwhile; refresh, then step up with a new code"}
 	errInternal           = &apiError{status: http.StatusInternalServerError, code: "internal", message: "an internal error occurred"}
 )
+
+// busyError says that password hashing is at capacity: the caller should come back after
+// retryAfter, when the backlog will have drained enough.
+type busyError struct{ retryAfter time.Duration }
+
+func (e *busyError) Error() string { return "password hashing at capacity" }
+
+// Is makes every busyError match errBusy.
+func (e *busyError) Is(target error) bool { _, ok := target.(*busyError); return ok }
+
+// errBusy matches any busyError with errors.Is.
+var errBusy = &busyError{}
 
 // handle adapts a handler that returns its error, so that every error is written in one place.
 func handle(log *slog.Logger, f func(w http.ResponseWriter, r *http.Request) error) http.Handler {
@@ -86,13 +100,13 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 		e = errUnavailable.after(busy.retryAfter)
 	case errors.Is(err, ErrUnavailable):
 		log.LogAttrs(r.Context(), slog.LevelWarn, "unavailable",
-			slog.String("request_id", requestID(r.Context())), slog.String("err", err.Error()))
+			slog.String("request_id", w.Header().Get("X-Request-Id")), slog.String("err", err.Error()))
 		e = errUnavailable
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		return // the client went away; nobody reads an answer
 	default:
 		log.LogAttrs(r.Context(), slog.LevelError, "internal error",
-			slog.String("request_id", requestID(r.Context())), slog.String("err", err.Error()))
+			slog.String("request_id", w.Header().Get("X-Request-Id")), slog.String("err", err.Error()))
 		e = errInternal
 	}
 	h := w.Header()

@@ -12,6 +12,22 @@ import (
 	"time"
 )
 
+// Why a session ended, as the blacklist entry and the metrics say it.
+const (
+	endLogout         = "logout"           // POST /auth/logout
+	endReused         = "reused"           // a retired refresh token came back after the interval
+	endByUser         = "ended_by_user"    // DELETE /auth/sessions/{id}
+	endLogoutOthers   = "logout_others"    // POST /auth/logout?scope=others
+	endLogoutGlobal   = "logout_global"    // POST /auth/logout?scope=global
+	endPasswordChange = "password_changed" // POST /auth/password
+	endAccountDeleted = "account_deleted"  // DELETE /auth/account, DELETE /admin/users/{id}
+	endAdminLogout    = "admin_logout"     // POST /admin/users/{id}/logout
+	endDisabled       = "account_disabled" // POST /admin/users/{id}/disable
+	endMFARemoved     = "mfa_removed"      // DELETE /auth/mfa/totp: the other sessions
+	endMFAAdded       = "mfa_added"        // POST /auth/mfa/totp/confirm: the other sessions
+	endPasswordReset  = "password_reset"   // POST /auth/password/reset
+)
+
 // revocations is this instance's copy of the unexpired blacklist, so that checking a token never
 // waits on the database. Revocations made here are in it at once; those made by other instances
 // arrive by polling the blacklist by its created_at index every syncEvery (change streams are not

@@ -14,22 +14,6 @@ import (
 	"unicode/utf8"
 )
 
-// Why a session ended, as the blacklist entry and the metrics say it.
-const (
-	endLogout         = "logout"           // POST /auth/logout
-	endReused         = "reused"           // a retired refresh token came back after the interval
-	endByUser         = "ended_by_user"    // DELETE /auth/sessions/{id}
-	endLogoutOthers   = "logout_others"    // POST /auth/logout?scope=others
-	endLogoutGlobal   = "logout_global"    // POST /auth/logout?scope=global
-	endPasswordChange = "password_changed" // POST /auth/password
-	endAccountDeleted = "account_deleted"  // DELETE /auth/account, DELETE /admin/users/{id}
-	endAdminLogout    = "admin_logout"     // POST /admin/users/{id}/logout
-	endDisabled       = "account_disabled" // POST /admin/users/{id}/disable
-	endMFARemoved     = "mfa_removed"      // DELETE /auth/mfa/totp: the other sessions
-	endMFAAdded       = "mfa_added"        // POST /auth/mfa/totp/confirm: the other sessions
-	endPasswordReset  = "password_reset"   // POST /auth/password/reset
-)
-
 // sessionKeeper starts, refreshes and ends login sessions. A session is a record in the database
 // (see Session) and the sid inside every token of one login; it ends with a blacklist entry for
 // the sid, which the token check reads from memory and refresh from the database.

@@ -205,11 +205,11 @@ type Revocation struct {
 type attemptStore interface {
 	// AddAttempts records attempts, whose ids the caller makes unique.
 	AddAttempts(ctx context.Context, as ...Attempt) error
-	// Attempts lists, newest first and at most limit of them, the times of the attempts of key
+	// Attempts lists, newest first and at most most of them, the times of the attempts of key
 	// after since, but for the one whose id is except.
-	Attempts(ctx context.Context, key string, since time.Time, except string, limit int) ([]time.Time, error)
-	// ForgetAttempts deletes the attempts with these ids and every attempt of these keys.
-	ForgetAttempts(ctx context.Context, ids []string, keys ...string) error
+	Attempts(ctx context.Context, key string, since time.Time, except string, most int) ([]time.Time, error)
+	// ForgetAttempts deletes the attempts attemptIDs and every attempt of these keys.
+	ForgetAttempts(ctx context.Context, attemptIDs []string, keys ...string) error
 }
 
 // Attempt is one try of something throttled, recorded under one key before its outcome is known.
@@ -241,9 +241,9 @@ type factorStore interface {
 	SetRecoveryCodes(ctx context.Context, user string, digests []string) error
 	// RecoveryCodesLeft counts user's unused recovery codes.
 	RecoveryCodesLeft(ctx context.Context, user string) (int64, error)
-	// UseRecoveryCode deletes user's recovery code with this digest; ErrNotFound when there is
+	// UseRecoveryCode deletes user's recovery code with the digest sum; ErrNotFound when there is
 	// none (also for all but one of simultaneous uses).
-	UseRecoveryCode(ctx context.Context, user, digest string) error
+	UseRecoveryCode(ctx context.Context, user, sum string) error
 	// CreateMFAChallenge records a login waiting for its second factor.
 	CreateMFAChallenge(ctx context.Context, ch MFAChallenge) error
 	// MFAChallenge finds a challenge by its id; ErrNotFound when there is none.
@@ -314,8 +314,8 @@ type SigningKey struct {
 type mailStore interface {
 	// QueueMail adds m to the outbox.
 	QueueMail(ctx context.Context, m *MailMessage) error
-	// DueMail lists at most limit messages due at now, the longest due first.
-	DueMail(ctx context.Context, now time.Time, limit int) ([]MailMessage, error)
+	// DueMail lists at most most messages due at now, the longest due first.
+	DueMail(ctx context.Context, now time.Time, most int) ([]MailMessage, error)
 	// OldestMail is when the oldest message in the outbox was queued; ErrNotFound when none is.
 	OldestMail(ctx context.Context) (time.Time, error)
 	// LeaseMail records a lease; ErrDuplicate when one with its id exists: another holds it.
@@ -336,10 +336,10 @@ type mailStore interface {
 	// CreateMailToken records a mailed token's digest.
 	CreateMailToken(ctx context.Context, t *MailToken) error
 	// MailTokenByDigest finds a token; ErrNotFound when there is none.
-	MailTokenByDigest(ctx context.Context, digest string) (*MailToken, error)
+	MailTokenByDigest(ctx context.Context, sum string) (*MailToken, error)
 	// DeleteMailToken deletes a token: nil for exactly one caller, however many try at once, and
 	// ErrNotFound for the others.
-	DeleteMailToken(ctx context.Context, digest string) error
+	DeleteMailToken(ctx context.Context, sum string) error
 }
 
 // MailMessage is a mail waiting in the outbox: what to send and to whom, never its text. The

@@ -20,14 +20,14 @@ func (s *mongoStore) AddAttempts(ctx context.Context, as ...Attempt) error {
 	return s.err(err)
 }
 
-func (s *mongoStore) Attempts(ctx context.Context, key string, since time.Time, except string, limit int) ([]time.Time, error) {
+func (s *mongoStore) Attempts(ctx context.Context, key string, since time.Time, except string, most int) ([]time.Time, error) {
 	cur, err := s.attempts.Find(ctx,
 		bson.D{
 			{Key: "key", Value: key},
 			{Key: "at", Value: bson.D{{Key: "$gt", Value: since}}},
 			{Key: "_id", Value: bson.D{{Key: "$ne", Value: except}}},
 		},
-		options.Find().SetSort(bson.D{{Key: "at", Value: -1}}).SetLimit(int64(limit)).
+		options.Find().SetSort(bson.D{{Key: "at", Value: -1}}).SetLimit(int64(most)).
 			SetProjection(bson.D{{Key: "at", Value: 1}}))
 	if err != nil {
 		return nil, s.err(err)
@@ -43,9 +43,9 @@ func (s *mongoStore) Attempts(ctx context.Context, key string, since time.Time, 
 	return times, nil
 }
 
-func (s *mongoStore) ForgetAttempts(ctx context.Context, ids []string, keys ...string) error {
+func (s *mongoStore) ForgetAttempts(ctx context.Context, attemptIDs []string, keys ...string) error {
 	_, err := s.attempts.DeleteMany(ctx, bson.D{{Key: "$or", Value: bson.A{
-		bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: append([]string{}, ids...)}}}},
+		bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: append([]string{}, attemptIDs...)}}}},
 		bson.D{{Key: "key", Value: bson.D{{Key: "$in", Value: append([]string{}, keys...)}}}},
 	}}})
 	return s.err(err)

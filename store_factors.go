@@ -83,8 +83,8 @@ func (s *mongoStore) RecoveryCodesLeft(ctx context.Context, user string) (int64,
 	return n, s.err(err)
 }
 
-func (s *mongoStore) UseRecoveryCode(ctx context.Context, user, digest string) error {
-	return s.deleteOne(ctx, s.recoveryCodes, bson.D{{Key: "_id", Value: digest}, {Key: "user_id", Value: user}})
+func (s *mongoStore) UseRecoveryCode(ctx context.Context, user, sum string) error {
+	return s.deleteOne(ctx, s.recoveryCodes, bson.D{{Key: "_id", Value: sum}, {Key: "user_id", Value: user}})
 }
 
 func (s *mongoStore) CreateMFAChallenge(ctx context.Context, ch MFAChallenge) error {

@@ -14,7 +14,9 @@ import (
 
 // The mail collections are looked up by name, not kept in mongoStore's fields, so that mail
 // stays in these few functions.
-func (s *mongoStore) outbox() *mongo.Collection { return s.users.Database().Collection("mail_outbox") }
+func (s *mongoStore) outboxColl() *mongo.Collection {
+	return s.users.Database().Collection("mail_outbox")
+}
 
 func (s *mongoStore) mailLeases() *mongo.Collection {
 	return s.users.Database().Collection("mail_leases")
@@ -30,8 +32,8 @@ func (s *mongoStore) mailIndexes(ctx context.Context) error {
 		keys bson.D
 		ttl  bool
 	}{
-		{s.outbox(), bson.D{{Key: "next_at", Value: 1}}, false},
-		{s.outbox(), bson.D{{Key: "created_at", Value: 1}}, false},
+		{s.outboxColl(), bson.D{{Key: "next_at", Value: 1}}, false},
+		{s.outboxColl(), bson.D{{Key: "created_at", Value: 1}}, false},
 		{s.mailLeases(), bson.D{{Key: "message_id", Value: 1}}, false},
 		{s.mailLeases(), bson.D{{Key: "expires_at", Value: 1}}, true},
 		{s.mailTokens(), bson.D{{Key: "expires_at", Value: 1}}, true},
@@ -63,13 +65,13 @@ func (s *mongoStore) PurgeMail(ctx context.Context, now time.Time) error {
 }
 
 func (s *mongoStore) QueueMail(ctx context.Context, m *MailMessage) error {
-	_, err := s.outbox().InsertOne(ctx, m)
+	_, err := s.outboxColl().InsertOne(ctx, m)
 	return s.err(err)
 }
 
-func (s *mongoStore) DueMail(ctx context.Context, now time.Time, limit int) ([]MailMessage, error) {
-	cur, err := s.outbox().Find(ctx, bson.D{{Key: "next_at", Value: bson.D{{Key: "$lte", Value: now}}}},
-		options.Find().SetSort(bson.D{{Key: "next_at", Value: 1}}).SetLimit(int64(limit)))
+func (s *mongoStore) DueMail(ctx context.Context, now time.Time, most int) ([]MailMessage, error) {
+	cur, err := s.outboxColl().Find(ctx, bson.D{{Key: "next_at", Value: bson.D{{Key: "$lte", Value: now}}}},
+		options.Find().SetSort(bson.D{{Key: "next_at", Value: 1}}).SetLimit(int64(most)))
 	if err != nil {
 		return nil, s.err(err)
 	}
@@ -82,7 +84,7 @@ func (s *mongoStore) DueMail(ctx context.Context, now time.Time, limit int) ([]M
 
 func (s *mongoStore) OldestMail(ctx context.Context) (time.Time, error) {
 	var m MailMessage
-	err := s.outbox().FindOne(ctx, bson.D{}, options.FindOne().SetSort(bson.D{{Key: "created_at", Value: 1}}).
+	err := s.outboxColl().FindOne(ctx, bson.D{}, options.FindOne().SetSort(bson.D{{Key: "created_at", Value: 1}}).
 		SetProjection(bson.D{{Key: "created_at", Value: 1}})).Decode(&m)
 	return m.CreatedAt, s.err(err)
 }
@@ -102,7 +104,7 @@ func (s *mongoStore) MailLeaseByID(ctx context.Context, id string) (*MailLease, 
 
 func (s *mongoStore) RescheduleMail(ctx context.Context, id string, attempts int, next time.Time, lastErr string) error {
 	// A plain $set, not a guarded update: only the holder of the current attempt's lease writes.
-	_, err := s.outbox().UpdateOne(ctx, bson.D{{Key: "_id", Value: id}}, bson.D{{Key: "$set", Value: bson.D{
+	_, err := s.outboxColl().UpdateOne(ctx, bson.D{{Key: "_id", Value: id}}, bson.D{{Key: "$set", Value: bson.D{
 		{Key: "attempts", Value: attempts}, {Key: "next_at", Value: next}, {Key: "last_error", Value: lastErr},
 	}}})
 	return s.err(err)
@@ -110,7 +112,7 @@ func (s *mongoStore) RescheduleMail(ctx context.Context, id string, attempts int
 
 func (s *mongoStore) MailByID(ctx context.Context, id string) (*MailMessage, error) {
 	var m MailMessage
-	if err := s.outbox().FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&m); err != nil {
+	if err := s.outboxColl().FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&m); err != nil {
 		return nil, s.err(err)
 	}
 	return &m, nil
@@ -122,7 +124,7 @@ func (s *mongoStore) ReleaseMailLease(ctx context.Context, id string) error {
 }
 
 func (s *mongoStore) DeleteMail(ctx context.Context, id string) error {
-	if _, err := s.outbox().DeleteOne(ctx, bson.D{{Key: "_id", Value: id}}); err != nil {
+	if _, err := s.outboxColl().DeleteOne(ctx, bson.D{{Key: "_id", Value: id}}); err != nil {
 		return s.err(err)
 	}
 	_, err := s.mailLeases().DeleteMany(ctx, bson.D{{Key: "message_id", Value: id}})
@@ -134,18 +136,18 @@ func (s *mongoStore) CreateMailToken(ctx context.Context, t *MailToken) error {
 	return s.err(err)
 }
 
-func (s *mongoStore) MailTokenByDigest(ctx context.Context, digest string) (*MailToken, error) {
+func (s *mongoStore) MailTokenByDigest(ctx context.Context, sum string) (*MailToken, error) {
 	var t MailToken
-	if err := s.mailTokens().FindOne(ctx, bson.D{{Key: "_id", Value: digest}}).Decode(&t); err != nil {
+	if err := s.mailTokens().FindOne(ctx, bson.D{{Key: "_id", Value: sum}}).Decode(&t); err != nil {
 		return nil, s.err(err)
 	}
 	return &t, nil
 }
 
-func (s *mongoStore) DeleteMailToken(ctx context.Context, digest string) error {
+func (s *mongoStore) DeleteMailToken(ctx context.Context, sum string) error {
 	// A single-document delete is atomic on MongoDB and FerretDB alike: of any number of callers,
 	// one sees a document deleted.
-	res, err := s.mailTokens().DeleteOne(ctx, bson.D{{Key: "_id", Value: digest}})
+	res, err := s.mailTokens().DeleteOne(ctx, bson.D{{Key: "_id", Value: sum}})
 	if err != nil {
 		return s.err(err)
 	}
