@@ -245,15 +245,17 @@ func newTestEnvOn(tb testing.TB, db *mongo.Database, opts ...func(*config)) *tes
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	m := newMetrics()
-	store, err := newMongoStore(ctx, db, &m.dbErrors)
+	// As run starts: a busy machine's slow first commands delay the start, not fail it.
+	var store *mongoStore
+	err := retryAtStart(ctx, func() (err error) { store, err = newMongoStore(ctx, db, &m.dbErrors); return err })
 	if err != nil {
 		tb.Fatal(err)
 	}
 	e := serveTestEnv(tb, cfg, store, m)
-	if err := normalizeStoredEmails(ctx, store, e.deps.log); err != nil {
+	if err := retryAtStart(ctx, func() error { return normalizeStoredEmails(ctx, store, e.deps.log) }); err != nil {
 		tb.Fatal(err)
 	}
-	if err := e.deps.revocations.sync(ctx); err != nil {
+	if err := retryAtStart(ctx, func() error { return e.deps.revocations.sync(ctx) }); err != nil {
 		tb.Fatal(err)
 	}
 	return e

@@ -107,10 +107,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		defer cancel()
 		client.Disconnect(ctx)
 	}()
-	startCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	m := newMetrics()
-	store, err := newMongoStore(startCtx, client.Database(c.mongoDatabase), &m.dbErrors)
+	var store *mongoStore
+	err = retryAtStart(startCtx, func() (err error) {
+		store, err = newMongoStore(startCtx, client.Database(c.mongoDatabase), &m.dbErrors)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("mongodb at start: %w", err)
 	}
@@ -121,10 +125,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	d := newDeps(c, store, m, secret, time.Now, log)
 	d.hasher.seed(<-calibration)
-	if err := d.revocations.sync(startCtx); err != nil {
+	if err := retryAtStart(startCtx, func() error { return d.revocations.sync(startCtx) }); err != nil {
 		return fmt.Errorf("loading the blacklist: %w", err)
 	}
-	if err := d.keys.load(startCtx); err != nil {
+	if err := retryAtStart(startCtx, func() error { return d.keys.load(startCtx) }); err != nil {
 		return fmt.Errorf("loading the signing keys (JWT_ALG=%s): %w", c.jwtAlg, err)
 	}
 	bg, stopBG := context.WithCancel(context.Background())
@@ -203,4 +207,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// retryAtStart runs f until it succeeds, fails for another reason than an unavailable database, or
+// ctx ends: a database that is slow to answer its first commands (one starting beside the
+// service, or a busy machine) delays the start rather than failing it.
+func retryAtStart(ctx context.Context, f func() error) error {
+	for {
+		err := f()
+		if err == nil || !errors.Is(err, ErrUnavailable) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
