@@ -279,7 +279,7 @@ func (p *passwordCheck) check(ctx context.Context, client netip.Addr, email, pas
 		att  *attempt
 		took time.Duration
 	)
-	if err := turn.run(ctx, func() { u, att, took, err = p.checkInSlot(ctx, client, email, password, meanwhile) }); err != nil {
+	if err := turn.do(ctx, func() { u, att, took, err = p.checkInSlot(ctx, client, email, password, meanwhile) }); err != nil {
 		return nil, err
 	}
 	if errors.Is(err, errInvalidCredentials) {
@@ -418,7 +418,7 @@ func (p *passwordCheck) learnImportedHashes(ctx context.Context) {
 		return
 	}
 	defer turn.done()
-	turn.run(ctx, func() {
+	turn.do(ctx, func() {
 		dummy, err := bcrypt.GenerateFromPassword([]byte("not the password of anyone at all"), cost)
 		if err != nil {
 			return

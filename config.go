@@ -56,7 +56,7 @@ type config struct {
 	hashQueue        int
 	hashWait         time.Duration
 	memoryLimit      int64 // bytes; 0 leaves the Go runtime's default (or GOMEMLIMIT)
-	metrics          bool
+	metricsOn        bool
 	metricsAddr      string // the metrics listener's address, or metricsOnAPIPort
 	appName          string // shown in authenticator apps and mails
 	adminToken       string // the admin API is served only when set
@@ -138,7 +138,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		s.errs = append(s.errs, fmt.Errorf("PORT: want a port number, got %q", c.port))
 	}
 	var err error
-	if c.metrics, err = strconv.ParseBool(s.str("METRICS_ENABLED", "true")); err != nil {
+	if c.metricsOn, err = strconv.ParseBool(s.str("METRICS_ENABLED", "true")); err != nil {
 		s.errs = append(s.errs, fmt.Errorf("METRICS_ENABLED: want true or false, got %q", getenv("METRICS_ENABLED")))
 	}
 	if _, _, err := net.SplitHostPort(c.metricsAddr); err != nil && c.metricsAddr != metricsOnAPIPort {

@@ -363,7 +363,7 @@ func (e *testEnv) startSender(tb testing.TB) {
 	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); e.deps.mail.outbox.run(ctx) }()
+	go func() { defer close(done); e.deps.mail.outbox.loop(ctx) }()
 	tb.Cleanup(func() { cancel(); <-done })
 }
 

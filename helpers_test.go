@@ -297,7 +297,7 @@ func serveTestEnv(tb testing.TB, cfg config, store *mongoStore, m *metrics) *tes
 	e.admin.Config = newHTTPServer(cfg, newAdminHandler(e.deps, testAdminToken), log)
 	e.admin.Start()
 	tb.Cleanup(e.admin.Close)
-	if cfg.metrics && cfg.metricsAddr != metricsOnAPIPort {
+	if cfg.metricsOn && cfg.metricsAddr != metricsOnAPIPort {
 		e.metricsSrv = httptest.NewUnstartedServer(nil)
 		e.metricsSrv.Config = newHTTPServer(cfg, newMetricsHandler(e.deps), log)
 		e.metricsSrv.Start()

@@ -229,7 +229,7 @@ func (r *keyring) load(ctx context.Context) error {
 }
 
 // run polls the keys every interval until ctx ends.
-func (r *keyring) run(ctx context.Context, every time.Duration) {
+func (r *keyring) follow(ctx context.Context, every time.Duration) {
 	if !r.managed() {
 		return
 	}
@@ -328,8 +328,8 @@ func (r *keyring) maintain(ctx context.Context, recs []SigningKey) (changed bool
 		// The next key, one rotation after the current one took over, and in any case published
 		// at least publish-ahead before it signs.
 		at := cur.rec.ActivateAt.Add(r.rotation)
-		if earliest := now.Add(r.publishAhead); at.Before(earliest) {
-			at = earliest
+		if soonest := now.Add(r.publishAhead); at.Before(soonest) {
+			at = soonest
 		}
 		return r.add(ctx, maxGen+1, now, at)
 	}

@@ -774,7 +774,7 @@ func TestKeysAreLoadedAtStartAndPolled(t *testing.T) {
 		a := newKeyEnvOn(t, db, withAlg(algEdDSA))
 		b := newKeyEnvOn(t, db, withAlg(algEdDSA))
 		const interval = 100 * time.Millisecond
-		go b.deps.keys.run(t.Context(), interval)
+		go b.deps.keys.follow(t.Context(), interval)
 		_, access, _ := a.user(t)
 		b.page(t, access).want(t, 200, "")
 		if _, err := a.deps.keys.revoke(t.Context(), kidOf(t, access)); err != nil {

@@ -133,17 +133,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	bg, stopBG := context.WithCancel(context.Background())
 	defer stopBG()
-	go d.revocations.run(bg, c.syncInterval, time.Minute)
+	go d.revocations.poll(bg, c.syncInterval, time.Minute)
 	// The mail sender finishes the delivery it is in before the database closes.
 	mailDone := make(chan struct{})
 	if c.mail.enabled() {
-		go func() { defer close(mailDone); d.mail.outbox.run(bg) }()
+		go func() { defer close(mailDone); d.mail.outbox.loop(bg) }()
 	} else {
 		close(mailDone)
 	}
 	defer func() { stopBG(); <-mailDone }()
 	logMailSettings(log, c.mail)
-	go d.keys.run(bg, c.syncInterval)
+	go d.keys.follow(bg, c.syncInterval)
 	go d.passwords.learnImportedHashes(bg)
 	go logOut.flushEvery(bg, 100*time.Millisecond)
 
@@ -153,7 +153,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	listeners := []listener{{"api", net.JoinHostPort(c.host, c.port), newHTTPServer(c, newHandler(d, c), log)}}
 	switch {
-	case !c.metrics:
+	case !c.metricsOn:
 		log.Info("metrics are off", "metrics_enabled", false)
 	case c.metricsAddr == metricsOnAPIPort:
 		log.Warn("metrics are served on the API's port, where anyone who reaches it can read them; keep /metrics off the public side of the proxy",

@@ -161,8 +161,8 @@ func TestMetricsEnabledSetting(t *testing.T) {
 		want  bool
 	}{{"", true}, {"true", true}, {"false", false}, {"0", false}} {
 		c, err := loadConfig(func(k string) string { return map[string]string{"METRICS_ENABLED": tt.value}[k] })
-		if err != nil || c.metrics != tt.want {
-			t.Errorf("METRICS_ENABLED=%q: metrics %v, %v; want %v", tt.value, c.metrics, err, tt.want)
+		if err != nil || c.metricsOn != tt.want {
+			t.Errorf("METRICS_ENABLED=%q: metrics %v, %v; want %v", tt.value, c.metricsOn, err, tt.want)
 		}
 	}
 	t.Run("refuses a value that is not a boolean rather than guess", func(t *testing.T) {

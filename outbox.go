@@ -77,7 +77,7 @@ func (o *outbox) queue(ctx context.Context, m *MailMessage) error {
 // run delivers due mail until ctx ends: every poll interval, and at once when this instance
 // queues a message. An attempt under way when ctx ends is finished (within the SMTP timeouts)
 // before run returns, so that a clean stop leaves no attempt to be taken for dead.
-func (o *outbox) run(ctx context.Context) {
+func (o *outbox) loop(ctx context.Context) {
 	poll := time.NewTicker(o.cfg.poll)
 	defer poll.Stop()
 	purge := time.NewTicker(time.Minute)

@@ -187,7 +187,7 @@ func (t *hashTurn) done() {
 // run calls f in a hashing slot, waiting for one at most until the turn's deadline; f hashes or
 // checks passwords, and may do the database work that goes with them. The slot's time feeds the
 // estimate of how long a turn takes.
-func (t *hashTurn) run(ctx context.Context, f func()) error {
+func (t *hashTurn) do(ctx context.Context, f func()) error {
 	timer := time.NewTimer(time.Until(t.deadline))
 	defer timer.Stop()
 	busy := func() error { return &busyError{retryAfter: time.Second} }
@@ -276,7 +276,7 @@ func (h *hasher) hashIn(ctx context.Context, signup bool, password string) (hash
 		return "", err
 	}
 	defer t.done()
-	err = t.run(ctx, func() { hash = hashPassword(password) })
+	err = t.do(ctx, func() { hash = hashPassword(password) })
 	return hash, err
 }
 

@@ -294,7 +294,7 @@ func (r *revocations) forgetExpired() {
 
 // run polls every syncEvery and purges expired entries, from memory and from the database, every
 // purgeEvery, until ctx ends.
-func (r *revocations) run(ctx context.Context, syncEvery, purgeEvery time.Duration) {
+func (r *revocations) poll(ctx context.Context, syncEvery, purgeEvery time.Duration) {
 	syncT := time.NewTicker(syncEvery)
 	defer syncT.Stop()
 	purgeT := time.NewTicker(purgeEvery)

@@ -32,7 +32,7 @@ func TestRevocationsAcrossInstances(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		t.Cleanup(cancel)
 		const interval = 100 * time.Millisecond
-		go b.deps.revocations.run(ctx, interval, time.Hour)
+		go b.deps.revocations.poll(ctx, interval, time.Hour)
 		_, access, _ := a.user(t)
 		a.do(t, "POST", "/auth/logout", nil, "authorization_access", access).want(t, 200, "")
 		// A generous bound that only catches a poll that never comes; the figure itself is the

@@ -146,7 +146,7 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		signupsPerClient: c.signupMax,
 		hasher:           h,
 		clients:          clients,
-		metricsOnAPIPort: c.metrics && c.metricsAddr == metricsOnAPIPort,
+		metricsOnAPIPort: c.metricsOn && c.metricsAddr == metricsOnAPIPort,
 		metrics:          m,
 		mail:             mail,
 	}

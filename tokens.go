@@ -270,18 +270,18 @@ func newID() string {
 // most max entries: when full, expired entries go first and then an arbitrary half.
 type verifiedCache struct {
 	mu  sync.RWMutex
-	m   map[string]verified
+	m   map[string]verifiedToken
 	max int
 }
 
-// verified is a checked token's claims and the key its signature was checked with.
-type verified struct {
+// verifiedToken is a checked token's claims and the key its signature was checked with.
+type verifiedToken struct {
 	c   *claims
 	key *verifyKey
 }
 
 func newVerifiedCache(max int) *verifiedCache {
-	return &verifiedCache{m: make(map[string]verified), max: max}
+	return &verifiedCache{m: make(map[string]verifiedToken), max: max}
 }
 
 func (v *verifiedCache) get(raw string) (*claims, bool) {
@@ -310,7 +310,7 @@ func (v *verifiedCache) put(raw string, c *claims, key *verifyKey, now time.Time
 			delete(v.m, k)
 		}
 	}
-	v.m[raw] = verified{c, key}
+	v.m[raw] = verifiedToken{c, key}
 }
 
 // drop forgets every token checked with key, which has left the key set.
