@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net/http"
 	"net/netip"
 	"strings"
 	"sync"
@@ -15,61 +14,8 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-type credentials struct {
-	Email    string `json:"email"`
-	Password string `json:"password"`
-}
-
 // validPassword is the rule for every new password.
 func validPassword(p string) bool { return len(p) >= 8 && len(p) <= 1024 }
-
-// handleSignup creates accounts. Every sign-up that gets as far as hashing counts toward its
-// client's limit, whatever its outcome: an answer of email_taken tells whether an address has an
-// account, and each sign-up costs a hash. With email verification on, a taken address is
-// answered as a new one, and mailed (see signupMail).
-func handleSignup(log *slog.Logger, clients clientIPs, store Store, h *hasher, signups *throttle, perClient int, now func() time.Time,
-	mail *mailFlows) http.Handler {
-	type response struct {
-		ID        string    `json:"id"`
-		Email     string    `json:"email"`
-		CreatedAt time.Time `json:"created_at"`
-	}
-	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		req, err := decode[credentials](w, r)
-		if err != nil {
-			return err
-		}
-		email := normalizeEmail(req.Email)
-		if !validEmail(email) {
-			return errInvalidEmail
-		}
-		if !validPassword(req.Password) {
-			return errWeakPassword
-		}
-		client := clients.of(r)
-		att, err := signups.begin(r.Context(), limit{key: "signup|" + clientPrefix(client), max: perClient})
-		if err != nil {
-			return err
-		}
-		if err := att.check(r.Context()); err != nil {
-			return err
-		}
-		hash, err := h.hashSignup(r.Context(), req.Password)
-		if err != nil {
-			return err
-		}
-		u := &User{ID: newID(), Email: email, PasswordHash: hash, CreatedAt: now().UTC().Truncate(time.Millisecond)}
-		taken, err := createAccount(r.Context(), store, u, mail.cfg.verification != verificationOff)
-		if err != nil {
-			return err
-		}
-		if u, err = mail.signupMail(r.Context(), client, u, taken); err != nil {
-			return err
-		}
-		encode(w, http.StatusCreated, response{u.ID, u.Email, u.CreatedAt})
-		return nil
-	})
-}
 
 // createAccount inserts u, and tells whether its address was taken. A new account's insert
 // commits, and a taken address's fails without a commit, about half a millisecond sooner. With
@@ -96,153 +42,6 @@ func createAccount(ctx context.Context, store interface {
 		return false, err
 	}
 	return taken, nil
-}
-
-// handleLogin checks email and password. With requireVerified (EMAIL_VERIFICATION=required), the
-// right password for an address not verified yet gets 403 email_not_verified and no session; a
-// wrong one gets 401 as ever, so that the 403 tells nothing to someone without the password. A
-// user with an active second factor gets {"mfa_required":true,"mfa_token":...} and no session yet
-// (see handleVerifyMFA). Every other user gets the token pair, as the original service answered.
-func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, sessions *sessionKeeper, second *mfa, m *metrics,
-	requireVerified bool) http.Handler {
-	type challenge struct {
-		MFARequired bool   `json:"mfa_required"`
-		MFAToken    string `json:"mfa_token"`
-		ExpiresIn   int64  `json:"expires_in"`
-	}
-	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		req, err := decode[credentials](w, r)
-		if err != nil {
-			return err
-		}
-		if req.Email == "" || req.Password == "" {
-			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "email and password are required"}
-		}
-		client := clients.of(r)
-		var opened *opening
-		u, err := passwords.check(r.Context(), client, req.Email, req.Password, func(u *User) {
-			if !u.hasTOTP && !u.Disabled && (!requireVerified || u.EmailVerified) {
-				opened = sessions.open(r.Context(), u, client, r.UserAgent(), levelPassword)
-			}
-		})
-		if err != nil {
-			sessions.drop(opened)
-		}
-		switch {
-		case errors.Is(err, errInvalidCredentials):
-			m.login(loginInvalidCredentials)
-			return err
-		case errors.Is(err, errTooManyAttempts):
-			m.login(loginThrottled)
-			return err
-		case errors.Is(err, errAccountDisabled):
-			m.login(loginDisabled)
-			return err
-		case err != nil:
-			return err
-		}
-		if requireVerified && !u.EmailVerified {
-			m.login(loginUnverified)
-			return errEmailNotVerified
-		}
-		if u.hasTOTP {
-			token, err := second.challenge(r.Context(), u, r)
-			if err != nil {
-				return err
-			}
-			noteUser(r.Context(), u.ID)
-			encode(w, http.StatusOK, challenge{true, token, int64(mfaTokenTTL / time.Second)})
-			return nil
-		}
-		pair, err := opened.keep() // opened while the password hashed: check calls meanwhile for every success
-		if errors.Is(err, errAccountDisabled) {
-			m.login(loginDisabled)
-		}
-		if err != nil {
-			return err
-		}
-		m.login(loginSuccess)
-		noteUser(r.Context(), u.ID)
-		encode(w, http.StatusOK, pair)
-		return nil
-	})
-}
-
-// handlePasswordChange replaces the signed-in user's password. The answer's tokens belong to a
-// new session, at the level the user proved in the session that asked; every earlier session of
-// the user ends, the one whose token was sent included, so that no copy of an old token outlives
-// the old password.
-func handlePasswordChange(log *slog.Logger, clients clientIPs, passwords *passwordCheck, h *hasher,
-	users *accounts, sessions *sessionKeeper) http.Handler {
-	type request struct {
-		CurrentPassword string `json:"current_password"`
-		NewPassword     string `json:"new_password"`
-	}
-	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		req, err := decode[request](w, r)
-		if err != nil {
-			return err
-		}
-		if req.CurrentPassword == "" {
-			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "current_password and new_password are required"}
-		}
-		if !validPassword(req.NewPassword) {
-			return errWeakPassword
-		}
-		ctx, c, client := r.Context(), claimsFrom(r.Context()), clients.of(r)
-		u, err := passwords.checkUser(ctx, client, c.Subject, req.CurrentPassword)
-		if err != nil {
-			return err
-		}
-		if err := sessions.alive(ctx, c); err != nil {
-			return err
-		}
-		hash, err := h.hash(ctx, req.NewPassword)
-		if err != nil {
-			return err
-		}
-		if err := users.setPassword(ctx, u.ID, hash, endPasswordChange); err != nil {
-			return err
-		}
-		u.PasswordHash = hash
-		pair, err := sessions.start(ctx, u, client, r.UserAgent(), c.level())
-		if err != nil {
-			return err
-		}
-		log.LogAttrs(ctx, slog.LevelInfo, "password changed", slog.String("request_id", requestID(ctx)),
-			slog.String("user_id", u.ID))
-		encode(w, http.StatusOK, pair)
-		return nil
-	})
-}
-
-// handleDeleteAccount deletes the signed-in user's account, after the password. Its sessions end
-// first, so that a failure half way leaves an account that cannot be used rather than tokens that
-// can; its email is then free to sign up again.
-func handleDeleteAccount(log *slog.Logger, clients clientIPs, passwords *passwordCheck, users *accounts) http.Handler {
-	type request struct {
-		Password string `json:"password"`
-	}
-	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		req, err := decode[request](w, r)
-		if err != nil {
-			return err
-		}
-		if req.Password == "" {
-			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "password is required"}
-		}
-		ctx, c := r.Context(), claimsFrom(r.Context())
-		if _, err := passwords.checkUser(ctx, clients.of(r), c.Subject, req.Password); err != nil {
-			return err
-		}
-		if err := users.remove(ctx, c.Subject, endAccountDeleted); err != nil {
-			return err
-		}
-		log.LogAttrs(ctx, slog.LevelInfo, "account deleted", slog.String("request_id", requestID(ctx)),
-			slog.String("user_id", c.Subject))
-		w.WriteHeader(http.StatusNoContent)
-		return nil
-	})
 }
 
 // passwordCheck is the one place where a password is compared with an account's, with the login
