@@ -1,6 +1,7 @@
 package main
 
-// auth.go is sign-up, login, password change and account deletion, and their password check.
+// auth.go is the password check that login and every request for the password again go through,
+// with its timing padding, and the writing of a new account.
 
 import (
 	"context"

@@ -1,6 +1,6 @@
 package main
 
-// email.go is the mail flows: password reset, address verification and address change. A request
+// email.go is the mail flows: the limits on mail, mailed tokens, and what sign-up mails. A request
 // only queues a mail (see outbox.go); the mail, and the token in its link, are made when it is
 // delivered (see mailcontent.go).
 

@@ -1,6 +1,7 @@
 package main
 
-// mfa.go is the second factor: TOTP, its enrolment and removal, its check, recovery codes.
+// mfa.go is the second factor: TOTP, its check within the guessing limits, recovery codes, and a
+// login's challenge.
 
 import (
 	"context"

@@ -1,6 +1,6 @@
 package main
 
-// sessions.go keeps login sessions: refresh rotation, logout, the session list, introspection.
+// sessions.go keeps login sessions: their start, refresh rotation, step-up and end.
 
 import (
 	"context"
