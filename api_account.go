@@ -112,7 +112,7 @@ func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, 
 			return errEmailNotVerified
 		}
 		if u.hasTOTP {
-			token, err := second.challenge(r.Context(), u, r)
+			token, err := second.challenge(r.Context(), u, client, r.UserAgent())
 			if err != nil {
 				return err
 			}

@@ -27,10 +27,10 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("DELETE /auth/sessions/{id}", signedIn(handleEndSession(d.log, d.sessions)))
 	mux.Handle("POST /auth/password", signedIn(handlePasswordChange(d.log, d.clients, d.passwords, d.hasher, d.accounts, d.sessions)))
 	mux.Handle("DELETE /auth/account", signedIn(handleDeleteAccount(d.log, d.clients, d.passwords, d.accounts)))
-	mux.Handle("POST /auth/mfa/totp", signedIn(handleEnrolTOTP(d.log, d.mfa)))
-	mux.Handle("POST /auth/mfa/totp/confirm", signedIn(handleConfirmTOTP(d.log, d.mfa)))
-	mux.Handle("DELETE /auth/mfa/totp", signedIn(handleRemoveTOTP(d.log, d.mfa)))
-	mux.Handle("POST /auth/mfa/verify", handleVerifyMFA(d.log, d.mfa))
+	mux.Handle("POST /auth/mfa/totp", signedIn(handleEnrolTOTP(d.log, d.clients, d.mfa)))
+	mux.Handle("POST /auth/mfa/totp/confirm", signedIn(handleConfirmTOTP(d.log, d.clients, d.mfa)))
+	mux.Handle("DELETE /auth/mfa/totp", signedIn(handleRemoveTOTP(d.log, d.clients, d.mfa)))
+	mux.Handle("POST /auth/mfa/verify", handleVerifyMFA(d.log, d.clients, d.mfa))
 	mux.Handle("POST /auth/password/forgot", handleMailRequest(d.log, d.clients, d.mail, mailReset,
 		"if an account has this address, a reset link is on its way to it"))
 	mux.Handle("POST /auth/password/reset", handleResetPassword(d.log, d.mail, d.hasher, d.accounts))
@@ -141,7 +141,7 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		accounts:    users,
 		passwords:   passwords,
 		mfa: &mfa{store: store, tokens: t, seal: newSealer(secret, "totp"), sessions: sessions, accounts: users,
-			mail: mail, passwords: passwords, limits: limits, clients: clients, metrics: m, appName: c.appName, log: log},
+			mail: mail, passwords: passwords, limits: limits, metrics: m, appName: c.appName, log: log},
 		signups:          &throttle{store: store, now: now, window: c.signupWindow},
 		signupsPerClient: c.signupMax,
 		hasher:           h,
