@@ -1,7 +1,7 @@
 package main
 
 // auth.go is the password check that login and every request for the password again go through,
-// with its timing padding, and the writing of a new account.
+// with its timing padding.
 
 import (
 	"context"
@@ -17,33 +17,6 @@ import (
 
 // validPassword is the rule for every new password.
 func validPassword(p string) bool { return len(p) >= 8 && len(p) <= 1024 }
-
-// createAccount inserts u, and tells whether its address was taken. A new account's insert
-// commits, and a taken address's fails without a commit, about half a millisecond sooner. With
-// even (when a taken address must look new), each outcome also makes the other's twin write:
-// a taken address inserts a record that commits, a new account the twin's standing record, which
-// its unique _id refuses. Either way, one insert into users and one into attempts, and one
-// document written. The first new account of a database writes the standing record.
-func createAccount(ctx context.Context, store interface {
-	userStore
-	attemptStore
-}, u *User, even bool) (taken bool, err error) {
-	err = store.CreateUser(ctx, u)
-	if taken = errors.Is(err, ErrDuplicate); err != nil && !taken {
-		return false, err
-	}
-	if !even {
-		return taken, nil
-	}
-	twin := Attempt{ID: "signup-twin", Key: "signup-twin", ExpiresAt: time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)}
-	if taken {
-		twin.ID, twin.At, twin.ExpiresAt = newID(), u.CreatedAt, u.CreatedAt.Add(time.Minute) // purged as attempts are
-	}
-	if err := store.AddAttempts(ctx, twin); err != nil && !errors.Is(err, ErrDuplicate) {
-		return false, err
-	}
-	return taken, nil
-}
 
 // passwordCheck is the one place where a password is compared with an account's, with the login
 // throttle around it: login uses it, and so does everything that asks for a password again.
