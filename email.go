@@ -1,8 +1,8 @@
 package main
 
-// email.go is the mail flows: the limits on mail, mailed tokens, and what sign-up mails. A request
-// only queues a mail (see outbox.go); the mail, and the token in its link, are made when it is
-// delivered (see mailcontent.go).
+// email.go is the mail flows: the limits on mail, mailed tokens, and what sign-up and an address
+// change mail. A request only queues a mail (see outbox.go); the mail, and the token in its link,
+// are made when it is delivered (see mailcontent.go).
 
 import (
 	"context"
@@ -222,4 +222,44 @@ func logMailSettings(log *slog.Logger, c mailConfig) {
 		log.Info("mail goes over SMTP", "host", c.smtp.host, "port", c.smtp.port, "implicit_tls", c.smtp.implicitTLS,
 			"email_verification", c.verification)
 	}
+}
+
+// addressChange queues the mails of u's change of address to email, under the account's stamp
+// stamp: a link to the new address, and a notice to the old one, never one without the other. The
+// notice's limits are its kind's, which no other mail to that address spends: past them the
+// change is refused and says when to try again, which tells the account's holder nothing new.
+// Past the new address's limits nothing is queued, and the answer is the usual one: whether the
+// new address has an account is not told here; confirming the change is.
+func (f *mailFlows) addressChange(ctx context.Context, client netip.Addr, u *User, email string, stamp int64) error {
+	var (
+		notice, link       *mailBudget
+		noticeErr, linkErr error
+		wg                 sync.WaitGroup
+	)
+	wg.Go(func() { notice, noticeErr = f.reserve(ctx, client, mailChangeNotice, u.Email, false) })
+	wg.Go(func() { link, linkErr = f.reserve(ctx, client, mailChange, email, true) })
+	wg.Wait()
+	if noticeErr == nil && linkErr == nil {
+		// The notice first: should the link then fail to queue, no link goes out unannounced.
+		if err := f.outbox.queue(ctx, &MailMessage{Kind: mailChangeNotice, To: u.Email, UserID: u.ID, NewEmail: email}); err != nil {
+			return err
+		}
+		return f.outbox.queue(ctx, &MailMessage{Kind: mailChange, To: email, UserID: u.ID, Stamp: stamp})
+	}
+	if notice != nil {
+		notice.giveBack(ctx)
+	}
+	if link != nil {
+		link.giveBack(ctx)
+	}
+	var refused *apiError
+	switch {
+	case errors.As(noticeErr, &refused) && errors.Is(noticeErr, errTooManyAttempts):
+		return errTooManyChanges.after(refused.retryAfter)
+	case noticeErr != nil:
+		return noticeErr
+	case !errors.Is(linkErr, errTooManyAttempts):
+		return linkErr
+	}
+	return nil
 }
