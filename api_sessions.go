@@ -31,21 +31,15 @@ func refreshToken(w http.ResponseWriter, r *http.Request) (string, error) {
 	return bearer(body.RefreshToken), nil
 }
 
-func handleRefresh(log *slog.Logger, t *tokens, revs *revocations, sessions *sessionKeeper, m *metrics) http.Handler {
+// handleRefresh exchanges a refresh token for the next pair of its session (see
+// sessionKeeper.refresh).
+func handleRefresh(log *slog.Logger, sessions *sessionKeeper) http.Handler {
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		raw, err := refreshToken(w, r)
 		if err != nil {
 			return err
 		}
-		c, err := accept(t, revs, raw, useRefresh)
-		if err != nil {
-			return err
-		}
-		noteUser(r.Context(), c.Subject)
-		pair, outcome, err := sessions.refresh(r.Context(), c)
-		if err == nil || errors.Is(err, errTokenReused) {
-			m.refresh(outcome)
-		}
+		pair, err := sessions.rotate(r.Context(), raw)
 		if err != nil {
 			return err
 		}
@@ -55,11 +49,9 @@ func handleRefresh(log *slog.Logger, t *tokens, revs *revocations, sessions *ses
 }
 
 // handleLogout ends the session of the tokens sent (scope=local, the default), or every other
-// session of their user too (scope=global), or every session but theirs (scope=others). An
-// expired or ended session's token still ends its own session, but only a live one ends others:
-// a token that outlived its session (an old copy, a thief's) must not log the user out
-// everywhere. That liveness is asked of the database, as refresh does.
-func handleLogout(log *slog.Logger, t *tokens, revs *revocations, sessions *sessionKeeper, m *metrics) http.Handler {
+// session of their user too (scope=global), or every session but theirs (scope=others); see
+// sessionKeeper.logout.
+func handleLogout(log *slog.Logger, sessions *sessionKeeper) http.Handler {
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		scope := r.URL.Query().Get("scope")
 		if scope != "" && scope != "local" && scope != "others" && scope != "global" {
@@ -76,61 +68,8 @@ func handleLogout(log *slog.Logger, t *tokens, revs *revocations, sessions *sess
 		if access == "" && refresh == "" {
 			return errTokenMissing
 		}
-		now := t.now()
-		var (
-			tokensEnded []Revocation
-			user        string
-		)
-		sids := map[string]bool{}
-		for _, tok := range []struct{ raw, use string }{{access, useAccess}, {refresh, useRefresh}} {
-			if tok.raw == "" {
-				continue
-			}
-			// An expired token is still proof of its session, and logging it out must work.
-			c, err := t.parse(tok.raw, tok.use)
-			if err != nil && (!errors.Is(err, errTokenExpired) || scope == "others" || scope == "global") {
-				return err
-			}
-			if user != "" && c.Subject != user {
-				return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "the two tokens are of different users"}
-			}
-			user = c.Subject
-			noteUser(r.Context(), c.Subject)
-			tokensEnded = append(tokensEnded, Revocation{ID: jtiPrefix + c.ID, ExpiresAt: t.until(c.expiresAt()), CreatedAt: now})
-			sids[c.Session] = true
-			if scope == "others" || scope == "global" {
-				if err := sessions.current(r.Context(), c); err != nil {
-					return err
-				}
-			}
-		}
-		if scope != "others" {
-			if err := revs.revoke(r.Context(), tokensEnded...); err != nil {
-				return err
-			}
-			m.revoked(tokensEnded...)
-			for sid := range sids {
-				if err := sessions.end(r.Context(), sid, endLogout); err != nil {
-					return err
-				}
-			}
-		}
-		if scope == "others" || scope == "global" {
-			reason := endLogoutGlobal
-			if scope == "others" {
-				reason = endLogoutOthers
-			}
-			live, err := sessions.live(r.Context(), user)
-			if err != nil {
-				return err
-			}
-			for _, sess := range live {
-				if !sids[sess.ID] {
-					if err := sessions.end(r.Context(), sess.ID, reason); err != nil {
-						return err
-					}
-				}
-			}
+		if err := sessions.logout(r.Context(), scope, access, refresh); err != nil {
+			return err
 		}
 		encode(w, http.StatusOK, map[string]string{"message": "logged out"})
 		return nil
@@ -172,29 +111,15 @@ func handleSessions(log *slog.Logger, sessions *sessionKeeper) http.Handler {
 	})
 }
 
-// handleEndSession ends one of the signed-in user's sessions: a lost laptop's, say. Another
-// user's session id is answered as if it did not exist.
+// handleEndSession ends one of the signed-in user's sessions: a lost laptop's, say (see
+// sessionKeeper.endOwn).
 func handleEndSession(log *slog.Logger, sessions *sessionKeeper) http.Handler {
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		c := claimsFrom(r.Context())
-		if err := sessions.alive(r.Context(), c); err != nil {
+		if err := sessions.endOwn(r.Context(), claimsFrom(r.Context()), r.PathValue("id")); err != nil {
 			return err
 		}
-		live, err := sessions.live(r.Context(), c.Subject)
-		if err != nil {
-			return err
-		}
-		id := r.PathValue("id")
-		for _, s := range live {
-			if s.ID == id {
-				if err := sessions.end(r.Context(), id, endByUser); err != nil {
-					return err
-				}
-				w.WriteHeader(http.StatusNoContent)
-				return nil
-			}
-		}
-		return errNoSuchSession
+		w.WriteHeader(http.StatusNoContent)
+		return nil
 	})
 }
 

@@ -20,8 +20,8 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("POST /auth/signup", handleSignup(d.log, d.clients, d.accounts))
 	mux.Handle("POST /auth/login", handleLogin(d.log, d.clients, d.passwords, d.sessions, d.mfa, d.metrics,
 		d.mail.cfg.verification == verificationRequired))
-	mux.Handle("POST /auth/refresh", handleRefresh(d.log, d.tokens, d.revocations, d.sessions, d.metrics))
-	mux.Handle("POST /auth/logout", handleLogout(d.log, d.tokens, d.revocations, d.sessions, d.metrics))
+	mux.Handle("POST /auth/refresh", handleRefresh(d.log, d.sessions))
+	mux.Handle("POST /auth/logout", handleLogout(d.log, d.sessions))
 	signedIn := requireAccess(d.log, d.tokens, d.revocations)
 	mux.Handle("GET /auth/sessions", signedIn(handleSessions(d.log, d.sessions)))
 	mux.Handle("DELETE /auth/sessions/{id}", signedIn(handleEndSession(d.log, d.sessions)))

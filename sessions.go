@@ -1,11 +1,12 @@
 package main
 
-// sessions.go keeps login sessions: their start, refresh rotation, step-up and end.
+// sessions.go keeps login sessions: their start, refresh rotation, step-up, logout and end.
 
 import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"strings"
 	"time"
@@ -416,4 +417,103 @@ func cut(s string, n int) string {
 		n--
 	}
 	return strings.ToValidUTF8(s[:n], "")
+}
+
+// rotate exchanges the refresh token raw for the next pair of its session (see refresh), and
+// counts the outcome.
+func (k *sessionKeeper) rotate(ctx context.Context, raw string) (tokenPair, error) {
+	c, err := accept(k.tokens, k.revs, raw, useRefresh)
+	if err != nil {
+		return tokenPair{}, err
+	}
+	noteUser(ctx, c.Subject)
+	pair, outcome, err := k.refresh(ctx, c)
+	if err == nil || errors.Is(err, errTokenReused) {
+		k.metrics.refresh(outcome)
+	}
+	return pair, err
+}
+
+// logout ends the session of the tokens access and refresh (either may be "") for scope "local"
+// (or ""), or every other session of their user too ("global"), or every session but theirs
+// ("others"). An expired or ended session's token still ends its own session, but only a live one
+// ends others: a token that outlived its session (an old copy, a thief's) must not log the user
+// out everywhere. That liveness is asked of the database, as refresh does.
+func (k *sessionKeeper) logout(ctx context.Context, scope, access, refresh string) error {
+	t := k.tokens
+	now := t.now()
+	var (
+		tokensEnded []Revocation
+		user        string
+	)
+	sids := map[string]bool{}
+	for _, tok := range []struct{ raw, use string }{{access, useAccess}, {refresh, useRefresh}} {
+		if tok.raw == "" {
+			continue
+		}
+		// An expired token is still proof of its session, and logging it out must work.
+		c, err := t.parse(tok.raw, tok.use)
+		if err != nil && (!errors.Is(err, errTokenExpired) || scope == "others" || scope == "global") {
+			return err
+		}
+		if user != "" && c.Subject != user {
+			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "the two tokens are of different users"}
+		}
+		user = c.Subject
+		noteUser(ctx, c.Subject)
+		tokensEnded = append(tokensEnded, Revocation{ID: jtiPrefix + c.ID, ExpiresAt: t.until(c.expiresAt()), CreatedAt: now})
+		sids[c.Session] = true
+		if scope == "others" || scope == "global" {
+			if err := k.current(ctx, c); err != nil {
+				return err
+			}
+		}
+	}
+	if scope != "others" {
+		if err := k.revs.revoke(ctx, tokensEnded...); err != nil {
+			return err
+		}
+		k.metrics.revoked(tokensEnded...)
+		for sid := range sids {
+			if err := k.end(ctx, sid, endLogout); err != nil {
+				return err
+			}
+		}
+	}
+	if scope == "others" || scope == "global" {
+		reason := endLogoutGlobal
+		if scope == "others" {
+			reason = endLogoutOthers
+		}
+		live, err := k.live(ctx, user)
+		if err != nil {
+			return err
+		}
+		for _, sess := range live {
+			if !sids[sess.ID] {
+				if err := k.end(ctx, sess.ID, reason); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// endOwn ends the session id of the user of the access token c, whose own session must be alive.
+// Another user's session id is answered as if it did not exist.
+func (k *sessionKeeper) endOwn(ctx context.Context, c *claims, id string) error {
+	if err := k.alive(ctx, c); err != nil {
+		return err
+	}
+	live, err := k.live(ctx, c.Subject)
+	if err != nil {
+		return err
+	}
+	for _, s := range live {
+		if s.ID == id {
+			return k.end(ctx, id, endByUser)
+		}
+	}
+	return errNoSuchSession
 }
