@@ -4,7 +4,6 @@ package main
 // deletion, and the address's verification and change.
 
 import (
-	"errors"
 	"log/slog"
 	"net/http"
 	"time"
@@ -43,13 +42,10 @@ func handleSignup(log *slog.Logger, clients clientIPs, users *accounts) http.Han
 	})
 }
 
-// handleLogin checks email and password. With requireVerified (EMAIL_VERIFICATION=required), the
-// right password for an address not verified yet gets 403 email_not_verified and no session; a
-// wrong one gets 401 as ever, so that the 403 tells nothing to someone without the password. A
-// user with an active second factor gets {"mfa_required":true,"mfa_token":...} and no session yet
-// (see handleVerifyMFA). Every other user gets the token pair, as the original service answered.
-func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, sessions *sessionKeeper, second *mfa, m *metrics,
-	requireVerified bool) http.Handler {
+// handleLogin checks email and password (see logins). A user with an active second factor gets
+// {"mfa_required":true,"mfa_token":...} and no session yet (see handleVerifyMFA). Every other user
+// gets the token pair, as the original service answered.
+func handleLogin(log *slog.Logger, clients clientIPs, l *logins) http.Handler {
 	type challenge struct {
 		MFARequired bool   `json:"mfa_required"`
 		MFAToken    string `json:"mfa_token"`
@@ -63,52 +59,15 @@ func handleLogin(log *slog.Logger, clients clientIPs, passwords *passwordCheck, 
 		if req.Email == "" || req.Password == "" {
 			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "email and password are required"}
 		}
-		client := clients.of(r)
-		var opened *opening
-		u, err := passwords.check(r.Context(), client, req.Email, req.Password, func(u *User) {
-			if !u.hasTOTP && !u.Disabled && (!requireVerified || u.EmailVerified) {
-				opened = sessions.open(r.Context(), u, client, r.UserAgent(), levelPassword)
-			}
-		})
+		a, err := l.login(r.Context(), clients.of(r), r.UserAgent(), req.Email, req.Password)
 		if err != nil {
-			sessions.drop(opened)
-		}
-		switch {
-		case errors.Is(err, errInvalidCredentials):
-			m.login(loginInvalidCredentials)
-			return err
-		case errors.Is(err, errTooManyAttempts):
-			m.login(loginThrottled)
-			return err
-		case errors.Is(err, errAccountDisabled):
-			m.login(loginDisabled)
-			return err
-		case err != nil:
 			return err
 		}
-		if requireVerified && !u.EmailVerified {
-			m.login(loginUnverified)
-			return errEmailNotVerified
-		}
-		if u.hasTOTP {
-			token, err := second.challenge(r.Context(), u, client, r.UserAgent())
-			if err != nil {
-				return err
-			}
-			noteUser(r.Context(), u.ID)
-			encode(w, http.StatusOK, challenge{true, token, int64(mfaTokenTTL / time.Second)})
+		if a.mfaToken != "" {
+			encode(w, http.StatusOK, challenge{true, a.mfaToken, int64(mfaTokenTTL / time.Second)})
 			return nil
 		}
-		pair, err := opened.keep() // opened while the password hashed: check calls meanwhile for every success
-		if errors.Is(err, errAccountDisabled) {
-			m.login(loginDisabled)
-		}
-		if err != nil {
-			return err
-		}
-		m.login(loginSuccess)
-		noteUser(r.Context(), u.ID)
-		encode(w, http.StatusOK, pair)
+		encode(w, http.StatusOK, a.pair)
 		return nil
 	})
 }

@@ -18,8 +18,7 @@ type routeAdder interface {
 // addRoutes lists the whole API and what each route depends on; openapi.yaml describes it.
 func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("POST /auth/signup", handleSignup(d.log, d.clients, d.accounts))
-	mux.Handle("POST /auth/login", handleLogin(d.log, d.clients, d.passwords, d.sessions, d.mfa, d.metrics,
-		d.mail.cfg.verification == verificationRequired))
+	mux.Handle("POST /auth/login", handleLogin(d.log, d.clients, d.logins))
 	mux.Handle("POST /auth/refresh", handleRefresh(d.log, d.sessions))
 	mux.Handle("POST /auth/logout", handleLogout(d.log, d.sessions))
 	signedIn := requireAccess(d.log, d.tokens, d.revocations)
@@ -94,6 +93,7 @@ type deps struct {
 	sessions         *sessionKeeper
 	accounts         *accounts
 	mfa              *mfa
+	logins           *logins
 	passwords        *passwordCheck
 	hasher           *hasher
 	clients          clientIPs
@@ -128,6 +128,8 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 	users := &accounts{store: store, sessions: sessions, passwords: passwords, hasher: h, mail: mail,
 		signups: &throttle{store: store, now: now, window: c.signupWindow}, signupsPerClient: c.signupMax,
 		now: now, log: log}
+	second := &mfa{store: store, tokens: t, seal: newSealer(secret, "totp"), sessions: sessions, accounts: users,
+		mail: mail, passwords: passwords, limits: limits, metrics: m, appName: c.appName, log: log}
 	return &deps{
 		log:         log,
 		now:         now,
@@ -139,8 +141,9 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		sessions:    sessions,
 		accounts:    users,
 		passwords:   passwords,
-		mfa: &mfa{store: store, tokens: t, seal: newSealer(secret, "totp"), sessions: sessions, accounts: users,
-			mail: mail, passwords: passwords, limits: limits, metrics: m, appName: c.appName, log: log},
+		mfa:         second,
+		logins: &logins{passwords: passwords, sessions: sessions, second: second, metrics: m,
+			requireVerified: c.mail.verification == verificationRequired},
 		hasher:           h,
 		clients:          clients,
 		metricsOnAPIPort: c.metrics && c.metricsAddr == metricsOnAPIPort,
