@@ -92,7 +92,7 @@ func handleVerifyMFA(log *slog.Logger, clients clientIPs, m *mfa) http.Handler {
 		if req.MFAToken != "" {
 			pair, err = m.verifyChallenge(r.Context(), req.MFAToken, clients.of(r), r.UserAgent(), req.Code, req.RecoveryCode)
 		} else {
-			pair, err = stepUp(r, clients, m, req.Code, req.RecoveryCode)
+			pair, err = stepUpFrom(r, clients, m, req.Code, req.RecoveryCode)
 		}
 		if err != nil {
 			return err
@@ -102,8 +102,8 @@ func handleVerifyMFA(log *slog.Logger, clients clientIPs, m *mfa) http.Handler {
 	})
 }
 
-// stepUp is the step with an access token instead of an mfa_token: step-up of its session.
-func stepUp(r *http.Request, clients clientIPs, m *mfa, code, recovery string) (tokenPair, error) {
+// stepUpFrom is the step with an access token instead of an mfa_token: step-up of its session.
+func stepUpFrom(r *http.Request, clients clientIPs, m *mfa, code, recovery string) (tokenPair, error) {
 	raw, err := accessToken(r)
 	if err != nil {
 		return tokenPair{}, err

@@ -92,7 +92,6 @@ var (
 	errMFARequired       = &apiError{status: http.StatusUnauthorized, code: "mfa_required", message: "this needs a second factor: verify a code at /auth/mfa/verify"}
 	errMFAAlreadyEnabled = &apiError{status: http.StatusConflict, code: "mfa_already_enabled", message: "a second factor is active already; remove it first"}
 	errMFANotEnrolled    = &apiError{status: http.StatusConflict, code: "mfa_not_enrolled", message: "no second factor is being enrolled or active; POST /auth/mfa/totp first"}
-	errStepUpRace        = &apiError{status: http.StatusConflict, code: "conflict", message: "the session was refreshed meanwhile; refresh, then step up with a new code"}
 )
 
 // check verifies code (a TOTP code) or recovery (a recovery code) for user against secret, a

@@ -29,6 +29,9 @@ const (
 	endPasswordReset  = "password_reset"   // POST /auth/password/reset
 )
 
+// errStepUpRace refuses a step-up whose session was refreshed meanwhile.
+var errStepUpRace = &apiError{status: http.StatusConflict, code: "conflict", message: "the session was refreshed meanwhile; refresh, then step up with a new code"}
+
 // sessionKeeper starts, refreshes and ends login sessions. A session is a record in the database
 // (see Session) and the sid inside every token of one login; it ends with a blacklist entry for
 // the sid, which the token check reads from memory and refresh from the database.
