@@ -1,6 +1,6 @@
 package main
 
-// accounts.go holds the operations that change an account's security state: its password, its
+// accounts.go holds the operations on an account: its sign-up, its password, its address, its
 // disabling and deletion, and the security stamp that every credential in flight obeys.
 
 import (
