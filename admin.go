@@ -5,7 +5,6 @@ package main
 import (
 	"crypto/sha256"
 	"crypto/subtle"
-	"errors"
 	"log/slog"
 	"net/http"
 	"time"
@@ -14,9 +13,9 @@ import (
 // addAdminRoutes lists the operators' API. It is served only on ADMIN_ADDR, never on the public
 // port, and only when ADMIN_TOKEN is set; every call needs that token (see requireAdmin).
 func addAdminRoutes(mux routeAdder, d *deps) {
-	mux.Handle("GET /admin/users", handleAdminFindUser(d.log, d.store))
-	mux.Handle("GET /admin/users/{id}/sessions", handleAdminSessions(d.log, d.store, d.sessions))
-	mux.Handle("POST /admin/users/{id}/logout", handleAdminLogout(d.log, d.store, d.sessions))
+	mux.Handle("GET /admin/users", handleAdminFindUser(d.log, d.accounts))
+	mux.Handle("GET /admin/users/{id}/sessions", handleAdminSessions(d.log, d.accounts))
+	mux.Handle("POST /admin/users/{id}/logout", handleAdminLogout(d.log, d.accounts))
 	mux.Handle("POST /admin/users/{id}/disable", handleAdminSetDisabled(d.log, d.accounts, true))
 	mux.Handle("POST /admin/users/{id}/enable", handleAdminSetDisabled(d.log, d.accounts, false))
 	mux.Handle("DELETE /admin/users/{id}", handleAdminDeleteUser(d.log, d.accounts))
@@ -75,43 +74,24 @@ type adminUser struct {
 	Disabled      bool      `json:"disabled"`
 }
 
-func handleAdminFindUser(log *slog.Logger, store Store) http.Handler {
+func handleAdminFindUser(log *slog.Logger, users *accounts) http.Handler {
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		email := normalizeEmail(r.URL.Query().Get("email"))
 		if email == "" {
 			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "give the user's address as ?email="}
 		}
-		u, err := store.UserByEmail(r.Context(), email)
-		if errors.Is(err, ErrNotFound) {
-			return errNoSuchUser
-		} else if err != nil {
+		u, err := users.byEmail(r.Context(), email)
+		if err != nil {
 			return err
 		}
-		noteUser(r.Context(), u.ID)
 		encode(w, http.StatusOK, adminUser{u.ID, u.Email, u.EmailVerified, u.CreatedAt.UTC(), u.Disabled})
 		return nil
 	})
 }
 
-// userOf reads the account named by the path's {id}, or answers not_found.
-func userOf(r *http.Request, store Store) (*User, error) {
-	u, err := store.UserByID(r.Context(), r.PathValue("id"))
-	if errors.Is(err, ErrNotFound) {
-		return nil, errNoSuchUser
-	}
-	if err == nil {
-		noteUser(r.Context(), u.ID)
-	}
-	return u, err
-}
-
-func handleAdminSessions(log *slog.Logger, store Store, sessions *sessionKeeper) http.Handler {
+func handleAdminSessions(log *slog.Logger, users *accounts) http.Handler {
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		u, err := userOf(r, store)
-		if err != nil {
-			return err
-		}
-		live, err := sessions.live(r.Context(), u.ID)
+		live, err := users.sessionsOf(r.Context(), r.PathValue("id"))
 		if err != nil {
 			return err
 		}
@@ -124,17 +104,14 @@ func handleAdminSessions(log *slog.Logger, store Store, sessions *sessionKeeper)
 	})
 }
 
-func handleAdminLogout(log *slog.Logger, store Store, sessions *sessionKeeper) http.Handler {
+func handleAdminLogout(log *slog.Logger, users *accounts) http.Handler {
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		u, err := userOf(r, store)
+		id := r.PathValue("id")
+		n, err := users.logOut(r.Context(), id, endAdminLogout)
 		if err != nil {
 			return err
 		}
-		n, err := sessions.endAll(r.Context(), u.ID, "", endAdminLogout)
-		if err != nil {
-			return err
-		}
-		logAdmin(log, r, "logout", u.ID)
+		logAdmin(log, r, "logout", id)
 		encode(w, http.StatusOK, map[string]any{"message": "logged out", "sessions_ended": n})
 		return nil
 	})

@@ -1,8 +1,8 @@
 package main
 
-// email.go is the mail flows: password reset, address verification and address change. A request
-// only queues a mail (see outbox.go); the mail, and the token in its link, are made when it is
-// delivered (see mailcontent.go).
+// email.go is the mail flows: the limits on mail, mailed tokens, and what sign-up and an address
+// change mail. A request only queues a mail (see outbox.go); the mail, and the token in its link,
+// are made when it is delivered (see mailcontent.go).
 
 import (
 	"context"
@@ -169,221 +169,6 @@ func (f *mailFlows) take(ctx context.Context, raw string, purposes ...string) (*
 	return t, nil
 }
 
-// accepted is the answer of the endpoints that queue a mail, whatever happened to it.
-type accepted struct {
-	Message string `json:"message"`
-}
-
-// handleMailRequest queues a mail of kind to the address in the request: a password reset
-// (/auth/password/forgot), or a new verification link (/auth/email/resend). Known and unknown
-// addresses, and throttled requests, get the same 202 with answer after the same database work:
-// the request does not even look the address up; the sender does, and sends nothing for an
-// address without an account (or, for a verification, one verified already).
-func handleMailRequest(log *slog.Logger, clients clientIPs, f *mailFlows, kind, answer string) http.Handler {
-	type request struct {
-		Email string `json:"email"`
-	}
-	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		if !f.cfg.enabled() {
-			return errEmailDisabled
-		}
-		req, err := decode[request](w, r)
-		if err != nil {
-			return err
-		}
-		email := normalizeEmail(req.Email)
-		if !validEmail(email) {
-			return errInvalidEmail
-		}
-		if err := f.send(r.Context(), clients.of(r), &MailMessage{Kind: kind, To: email}, true); err != nil {
-			return err
-		}
-		encode(w, http.StatusAccepted, accepted{answer})
-		return nil
-	})
-}
-
-// handleResetPassword replaces the password of the account a reset link was mailed for, and ends
-// every session of it: whoever knew the old password is out.
-func handleResetPassword(log *slog.Logger, f *mailFlows, h *hasher, users *accounts) http.Handler {
-	type request struct {
-		Token    string `json:"token"`
-		Password string `json:"password"`
-	}
-	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		if !f.cfg.enabled() {
-			return errEmailDisabled
-		}
-		req, err := decode[request](w, r)
-		if err != nil {
-			return err
-		}
-		// Checked before the token is used, so that a weak password does not cost the link.
-		if !validPassword(req.Password) {
-			return errWeakPassword
-		}
-		ctx := r.Context()
-		t, err := f.take(ctx, req.Token, purposeReset)
-		if err != nil {
-			return err
-		}
-		u, err := f.store.UserByID(ctx, t.UserID)
-		if errors.Is(err, ErrNotFound) || (err == nil && u.Email != t.Email) {
-			return errMailTokenInvalid // the account is gone, or has another address now
-		} else if err != nil {
-			return err
-		}
-		hash, err := h.hash(ctx, req.Password)
-		if err != nil {
-			return err
-		}
-		// The account's other links die with the stamp; the link proved the mailbox.
-		if err := users.setPassword(ctx, u.ID, hash, endPasswordReset); err != nil {
-			return err
-		}
-		if err := f.store.SetEmailVerified(ctx, u.ID, u.Email); err != nil && !errors.Is(err, ErrNotFound) {
-			return err
-		}
-		noteUser(ctx, u.ID)
-		log.LogAttrs(ctx, slog.LevelInfo, "password reset", slog.String("request_id", requestID(ctx)),
-			slog.String("user_id", u.ID))
-		encode(w, http.StatusOK, accepted{"the password is replaced and every session has ended; log in with the new password"})
-		return nil
-	})
-}
-
-// handleVerifyEmail follows a verification link, or an address change's confirmation link, which
-// then makes the new address the account's: still unique at that moment, or 409.
-func handleVerifyEmail(log *slog.Logger, f *mailFlows, users *accounts) http.Handler {
-	type request struct {
-		Token string `json:"token"`
-	}
-	type response struct {
-		Email         string `json:"email"`
-		EmailVerified bool   `json:"email_verified"`
-	}
-	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		if !f.cfg.enabled() {
-			return errEmailDisabled
-		}
-		req, err := decode[request](w, r)
-		if err != nil {
-			return err
-		}
-		ctx := r.Context()
-		t, err := f.take(ctx, req.Token, purposeVerify, purposeEmailChange)
-		if err != nil {
-			return err
-		}
-		if t.Purpose == purposeVerify {
-			err = f.store.SetEmailVerified(ctx, t.UserID, t.Email)
-		} else {
-			err = f.store.SetEmail(ctx, t.UserID, t.Email)
-		}
-		switch {
-		case errors.Is(err, ErrNotFound):
-			return errMailTokenInvalid // the account is gone, or its address changed since
-		case errors.Is(err, ErrDuplicate):
-			return errEmailTaken
-		case err != nil:
-			return err
-		}
-		noteUser(ctx, t.UserID)
-		if t.Purpose == purposeEmailChange {
-			// The means of recovery changed: links and challenges issued before are void.
-			if err := users.moveStamp(ctx, t.UserID, stampEmailChanged); err != nil {
-				return err
-			}
-			log.LogAttrs(ctx, slog.LevelInfo, "email changed", slog.String("request_id", requestID(ctx)),
-				slog.String("user_id", t.UserID))
-		}
-		encode(w, http.StatusOK, response{t.Email, true})
-		return nil
-	})
-}
-
-// handleEmailChange starts an address change for the signed-in user, after the password: a link
-// to the new address, which changes it when followed, and a notice to the old one, never one
-// without the other. No session ends; tokens carry the new address from their next refresh.
-func handleEmailChange(log *slog.Logger, clients clientIPs, f *mailFlows, passwords *passwordCheck, sessions *sessionKeeper) http.Handler {
-	type request struct {
-		NewEmail string `json:"new_email"`
-		Password string `json:"password"`
-	}
-	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		if !f.cfg.enabled() {
-			return errEmailDisabled
-		}
-		req, err := decode[request](w, r)
-		if err != nil {
-			return err
-		}
-		email := normalizeEmail(req.NewEmail)
-		if !validEmail(email) {
-			return errInvalidEmail
-		}
-		if req.Password == "" {
-			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "new_email and password are required"}
-		}
-		ctx, c, client := r.Context(), claimsFrom(r.Context()), clients.of(r)
-		u, err := passwords.checkUser(ctx, client, c.Subject, req.Password)
-		if err != nil {
-			return err
-		}
-		if err := sessions.alive(ctx, c); err != nil {
-			return err
-		}
-		if email == u.Email {
-			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "new_email is the account's address already"}
-		}
-		// A link goes out only with its notice to the old address. The notice's limits are its
-		// kind's, which no other mail to that address spends: past them the request is refused
-		// and says when to try again, which tells the account's holder nothing new. Past the new
-		// address's limits nothing is queued, and the answer is the usual one: whether the new
-		// address has an account is not told here; confirming the change is.
-		// The link holds under the stamp of now: a password reset before it is followed voids it.
-		stamp, err := f.store.Stamp(ctx, u.ID)
-		if err != nil {
-			return err
-		}
-		var (
-			notice, link       *mailBudget
-			noticeErr, linkErr error
-			wg                 sync.WaitGroup
-		)
-		wg.Go(func() { notice, noticeErr = f.reserve(ctx, client, mailChangeNotice, u.Email, false) })
-		wg.Go(func() { link, linkErr = f.reserve(ctx, client, mailChange, email, true) })
-		wg.Wait()
-		if noticeErr == nil && linkErr == nil {
-			// The notice first: should the link then fail to queue, no link goes out unannounced.
-			if err := f.outbox.queue(ctx, &MailMessage{Kind: mailChangeNotice, To: u.Email, UserID: u.ID, NewEmail: email}); err != nil {
-				return err
-			}
-			if err := f.outbox.queue(ctx, &MailMessage{Kind: mailChange, To: email, UserID: u.ID, Stamp: stamp}); err != nil {
-				return err
-			}
-		} else {
-			if notice != nil {
-				notice.giveBack(ctx)
-			}
-			if link != nil {
-				link.giveBack(ctx)
-			}
-			var refused *apiError
-			switch {
-			case errors.As(noticeErr, &refused) && errors.Is(noticeErr, errTooManyAttempts):
-				return errTooManyChanges.after(refused.retryAfter)
-			case noticeErr != nil:
-				return noticeErr
-			case !errors.Is(linkErr, errTooManyAttempts):
-				return linkErr
-			}
-		}
-		encode(w, http.StatusAccepted, accepted{"a link is on its way to the new address; the address changes when it is followed"})
-		return nil
-	})
-}
-
 // signupMail is what sign-up does with mail once the account is written (or found to exist
 // already, taken): with verification off, nothing, and a taken address is refused as the
 // original service did. With it on, both get the same answer, and the same work, and a mail:
@@ -416,4 +201,44 @@ func logMailSettings(log *slog.Logger, c mailConfig) {
 		log.Info("mail goes over SMTP", "host", c.smtp.host, "port", c.smtp.port, "implicit_tls", c.smtp.implicitTLS,
 			"email_verification", c.verification)
 	}
+}
+
+// addressChange queues the mails of u's change of address to email, under the account's stamp
+// stamp: a link to the new address, and a notice to the old one, never one without the other. The
+// notice's limits are its kind's, which no other mail to that address spends: past them the
+// change is refused and says when to try again, which tells the account's holder nothing new.
+// Past the new address's limits nothing is queued, and the answer is the usual one: whether the
+// new address has an account is not told here; confirming the change is.
+func (f *mailFlows) addressChange(ctx context.Context, client netip.Addr, u *User, email string, stamp int64) error {
+	var (
+		notice, link       *mailBudget
+		noticeErr, linkErr error
+		wg                 sync.WaitGroup
+	)
+	wg.Go(func() { notice, noticeErr = f.reserve(ctx, client, mailChangeNotice, u.Email, false) })
+	wg.Go(func() { link, linkErr = f.reserve(ctx, client, mailChange, email, true) })
+	wg.Wait()
+	if noticeErr == nil && linkErr == nil {
+		// The notice first: should the link then fail to queue, no link goes out unannounced.
+		if err := f.outbox.queue(ctx, &MailMessage{Kind: mailChangeNotice, To: u.Email, UserID: u.ID, NewEmail: email}); err != nil {
+			return err
+		}
+		return f.outbox.queue(ctx, &MailMessage{Kind: mailChange, To: email, UserID: u.ID, Stamp: stamp})
+	}
+	if notice != nil {
+		notice.giveBack(ctx)
+	}
+	if link != nil {
+		link.giveBack(ctx)
+	}
+	var refused *apiError
+	switch {
+	case errors.As(noticeErr, &refused) && errors.Is(noticeErr, errTooManyAttempts):
+		return errTooManyChanges.after(refused.retryAfter)
+	case noticeErr != nil:
+		return noticeErr
+	case !errors.Is(linkErr, errTooManyAttempts):
+		return linkErr
+	}
+	return nil
 }

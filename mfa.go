@@ -1,6 +1,7 @@
 package main
 
-// mfa.go is the second factor: TOTP, its enrolment and removal, its check, recovery codes.
+// mfa.go is the second factor: TOTP, its check within the guessing limits, recovery codes, and a
+// login's challenge.
 
 import (
 	"context"
@@ -13,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"time"
@@ -80,7 +82,6 @@ type mfa struct {
 	mail      *mailFlows     // and its owner is told; and when wrong codes lock the factor
 	passwords *passwordCheck // adding a factor asks for the password
 	limits    *loginLimits
-	clients   clientIPs
 	metrics   *metrics
 	appName   string
 	log       *slog.Logger
@@ -94,20 +95,20 @@ var (
 
 // check verifies code (a TOTP code) or recovery (a recovery code) for user against secret, a
 // factor being enrolled: see verify.
-func (m *mfa) check(ctx context.Context, r *http.Request, u *User, secret []byte, code, recovery string) error {
-	return m.verify(ctx, r, u, secret, code, recovery, nil, false)
+func (m *mfa) check(ctx context.Context, client netip.Addr, u *User, secret []byte, code, recovery string) error {
+	return m.verify(ctx, client, u, secret, code, recovery, nil, false)
 }
 
 // verify checks code or recovery within the limits on guessing u's second factor (see
 // loginLimits.factor): the limits first, so that beyond them a right code is refused too. ch is
 // the login challenge answered, nil in a session; active is whether secret is u's active factor,
 // whose owner is mailed when it locks.
-func (m *mfa) verify(ctx context.Context, r *http.Request, u *User, secret []byte, code, recovery string,
+func (m *mfa) verify(ctx context.Context, client netip.Addr, u *User, secret []byte, code, recovery string,
 	ch *MFAChallenge, active bool) error {
 	if recovery == "" && code == "" {
 		return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "send code or recovery_code"}
 	}
-	att, err := m.attempt(ctx, r, u, ch)
+	att, err := m.attempt(ctx, client, u, ch)
 	if err != nil {
 		return err
 	}
@@ -152,15 +153,15 @@ func (m *mfa) recoveryUsed(ctx context.Context, u *User) error {
 	return m.accounts.moveStamp(ctx, u.ID, stampRecoveryUsedUp)
 }
 
-// attempt begins a try at u's second factor, of any kind, from r's client, answering ch if not
+// attempt begins a try at u's second factor, of any kind, from client, answering ch if not
 // nil: errTooManyAttempts when the account or the client is over its limit, errTokenInvalid when
 // ch is dead. The try then ends in succeeded, or in missed.
-func (m *mfa) attempt(ctx context.Context, r *http.Request, u *User, ch *MFAChallenge) (*attempt, error) {
+func (m *mfa) attempt(ctx context.Context, client netip.Addr, u *User, ch *MFAChallenge) (*attempt, error) {
 	challenge := ""
 	if ch != nil {
 		challenge = ch.ID
 	}
-	att, err := m.limits.factor(ctx, m.clients.of(r), u.ID, challenge)
+	att, err := m.limits.factor(ctx, client, u.ID, challenge)
 	if err == nil {
 		err = att.check(ctx)
 	}
@@ -193,13 +194,13 @@ func (m *mfa) missed(ctx context.Context, att *attempt, u *User, ch *MFAChalleng
 }
 
 // prove checks a code or a recovery code against u's active factor, in a session (see verify).
-func (m *mfa) prove(ctx context.Context, r *http.Request, u *User, code, recovery string) error {
-	return m.answer(ctx, r, u, nil, code, recovery)
+func (m *mfa) prove(ctx context.Context, client netip.Addr, u *User, code, recovery string) error {
+	return m.answer(ctx, client, u, nil, code, recovery)
 }
 
 // answer checks a code or a recovery code against u's active factor, for the login challenge ch,
 // or in a session when ch is nil (see verify).
-func (m *mfa) answer(ctx context.Context, r *http.Request, u *User, ch *MFAChallenge, code, recovery string) error {
+func (m *mfa) answer(ctx context.Context, client netip.Addr, u *User, ch *MFAChallenge, code, recovery string) error {
 	f, err := m.store.TOTP(ctx, u.ID)
 	if errors.Is(err, ErrNotFound) {
 		return errMFANotEnrolled
@@ -210,7 +211,7 @@ func (m *mfa) answer(ctx context.Context, r *http.Request, u *User, ch *MFAChall
 	if err != nil {
 		return err
 	}
-	return m.verify(ctx, r, u, secret, code, recovery, ch, true)
+	return m.verify(ctx, client, u, secret, code, recovery, ch, true)
 }
 
 // signedIn is the account of the access token c, whose session the database says is alive.
@@ -225,16 +226,16 @@ func (m *mfa) signedIn(ctx context.Context, c *claims) (*User, error) {
 	return u, err
 }
 
-// challenge starts the second step of a login: the mfa_token the client sends with its code. It
-// holds under the account's security stamp as it is now.
-func (m *mfa) challenge(ctx context.Context, u *User, r *http.Request) (string, error) {
+// challenge starts the second step of a login from client with userAgent: the mfa_token the
+// client sends with its code. It holds under the account's security stamp as it is now.
+func (m *mfa) challenge(ctx context.Context, u *User, client netip.Addr, userAgent string) (string, error) {
 	stamp, err := m.store.Stamp(ctx, u.ID)
 	if err != nil {
 		return "", err
 	}
 	token := newID() + newID() // 256 random bits
 	err = m.store.CreateMFAChallenge(ctx, MFAChallenge{ID: digest(token), UserID: u.ID, Stamp: stamp,
-		IP: m.clients.of(r).String(), UserAgent: cut(r.UserAgent(), 256),
+		IP: client.String(), UserAgent: cut(userAgent, 256),
 		ExpiresAt: m.tokens.now().Add(mfaTokenTTL)})
 	return token, err
 }
@@ -259,238 +260,174 @@ func newRecoveryCode() string {
 	return s[:5] + "-" + s[5:]
 }
 
-// handleEnrolTOTP gives the signed-in user a new secret to put in an authenticator app, after the
-// password: a stolen access token alone cannot add a factor and lock the owner out. The factor is
-// not active until a code from it is confirmed.
-func handleEnrolTOTP(log *slog.Logger, m *mfa) http.Handler {
-	type request struct {
-		Password string `json:"password"`
+// enrol gives the user of the access token c a new secret to put in an authenticator app, after
+// their password, sent from client: a stolen access token alone cannot add a factor and lock the
+// owner out. The factor is not active until a code from it is confirmed. It answers the secret in
+// base32 and the otpauth URL that carries it.
+func (m *mfa) enrol(ctx context.Context, c *claims, client netip.Addr, password string) (secret, otpauthURL string, err error) {
+	if _, err := m.passwords.checkUser(ctx, client, c.Subject, password); err != nil {
+		return "", "", err
 	}
-	type response struct {
-		Secret     string `json:"secret"`
-		OtpauthURL string `json:"otpauth_url"`
-	}
-	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		req, err := decode[request](w, r)
-		if err != nil {
-			return err
-		}
-		if req.Password == "" {
-			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "password is required to add a second factor"}
-		}
-		ctx, c := r.Context(), claimsFrom(r.Context())
-		if _, err := m.passwords.checkUser(ctx, m.clients.of(r), c.Subject, req.Password); err != nil {
-			return err
-		}
-		u, err := m.signedIn(ctx, c)
-		if err != nil {
-			return err
-		}
-		if _, err := m.store.TOTP(ctx, u.ID); err == nil {
-			return errMFAAlreadyEnabled
-		} else if !errors.Is(err, ErrNotFound) {
-			return err
-		}
-		secret := make([]byte, totpSecret)
-		rand.Read(secret)
-		if err := m.store.SavePendingTOTP(ctx, TOTPFactor{ID: "pending:" + u.ID, UserID: u.ID,
-			Secret: m.seal.seal(secret, []byte(u.ID)), CreatedAt: m.tokens.now()}); err != nil {
-			return err
-		}
-		s := b32.EncodeToString(secret)
-		q := url.Values{"secret": {s}, "issuer": {m.appName}, "algorithm": {"SHA1"}, "digits": {"6"}, "period": {"30"}}
-		label := url.PathEscape(m.appName) + ":" + url.PathEscape(u.Email)
-		encode(w, http.StatusOK, response{s, "otpauth://totp/" + label + "?" + q.Encode()})
-		return nil
-	})
-}
-
-// handleConfirmTOTP activates the factor being enrolled with a code from it, and answers the ten
-// recovery codes, this once. The account's stamp moves, its owner is mailed, and its other
-// sessions end: opened without the factor, they would stay at aal1 for good.
-func handleConfirmTOTP(log *slog.Logger, m *mfa) http.Handler {
-	type request struct {
-		Code string `json:"code"`
-	}
-	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		req, err := decode[request](w, r)
-		if err != nil {
-			return err
-		}
-		ctx := r.Context()
-		u, err := m.signedIn(ctx, claimsFrom(ctx))
-		if err != nil {
-			return err
-		}
-		pending, err := m.store.TOTP(ctx, "pending:"+u.ID)
-		if errors.Is(err, ErrNotFound) || err == nil && m.tokens.now().Sub(pending.CreatedAt) > pendingTTL {
-			return errMFANotEnrolled
-		} else if err != nil {
-			return err
-		}
-		secret, err := m.seal.open(pending.Secret, []byte(u.ID))
-		if err != nil {
-			return err
-		}
-		if req.Code == "" {
-			return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "send the code the authenticator app shows"}
-		}
-		if err := m.check(ctx, r, u, secret, req.Code, ""); err != nil {
-			return err
-		}
-		if err := m.store.ActivateTOTP(ctx, TOTPFactor{ID: u.ID, UserID: u.ID, Secret: pending.Secret,
-			CreatedAt: m.tokens.now()}); errors.Is(err, ErrDuplicate) {
-			return errMFAAlreadyEnabled
-		} else if err != nil {
-			return err
-		}
-		codes := make([]string, 10)
-		digests := make([]string, len(codes))
-		for i := range codes {
-			codes[i] = newRecoveryCode()
-			digests[i] = recoveryDigest(codes[i])
-		}
-		if err := m.store.SetRecoveryCodes(ctx, u.ID, digests); err != nil {
-			return err
-		}
-		if err := m.accounts.moveStamp(ctx, u.ID, stampFactorAdded); err != nil {
-			return err
-		}
-		if _, err := m.sessions.endAll(ctx, u.ID, claimsFrom(ctx).Session, endMFAAdded); err != nil {
-			return err
-		}
-		m.mail.notify(ctx, mailFactorAdded, u)
-		m.metrics.mfa(mfaEnrolled)
-		log.LogAttrs(ctx, slog.LevelInfo, "second factor enabled", slog.String("request_id", requestID(ctx)),
-			slog.String("user_id", u.ID))
-		encode(w, http.StatusOK, map[string][]string{"recovery_codes": codes})
-		return nil
-	})
-}
-
-// handleRemoveTOTP removes the active factor, after a current code or a recovery code; the stamp
-// moves, the owner is mailed and the user's other sessions end.
-func handleRemoveTOTP(log *slog.Logger, m *mfa) http.Handler {
-	type request struct {
-		Code         string `json:"code"`
-		RecoveryCode string `json:"recovery_code"`
-	}
-	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		req, err := decode[request](w, r)
-		if err != nil {
-			return err
-		}
-		ctx, c := r.Context(), claimsFrom(r.Context())
-		u, err := m.signedIn(ctx, c)
-		if err != nil {
-			return err
-		}
-		if err := m.prove(ctx, r, u, req.Code, req.RecoveryCode); err != nil {
-			return err
-		}
-		if err := m.store.RemoveTOTP(ctx, u.ID); errors.Is(err, ErrNotFound) {
-			return errMFANotEnrolled
-		} else if err != nil {
-			return err
-		}
-		if err := m.accounts.moveStamp(ctx, u.ID, stampFactorRemoved); err != nil {
-			return err
-		}
-		if _, err := m.sessions.endAll(ctx, u.ID, c.Session, endMFARemoved); err != nil {
-			return err
-		}
-		m.mail.notify(ctx, mailFactorGone, u)
-		m.metrics.mfa(mfaRemoved)
-		log.LogAttrs(ctx, slog.LevelInfo, "second factor removed", slog.String("request_id", requestID(ctx)),
-			slog.String("user_id", u.ID))
-		w.WriteHeader(http.StatusNoContent)
-		return nil
-	})
-}
-
-// handleVerifyMFA is the second factor's step: with an mfa_token, the second step of a login,
-// which starts a session at aal2; with an access token instead, step-up, which moves the token's
-// own session to aal2.
-func handleVerifyMFA(log *slog.Logger, m *mfa) http.Handler {
-	type request struct {
-		MFAToken     string `json:"mfa_token"`
-		Code         string `json:"code"`
-		RecoveryCode string `json:"recovery_code"`
-	}
-	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		req, err := decode[request](w, r)
-		if err != nil {
-			return err
-		}
-		if req.MFAToken == "" {
-			return m.stepUp(w, r, req.Code, req.RecoveryCode)
-		}
-		ctx := r.Context()
-		ch, err := m.store.MFAChallenge(ctx, digest(req.MFAToken))
-		if errors.Is(err, ErrNotFound) || err == nil && !m.tokens.now().Before(ch.ExpiresAt) {
-			return errTokenInvalid
-		} else if err != nil {
-			return err
-		}
-		u, err := m.store.UserByID(ctx, ch.UserID)
-		if errors.Is(err, ErrNotFound) {
-			return errTokenInvalid
-		} else if err != nil {
-			return err
-		}
-		// A challenge issued before the password or a factor changed is void.
-		if stamp, err := m.store.Stamp(ctx, u.ID); err != nil {
-			return err
-		} else if stamp != ch.Stamp {
-			return errTokenInvalid
-		}
-		if err := m.answer(ctx, r, u, ch, req.Code, req.RecoveryCode); err != nil {
-			return err
-		}
-		// One challenge, one session: of simultaneous right codes, one consumes it.
-		if err := m.store.ConsumeMFAChallenge(ctx, ch.ID); errors.Is(err, ErrNotFound) {
-			return errTokenInvalid
-		} else if err != nil {
-			return err
-		}
-		pair, err := m.sessions.start(ctx, u, m.clients.of(r), r.UserAgent(), levelTwoFactor)
-		if err != nil {
-			return err
-		}
-		noteUser(ctx, u.ID)
-		m.metrics.login(loginSuccess)
-		encode(w, http.StatusOK, pair)
-		return nil
-	})
-}
-
-// stepUp verifies the factor of the user of the access token sent and moves its session to aal2.
-func (m *mfa) stepUp(w http.ResponseWriter, r *http.Request, code, recovery string) error {
-	raw, err := accessToken(r)
+	u, err := m.signedIn(ctx, c)
 	if err != nil {
-		return err
+		return "", "", err
 	}
-	if raw == "" {
-		return &apiError{status: http.StatusBadRequest, code: "invalid_request",
-			message: "send mfa_token with the code, or an access token to step up its session"}
+	if _, err := m.store.TOTP(ctx, u.ID); err == nil {
+		return "", "", errMFAAlreadyEnabled
+	} else if !errors.Is(err, ErrNotFound) {
+		return "", "", err
 	}
-	c, err := accept(m.tokens, m.sessions.revs, raw, useAccess)
+	raw := make([]byte, totpSecret)
+	rand.Read(raw)
+	if err := m.store.SavePendingTOTP(ctx, TOTPFactor{ID: "pending:" + u.ID, UserID: u.ID,
+		Secret: m.seal.seal(raw, []byte(u.ID)), CreatedAt: m.tokens.now()}); err != nil {
+		return "", "", err
+	}
+	s := b32.EncodeToString(raw)
+	q := url.Values{"secret": {s}, "issuer": {m.appName}, "algorithm": {"SHA1"}, "digits": {"6"}, "period": {"30"}}
+	label := url.PathEscape(m.appName) + ":" + url.PathEscape(u.Email)
+	return s, "otpauth://totp/" + label + "?" + q.Encode(), nil
+}
+
+// confirm activates the factor the user of the access token c is enrolling with a code from it,
+// sent from client, and answers the ten recovery codes, this once. The account's stamp moves, its
+// owner is mailed, and its other sessions end: opened without the factor, they would stay at aal1
+// for good.
+func (m *mfa) confirm(ctx context.Context, c *claims, client netip.Addr, code string) ([]string, error) {
+	u, err := m.signedIn(ctx, c)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	ctx := r.Context()
+	pending, err := m.store.TOTP(ctx, "pending:"+u.ID)
+	if errors.Is(err, ErrNotFound) || err == nil && m.tokens.now().Sub(pending.CreatedAt) > pendingTTL {
+		return nil, errMFANotEnrolled
+	} else if err != nil {
+		return nil, err
+	}
+	secret, err := m.seal.open(pending.Secret, []byte(u.ID))
+	if err != nil {
+		return nil, err
+	}
+	if code == "" {
+		return nil, &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "send the code the authenticator app shows"}
+	}
+	if err := m.check(ctx, client, u, secret, code, ""); err != nil {
+		return nil, err
+	}
+	if err := m.store.ActivateTOTP(ctx, TOTPFactor{ID: u.ID, UserID: u.ID, Secret: pending.Secret,
+		CreatedAt: m.tokens.now()}); errors.Is(err, ErrDuplicate) {
+		return nil, errMFAAlreadyEnabled
+	} else if err != nil {
+		return nil, err
+	}
+	codes := make([]string, 10)
+	digests := make([]string, len(codes))
+	for i := range codes {
+		codes[i] = newRecoveryCode()
+		digests[i] = recoveryDigest(codes[i])
+	}
+	if err := m.store.SetRecoveryCodes(ctx, u.ID, digests); err != nil {
+		return nil, err
+	}
+	if err := m.accounts.moveStamp(ctx, u.ID, stampFactorAdded); err != nil {
+		return nil, err
+	}
+	if _, err := m.sessions.endAll(ctx, u.ID, c.Session, endMFAAdded); err != nil {
+		return nil, err
+	}
+	m.mail.notify(ctx, mailFactorAdded, u)
+	m.metrics.mfa(mfaEnrolled)
+	m.log.LogAttrs(ctx, slog.LevelInfo, "second factor enabled", slog.String("request_id", requestID(ctx)),
+		slog.String("user_id", u.ID))
+	return codes, nil
+}
+
+// remove removes the active factor of the user of the access token c, after a current code or a
+// recovery code sent from client; the stamp moves, the owner is mailed and the user's other
+// sessions end.
+func (m *mfa) remove(ctx context.Context, c *claims, client netip.Addr, code, recovery string) error {
 	u, err := m.signedIn(ctx, c)
 	if err != nil {
 		return err
 	}
-	if err := m.prove(ctx, r, u, code, recovery); err != nil {
+	if err := m.prove(ctx, client, u, code, recovery); err != nil {
 		return err
+	}
+	if err := m.store.RemoveTOTP(ctx, u.ID); errors.Is(err, ErrNotFound) {
+		return errMFANotEnrolled
+	} else if err != nil {
+		return err
+	}
+	if err := m.accounts.moveStamp(ctx, u.ID, stampFactorRemoved); err != nil {
+		return err
+	}
+	if _, err := m.sessions.endAll(ctx, u.ID, c.Session, endMFARemoved); err != nil {
+		return err
+	}
+	m.mail.notify(ctx, mailFactorGone, u)
+	m.metrics.mfa(mfaRemoved)
+	m.log.LogAttrs(ctx, slog.LevelInfo, "second factor removed", slog.String("request_id", requestID(ctx)),
+		slog.String("user_id", u.ID))
+	return nil
+}
+
+// verifyChallenge is the second step of a login: the code or recovery code sent from client with
+// userAgent answers the challenge whose mfa_token is token, and starts a session at aal2.
+func (m *mfa) verifyChallenge(ctx context.Context, token string, client netip.Addr, userAgent, code, recovery string) (tokenPair, error) {
+	ch, err := m.store.MFAChallenge(ctx, digest(token))
+	if errors.Is(err, ErrNotFound) || err == nil && !m.tokens.now().Before(ch.ExpiresAt) {
+		return tokenPair{}, errTokenInvalid
+	} else if err != nil {
+		return tokenPair{}, err
+	}
+	u, err := m.store.UserByID(ctx, ch.UserID)
+	if errors.Is(err, ErrNotFound) {
+		return tokenPair{}, errTokenInvalid
+	} else if err != nil {
+		return tokenPair{}, err
+	}
+	// A challenge issued before the password or a factor changed is void.
+	if stamp, err := m.store.Stamp(ctx, u.ID); err != nil {
+		return tokenPair{}, err
+	} else if stamp != ch.Stamp {
+		return tokenPair{}, errTokenInvalid
+	}
+	if err := m.answer(ctx, client, u, ch, code, recovery); err != nil {
+		return tokenPair{}, err
+	}
+	// One challenge, one session: of simultaneous right codes, one consumes it.
+	if err := m.store.ConsumeMFAChallenge(ctx, ch.ID); errors.Is(err, ErrNotFound) {
+		return tokenPair{}, errTokenInvalid
+	} else if err != nil {
+		return tokenPair{}, err
+	}
+	pair, err := m.sessions.start(ctx, u, client, userAgent, levelTwoFactor)
+	if err != nil {
+		return tokenPair{}, err
+	}
+	noteUser(ctx, u.ID)
+	m.metrics.login(loginSuccess)
+	return pair, nil
+}
+
+// stepUp verifies the factor of the user of the access token raw, with a code or recovery code
+// sent from client, and moves the token's session to aal2.
+func (m *mfa) stepUp(ctx context.Context, raw string, client netip.Addr, code, recovery string) (tokenPair, error) {
+	c, err := accept(m.tokens, m.sessions.revs, raw, useAccess)
+	if err != nil {
+		return tokenPair{}, err
+	}
+	u, err := m.signedIn(ctx, c)
+	if err != nil {
+		return tokenPair{}, err
+	}
+	if err := m.prove(ctx, client, u, code, recovery); err != nil {
+		return tokenPair{}, err
 	}
 	pair, err := m.sessions.raise(ctx, c, levelTwoFactor)
 	if err != nil {
-		return err
+		return tokenPair{}, err
 	}
 	noteUser(ctx, u.ID)
-	encode(w, http.StatusOK, pair)
-	return nil
+	return pair, nil
 }

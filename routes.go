@@ -17,27 +17,26 @@ type routeAdder interface {
 
 // addRoutes lists the whole API and what each route depends on; openapi.yaml describes it.
 func addRoutes(mux routeAdder, d *deps) {
-	mux.Handle("POST /auth/signup", handleSignup(d.log, d.clients, d.store, d.hasher, d.signups, d.signupsPerClient, d.now, d.mail))
-	mux.Handle("POST /auth/login", handleLogin(d.log, d.clients, d.passwords, d.sessions, d.mfa, d.metrics,
-		d.mail.cfg.verification == verificationRequired))
-	mux.Handle("POST /auth/refresh", handleRefresh(d.log, d.tokens, d.revocations, d.sessions, d.metrics))
-	mux.Handle("POST /auth/logout", handleLogout(d.log, d.tokens, d.revocations, d.sessions, d.metrics))
+	mux.Handle("POST /auth/signup", handleSignup(d.log, d.clients, d.accounts))
+	mux.Handle("POST /auth/login", handleLogin(d.log, d.clients, d.logins))
+	mux.Handle("POST /auth/refresh", handleRefresh(d.log, d.sessions))
+	mux.Handle("POST /auth/logout", handleLogout(d.log, d.sessions))
 	signedIn := requireAccess(d.log, d.tokens, d.revocations)
 	mux.Handle("GET /auth/sessions", signedIn(handleSessions(d.log, d.sessions)))
 	mux.Handle("DELETE /auth/sessions/{id}", signedIn(handleEndSession(d.log, d.sessions)))
-	mux.Handle("POST /auth/password", signedIn(handlePasswordChange(d.log, d.clients, d.passwords, d.hasher, d.accounts, d.sessions)))
-	mux.Handle("DELETE /auth/account", signedIn(handleDeleteAccount(d.log, d.clients, d.passwords, d.accounts)))
-	mux.Handle("POST /auth/mfa/totp", signedIn(handleEnrolTOTP(d.log, d.mfa)))
-	mux.Handle("POST /auth/mfa/totp/confirm", signedIn(handleConfirmTOTP(d.log, d.mfa)))
-	mux.Handle("DELETE /auth/mfa/totp", signedIn(handleRemoveTOTP(d.log, d.mfa)))
-	mux.Handle("POST /auth/mfa/verify", handleVerifyMFA(d.log, d.mfa))
+	mux.Handle("POST /auth/password", signedIn(handlePasswordChange(d.log, d.clients, d.accounts)))
+	mux.Handle("DELETE /auth/account", signedIn(handleDeleteAccount(d.log, d.clients, d.accounts)))
+	mux.Handle("POST /auth/mfa/totp", signedIn(handleEnrolTOTP(d.log, d.clients, d.mfa)))
+	mux.Handle("POST /auth/mfa/totp/confirm", signedIn(handleConfirmTOTP(d.log, d.clients, d.mfa)))
+	mux.Handle("DELETE /auth/mfa/totp", signedIn(handleRemoveTOTP(d.log, d.clients, d.mfa)))
+	mux.Handle("POST /auth/mfa/verify", handleVerifyMFA(d.log, d.clients, d.mfa))
 	mux.Handle("POST /auth/password/forgot", handleMailRequest(d.log, d.clients, d.mail, mailReset,
 		"if an account has this address, a reset link is on its way to it"))
-	mux.Handle("POST /auth/password/reset", handleResetPassword(d.log, d.mail, d.hasher, d.accounts))
+	mux.Handle("POST /auth/password/reset", handleResetPassword(d.log, d.mail, d.accounts))
 	mux.Handle("POST /auth/email/verify", handleVerifyEmail(d.log, d.mail, d.accounts))
 	mux.Handle("POST /auth/email/resend", handleMailRequest(d.log, d.clients, d.mail, mailVerify,
 		"if this address has an account that is not verified yet, a link is on its way to it"))
-	mux.Handle("POST /auth/email/change", signedIn(handleEmailChange(d.log, d.clients, d.mail, d.passwords, d.sessions)))
+	mux.Handle("POST /auth/email/change", signedIn(handleEmailChange(d.log, d.clients, d.mail, d.accounts)))
 	mux.Handle("POST /auth/verify", handleIntrospect(d.log, d.tokens, d.revocations))
 	mux.Handle("GET /auth/verify", handleIntrospect(d.log, d.tokens, d.revocations))
 	// Forward-auth proxies ask with GET (nginx, Caddy, Traefik by default) or with the guarded
@@ -45,7 +44,7 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle(forwardAuthPath, signedIn(handleForwardAuth(d.now)))
 	mux.Handle("GET /auth/client.js", handleClientJS())
 	mux.Handle("GET /healthz", handleHealthz())
-	mux.Handle("GET /readyz", handleReadyz(d.log, d.store, d.revocations))
+	mux.Handle("GET /readyz", handleReadyz(d.log, d.store.Ping, d.revocations))
 	mux.Handle("GET /openapi.yaml", handleOpenAPI())
 	// The public keys, for services that check tokens themselves; the admin API rotates and
 	// revokes them (handleKeyRotate, handleKeyRevoke).
@@ -84,20 +83,18 @@ func newHandler(d *deps, c config) http.Handler {
 
 // deps are the service's parts, made once by newDeps; addRoutes hands each handler the few it uses.
 type deps struct {
-	log         *slog.Logger
-	now         func() time.Time
-	store       Store
-	tokens      *tokens
-	keys        *keyring
-	issuer      string
-	revocations *revocations
-	sessions    *sessionKeeper
-	accounts    *accounts
-	mfa         *mfa
-	passwords   *passwordCheck
-	// Sign-ups per client within the throttle's window.
-	signups          *throttle
-	signupsPerClient int
+	log              *slog.Logger
+	now              func() time.Time
+	store            Store
+	tokens           *tokens
+	keys             *keyring
+	issuer           string
+	revocations      *revocations
+	sessions         *sessionKeeper
+	accounts         *accounts
+	mfa              *mfa
+	logins           *logins
+	passwords        *passwordCheck
 	hasher           *hasher
 	clients          clientIPs
 	metricsOnAPIPort bool // METRICS_ADDR=public
@@ -124,11 +121,15 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		maxChallenge: mfaChallengeMaxWrong, challengeWindow: mfaTokenTTL}
 	passwords := &passwordCheck{store: store, hasher: h, limits: limits, log: log}
 	clients := clientIPs{trusted: c.trustedProxies}
-	users := &accounts{store: store, sessions: sessions}
 	mail := &mailFlows{cfg: c.mail, store: store, outbox: newOutbox(store, c.mail, m, now, log),
 		perInterval: &throttle{store: store, now: now, window: c.mail.addressInterval},
 		perWindow:   &throttle{store: store, now: now, window: mailWindow},
 		now:         now, log: log}
+	users := &accounts{store: store, sessions: sessions, passwords: passwords, hasher: h, mail: mail,
+		signups: &throttle{store: store, now: now, window: c.signupWindow}, signupsPerClient: c.signupMax,
+		now: now, log: log}
+	second := &mfa{store: store, tokens: t, seal: newSealer(secret, "totp"), sessions: sessions, accounts: users,
+		mail: mail, passwords: passwords, limits: limits, metrics: m, appName: c.appName, log: log}
 	return &deps{
 		log:         log,
 		now:         now,
@@ -140,10 +141,9 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		sessions:    sessions,
 		accounts:    users,
 		passwords:   passwords,
-		mfa: &mfa{store: store, tokens: t, seal: newSealer(secret, "totp"), sessions: sessions, accounts: users,
-			mail: mail, passwords: passwords, limits: limits, clients: clients, metrics: m, appName: c.appName, log: log},
-		signups:          &throttle{store: store, now: now, window: c.signupWindow},
-		signupsPerClient: c.signupMax,
+		mfa:         second,
+		logins: &logins{passwords: passwords, sessions: sessions, second: second, metrics: m,
+			requireVerified: c.mail.verification == verificationRequired},
 		hasher:           h,
 		clients:          clients,
 		metricsOnAPIPort: c.metricsOn && c.metricsAddr == metricsOnAPIPort,
@@ -158,11 +158,13 @@ func handleHealthz() http.Handler {
 	})
 }
 
-func handleReadyz(log *slog.Logger, store Store, revs *revocations) http.Handler {
+// handleReadyz answers ready when ping reaches the database and the revocations are current
+// enough to vouch for tokens.
+func handleReadyz(log *slog.Logger, ping func(context.Context) error, revs *revocations) http.Handler {
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
-		if err := store.Ping(ctx); err != nil {
+		if err := ping(ctx); err != nil {
 			return fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
 		if !revs.vouches() {

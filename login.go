@@ -1,0 +1,78 @@
+package main
+
+// login.go is the login: the password, then a session, or the second factor's challenge.
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+)
+
+// logins check an email and password and open what follows: a session, or, for a user with an
+// active second factor, a challenge for it.
+type logins struct {
+	passwords *passwordCheck
+	sessions  *sessionKeeper
+	second    *mfa
+	metrics   *metrics
+	// EMAIL_VERIFICATION=required: the right password for an address not verified yet gets
+	// errEmailNotVerified and no session; a wrong one gets errInvalidCredentials as ever, so that
+	// the refusal tells nothing to someone without the password.
+	requireVerified bool
+}
+
+// loginAnswer is what a login opened: the tokens of its session, or, when a second factor is to
+// follow, the mfa_token of its challenge and no session yet.
+type loginAnswer struct {
+	pair     tokenPair
+	mfaToken string
+}
+
+// login checks email and password, sent from client with userAgent.
+func (l *logins) login(ctx context.Context, client netip.Addr, userAgent, email, password string) (loginAnswer, error) {
+	var opened *opening
+	u, err := l.passwords.check(ctx, client, email, password, func(u *User) {
+		if !u.hasTOTP && !u.Disabled && (!l.requireVerified || u.EmailVerified) {
+			opened = l.sessions.open(ctx, u, client, userAgent, levelPassword)
+		}
+	})
+	if err != nil {
+		l.sessions.drop(opened)
+	}
+	m := l.metrics
+	switch {
+	case errors.Is(err, errInvalidCredentials):
+		m.login(loginInvalidCredentials)
+		return loginAnswer{}, err
+	case errors.Is(err, errTooManyAttempts):
+		m.login(loginThrottled)
+		return loginAnswer{}, err
+	case errors.Is(err, errAccountDisabled):
+		m.login(loginDisabled)
+		return loginAnswer{}, err
+	case err != nil:
+		return loginAnswer{}, err
+	}
+	if l.requireVerified && !u.EmailVerified {
+		m.login(loginUnverified)
+		return loginAnswer{}, errEmailNotVerified
+	}
+	if u.hasTOTP {
+		token, err := l.second.challenge(ctx, u, client, userAgent)
+		if err != nil {
+			return loginAnswer{}, err
+		}
+		noteUser(ctx, u.ID)
+		return loginAnswer{mfaToken: token}, nil
+	}
+	pair, err := opened.keep() // opened while the password hashed: check calls meanwhile for every success
+	if errors.Is(err, errAccountDisabled) {
+		m.login(loginDisabled)
+	}
+	if err != nil {
+		return loginAnswer{}, err
+	}
+	m.login(loginSuccess)
+	noteUser(ctx, u.ID)
+	return loginAnswer{pair: pair}, nil
+}
