@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -785,5 +786,33 @@ func TestServerErrorsThatMeanNotNowAreUnavailable(t *testing.T) {
 				t.Fatalf("storeErr: %v", got)
 			}
 		})
+	}
+}
+
+// A login that checked the password against an imported hash which another login of the same
+// account rehashed meanwhile still opens its session: a rehash is no change of password. A real
+// change still refuses it. (Under load, the second of two quick logins used to get 401.)
+func TestALoginRacingAnotherLoginsRehashStillOpensItsSession(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	ctx := t.Context()
+	hash, _ := bcrypt.GenerateFromPassword([]byte("node-era-password"), bcrypt.MinCost)
+	u := &User{ID: "legacy", Email: "legacy@example.com", PasswordHash: string(hash), CreatedAt: time.Now()}
+	if err := e.store.CreateUser(ctx, u); err != nil {
+		t.Fatal(err)
+	}
+	// The other login's rehash lands after this one read the account and checked the password.
+	if err := e.store.UpgradePasswordHash(ctx, u.ID, u.PasswordHash, hashPassword("node-era-password")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.deps.sessions.open(ctx, u, netip.MustParseAddr("127.0.0.1"), "test", levelPassword).keep(); err != nil {
+		t.Fatalf("a login that checked the hash a rehash replaced: %v", err)
+	}
+	// A password change is a change, rehash or none before it.
+	if err := e.store.SetPasswordHash(ctx, u.ID, hashPassword("a new password")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.deps.sessions.open(ctx, u, netip.MustParseAddr("127.0.0.1"), "test", levelPassword).keep(); !errors.Is(err, errInvalidCredentials) {
+		t.Fatalf("a login that checked the hash a password change replaced: %v, want invalid_credentials", err)
 	}
 }

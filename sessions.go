@@ -95,7 +95,8 @@ func (k *sessionKeeper) write(ctx context.Context, u *User, s *Session, lvl leve
 		return tokenPair{}, err
 	case again.Disabled:
 		reason, refusal = endDisabled, errAccountDisabled
-	case again.PasswordHash != u.PasswordHash:
+	case again.PasswordHash != u.PasswordHash && again.UpgradedFrom != digest(u.PasswordHash):
+		// Another hash than the one checked, and not a login's rehash of it: a password change.
 		reason, refusal = endPasswordChange, errInvalidCredentials
 	}
 	if refusal != nil {

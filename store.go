@@ -63,8 +63,9 @@ type userStore interface {
 	// SetPasswordHash replaces the hash of user id; ErrNotFound when there is no such user.
 	SetPasswordHash(ctx context.Context, id, hash string) error
 	// UpgradePasswordHash replaces the hash of user id with fresh only while it is still old (a
-	// login's rehash must not undo a password change that came while it checked the password);
-	// ErrNotFound when the account is gone or its hash is another now.
+	// login's rehash must not undo a password change that came while it checked the password),
+	// and records old's digest in UpgradedFrom; ErrNotFound when the account is gone or its hash
+	// is another now.
 	UpgradePasswordHash(ctx context.Context, id, old, fresh string) error
 	// Stamp is the security stamp of account user: how many security events it has had (0 for
 	// none, and for an account that does not exist).
@@ -100,6 +101,11 @@ type User struct {
 	// EmailVerified: the owner followed a link mailed to Email. Accounts made before verification
 	// existed have no such field and read as unverified.
 	EmailVerified bool `bson:"email_verified,omitempty"`
+
+	// UpgradedFrom is the SHA-256 digest of the hash that a login's rehash replaced, so that a
+	// login that checked the password against that hash knows the change for no change of
+	// password (see UpgradePasswordHash). A password change clears it.
+	UpgradedFrom string `bson:"upgraded_from,omitempty"`
 
 	hasTOTP bool // an active second factor, as passwordCheck found; not stored here
 }

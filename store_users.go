@@ -124,15 +124,20 @@ func (s *mongoStore) BcryptHash(ctx context.Context) (string, error) {
 }
 
 func (s *mongoStore) SetPasswordHash(ctx context.Context, id, hash string) error {
-	return s.setPasswordHash(ctx, bson.D{{Key: "_id", Value: id}}, hash)
+	return s.setPasswordHash(ctx, bson.D{{Key: "_id", Value: id}}, bson.D{
+		{Key: "$set", Value: bson.D{{Key: "password_hash", Value: hash}}},
+		{Key: "$unset", Value: bson.D{{Key: "upgraded_from", Value: ""}}},
+	})
 }
 
 func (s *mongoStore) UpgradePasswordHash(ctx context.Context, id, old, fresh string) error {
-	return s.setPasswordHash(ctx, bson.D{{Key: "_id", Value: id}, {Key: "password_hash", Value: old}}, fresh)
+	return s.setPasswordHash(ctx, bson.D{{Key: "_id", Value: id}, {Key: "password_hash", Value: old}}, bson.D{
+		{Key: "$set", Value: bson.D{{Key: "password_hash", Value: fresh}, {Key: "upgraded_from", Value: digest(old)}}},
+	})
 }
 
-func (s *mongoStore) setPasswordHash(ctx context.Context, filter bson.D, hash string) error {
-	res, err := s.users.UpdateOne(ctx, filter, bson.D{{Key: "$set", Value: bson.D{{Key: "password_hash", Value: hash}}}})
+func (s *mongoStore) setPasswordHash(ctx context.Context, filter, update bson.D) error {
+	res, err := s.users.UpdateOne(ctx, filter, update)
 	if err != nil {
 		return s.err(err)
 	}
