@@ -44,7 +44,7 @@ func handleSignup(log *slog.Logger, clients clientIPs, users *accounts) http.Han
 
 // handleLogin checks email and password (see logins). A user with an active second factor gets
 // {"mfa_required":true,"mfa_token":...} and no session yet (see handleVerifyMFA). Every other user
-// gets the token pair, as the original service answered.
+// gets the token pair.
 func handleLogin(log *slog.Logger, clients clientIPs, l *logins) http.Handler {
 	type challenge struct {
 		MFARequired bool   `json:"mfa_required"`

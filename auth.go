@@ -31,16 +31,12 @@ type passwordCheck struct {
 	log    *slog.Logger
 }
 
-// check returns the account of email when password is its password. Otherwise the error is
-// errInvalidCredentials (a wrong password and an unknown email alike), errTooManyAttempts with its
-// Retry-After, errAccountDisabled (for the right password only), errBusy, or the store's. When meanwhile is not nil, it is
-// called while the password hashes, with the account, once the attempt is known to be within the
-// limits (so always before a success), and must not wait: a login opens its session there (see
-// opening), so that its answer waits on no database write after the hash.
-//
-// The whole check, database reads and writes included, runs in a hashing slot: during a storm the
-// logins waiting for a slot cost neither hashing memory nor database work, and the database sees
-// only as many logins at once as there are slots.
+// check returns the account of email when password is its password; otherwise errInvalidCredentials
+// (a wrong password and an unknown email alike), errTooManyAttempts, errAccountDisabled (for the
+// right password only), errBusy, or the store's error. meanwhile, when not nil, is called while
+// the password hashes, once the attempt is within the limits, and must not wait: a login opens its
+// session there (see opening). The whole check runs in a hashing slot, database work included, so
+// that logins waiting for a slot cost neither memory nor database work.
 func (p *passwordCheck) check(ctx context.Context, client netip.Addr, email, password string, meanwhile func(*User)) (u *User, err error) {
 	turn, err := p.hasher.admit()
 	if err != nil {

@@ -24,15 +24,10 @@ type devDB struct {
 }
 
 // privateDataDir returns dataDir as an absolute path once it is sure that only the user the service
-// runs as can reach it, creating it 0700 when it does not exist. DATA_DIR holds the development
-// database, in which the password hashes, the sessions and the blacklist can be read and edited, and
-// the JWT secret that signs every token. A DATA_DIR that others can reach is refused rather than
-// repaired: what is in it may already have been read or planted.
-//
-// A DATA_DIR that is a symlink is followed and the directory it leads to is checked, since that is
-// where the files are and a symlink's own mode means nothing on Linux; pointing ./data at a volume
-// is ordinary. Whoever could plant the symlink could as well have planted a directory in its place,
-// and a directory that someone else owns or opened up is refused either way.
+// runs as can reach it, creating it 0700 when it does not exist: it holds the development database
+// and the JWT secret. One that others can reach is refused rather than repaired, as what is in it
+// may have been read or planted already. A symlink is followed and the directory it leads to is
+// checked: that is where the files are, and a symlink's own mode means nothing on Linux.
 func privateDataDir(dataDir string) (string, error) {
 	abs, err := filepath.Abs(dataDir)
 	if err != nil {

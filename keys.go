@@ -136,18 +136,13 @@ func (s *keySet) lookup(tok *jwt.Token) (*verifyKey, error) {
 	return k, nil
 }
 
-// keyring holds this instance's signing and verification keys.
-//
-// With HS256 they are JWT_SECRET (signs and verifies) and JWT_SECRET_PREVIOUS (verifies only),
-// fixed at start. With EdDSA or ES256 the service makes and rotates its key pairs itself, in the
-// signing_keys collection, and JWT_SECRET only seals their private halves. Every instance reads
-// that collection at start (and refuses to start without it) and polls it like the blacklist,
-// so the token check never waits on the database. The schedule lives in the records: a key
-// takes over at its activate_at, and the next key is made, by whichever instance gets there
-// first, as soon as the previous one takes over, so it is published a whole rotation period
-// before it signs (publish-ahead at the very least). Instances agree without talking to each
-// other because they read the same records, and clock skew between them is covered by
-// publish-ahead.
+// keyring holds this instance's signing and verification keys. With HS256 they are JWT_SECRET and
+// JWT_SECRET_PREVIOUS (verifies only). With EdDSA or ES256 the service makes and rotates key pairs
+// in signing_keys, JWT_SECRET sealing their private halves; every instance polls that collection,
+// so the token check never waits on the database. The schedule lives in the records: a key takes
+// over at its activate_at, and the next is made, by whichever instance gets there first, when the
+// previous one takes over, so it is published a rotation period (publish-ahead at least) before
+// it signs. Instances agree because they read the same records.
 type keyring struct {
 	alg   string
 	store keyStore // nil with HS256

@@ -42,7 +42,7 @@ func tuneRuntime(c config, getenv func(string) string) {
 	if getenv("GOGC") == "" {
 		// With the heap capped by the limit, the collector need not also run every time the few
 		// MiB of live data double: under a forward-auth load that was a tenth of the CPU
-		// (BENCHMARKS.md).
+		// (measured with scripts/loadtest.sh).
 		debug.SetGCPercent(400)
 	}
 }

@@ -247,17 +247,10 @@ const forwardAuthPath = "/auth/page"
 
 // guardedMethod is the method of the request r stands for, which decides whether r is a CORS
 // preflight. Off the forward-auth route that is r's own. On it, X-Forwarded-Method decides when
-// present: nginx (as deploy/nginx.conf sets it up), Caddy and Traefik ask with GET whatever the
-// client sent, and name the client's method in that header, replacing any the client sent itself.
-// A proxy that passed a client's own value on would let it name OPTIONS for any request.
-//
-// The header wins whichever way the two disagree. GET naming OPTIONS is how all three ask about
-// a preflight. OPTIONS naming GET is a proxy asking with a method of its own choosing, or a client
-// calling the route directly with a header of its own; taking it for a GET costs at most a
-// refused preflight, never a request let through. More than one value means something appended
-// rather than replaced, so none is believed and the token check decides. Without the header (a
-// browser calling the route directly, or a proxy that asks with the original method) r's own
-// method decides.
+// present, whichever way it disagrees with r's: nginx, Caddy and Traefik ask with GET and name the
+// client's method there, replacing any the client sent. Taking a header of a client's own for the
+// truth costs at most a refused preflight, never a request let through. More than one value means
+// something appended rather than replaced: none is believed, and the token check decides.
 func guardedMethod(r *http.Request) string {
 	if r.URL.Path != forwardAuthPath {
 		return r.Method

@@ -12,26 +12,12 @@ import (
 	"time"
 )
 
-// The outbox: a request stores what to mail and returns; a sender on every instance delivers.
-//
-// Each delivery attempt of a message is claimed by inserting a lease whose _id is the message's id
-// and the attempt's number: of the instances that try, one insert succeeds, and only its instance
-// sends (no guarded update decides anything; FerretDB lets two of those win). The holder then
-// writes the attempt count and, until the attempt ends, a next-attempt time one lease period
-// away: should the holder die, another instance takes the next attempt after that. A success
-// deletes the message; a failure records when to try again, with a doubling delay up to a cap.
-// A message is given up, counted and logged, on a permanent refusal (a 5xx to the sender or the
-// recipient) or after MAIL_GIVE_UP_AFTER.
-//
-// A mail can go out twice only outside normal operation: when an instance dies between the SMTP
-// server's acceptance and the deletion of the message, or an attempt outlives its lease.
-//
-// No mail text and no token is stored: the message names its kind and addressee, and the token in
-// its link is made, and only its digest stored, when the mail is rendered for an attempt. A token
-// mailed by an attempt whose failure was only apparent (the server took the mail but the answer
-// was lost) stays valid, next to the one the retry mails; both went to the same address. A link's
-// lifetime counts from its delivery, not from the request, so mail held up by an outage still
-// arrives with a working link.
+// outbox: a request stores what to mail and returns; a sender on every instance delivers. Each
+// attempt is claimed by inserting a lease whose _id is the message's id and the attempt's number,
+// so that one instance sends; should it die, another takes the next attempt a lease period later.
+// A success deletes the message, a failure retries with a doubling delay, and a permanent refusal
+// or MAIL_GIVE_UP_AFTER gives it up. No mail text or token is stored: a link's token is made, its
+// digest stored, when the mail is rendered, so a link's lifetime counts from its delivery.
 type outbox struct {
 	store interface {
 		mailStore

@@ -50,7 +50,7 @@ func hashPassword(password string) string {
 }
 
 // checkPassword reports whether password matches hash, and whether hash should be replaced by
-// a hashPassword of today's parameters (true for bcrypt hashes from the Node service).
+// a hashPassword of today's parameters (true for imported bcrypt hashes).
 func checkPassword(hash, password string) (ok, rehash bool) {
 	if strings.HasPrefix(hash, "$2a$") || strings.HasPrefix(hash, "$2b$") || strings.HasPrefix(hash, "$2y$") {
 		if cost, err := bcrypt.Cost([]byte(hash)); err != nil || cost > maxBcryptCost {

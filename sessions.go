@@ -204,15 +204,10 @@ func (k *sessionKeeper) current(ctx context.Context, c *claims) error {
 // a client retrying) gets that very successor again, so that a session is only ever one chain;
 // presented after it, the token is a stolen copy or was stolen, and the session ends.
 //
-// The interval runs from when the first use's answer was due, not from the first use: when the
-// database records a claim but its reply is lost, the client gets 503 up to answerBy later, and
-// its retry within the interval of that 503 must get the successor, not be taken for reuse. When
-// the database then stays out of reach, the retries are answered 503 until it is back, so the
-// time this instance found it unreachable does not count either.
-//
-// A rotation sends four commands: the claim and the read of the account side by side, then the
-// session's record and the blacklist (see commit). Refresh is not the hot path: it asks the
-// database, not this instance's copy of the blacklist, which may lag another instance's logout.
+// The interval runs from when the first use's answer was due (a lost reply's retry must get the
+// successor), and time the database was out of reach does not count. A rotation sends four
+// commands: the claim and the read of the address side by side, then the session's record and
+// the blacklist, which the database answers rather than this instance's copy (see commit).
 func (k *sessionKeeper) refresh(ctx context.Context, c *claims) (tokenPair, refreshOutcome, error) {
 	ctx, cancel := context.WithTimeout(ctx, k.answerBy)
 	defer cancel()

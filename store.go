@@ -58,7 +58,7 @@ type userStore interface {
 	// none.
 	DeleteUser(ctx context.Context, id string) error
 	// BcryptHash returns the bcrypt hash of some account that still has one (accounts imported
-	// from the Node service keep theirs until they log in); ErrNotFound when none does.
+	// from another service keep theirs until they log in); ErrNotFound when none does.
 	BcryptHash(ctx context.Context) (string, error)
 	// SetPasswordHash replaces the hash of user id; ErrNotFound when there is no such user.
 	SetPasswordHash(ctx context.Context, id, hash string) error
@@ -88,7 +88,7 @@ type userStore interface {
 }
 
 // User is an account. PasswordHash is a PHC string (argon2id) or, for accounts moved over from
-// the Node service, a bcrypt hash.
+// another service, a bcrypt hash.
 type User struct {
 	ID           string    `bson:"_id"`
 	Email        string    `bson:"email"`

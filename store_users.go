@@ -72,8 +72,8 @@ func (s *mongoStore) isDisabled(ctx context.Context, id string) (bool, error) {
 // SetDisabled records a disable as a document of its own, inserted, and an enable as its
 // deletion: the account's document has other writers (password changes, a login's hash upgrade,
 // email verification), and FerretDB writes a whole document back for each update, so a flag kept
-// there could be lost to one of them landing at the same moment (BENCHMARKS.md, "Different fields
-// of one document"). Inserts and deletes of one _id are never lost.
+// there could be lost to one of them landing at the same moment (FerretDB keeps one of two
+// simultaneous updates of one document). Inserts and deletes of one _id are never lost.
 func (s *mongoStore) SetDisabled(ctx context.Context, id string, disabled bool) error {
 	if err := s.users.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Err(); err != nil {
 		return s.err(err)
