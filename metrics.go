@@ -29,7 +29,7 @@ type metrics struct {
 	requests map[requestKey]*atomic.Uint64
 	latency  map[string]*histogram // by route
 
-	logins      [numLoginOutcomes]atomic.Uint64
+	loginCounts [numLoginOutcomes]atomic.Uint64
 	refreshes   [numRefreshOutcomes]atomic.Uint64
 	mfas        [numMFAOutcomes]atomic.Uint64
 	revocations [2]atomic.Uint64 // tokens, sessions
@@ -81,7 +81,7 @@ const (
 
 var mfaOutcomeNames = [numMFAOutcomes]string{"enrolled", "invalid", "recovery_code", "removed", "replayed", "throttled", "verified"}
 
-func (m *metrics) mfa(o mfaOutcome) { m.mfas[o].Add(1) }
+func (m *metrics) factor(o mfaOutcome) { m.mfas[o].Add(1) }
 
 type refreshOutcome int
 
@@ -108,7 +108,7 @@ var mailOutcomeNames = [numMailOutcomes]string{"failed", "retried", "sent"}
 
 func (m *metrics) mailed(o mailOutcome) { m.mails[o].Add(1) }
 
-func (m *metrics) login(o loginOutcome)     { m.logins[o].Add(1) }
+func (m *metrics) login(o loginOutcome)     { m.loginCounts[o].Add(1) }
 func (m *metrics) refresh(o refreshOutcome) { m.refreshes[o].Add(1) }
 
 // revoked counts revocations written by this instance, by what they end.
@@ -230,7 +230,7 @@ func (m *metrics) expose(g gauges, extra ...family) []byte {
 		{"auth_http_request_duration_seconds", "Time from receiving a request to answering it, by route pattern.", "histogram", m.writeLatency},
 		{"auth_logins_total", "Login attempts that were decided, by outcome.", "counter", func(b *bytes.Buffer, name string) {
 			for i, o := range loginOutcomeNames {
-				sample(b, name, m.logins[i].Load(), "outcome", o)
+				sample(b, name, m.loginCounts[i].Load(), "outcome", o)
 			}
 		}},
 		{"auth_refreshes_total", "Refresh tokens presented that were decided, by outcome: rotated (a first use), reuse_grace (a retired token again within REFRESH_REUSE_INTERVAL plus the database timeout of its first use, 15 s by default), reused (after that: the session ended).", "counter", func(b *bytes.Buffer, name string) {
@@ -268,7 +268,7 @@ func (m *metrics) expose(g gauges, extra ...family) []byte {
 				sample(b, name, m.mails[i].Load(), "outcome", o)
 			}
 		}},
-		{"auth_mail_outbox_age_seconds", "Age of the oldest mail waiting in the outbox, as this instance's sender last saw it; 0 when empty.", "gauge", func(b *bytes.Buffer, name string) {
+		{"auth_mail_outbox_age_seconds", "Age of the oldest mail waiting to be sent, as this instance's sender last saw it; 0 when none waits.", "gauge", func(b *bytes.Buffer, name string) {
 			sample(b, name, time.Duration(m.mailOutboxAge.Load()).Seconds())
 		}},
 		{"auth_database_errors_total", "Database calls that failed for a reason other than a missing or duplicate record.", "counter", func(b *bytes.Buffer, name string) {

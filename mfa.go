@@ -117,7 +117,7 @@ func (m *mfa) verify(ctx context.Context, client netip.Addr, u *User, secret []b
 		err = m.store.UseRecoveryCode(ctx, u.ID, recoveryDigest(recovery))
 		ok = err == nil
 		if ok {
-			m.metrics.mfa(mfaRecoveryCode)
+			m.metrics.factor(mfaRecoveryCode)
 			err = m.recoveryUsed(ctx, u)
 		}
 	} else if step, match := totpMatch(secret, code, m.tokens.now()); match {
@@ -126,9 +126,9 @@ func (m *mfa) verify(ctx context.Context, client netip.Addr, u *User, secret []b
 		err = m.store.ClaimTOTPStep(ctx, u.ID, step, time.Unix((step+totpSkew+1)*int64(totpStep/time.Second), 0))
 		ok = err == nil
 		if errors.Is(err, ErrDuplicate) {
-			m.metrics.mfa(mfaReplayed)
+			m.metrics.factor(mfaReplayed)
 		} else if ok {
-			m.metrics.mfa(mfaVerified)
+			m.metrics.factor(mfaVerified)
 		}
 	}
 	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrDuplicate) {
@@ -136,7 +136,7 @@ func (m *mfa) verify(ctx context.Context, client netip.Addr, u *User, secret []b
 		return err
 	}
 	if !ok {
-		m.metrics.mfa(mfaInvalid)
+		m.metrics.factor(mfaInvalid)
 		m.missed(ctx, att, u, ch, active)
 		return errCodeInvalid // the attempt stays recorded, as a failure
 	}
@@ -166,7 +166,7 @@ func (m *mfa) attempt(ctx context.Context, client netip.Addr, u *User, ch *MFACh
 		err = att.check(ctx)
 	}
 	if errors.Is(err, errTooManyAttempts) {
-		m.metrics.mfa(mfaThrottled)
+		m.metrics.factor(mfaThrottled)
 	}
 	if err != nil {
 		return nil, err
@@ -336,7 +336,7 @@ func (m *mfa) confirm(ctx context.Context, c *claims, client netip.Addr, code st
 		return nil, err
 	}
 	m.mail.notify(ctx, mailFactorAdded, u)
-	m.metrics.mfa(mfaEnrolled)
+	m.metrics.factor(mfaEnrolled)
 	m.log.LogAttrs(ctx, slog.LevelInfo, "second factor enabled", slog.String("request_id", requestID(ctx)),
 		slog.String("user_id", u.ID))
 	return codes, nil
@@ -365,7 +365,7 @@ func (m *mfa) remove(ctx context.Context, c *claims, client netip.Addr, code, re
 		return err
 	}
 	m.mail.notify(ctx, mailFactorGone, u)
-	m.metrics.mfa(mfaRemoved)
+	m.metrics.factor(mfaRemoved)
 	m.log.LogAttrs(ctx, slog.LevelInfo, "second factor removed", slog.String("request_id", requestID(ctx)),
 		slog.String("user_id", u.ID))
 	return nil

@@ -240,7 +240,7 @@ func (o *outbox) giveUp(ctx context.Context, m MailMessage, attempts int, err er
 // send renders m, with a fresh token where it has a link, and delivers it; user is the account it
 // concerns, when one does.
 func (o *outbox) send(ctx context.Context, m MailMessage) (user string, err error) {
-	out, err := o.render(ctx, m)
+	out, err := renderMail(ctx, o.cfg, o.store, o.now, m)
 	if err != nil {
 		return "", err
 	}

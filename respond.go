@@ -60,9 +60,9 @@ var (
 	errPayloadTooLarge    = &apiError{status: http.StatusRequestEntityTooLarge, code: "payload_too_large", message: "the request body is too large"}
 	errUnsupportedMedia   = &apiError{status: http.StatusUnsupportedMediaType, code: "unsupported_media_type", message: "send the request body as JSON, with Content-Type: application/json"}
 	errNotFound           = &apiError{status: http.StatusNotFound, code: "not_found", message: "no such endpoint"}
-	errMethodNotAllowed   = &apiError{status: http.StatusMethodNotAllowed, code: "method_not_allowed", message: "this endpoint does not accept that method"}
+	errMethodNotAllowed   = &apiError{status: http.StatusMethodNotAllowed, code: "method_not_allowed", message: "this endpoint does not allow that method"}
 	errUnavailable        = &apiError{status: http.StatusServiceUnavailable, code: "unavailable", message: "the service is temporarily unavailable; try again shortly"}
-	errCannotVouch        = &apiError{status: http.StatusServiceUnavailable, code: "unavailable", message: "this instance cannot check tokens against recent logouts; try again shortly"}
+	errCannotVouch        = &apiError{status: http.StatusServiceUnavailable, code: "unavailable", message: "this instance cannot check a token against recent logouts; try again shortly"}
 	errMFARequired        = &apiError{status: http.StatusUnauthorized, code: "mfa_required", message: "this needs a second factor: verify a code at /auth/mfa/verify"}
 	errStepUpRace         = &apiError{status: http.StatusConflict, code: "conflict", message: "the session was refreshed meanwhile; refresh, then step up with a new code"}
 	errInternal           = &apiError{status: http.StatusInternalServerError, code: "internal", message: "an internal error occurred"}

@@ -179,6 +179,13 @@ type Successor struct {
 	Level    level  `bson:",inline"`
 }
 
+// level is how a session's user authenticated: the methods (amr) and the assurance level (acr)
+// that its tokens carry, and that refresh keeps.
+type level struct {
+	ACR string   `bson:"acr,omitempty"`
+	AMR []string `bson:"amr,omitempty"`
+}
+
 // revocationStore keeps the blacklist.
 type revocationStore interface {
 	// Revoke records revocations; recording one that exists already is not an error.

@@ -39,13 +39,6 @@ type claims struct {
 	EmailVerified bool `json:"email_verified"`
 }
 
-// level is how a session's user authenticated: the methods (amr) and the assurance level (acr)
-// that its tokens carry, and that refresh keeps.
-type level struct {
-	ACR string   `bson:"acr,omitempty"`
-	AMR []string `bson:"amr,omitempty"`
-}
-
 var (
 	levelPassword  = level{ACR: "aal1", AMR: []string{"pwd"}}
 	levelTwoFactor = level{ACR: "aal2", AMR: []string{"pwd", "otp"}}
