@@ -75,7 +75,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// The hashing slots' first estimate of a turn, timed while the database starts: a storm after
 	// a restart is admitted on it before any of its logins is done.
 	calibration := make(chan time.Duration, 1)
-	go func() { calibration <- calibrateHashing(c.hashConcurrent, 3) }()
+	go func() { calibration <- calibrateHashing(c.hashConcurrent, 2) }()
 
 	secret := []byte(c.jwtSecret)
 	uri := c.mongoURI
