@@ -480,7 +480,11 @@ func TestSignupThrottling(t *testing.T) {
 	// Sign-ups may hold only half the hashing slots: logins go past a backlog of them.
 	t.Run("leaves logins served while sign-ups flood from many clients", func(t *testing.T) {
 		t.Parallel()
-		e := newTestEnv(t, trustLoopback, func(c *config) { c.hashConcurrent, c.hashWait = 2, time.Minute })
+		// The sign-ups may wait a minute for a hashing slot: the server must not cut their answers
+		// off first (under the race detector a hash takes about a second).
+		e := newTestEnv(t, trustLoopback, func(c *config) {
+			c.hashConcurrent, c.hashWait, c.writeTimeout = 2, time.Minute, 3*time.Minute
+		})
 		email, _, _ := e.user(t)
 		const flood = 30
 		var wg sync.WaitGroup
