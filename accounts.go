@@ -5,6 +5,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -24,6 +26,13 @@ const (
 	stampDisabled       = "account_disabled"
 )
 
+var (
+	errSignupDisabled = &apiError{status: http.StatusForbidden, code: "signup_disabled",
+		message: "sign-up is closed on this service: an operator creates accounts (SIGNUP_ENABLED=false)"}
+	errInviteNeedsMail = &apiError{status: http.StatusBadRequest, code: "invalid_request",
+		message: "give a password: this service sends no mail (no SMTP_URL), so it cannot mail an invitation"}
+)
+
 // accounts are the operations on an account: its creation, and those that move its stamp or end
 // its sessions, shared by its owner's and the operator's endpoints.
 type accounts struct {
@@ -38,6 +47,7 @@ type accounts struct {
 	// Sign-ups per client within the throttle's window.
 	signups          *throttle
 	signupsPerClient int
+	signupsClosed    bool // SIGNUP_ENABLED=false: only the admin API creates accounts
 	now              func() time.Time
 	log              *slog.Logger
 }
@@ -126,6 +136,9 @@ func createAccount(ctx context.Context, store interface {
 // With email verification on, a taken address is answered as a new one, and mailed (see
 // signupMail). The user answered is the one to show.
 func (a *accounts) signup(ctx context.Context, client netip.Addr, email, password string) (*User, error) {
+	if a.signupsClosed {
+		return nil, errSignupDisabled // before the throttle: a closed door costs no database work
+	}
 	att, err := a.signups.begin(ctx, limit{key: "signup|" + clientPrefix(client), max: a.signupsPerClient})
 	if err != nil {
 		return nil, err
@@ -143,6 +156,47 @@ func (a *accounts) signup(ctx context.Context, client netip.Addr, email, passwor
 		return nil, err
 	}
 	return a.mail.signupMail(ctx, client, u, taken)
+}
+
+// create makes the account of email (normalised and valid) for an operator, with the hashing
+// budget of a sign-up. With password, it can log in at once, its address taken as verified: the
+// operator vouches for it. Without, its password is one nobody knows, and an invitation goes to
+// the address with a link that sets one (a reset link, under the account's stamp), which proves
+// the address. A taken address is errEmailTaken: the operator is trusted with that answer.
+func (a *accounts) create(ctx context.Context, email, password string) (*User, error) {
+	invite := password == ""
+	if invite {
+		if !a.mail.cfg.enabled() {
+			return nil, errInviteNeedsMail
+		}
+		var b [32]byte
+		rand.Read(b[:])
+		password = base64.RawURLEncoding.EncodeToString(b[:])
+	}
+	hash, err := a.hasher.hashSignup(ctx, password)
+	if err != nil {
+		return nil, err
+	}
+	u := &User{ID: newID(), Email: email, PasswordHash: hash, EmailVerified: !invite,
+		CreatedAt: a.now().UTC().Truncate(time.Millisecond)}
+	if taken, err := createAccount(ctx, a.store, u, false); err != nil {
+		return nil, err
+	} else if taken {
+		return nil, errEmailTaken
+	}
+	noteUser(ctx, u.ID)
+	if invite {
+		if err := a.mail.invite(ctx, u); err != nil {
+			// An account whose invitation is not on its way is taken back: the operator's retry
+			// would otherwise meet email_taken.
+			if err := a.store.DeleteUser(context.WithoutCancel(ctx), u.ID); err != nil {
+				a.log.LogAttrs(ctx, slog.LevelWarn, "an invited account whose mail failed to queue is left without a password",
+					slog.String("user_id", u.ID), slog.String("err", err.Error()))
+			}
+			return nil, err
+		}
+	}
+	return u, nil
 }
 
 // changePassword replaces the password of the user of the access token c, after the current one,

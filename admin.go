@@ -14,6 +14,7 @@ import (
 // port, and only when ADMIN_TOKEN is set; every call needs that token (see requireAdmin).
 func addAdminRoutes(mux routeAdder, d *deps) {
 	mux.Handle("GET /admin/users", handleAdminFindUser(d.log, d.accounts))
+	mux.Handle("POST /admin/users", handleAdminCreateUser(d.log, d.accounts))
 	mux.Handle("GET /admin/users/{id}/sessions", handleAdminSessions(d.log, d.accounts))
 	mux.Handle("POST /admin/users/{id}/logout", handleAdminLogout(d.log, d.accounts))
 	mux.Handle("POST /admin/users/{id}/disable", handleAdminSetDisabled(d.log, d.accounts, true))
@@ -85,6 +86,35 @@ func handleAdminFindUser(log *slog.Logger, users *accounts) http.Handler {
 			return err
 		}
 		encode(w, http.StatusOK, adminUser{u.ID, u.Email, u.EmailVerified, u.CreatedAt.UTC(), u.Disabled})
+		return nil
+	})
+}
+
+// handleAdminCreateUser makes an account, whether sign-up is open or not (see accounts.create):
+// {"email","password"} one that logs in at once, {"email"} alone one invited by mail.
+func handleAdminCreateUser(log *slog.Logger, users *accounts) http.Handler {
+	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		req, err := decode[credentials](w, r)
+		if err != nil {
+			return err
+		}
+		email := normalizeEmail(req.Email)
+		if !validEmail(email) {
+			return errInvalidEmail
+		}
+		if req.Password != "" && !validPassword(req.Password) {
+			return errWeakPassword
+		}
+		u, err := users.create(r.Context(), email, req.Password)
+		if err != nil {
+			return err
+		}
+		action := "create"
+		if req.Password == "" {
+			action = "invite"
+		}
+		logAdmin(log, r, action, u.ID)
+		encode(w, http.StatusCreated, adminUser{u.ID, u.Email, u.EmailVerified, u.CreatedAt.UTC(), u.Disabled})
 		return nil
 	})
 }

@@ -22,6 +22,9 @@ func handleSignup(log *slog.Logger, clients clientIPs, users *accounts) http.Han
 		CreatedAt time.Time `json:"created_at"`
 	}
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		if users.signupsClosed {
+			return errSignupDisabled
+		}
 		req, err := decode[credentials](w, r)
 		if err != nil {
 			return err

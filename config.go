@@ -62,6 +62,8 @@ type config struct {
 	adminToken       string // the admin API is served only when set
 	adminAddr        string
 	mail             mailConfig
+	signupEnabled    bool       // SIGNUP_ENABLED: off, only the admin API creates accounts
+	forwardAuthAllow *allowList // FORWARD_AUTH_ALLOW; nil lets every signed-in user through
 
 	// HTTP server limits; fixed defaults, fields so that tests can shorten them.
 	readHeaderTimeout time.Duration
@@ -143,6 +145,14 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	if _, _, err := net.SplitHostPort(c.metricsAddr); err != nil && c.metricsAddr != metricsOnAPIPort {
 		s.errs = append(s.errs, fmt.Errorf("METRICS_ADDR: want host:port or %s, got %q", metricsOnAPIPort, c.metricsAddr))
+	}
+	if c.signupEnabled, err = strconv.ParseBool(s.str("SIGNUP_ENABLED", "true")); err != nil {
+		s.errs = append(s.errs, fmt.Errorf("SIGNUP_ENABLED: want true or false, got %q", getenv("SIGNUP_ENABLED")))
+	}
+	if v := s.str("FORWARD_AUTH_ALLOW", ""); v != "" {
+		if c.forwardAuthAllow, err = parseAllowList(v); err != nil {
+			s.errs = append(s.errs, fmt.Errorf("FORWARD_AUTH_ALLOW: %w", err))
+		}
 	}
 	if c.trustedProxies, err = parseTrustedProxies(getenv("TRUSTED_PROXIES")); err != nil {
 		s.errs = append(s.errs, err)

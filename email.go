@@ -189,6 +189,16 @@ func (f *mailFlows) signupMail(ctx context.Context, client netip.Addr, u *User, 
 	return u, f.send(ctx, client, m, false)
 }
 
+// invite queues the invitation of u, an account an operator made without a password: its link
+// sets one, and is made under the account's stamp as it is now.
+func (f *mailFlows) invite(ctx context.Context, u *User) error {
+	stamp, err := f.store.Stamp(ctx, u.ID)
+	if err != nil {
+		return err
+	}
+	return f.outbox.queue(ctx, &MailMessage{Kind: mailInvite, To: u.Email, UserID: u.ID, Stamp: stamp})
+}
+
 // logMailSettings says at start how mail leaves the service, and what follows for the endpoints.
 func logMailSettings(log *slog.Logger, c mailConfig) {
 	switch c.mode {

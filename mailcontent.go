@@ -109,6 +109,15 @@ func renderMail(ctx context.Context, cfg mailConfig, store interface {
 		if err := link("/verify-email", purposeEmailChange, u.ID, m.To, cfg.verifyTTL); err != nil {
 			return nil, err
 		}
+	case mailInvite:
+		// A reset link that lasts as long as a verification link: an invitation waits for its reader.
+		u, err := account()
+		if err != nil {
+			return nil, err
+		}
+		if err := link("/reset-password", purposeReset, u.ID, u.Email, cfg.verifyTTL); err != nil {
+			return nil, err
+		}
 	case mailChangeNotice:
 		d.NewEmail = m.NewEmail
 	case mailSignupExists, mailFactorAdded, mailFactorGone:

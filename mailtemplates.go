@@ -26,6 +26,7 @@ const (
 	mailFactorAdded  = "factor_added"   // to an account's address: a second factor was added
 	mailFactorGone   = "factor_removed" // to an account's address: its second factor was removed
 	mailMFAFailures  = "mfa_failures"   // to an account's address: its second factor is locked for a while
+	mailInvite       = "invite"         // to an account an operator made: the link that sets its password
 )
 
 // mailData is what the templates see.
@@ -56,7 +57,7 @@ type mailTemplates struct {
 var builtinMail embed.FS
 
 var mailKinds = []string{mailReset, mailVerify, mailChange, mailChangeNotice, mailSignupExists, mailFactorAdded, mailFactorGone,
-	mailMFAFailures}
+	mailMFAFailures, mailInvite}
 
 // loadMailTemplates parses the built-in templates, each replaced by the file of the same name in
 // dir (MAIL_TEMPLATES_DIR) when dir is set and has one: reset.txt, reset.html, verify.txt, ... A

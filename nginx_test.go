@@ -339,7 +339,7 @@ func nginxBinary(tb testing.TB) string {
 
 // startNginxFront runs nginx in the foreground with the README's configuration, pointed at e and
 // at a fresh echo app, and stops it when the test ends.
-func startNginxFront(tb testing.TB, e *testEnv) *proxyFront {
+func startNginxFront(tb testing.TB, e *testEnv, edits ...func(site string) string) *proxyFront {
 	tb.Helper()
 	bin := nginxBinary(tb)
 	app, hits := startEchoApp(tb)
@@ -347,7 +347,7 @@ func startNginxFront(tb testing.TB, e *testEnv) *proxyFront {
 	// The port is free when asked for but could be taken before nginx binds it; try again then.
 	for attempt := 1; ; attempt++ {
 		addr := freeLoopbackAddr(tb)
-		err := runNginx(tb, bin, nginxConfig(tb, bin, addr, hostPort(tb, e.srv.URL), hostPort(tb, app.URL)), addr)
+		err := runNginx(tb, bin, nginxConfig(tb, bin, addr, hostPort(tb, e.srv.URL), hostPort(tb, app.URL), edits...), addr)
 		if err == nil {
 			px.url = "http://" + addr
 			return px
@@ -381,8 +381,9 @@ func hostPort(tb testing.TB, rawURL string) string {
 }
 
 // nginxConfig is a whole nginx.conf for a test: the README's configuration inside an http block,
-// with its addresses replaced, and every file nginx writes kept in a temporary directory.
-func nginxConfig(tb testing.TB, bin, listen, auth, app string) (dir string) {
+// with its addresses replaced, then each of edits applied to it, and every file nginx writes kept
+// in a temporary directory.
+func nginxConfig(tb testing.TB, bin, listen, auth, app string, edits ...func(site string) string) (dir string) {
 	tb.Helper()
 	b, err := os.ReadFile(nginxConf)
 	if err != nil {
@@ -398,6 +399,9 @@ func nginxConfig(tb testing.TB, bin, listen, auth, app string) (dir string) {
 			tb.Fatalf("%s no longer holds exactly one %q, which the test replaces", nginxConf, r[0])
 		}
 		site = strings.Replace(site, r[0], r[1], 1)
+	}
+	for _, edit := range edits {
+		site = edit(site)
 	}
 	dir = tb.TempDir()
 	var c strings.Builder

@@ -41,7 +41,7 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("GET /auth/verify", handleIntrospect(d.log, d.tokens, d.revocations))
 	// Forward-auth proxies ask with GET (nginx, Caddy, Traefik by default) or with the guarded
 	// request's own method, so the protected route answers every method.
-	mux.Handle(forwardAuthPath, signedIn(handleForwardAuth(d.now)))
+	mux.Handle(forwardAuthPath, signedIn(requireAllowed(d.log, d.allow)(handleForwardAuth(d.now))))
 	mux.Handle("GET /auth/client.js", handleClientJS())
 	mux.Handle("GET /healthz", handleHealthz())
 	mux.Handle("GET /readyz", handleReadyz(d.log, d.store.Ping, d.revocations))
@@ -100,6 +100,7 @@ type deps struct {
 	metricsOnAPIPort bool // METRICS_ADDR=public
 	metrics          *metrics
 	mail             *mailFlows
+	allow            *allowList // FORWARD_AUTH_ALLOW
 }
 
 // newDeps wires the service's parts together over store; m also counts store's failures.
@@ -127,7 +128,7 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		now:         now, log: log}
 	users := &accounts{store: store, sessions: sessions, passwords: passwords, hasher: h, mail: mail,
 		signups: &throttle{store: store, now: now, window: c.signupWindow}, signupsPerClient: c.signupMax,
-		now: now, log: log}
+		signupsClosed: !c.signupEnabled, now: now, log: log}
 	second := &mfa{store: store, tokens: t, seal: newSealer(secret, "totp"), sessions: sessions, accounts: users,
 		mail: mail, passwords: passwords, limits: limits, metrics: m, appName: c.appName, log: log}
 	return &deps{
@@ -149,6 +150,7 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		metricsOnAPIPort: c.metricsOn && c.metricsAddr == metricsOnAPIPort,
 		metrics:          m,
 		mail:             mail,
+		allow:            c.forwardAuthAllow,
 	}
 }
 
