@@ -64,6 +64,7 @@ type config struct {
 	mail             mailConfig
 	signupEnabled    bool       // SIGNUP_ENABLED: off, only the admin API creates accounts
 	forwardAuthAllow *allowList // FORWARD_AUTH_ALLOW; nil lets every signed-in user through
+	portal           portalConfig
 
 	// HTTP server limits; fixed defaults, fields so that tests can shorten them.
 	readHeaderTimeout time.Duration
@@ -193,7 +194,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if c.adminToken != "" && len(c.adminToken) < 32 {
 		s.errs = append(s.errs, errors.New("ADMIN_TOKEN: must be at least 32 bytes; generate one with: openssl rand -base64 48"))
 	}
-	c.mail = loadMailConfig(s, c.mongoURI, c.dataDir, c.appName)
+	c.portal = loadPortalConfig(s, c.mongoURI, c.port, c.sessionMaxAge)
+	c.mail = loadMailConfig(s, c.mongoURI, c.dataDir, c.appName, c.portal.publicURL)
 	if c.mongoURI != "" && c.jwtSecret == "" {
 		s.errs = append(s.errs, errors.New("JWT_SECRET: required when MONGODB_URI is set (at least 32 bytes; generate one with: openssl rand -base64 48)"))
 	}
@@ -288,8 +290,9 @@ type smtpConfig struct {
 func (c mailConfig) enabled() bool { return c.mode != mailOff }
 
 // loadMailConfig reads the email settings. Mail goes over SMTP_URL when it is set; without it the
-// development default (no MONGODB_URI) writes mails to files, and production has no mail.
-func loadMailConfig(s *settings, mongoURI, dataDir, appName string) mailConfig {
+// development default (no MONGODB_URI) writes mails to files, and production has no mail. APP_URL
+// defaults to publicURL, the portal's, when the portal is on.
+func loadMailConfig(s *settings, mongoURI, dataDir, appName, publicURL string) mailConfig {
 	getenv := s.getenv
 	c := mailConfig{
 		mode:            mailOff,
@@ -308,6 +311,9 @@ func loadMailConfig(s *settings, mongoURI, dataDir, appName string) mailConfig {
 		sendTimeout:     30 * time.Second,
 	}
 	from, appURL := getenv("MAIL_FROM"), getenv("APP_URL")
+	if strings.TrimSpace(appURL) == "" {
+		appURL = publicURL
+	}
 	switch raw := strings.TrimSpace(getenv("SMTP_URL")); {
 	case raw != "":
 		c.mode = mailSMTP
@@ -319,7 +325,7 @@ func loadMailConfig(s *settings, mongoURI, dataDir, appName string) mailConfig {
 			s.errs = append(s.errs, errors.New("MAIL_FROM: required with SMTP_URL, for example auth@example.com or \"Example <auth@example.com>\""))
 		}
 		if strings.TrimSpace(appURL) == "" {
-			s.errs = append(s.errs, errors.New("APP_URL: required with SMTP_URL: the base of the links in mails, for example https://app.example.com"))
+			s.errs = append(s.errs, errors.New("APP_URL: required with SMTP_URL when PUBLIC_URL is unset: the base of the links in mails, for example https://app.example.com"))
 		}
 		if ca := strings.TrimSpace(getenv("SMTP_CA_FILE")); ca != "" {
 			if c.smtp.roots, err = loadCAFile(ca); err != nil {
@@ -328,7 +334,7 @@ func loadMailConfig(s *settings, mongoURI, dataDir, appName string) mailConfig {
 		}
 	case mongoURI == "":
 		c.mode, c.dir = mailDir, filepath.Join(dataDir, "mail")
-		from, appURL = s.str("MAIL_FROM", "auth@localhost"), s.str("APP_URL", "http://localhost:3000")
+		from, appURL = s.str("MAIL_FROM", "auth@localhost"), s.str("APP_URL", appURL)
 	}
 	if c.mode != mailOff {
 		if a, err := mail.ParseAddress(from); err != nil || !strings.Contains(a.Address, "@") {

@@ -1149,7 +1149,7 @@ func TestDevelopmentMailboxWritesPrivateEmlFilesAndLogsTheLink(t *testing.T) {
 	}
 	data, _ := os.ReadFile(files[0])
 	m := parseMail(t, receivedMail{data: data})
-	link := regexp.MustCompile(`http://localhost:3000/verify-email\?token=[A-Za-z0-9_-]+`).FindString(m.text)
+	link := regexp.MustCompile(`http://localhost:7878/verify-email\?token=[A-Za-z0-9_-]+`).FindString(m.text)
 	if link == "" {
 		t.Fatalf("no link to the default APP_URL in:\n%s", m.text)
 	}

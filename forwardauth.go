@@ -16,40 +16,58 @@ import (
 // touches the database: tokens are checked by signature and the in-memory revocation list.
 // Identity headers a client sends itself are never read.
 func requireAccess(log *slog.Logger, t *tokens, revs *revocations) func(http.Handler) http.Handler {
+	return requireWith(log, func(r *http.Request) (*claims, error) {
+		raw, err := accessToken(r)
+		if err != nil {
+			return nil, err
+		}
+		return accept(t, revs, raw, useAccess)
+	})
+}
+
+// requireWith is requireAccess with the credential that credential finds in the request: the
+// forward-auth check also takes the portal's cookie (bearerOrCookie).
+func requireWith(log *slog.Logger, credential func(*http.Request) (*claims, error)) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			raw, err := accessToken(r)
+			c, err := admit(r, credential)
 			if err != nil {
 				writeError(w, r, log, err)
 				return
 			}
-			c, err := accept(t, revs, raw, useAccess)
-			if err != nil {
-				writeError(w, r, log, err)
-				return
-			}
-			// A proxy asks for a stronger login on the routes it chooses (RFC 9470's step-up). A list
-			// in one line is two requirements as much as two lines are.
-			required, err := header(r, "X-Auth-Require")
-			if err == nil && strings.IndexByte(required, ',') >= 0 {
-				err = errRepeated("X-Auth-Require")
-			}
-			if err != nil {
-				writeError(w, r, log, err)
-				return
-			}
-			if required != "" && !satisfies(c.level(), required) {
-				writeError(w, r, log, errMFARequired)
-				return
-			}
-			if info, ok := r.Context().Value(infoKey).(*reqInfo); ok {
-				info.claims, info.userID = c, c.Subject
-			} else {
-				r = r.WithContext(context.WithValue(r.Context(), infoKey, &reqInfo{claims: c, userID: c.Subject}))
-			}
-			next.ServeHTTP(w, r)
+			next.ServeHTTP(w, withClaims(r, c))
 		})
 	}
+}
+
+// admit returns the claims of the credential of r when they meet the level a proxy asks for.
+func admit(r *http.Request, credential func(*http.Request) (*claims, error)) (*claims, error) {
+	c, err := credential(r)
+	if err != nil {
+		return nil, err
+	}
+	// A proxy asks for a stronger login on the routes it chooses (RFC 9470's step-up). A list
+	// in one line is two requirements as much as two lines are.
+	required, err := header(r, "X-Auth-Require")
+	if err == nil && strings.IndexByte(required, ',') >= 0 {
+		err = errRepeated("X-Auth-Require")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if required != "" && !satisfies(c.level(), required) {
+		return c, errMFARequired
+	}
+	return c, nil
+}
+
+// withClaims is r with c as its verified identity.
+func withClaims(r *http.Request, c *claims) *http.Request {
+	if info, ok := r.Context().Value(infoKey).(*reqInfo); ok {
+		info.claims, info.userID = c, c.Subject
+		return r
+	}
+	return r.WithContext(context.WithValue(r.Context(), infoKey, &reqInfo{claims: c, userID: c.Subject}))
 }
 
 // handleForwardAuth answers a request that passed requireAccess: who the user is, in the body and

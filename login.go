@@ -30,10 +30,16 @@ type loginAnswer struct {
 
 // login checks email and password, sent from client with userAgent.
 func (l *logins) login(ctx context.Context, client netip.Addr, userAgent, email, password string) (loginAnswer, error) {
+	return l.loginAs(ctx, "", client, userAgent, email, password)
+}
+
+// loginAs is login for a session of kind (Session.Kind): the portal's sign-in opens a cookie
+// session, and its challenge, if any, opens one of that kind too.
+func (l *logins) loginAs(ctx context.Context, kind string, client netip.Addr, userAgent, email, password string) (loginAnswer, error) {
 	var opened *opening
 	u, err := l.passwords.check(ctx, client, email, password, func(u *User) {
 		if !u.hasTOTP && !u.Disabled && (!l.requireVerified || u.EmailVerified) {
-			opened = l.sessions.open(ctx, u, client, userAgent, levelPassword)
+			opened = l.sessions.openAs(ctx, kind, u, client, userAgent, levelPassword)
 		}
 	})
 	if err != nil {
@@ -58,7 +64,7 @@ func (l *logins) login(ctx context.Context, client netip.Addr, userAgent, email,
 		return loginAnswer{}, errEmailNotVerified
 	}
 	if u.hasTOTP {
-		token, err := l.second.challenge(ctx, u, client, userAgent)
+		token, err := l.second.challengeAs(ctx, kind, u, client, userAgent)
 		if err != nil {
 			return loginAnswer{}, err
 		}

@@ -229,6 +229,11 @@ func (m *mfa) signedIn(ctx context.Context, c *claims) (*User, error) {
 // challenge starts the second step of a login from client with userAgent: the mfa_token the
 // client sends with its code. It holds under the account's security stamp as it is now.
 func (m *mfa) challenge(ctx context.Context, u *User, client netip.Addr, userAgent string) (string, error) {
+	return m.challengeAs(ctx, "", u, client, userAgent)
+}
+
+// challengeAs is challenge for a login that opens a session of kind (Session.Kind).
+func (m *mfa) challengeAs(ctx context.Context, kind string, u *User, client netip.Addr, userAgent string) (string, error) {
 	stamp, err := m.store.Stamp(ctx, u.ID)
 	if err != nil {
 		return "", err
@@ -236,7 +241,7 @@ func (m *mfa) challenge(ctx context.Context, u *User, client netip.Addr, userAge
 	token := newID() + newID() // 256 random bits
 	err = m.store.CreateMFAChallenge(ctx, MFAChallenge{ID: digest(token), UserID: u.ID, Stamp: stamp,
 		IP: client.String(), UserAgent: cut(userAgent, 256),
-		ExpiresAt: m.tokens.now().Add(mfaTokenTTL)})
+		ExpiresAt: m.tokens.now().Add(mfaTokenTTL), Kind: kind})
 	return token, err
 }
 
@@ -374,8 +379,14 @@ func (m *mfa) remove(ctx context.Context, c *claims, client netip.Addr, code, re
 // verifyChallenge is the second step of a login: the code or recovery code sent from client with
 // userAgent answers the challenge whose mfa_token is token, and starts a session at aal2.
 func (m *mfa) verifyChallenge(ctx context.Context, token string, client netip.Addr, userAgent, code, recovery string) (tokenPair, error) {
+	return m.verifyChallengeAs(ctx, "", token, client, userAgent, code, recovery)
+}
+
+// verifyChallengeAs is verifyChallenge for a challenge of a login of kind (Session.Kind): the
+// portal's challenge gives no tokens to the API, nor the API's a cookie.
+func (m *mfa) verifyChallengeAs(ctx context.Context, kind, token string, client netip.Addr, userAgent, code, recovery string) (tokenPair, error) {
 	ch, err := m.store.MFAChallenge(ctx, digest(token))
-	if errors.Is(err, ErrNotFound) || err == nil && !m.tokens.now().Before(ch.ExpiresAt) {
+	if errors.Is(err, ErrNotFound) || err == nil && (!m.tokens.now().Before(ch.ExpiresAt) || ch.Kind != kind) {
 		return tokenPair{}, errTokenInvalid
 	} else if err != nil {
 		return tokenPair{}, err
@@ -401,7 +412,7 @@ func (m *mfa) verifyChallenge(ctx context.Context, token string, client netip.Ad
 	} else if err != nil {
 		return tokenPair{}, err
 	}
-	pair, err := m.sessions.start(ctx, u, client, userAgent, levelTwoFactor)
+	pair, err := m.sessions.openAs(ctx, kind, u, client, userAgent, levelTwoFactor).keep()
 	if err != nil {
 		return tokenPair{}, err
 	}

@@ -41,7 +41,7 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("GET /auth/verify", handleIntrospect(d.log, d.tokens, d.revocations))
 	// Forward-auth proxies ask with GET (nginx, Caddy, Traefik by default) or with the guarded
 	// request's own method, so the protected route answers every method.
-	mux.Handle(forwardAuthPath, signedIn(requireAllowed(d.log, d.allow)(handleForwardAuth(d.now))))
+	mux.Handle(forwardAuthPath, requireWith(d.log, bearerOrCookie(d.tokens, d.revocations, d.portal.on()))(requireAllowed(d.log, d.allow)(handleForwardAuth(d.now))))
 	mux.Handle("GET /auth/client.js", handleClientJS())
 	mux.Handle("GET /healthz", handleHealthz())
 	mux.Handle("GET /readyz", handleReadyz(d.log, d.store.Ping, d.revocations))
@@ -52,6 +52,9 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("GET /.well-known/openid-configuration", handleOpenIDConfiguration(d.log, d.issuer))
 	if d.metricsOnAPIPort {
 		addMetricsRoutes(mux, d)
+	}
+	if d.portalPages != nil {
+		addPortalRoutes(mux, d.portalPages)
 	}
 }
 
@@ -101,6 +104,8 @@ type deps struct {
 	metrics          *metrics
 	mail             *mailFlows
 	allow            *allowList // FORWARD_AUTH_ALLOW
+	portal           portalConfig
+	portalPages      *portal // nil when the portal is off
 }
 
 // newDeps wires the service's parts together over store; m also counts store's failures.
@@ -116,7 +121,7 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 	t := newTokensWith(keys, c.issuer, c.audience, c.accessTTL, c.refreshTTL, c.leeway, now)
 	revs := newRevocations(store, now, log, c.revocationMaxLag)
 	sessions := &sessionKeeper{store: store, tokens: t, revs: revs, metrics: m, log: log,
-		maxAge: c.sessionMaxAge, reuse: c.reuseInterval, answerBy: c.dbWait}
+		maxAge: c.sessionMaxAge, reuse: c.reuseInterval, answerBy: c.dbWait, cookieTTL: c.portal.ttl}
 	limits := &loginLimits{throttle: &throttle{store: store, now: now, window: c.failureWindow},
 		maxAccount: c.maxFailures, maxClient: c.maxClientFails, maxFactor: c.mfaMaxFailures,
 		maxChallenge: mfaChallengeMaxWrong, challengeWindow: mfaTokenTTL}
@@ -131,7 +136,7 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		signupsClosed: !c.signupEnabled, now: now, log: log}
 	second := &mfa{store: store, tokens: t, seal: newSealer(secret, "totp"), sessions: sessions, accounts: users,
 		mail: mail, passwords: passwords, limits: limits, metrics: m, appName: c.appName, log: log}
-	return &deps{
+	d := &deps{
 		log:         log,
 		now:         now,
 		store:       store,
@@ -151,7 +156,12 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		metrics:          m,
 		mail:             mail,
 		allow:            c.forwardAuthAllow,
+		portal:           c.portal,
 	}
+	if c.portal.on() {
+		d.portalPages = newPortal(c, d, secret)
+	}
+	return d
 }
 
 func handleHealthz() http.Handler {

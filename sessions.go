@@ -32,6 +32,8 @@ type sessionKeeper struct {
 	// (with tokens or with 503) by the time of its claim plus answerBy. The longest one database
 	// call may take: the driver's timeout.
 	answerBy time.Duration
+	// cookieTTL is how long a cookie session lasts (PORTAL_SESSION_TTL), its cookie with it.
+	cookieTTL time.Duration
 }
 
 // start begins a session for u, logging in from ip with userAgent at level lvl, and issues its
@@ -55,11 +57,20 @@ type opening struct {
 // start. The work goes on if ctx ends, so that a record is either written before drop removes it
 // or not at all.
 func (k *sessionKeeper) open(ctx context.Context, u *User, ip netip.Addr, userAgent string, lvl level) *opening {
+	return k.openAs(ctx, "", u, ip, userAgent, lvl)
+}
+
+// openAs is open for a session of kind (Session.Kind): a cookie session ends cookieTTL after it
+// began, and its one credential is the cookie.
+func (k *sessionKeeper) openAs(ctx context.Context, kind string, u *User, ip netip.Addr, userAgent string, lvl level) *opening {
 	now := k.tokens.now().UTC().Truncate(time.Millisecond)
 	s := &Session{ID: newID(), UserID: u.ID, CreatedAt: now, LastUsedAt: now, IP: ip.String(),
-		UserAgent: cut(userAgent, 256)}
+		UserAgent: cut(userAgent, 256), Kind: kind}
 	if k.maxAge > 0 {
 		s.ExpiresAt = now.Add(k.maxAge)
+	}
+	if kind == sessionCookie {
+		s.ExpiresAt = now.Add(k.cookieTTL)
 	}
 	o := &opening{done: make(chan struct{}), id: s.ID}
 	ctx = context.WithoutCancel(ctx)
@@ -74,9 +85,15 @@ func (k *sessionKeeper) open(ctx context.Context, u *User, ip netip.Addr, userAg
 
 // write is open's work: the record of s, then the account read again.
 func (k *sessionKeeper) write(ctx context.Context, u *User, s *Session, lvl level) (tokenPair, error) {
-	first := k.tokens.successor(s.ExpiresAt, lvl)
-	s.TokensExpireAt, s.Head = k.tokens.bound(first, s.ExpiresAt), first.ID
-	pair, err := k.tokens.pair(u.ID, u.Email, u.EmailVerified, s.ID, first, s.ExpiresAt, s.ExpiresAt)
+	var pair tokenPair
+	var err error
+	if s.Kind == sessionCookie {
+		pair, err = k.cookieOf(u, s, lvl)
+	} else {
+		first := k.tokens.successor(s.ExpiresAt, lvl)
+		s.TokensExpireAt, s.Head = k.tokens.bound(first, s.ExpiresAt), first.ID
+		pair, err = k.tokens.pair(u.ID, u.Email, u.EmailVerified, s.ID, first, s.ExpiresAt, s.ExpiresAt)
+	}
 	if err != nil {
 		return tokenPair{}, err
 	}

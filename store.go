@@ -158,6 +158,9 @@ type Session struct {
 	// Head is the id of the session's newest refresh token, the one not yet used: written by the
 	// login and by each refresh that uses the one before (only one can: see ClaimRefresh).
 	Head string `bson:"head"`
+	// Kind is sessionCookie for a portal sign-in, whose one credential is its cookie; "" for a
+	// session of access and refresh tokens.
+	Kind string `bson:"kind,omitempty"`
 }
 
 // RefreshUse is the first use of a refresh token, and the successor it was exchanged for, so that
@@ -285,6 +288,7 @@ type MFAChallenge struct {
 	IP        string    `bson:"ip"`
 	UserAgent string    `bson:"user_agent"`
 	ExpiresAt time.Time `bson:"expires_at"`
+	Kind      string    `bson:"kind,omitempty"` // the kind of session it opens (Session.Kind)
 }
 
 // keyStore keeps the signing keys that every instance shares.

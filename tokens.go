@@ -14,6 +14,7 @@ import (
 const (
 	useAccess  = "access"
 	useRefresh = "refresh"
+	useCookie  = "cookie" // the portal's session cookie; see cookies.go
 )
 
 // claims is the whole content of a token, parsed once into a typed struct.
@@ -135,6 +136,8 @@ type tokenPair struct {
 	TokenType        string `json:"token_type"`
 	ExpiresIn        int64  `json:"expires_in"`
 	RefreshExpiresIn int64  `json:"refresh_expires_in"`
+
+	cookie *cookieCredential // a cookie session's one credential, instead of the tokens
 }
 
 // successor is a new refresh token of level lvl: its id and times. It lives refreshTTL, but not
@@ -201,6 +204,9 @@ func (t *tokens) pair(userID, email string, verified bool, sid string, next Succ
 func (t *tokens) sign(c claims) (string, error) {
 	c.Issuer = t.issuer
 	c.Audience = t.audience
+	if c.Use == useCookie {
+		c.Audience = cookieAudience
+	}
 	k := t.keys.current().signer(t.now())
 	if k == nil || k.private == nil {
 		return "", errNoSigningKey
@@ -211,7 +217,7 @@ func (t *tokens) sign(c claims) (string, error) {
 }
 
 // parse checks raw and returns its claims. The error is errTokenInvalid for anything not signed
-// by us or not of the wanted use ("" accepts either), and errTokenExpired for a token that is
+// by us or not of the wanted use ("" accepts access or refresh, never a cookie), and errTokenExpired for a token that is
 // authentic and complete but past its expiry; the claims come back with that error too.
 // Revocation is not parse's business.
 func (t *tokens) parse(raw, use string) (*claims, error) {
@@ -231,8 +237,12 @@ func (t *tokens) parse(raw, use string) (*claims, error) {
 		}); err != nil {
 			return nil, errTokenInvalid
 		}
-		if c.Issuer != t.issuer || (t.audience != "" && c.Audience != t.audience) ||
-			c.Subject == "" || c.ID == "" || c.Session == "" || (c.Use != useAccess && c.Use != useRefresh) ||
+		aud := t.audience
+		if c.Use == useCookie {
+			aud = cookieAudience
+		}
+		if c.Issuer != t.issuer || (aud != "" && c.Audience != aud) ||
+			c.Subject == "" || c.ID == "" || c.Session == "" || (c.Use != useAccess && c.Use != useRefresh && c.Use != useCookie) ||
 			c.IssuedAt == 0 || c.Expiry == 0 || time.Unix(c.IssuedAt, 0).After(now.Add(t.leeway)) {
 			return nil, errTokenInvalid
 		}
@@ -240,7 +250,7 @@ func (t *tokens) parse(raw, use string) (*claims, error) {
 			t.verified.put(raw, c, used, now)
 		}
 	}
-	if use != "" && c.Use != use {
+	if use != "" && c.Use != use || use == "" && c.Use == useCookie {
 		return nil, errTokenInvalid
 	}
 	if t.expired(c, now) {

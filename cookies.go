@@ -1,0 +1,102 @@
+package main
+
+// cookies.go is the portal's session cookie: the credential of a cookie session, its check on the
+// hot path, and how it is set and cleared.
+
+import (
+	"net/http"
+	"time"
+)
+
+const (
+	// sessionCookie is the Session.Kind of a portal sign-in.
+	sessionCookie = "cookie"
+	// cookieName is the one name of the portal's cookie, host-only or on COOKIE_DOMAIN.
+	cookieName = "auth_session"
+	// cookieAudience is the aud of every cookie credential, whatever JWT_AUDIENCE is, so that a
+	// service checking tokens itself against JWT_AUDIENCE refuses a cookie as a bearer token; the
+	// service itself tells them apart by token_use.
+	cookieAudience = "auth-portal-cookie"
+)
+
+// cookieCredential is the value of a cookie session's cookie and when it expires.
+type cookieCredential struct {
+	value   string
+	expires time.Time
+}
+
+// cookieOf signs the credential of the cookie session s of u at level lvl: a JWT signed as access
+// tokens are, of token_use "cookie", which lives as long as the session (PORTAL_SESSION_TTL). It
+// is never renewed: ending the session blacklists its sid until the credential has expired
+// (TokensExpireAt, which end reads), so the check needs no database.
+func (k *sessionKeeper) cookieOf(u *User, s *Session, lvl level) (tokenPair, error) {
+	now := k.tokens.now()
+	s.TokensExpireAt = k.tokens.until(s.ExpiresAt)
+	raw, err := k.tokens.sign(claims{Subject: u.ID, Email: u.Email, EmailVerified: u.EmailVerified, Session: s.ID,
+		Use: useCookie, ID: newID(), IssuedAt: now.Unix(), Expiry: s.ExpiresAt.Unix(), AMR: lvl.AMR, ACR: lvl.ACR})
+	if err != nil {
+		return tokenPair{}, err
+	}
+	return tokenPair{cookie: &cookieCredential{value: raw, expires: s.ExpiresAt}}, nil
+}
+
+// cookieClaims returns the claims of the portal cookie r carries, checked as accept checks a
+// token: signature (cached), expiry and this instance's copy of the blacklist, never the
+// database. Two cookies of the name (a host-only one and one on COOKIE_DOMAIN, or one planted
+// from a sibling host) fail closed: a new sign-in clears both.
+func cookieClaims(t *tokens, revs *revocations, r *http.Request) (*claims, error) {
+	cs := r.CookiesNamed(cookieName)
+	switch len(cs) {
+	case 0:
+		return nil, errTokenMissing
+	case 1:
+		return accept(t, revs, cs[0].Value, useCookie)
+	}
+	return nil, errRepeated("Cookie " + cookieName)
+}
+
+// bearerOrCookie is the forward-auth check's credential: the access token when the request
+// carries one, else the portal's cookie (when the portal is on).
+func bearerOrCookie(t *tokens, revs *revocations, portalOn bool) func(*http.Request) (*claims, error) {
+	return func(r *http.Request) (*claims, error) {
+		raw, err := accessToken(r)
+		if err != nil {
+			return nil, err
+		}
+		if raw == "" && portalOn {
+			return cookieClaims(t, revs, r)
+		}
+		return accept(t, revs, raw, useAccess)
+	}
+}
+
+// setSessionCookie hands the browser cred, after clearing any cookie of the name it may hold on
+// the other scope, so that a leftover never shadows it.
+func setSessionCookie(w http.ResponseWriter, p portalConfig, cred *cookieCredential, now time.Time) {
+	if p.cookieDomain != "" {
+		http.SetCookie(w, sessionCookieOf(p, "", "", time.Time{}))
+	}
+	c := sessionCookieOf(p, p.cookieDomain, cred.value, cred.expires)
+	c.MaxAge = max(int(cred.expires.Sub(now)/time.Second), 1)
+	http.SetCookie(w, c)
+}
+
+// clearSessionCookies removes the cookie host-only and on COOKIE_DOMAIN.
+func clearSessionCookies(w http.ResponseWriter, p portalConfig) {
+	http.SetCookie(w, sessionCookieOf(p, "", "", time.Time{}))
+	if p.cookieDomain != "" {
+		http.SetCookie(w, sessionCookieOf(p, p.cookieDomain, "", time.Time{}))
+	}
+}
+
+// sessionCookieOf is the cookie of the name on domain ("" for host-only); no value clears it.
+func sessionCookieOf(p portalConfig, domain, value string, expires time.Time) *http.Cookie {
+	c := &http.Cookie{Name: cookieName, Value: value, Path: "/", Domain: domain, HttpOnly: true,
+		Secure: p.secure, SameSite: http.SameSiteLaxMode}
+	if value == "" {
+		c.MaxAge = -1
+	} else {
+		c.Expires = expires
+	}
+	return c
+}

@@ -1,0 +1,447 @@
+package main
+
+// portal.go is the login portal: its pages (sign-in, second factor, step-up, sign-out), the
+// forward-auth endpoint that sends a browser to them, and their guards (CSRF, return addresses).
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"embed"
+	"encoding/base64"
+	"errors"
+	"html/template"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+//go:embed portal/*.html
+var portalFS embed.FS
+
+var portalPages = template.Must(template.ParseFS(portalFS, "portal/*.html"))
+
+// endSteppedUp ends an aal1 cookie session that a step-up replaced with a new one at aal2.
+const endSteppedUp = "stepped_up"
+
+// portal serves the pages; it signs in through the same login, throttles and second factor as
+// the API, into cookie sessions.
+type portal struct {
+	cfg      portalConfig
+	appName  string
+	log      *slog.Logger
+	now      func() time.Time
+	clients  clientIPs
+	logins   *logins
+	mfa      *mfa
+	sessions *sessionKeeper
+	tokens   *tokens
+	revs     *revocations
+	allow    *allowList // FORWARD_AUTH_ALLOW
+	csrfKey  []byte
+}
+
+func newPortal(c config, d *deps, secret []byte) *portal {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte("portal csrf"))
+	return &portal{cfg: c.portal, appName: c.appName, log: d.log, now: d.now, clients: d.clients, logins: d.logins,
+		mfa: d.mfa, sessions: d.sessions, tokens: d.tokens, revs: d.revocations, allow: d.allow, csrfKey: m.Sum(nil)}
+}
+
+// addPortalRoutes lists the portal's routes, served when PUBLIC_URL is set.
+func addPortalRoutes(mux routeAdder, p *portal) {
+	mux.Handle("GET /account", p.page(p.home))
+	mux.Handle("GET /login", p.page(p.loginForm))
+	mux.Handle("POST /login", p.form(p.signIn))
+	mux.Handle("POST /login/code", p.form(p.secondFactor))
+	mux.Handle("GET /step-up", p.page(p.stepUpForm))
+	mux.Handle("POST /step-up", p.form(p.stepUp))
+	mux.Handle("GET /logout", p.page(p.logoutForm))
+	mux.Handle("POST /logout", p.form(p.logout))
+	mux.Handle("GET /auth/forward", p.forward())
+}
+
+// pageData is what every page template reads.
+type pageData struct {
+	AppName, Title, Error, Notice string
+	Email, RD, CSRF, MFAToken     string
+	Action, Link, LinkText        string
+	status                        int
+	template                      string
+}
+
+// page serves a GET page: f fills d (CSRF token included) and may answer itself (a redirect),
+// returning nil.
+func (p *portal) page(f func(w http.ResponseWriter, r *http.Request, d *pageData) *pageData) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		securePage(w)
+		d := &pageData{AppName: p.appName, CSRF: p.csrfToken(w, r), status: http.StatusOK}
+		if d = f(w, r, d); d != nil {
+			p.render(w, d)
+		}
+	})
+}
+
+// form serves a form's POST: refused without the page's CSRF token or from another origin.
+func (p *portal) form(f func(w http.ResponseWriter, r *http.Request, d *pageData) *pageData) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		securePage(w)
+		d := &pageData{AppName: p.appName, status: http.StatusOK}
+		r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+		if err := r.ParseForm(); err != nil || !strings.HasPrefix(r.Header.Get("Content-Type"), "application/x-www-form-urlencoded") {
+			d.Title, d.Error, d.status, d.template = "Bad request", "The form could not be read; go back and try again.", http.StatusBadRequest, "message"
+			p.render(w, d)
+			return
+		}
+		if !p.sameOrigin(r) || !p.csrfValid(r) {
+			d.Title, d.Error, d.status, d.template = "Form expired", "This form has expired or came from another site. Go back, reload the page and try again.", http.StatusForbidden, "message"
+			d.Link, d.LinkText = "/login", "Sign in"
+			p.csrfToken(w, r)
+			p.render(w, d)
+			return
+		}
+		d.CSRF = p.csrfToken(w, r)
+		if d = f(w, r, d); d != nil {
+			p.render(w, d)
+		}
+	})
+}
+
+func (p *portal) render(w http.ResponseWriter, d *pageData) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(d.status)
+	if err := portalPages.ExecuteTemplate(w, d.template, d); err != nil {
+		p.log.Error("rendering a portal page failed", "template", d.template, "err", err)
+	}
+}
+
+// securePage sets the headers of every page: no script at all, never framed, no referrer to
+// other sites (same-origin keeps Origin on the portal's own forms), never cached.
+func securePage(w http.ResponseWriter) {
+	h := w.Header()
+	h.Set("Content-Security-Policy", "default-src 'none'; img-src 'self'; style-src 'self'; frame-ancestors 'none'; base-uri 'none'")
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("Referrer-Policy", "same-origin")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+}
+
+// sameOrigin reports whether a form's POST comes from the portal's own pages: Sec-Fetch-Site says
+// so, or, from a browser that sends none, Origin is PUBLIC_URL's.
+func (p *portal) sameOrigin(r *http.Request) bool {
+	if site := r.Header.Values("Sec-Fetch-Site"); len(site) > 0 {
+		return len(site) == 1 && site[0] == "same-origin"
+	}
+	origin := r.Header.Values("Origin")
+	return len(origin) == 1 && strings.EqualFold(origin[0], p.cfg.publicURL)
+}
+
+// The CSRF guard is a signed double submit: a random cookie, and in each form its HMAC, which a
+// cookie planted from a sibling host cannot come with.
+func (p *portal) csrfCookieName() string {
+	if p.cfg.secure {
+		return "__Host-auth_csrf" // host-only, Secure, Path=/: no other host can set it
+	}
+	return "auth_csrf"
+}
+
+// csrfToken returns the form token of the browser's CSRF cookie, setting one first if it has none.
+func (p *portal) csrfToken(w http.ResponseWriter, r *http.Request) string {
+	var v string
+	if cs := r.CookiesNamed(p.csrfCookieName()); len(cs) == 1 && len(cs[0].Value) >= 22 {
+		v = cs[0].Value
+	} else {
+		v = newID()
+		http.SetCookie(w, &http.Cookie{Name: p.csrfCookieName(), Value: v, Path: "/", HttpOnly: true,
+			Secure: p.cfg.secure, SameSite: http.SameSiteStrictMode})
+		r.AddCookie(&http.Cookie{Name: p.csrfCookieName(), Value: v}) // a later token in this request agrees
+	}
+	return p.csrfOf(v)
+}
+
+func (p *portal) csrfOf(cookie string) string {
+	m := hmac.New(sha256.New, p.csrfKey)
+	m.Write([]byte(cookie))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+func (p *portal) csrfValid(r *http.Request) bool {
+	cs := r.CookiesNamed(p.csrfCookieName())
+	sent := r.PostForm["csrf"]
+	return len(cs) == 1 && len(sent) == 1 && hmac.Equal([]byte(sent[0]), []byte(p.csrfOf(cs[0].Value)))
+}
+
+// returnTo is where a sign-in sends the browser: rd when it is safe (safeReturn), else the
+// portal's account page.
+func (p *portal) returnTo(rd string) string {
+	if u, ok := safeReturn(p.cfg, rd); ok {
+		return u
+	}
+	return p.cfg.publicURL + "/account"
+}
+
+// safeReturn returns rd, re-serialised, when it is an absolute http(s) URL to the portal's host, a
+// host under COOKIE_DOMAIN or one of REDIRECT_ALLOWED_HOSTS, over https when the portal is; never
+// anything a browser could read as another host (backslashes, user info, no scheme, controls).
+func safeReturn(p portalConfig, rd string) (string, bool) {
+	if rd == "" || len(rd) > 4096 || strings.ContainsAny(rd, "\\") {
+		return "", false
+	}
+	for _, r := range rd {
+		if r <= ' ' || r == 0x7f || r > 0x7e {
+			return "", false
+		}
+	}
+	u, err := url.Parse(rd)
+	if err != nil || u.Opaque != "" || u.User != nil || u.Host == "" {
+		return "", false
+	}
+	if u.Scheme != "https" && (u.Scheme != "http" || p.secure) {
+		return "", false
+	}
+	host := u.Hostname()
+	if host != strings.ToLower(host) || !isHostName(host) {
+		return "", false
+	}
+	own, _ := url.Parse(p.publicURL)
+	ok := own != nil && host == own.Hostname() || p.cookieDomain != "" && underDomain(host, p.cookieDomain)
+	for _, h := range p.redirectHosts {
+		ok = ok || host == h
+	}
+	if !ok {
+		return "", false
+	}
+	return u.String(), true
+}
+
+// signedIn is the cookie session of r, if any is valid.
+func (p *portal) signedIn(r *http.Request) *claims {
+	c, err := cookieClaims(p.tokens, p.revs, r)
+	if err != nil {
+		return nil
+	}
+	return c
+}
+
+func (p *portal) home(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
+	c := p.signedIn(r)
+	if c == nil {
+		http.Redirect(w, r, "/login", http.StatusSeeOther)
+		return nil
+	}
+	d.Title, d.Email, d.template = "Signed in", c.Email, "message"
+	return d
+}
+
+func (p *portal) loginForm(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
+	d.Title, d.RD, d.template = "Sign in", r.URL.Query().Get("rd"), "login"
+	if _, ok := safeReturn(p.cfg, d.RD); !ok {
+		d.RD = ""
+	}
+	return d
+}
+
+// signIn is the form's POST: the API's login, for a cookie session.
+func (p *portal) signIn(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
+	d.Title, d.template = "Sign in", "login"
+	d.Email, d.RD = strings.TrimSpace(r.PostForm.Get("email")), r.PostForm.Get("rd")
+	password := r.PostForm.Get("password")
+	if d.Email == "" || password == "" {
+		d.Error, d.status = "Enter your email and password.", http.StatusBadRequest
+		return d
+	}
+	a, err := p.logins.loginAs(r.Context(), sessionCookie, p.clients.of(r), r.UserAgent(), d.Email, password)
+	if err != nil {
+		return p.failed(w, r, d, err)
+	}
+	if a.mfaToken != "" {
+		d.Title, d.MFAToken, d.Action, d.template = "Second factor", a.mfaToken, "/login/code", "code"
+		return d
+	}
+	return p.signedInTo(w, r, a.pair, d.RD)
+}
+
+// secondFactor is the code page's POST after a password: the API's challenge, for a cookie
+// session.
+func (p *portal) secondFactor(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
+	d.Title, d.Action, d.template = "Second factor", "/login/code", "code"
+	d.RD, d.MFAToken = r.PostForm.Get("rd"), r.PostForm.Get("mfa_token")
+	code, recovery := strings.ReplaceAll(r.PostForm.Get("code"), " ", ""), strings.TrimSpace(r.PostForm.Get("recovery_code"))
+	if code == "" && recovery == "" {
+		d.Error, d.status = "Enter the code from your authenticator app, or a recovery code.", http.StatusBadRequest
+		return d
+	}
+	pair, err := p.mfa.verifyChallengeAs(r.Context(), sessionCookie, d.MFAToken, p.clients.of(r), r.UserAgent(), code, recovery)
+	if errors.Is(err, errTokenInvalid) {
+		// The challenge is spent or void: back to the password.
+		d.Title, d.MFAToken, d.template = "Sign in", "", "login"
+		d.Error, d.status = "This sign-in has expired; sign in again.", http.StatusUnauthorized
+		return d
+	}
+	if err != nil {
+		return p.failed(w, r, d, err)
+	}
+	return p.signedInTo(w, r, pair, d.RD)
+}
+
+// signedInTo hands out the new session's cookie and sends the browser on.
+func (p *portal) signedInTo(w http.ResponseWriter, r *http.Request, pair tokenPair, rd string) *pageData {
+	setSessionCookie(w, p.cfg, pair.cookie, p.now())
+	http.Redirect(w, r, p.returnTo(rd), http.StatusSeeOther)
+	return nil
+}
+
+// failed turns a refusal into the page d with its message, as the API words it.
+func (p *portal) failed(w http.ResponseWriter, r *http.Request, d *pageData, err error) *pageData {
+	var e *apiError
+	var busy *busyError
+	switch {
+	case errors.As(err, &e):
+	case errors.As(err, &busy):
+		e = errUnavailable.after(busy.retryAfter)
+	case errors.Is(err, ErrUnavailable):
+		e = errUnavailable
+	default:
+		p.log.LogAttrs(r.Context(), slog.LevelError, "internal error", slog.String("err", err.Error()))
+		e = errInternal
+	}
+	if e.retryAfter > 0 {
+		w.Header().Set("Retry-After", retryAfter(e.retryAfter))
+	}
+	msg := e.message
+	if e == errInternal || errors.Is(e, errUnavailable) {
+		msg = "The service cannot sign you in right now; try again shortly."
+	}
+	d.Error, d.status = strings.ToUpper(msg[:1])+msg[1:]+".", e.status
+	return d
+}
+
+func (p *portal) stepUpForm(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
+	d.RD = r.URL.Query().Get("rd")
+	if _, ok := safeReturn(p.cfg, d.RD); !ok {
+		d.RD = ""
+	}
+	c := p.signedIn(r)
+	if c == nil {
+		http.Redirect(w, r, "/login?rd="+url.QueryEscape(d.RD), http.StatusSeeOther)
+		return nil
+	}
+	d.Title, d.Email, d.Action, d.template = "Confirm with your second factor", c.Email, "/step-up", "code"
+	return d
+}
+
+// stepUp moves a signed-in browser to aal2: a right code opens a new cookie session at aal2 (a
+// fresh id), and the aal1 one ends.
+func (p *portal) stepUp(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
+	d.Title, d.Action, d.template = "Confirm with your second factor", "/step-up", "code"
+	d.RD = r.PostForm.Get("rd")
+	c := p.signedIn(r)
+	if c == nil {
+		http.Redirect(w, r, "/login?rd="+url.QueryEscape(d.RD), http.StatusSeeOther)
+		return nil
+	}
+	d.Email = c.Email
+	ctx, client := r.Context(), p.clients.of(r)
+	u, err := p.mfa.signedIn(ctx, c)
+	if err != nil {
+		return p.failed(w, r, d, err)
+	}
+	code, recovery := strings.ReplaceAll(r.PostForm.Get("code"), " ", ""), strings.TrimSpace(r.PostForm.Get("recovery_code"))
+	if err := p.mfa.prove(ctx, client, u, code, recovery); errors.Is(err, errMFANotEnrolled) {
+		d.Title, d.template = "Second factor needed", "message"
+		d.Error, d.status = "This page needs a second factor, and your account has none. Add an authenticator app to your account first.", http.StatusForbidden
+		return d
+	} else if err != nil {
+		return p.failed(w, r, d, err)
+	}
+	pair, err := p.sessions.openAs(ctx, sessionCookie, u, client, r.UserAgent(), levelTwoFactor).keep()
+	if err != nil {
+		return p.failed(w, r, d, err)
+	}
+	if err := p.sessions.end(ctx, c.Session, endSteppedUp); err != nil {
+		p.log.Warn("ending the session a step-up replaced failed", "session_id", c.Session, "err", err)
+	}
+	return p.signedInTo(w, r, pair, d.RD)
+}
+
+func (p *portal) logoutForm(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
+	d.Title, d.template = "Sign out", "logout"
+	if c := p.signedIn(r); c != nil {
+		d.Email = c.Email
+	}
+	return d
+}
+
+// logout ends the cookie's session, wherever the cookie reached, and clears the cookie on both
+// scopes. An ended or expired cookie's session ends all the same.
+func (p *portal) logout(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
+	d.Title, d.template, d.Link, d.LinkText = "Signed out", "message", "/login", "Sign in again"
+	if cs := r.CookiesNamed(cookieName); len(cs) > 0 {
+		for _, ck := range cs {
+			c, err := p.tokens.parse(ck.Value, useCookie)
+			if err != nil && !errors.Is(err, errTokenExpired) {
+				continue
+			}
+			if err := p.sessions.end(r.Context(), c.Session, endLogout); err != nil {
+				return p.failed(w, r, d, err)
+			}
+		}
+	}
+	clearSessionCookies(w, p.cfg)
+	d.Notice = "You are signed out."
+	return d
+}
+
+// forward is GET /auth/forward, for proxies that follow a redirect (Traefik, Caddy): as
+// /auth/page, except that a browser's navigation that is refused goes to the sign-in page, or
+// to the step-up page for a cookie session that lacks the level the route asks for.
+func (p *portal) forward() http.Handler {
+	credential := bearerOrCookie(p.tokens, p.revs, true)
+	pass := requireAllowed(p.log, p.allow)(handleForwardAuth(p.now))
+	check := requireWith(p.log, credential)(pass)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !isNavigation(r) {
+			check.ServeHTTP(w, r)
+			return
+		}
+		c, err := admit(r, credential)
+		if err == nil {
+			pass.ServeHTTP(w, withClaims(r, c))
+			return
+		}
+		to := "/login"
+		if errors.Is(err, errMFARequired) && c != nil && c.Use == useCookie {
+			to = "/step-up"
+		}
+		if orig := originalURL(r); orig != "" {
+			to += "?rd=" + url.QueryEscape(orig)
+		}
+		w.Header().Set("Cache-Control", "no-store")
+		http.Redirect(w, r, p.cfg.publicURL+to, http.StatusFound)
+	})
+}
+
+// isNavigation reports whether the guarded request is a browser's navigation, which a sign-in
+// page can answer: Sec-Fetch-Mode says so, or, without it, the request accepts HTML.
+func isNavigation(r *http.Request) bool {
+	if mode := r.Header.Values("Sec-Fetch-Mode"); len(mode) > 0 {
+		return len(mode) == 1 && mode[0] == "navigate"
+	}
+	return strings.Contains(r.Header.Get("Accept"), "text/html")
+}
+
+// originalURL is the guarded request's URL from the proxy's X-Forwarded-Proto, -Host and -Uri,
+// or "" when they are missing or repeated; the sign-in checks it again before returning to it.
+func originalURL(r *http.Request) string {
+	proto, err1 := header(r, "X-Forwarded-Proto")
+	host, err2 := header(r, "X-Forwarded-Host")
+	uri, err3 := header(r, "X-Forwarded-Uri")
+	if err1 != nil || err2 != nil || err3 != nil || host == "" || (proto != "http" && proto != "https") {
+		return ""
+	}
+	if !strings.HasPrefix(uri, "/") || strings.HasPrefix(uri, "//") {
+		uri = "/"
+	}
+	return proto + "://" + host + uri
+}
