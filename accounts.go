@@ -204,6 +204,12 @@ func (a *accounts) create(ctx context.Context, email, password string) (*User, e
 // user proved in the session that asked; every earlier session of the user ends, the one of c
 // included, so that no copy of an old token outlives the old password.
 func (a *accounts) changePassword(ctx context.Context, c *claims, client netip.Addr, userAgent, current, next string) (tokenPair, error) {
+	return a.changePasswordAs(ctx, "", c, client, userAgent, current, next)
+}
+
+// changePasswordAs is changePassword whose new session is of kind (Session.Kind): the portal's
+// password change keeps its browser signed in with a new cookie session.
+func (a *accounts) changePasswordAs(ctx context.Context, kind string, c *claims, client netip.Addr, userAgent, current, next string) (tokenPair, error) {
 	u, err := a.passwords.checkUser(ctx, client, c.Subject, current)
 	if err != nil {
 		return tokenPair{}, err
@@ -219,7 +225,7 @@ func (a *accounts) changePassword(ctx context.Context, c *claims, client netip.A
 		return tokenPair{}, err
 	}
 	u.PasswordHash = hash
-	pair, err := a.sessions.start(ctx, u, client, userAgent, c.level())
+	pair, err := a.sessions.openAs(ctx, kind, u, client, userAgent, c.level()).keep()
 	if err != nil {
 		return tokenPair{}, err
 	}

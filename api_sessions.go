@@ -83,10 +83,16 @@ type sessionView struct {
 	LastUsedAt time.Time `json:"last_used_at"`
 	IP         string    `json:"ip"`
 	UserAgent  string    `json:"user_agent"`
+	// Kind is "cookie" for a portal sign-in, "api" for a session of access and refresh tokens.
+	Kind string `json:"kind"`
 }
 
 func viewOf(s Session) sessionView {
-	return sessionView{s.ID, s.CreatedAt.UTC(), s.LastUsedAt.UTC(), s.IP, s.UserAgent}
+	kind := s.Kind
+	if kind == "" {
+		kind = "api"
+	}
+	return sessionView{s.ID, s.CreatedAt.UTC(), s.LastUsedAt.UTC(), s.IP, s.UserAgent, kind}
 }
 
 // handleSessions lists the signed-in user's live sessions, newest first, marking the one the

@@ -51,7 +51,7 @@ func newPortal(c config, d *deps, secret []byte) *portal {
 
 // addPortalRoutes lists the portal's routes, served when PUBLIC_URL is set.
 func addPortalRoutes(mux routeAdder, p *portal) {
-	mux.Handle("GET /account", p.page(p.home))
+	addAccountRoutes(mux, p)
 	mux.Handle("GET /login", p.page(p.loginForm))
 	mux.Handle("POST /login", p.form(p.signIn))
 	mux.Handle("POST /login/code", p.form(p.secondFactor))
@@ -222,16 +222,6 @@ func (p *portal) signedIn(r *http.Request) *claims {
 		return nil
 	}
 	return c
-}
-
-func (p *portal) home(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
-	c := p.signedIn(r)
-	if c == nil {
-		http.Redirect(w, r, "/login", http.StatusSeeOther)
-		return nil
-	}
-	d.Title, d.Email, d.template = "Signed in", c.Email, "message"
-	return d
 }
 
 func (p *portal) loginForm(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
