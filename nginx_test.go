@@ -403,6 +403,13 @@ func nginxConfig(tb testing.TB, bin, listen, auth, app string, edits ...func(sit
 	for _, edit := range edits {
 		site = edit(site)
 	}
+	return nginxConfFile(tb, bin, site)
+}
+
+// nginxConfFile writes a whole nginx.conf around site (what goes in the http block) into a fresh
+// directory, where nginx keeps every file it writes, and returns the directory.
+func nginxConfFile(tb testing.TB, bin, site string) (dir string) {
+	tb.Helper()
 	dir = tb.TempDir()
 	var c strings.Builder
 	fmt.Fprintf(&c, "daemon off;\nmaster_process off;\npid %q;\nerror_log %q notice;\n",
