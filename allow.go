@@ -69,33 +69,37 @@ func (l *allowList) admits(email string) bool {
 func requireAllowed(log *slog.Logger, list *allowList) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			v, err := header(r, "X-Auth-Allow")
-			if err != nil {
+			if err := admitted(log, list, r, claimsFrom(r.Context())); err != nil {
 				writeError(w, r, log, err)
 				return
 			}
-			var route *allowList
-			if _, sent := r.Header["X-Auth-Allow"]; sent {
-				if route, err = parseAllowList(v); err != nil {
-					log.LogAttrs(r.Context(), slog.LevelError, "the proxy sent a bad X-Auth-Allow header; every request with it is refused",
-						slog.String("request_id", requestID(r.Context())), slog.String("err", err.Error()))
-					writeError(w, r, log, errAllowHeader)
-					return
-				}
-			}
-			if list == nil && route == nil {
-				next.ServeHTTP(w, r)
-				return
-			}
-			c := claimsFrom(r.Context())
-			switch {
-			case !list.admits(c.Email) || !route.admits(c.Email):
-				writeError(w, r, log, errNotAllowed)
-			case !c.EmailVerified:
-				writeError(w, r, log, errAllowUnverified)
-			default:
-				next.ServeHTTP(w, r)
-			}
+			next.ServeHTTP(w, r)
 		})
 	}
+}
+
+// admitted is requireAllowed's decision on the user of c: nil when the lists let them pass,
+// else errNotAllowed, errAllowUnverified, or the error of a header that does not parse (logged).
+func admitted(log *slog.Logger, list *allowList, r *http.Request, c *claims) error {
+	v, err := header(r, "X-Auth-Allow")
+	if err != nil {
+		return err
+	}
+	var route *allowList
+	if _, sent := r.Header["X-Auth-Allow"]; sent {
+		if route, err = parseAllowList(v); err != nil {
+			log.LogAttrs(r.Context(), slog.LevelError, "the proxy sent a bad X-Auth-Allow header; every request with it is refused",
+				slog.String("request_id", requestID(r.Context())), slog.String("err", err.Error()))
+			return errAllowHeader
+		}
+	}
+	switch {
+	case list == nil && route == nil:
+		return nil
+	case !list.admits(c.Email) || !route.admits(c.Email):
+		return errNotAllowed
+	case !c.EmailVerified:
+		return errAllowUnverified
+	}
+	return nil
 }

@@ -39,6 +39,8 @@ type portal struct {
 	tokens   *tokens
 	revs     *revocations
 	allow    *allowList // FORWARD_AUTH_ALLOW
+	accounts *accounts
+	mail     *mailFlows
 	csrfKey  []byte
 }
 
@@ -46,7 +48,8 @@ func newPortal(c config, d *deps, secret []byte) *portal {
 	m := hmac.New(sha256.New, secret)
 	m.Write([]byte("portal csrf"))
 	return &portal{cfg: c.portal, appName: c.appName, log: d.log, now: d.now, clients: d.clients, logins: d.logins,
-		mfa: d.mfa, sessions: d.sessions, tokens: d.tokens, revs: d.revocations, allow: d.allow, csrfKey: m.Sum(nil)}
+		mfa: d.mfa, sessions: d.sessions, tokens: d.tokens, revs: d.revocations, allow: d.allow,
+		accounts: d.accounts, mail: d.mail, csrfKey: m.Sum(nil)}
 }
 
 // addPortalRoutes lists the portal's routes, served when PUBLIC_URL is set.
@@ -60,6 +63,7 @@ func addPortalRoutes(mux routeAdder, p *portal) {
 	mux.Handle("GET /logout", p.page(p.logoutForm))
 	mux.Handle("POST /logout", p.form(p.logout))
 	mux.Handle("GET /auth/forward", p.forward())
+	addPortalMailRoutes(mux, p)
 }
 
 // pageData is what every page template reads.
@@ -67,6 +71,9 @@ type pageData struct {
 	AppName, Title, Error, Notice string
 	Email, RD, CSRF, MFAToken     string
 	Action, Link, LinkText        string
+	Token                         string // a mailed link's token, carried by its form
+	PublicURL                     string // for links on pages shown on other hosts
+	SignupOpen, MailOn            bool   // whether to link to /signup and /forgot-password
 	status                        int
 	template                      string
 }
@@ -76,7 +83,8 @@ type pageData struct {
 func (p *portal) page(f func(w http.ResponseWriter, r *http.Request, d *pageData) *pageData) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		securePage(w)
-		d := &pageData{AppName: p.appName, CSRF: p.csrfToken(w, r), status: http.StatusOK}
+		d := p.newPage()
+		d.CSRF = p.csrfToken(w, r)
 		if d = f(w, r, d); d != nil {
 			p.render(w, d)
 		}
@@ -87,7 +95,7 @@ func (p *portal) page(f func(w http.ResponseWriter, r *http.Request, d *pageData
 func (p *portal) form(f func(w http.ResponseWriter, r *http.Request, d *pageData) *pageData) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		securePage(w)
-		d := &pageData{AppName: p.appName, status: http.StatusOK}
+		d := p.newPage()
 		r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 		if err := r.ParseForm(); err != nil || !strings.HasPrefix(r.Header.Get("Content-Type"), "application/x-www-form-urlencoded") {
 			d.Title, d.Error, d.status, d.template = "Bad request", "The form could not be read; go back and try again.", http.StatusBadRequest, "message"
@@ -106,6 +114,11 @@ func (p *portal) form(f func(w http.ResponseWriter, r *http.Request, d *pageData
 			p.render(w, d)
 		}
 	})
+}
+
+func (p *portal) newPage() *pageData {
+	return &pageData{AppName: p.appName, PublicURL: p.cfg.publicURL, SignupOpen: !p.accounts.signupsClosed,
+		MailOn: p.mail.cfg.enabled(), status: http.StatusOK}
 }
 
 func (p *portal) render(w http.ResponseWriter, d *pageData) {
@@ -318,6 +331,18 @@ func (p *portal) stepUpForm(w http.ResponseWriter, r *http.Request, d *pageData)
 		return nil
 	}
 	d.Title, d.Email, d.Action, d.template = "Confirm with your second factor", c.Email, "/step-up", "code"
+	if _, err := p.mfa.store.TOTP(r.Context(), c.Subject); errors.Is(err, ErrNotFound) {
+		return noSecondFactor(d)
+	}
+	return d
+}
+
+// noSecondFactor is the step-up's answer to an account without a second factor: the account
+// page adds one.
+func noSecondFactor(d *pageData) *pageData {
+	d.Title, d.template = "Second factor needed", "message"
+	d.Error, d.status = "This page needs a second factor, and your account has none. Add an authenticator app to your account first.", http.StatusForbidden
+	d.Link, d.LinkText = "/account", "Go to your account"
 	return d
 }
 
@@ -339,9 +364,7 @@ func (p *portal) stepUp(w http.ResponseWriter, r *http.Request, d *pageData) *pa
 	}
 	code, recovery := strings.ReplaceAll(r.PostForm.Get("code"), " ", ""), strings.TrimSpace(r.PostForm.Get("recovery_code"))
 	if err := p.mfa.prove(ctx, client, u, code, recovery); errors.Is(err, errMFANotEnrolled) {
-		d.Title, d.template = "Second factor needed", "message"
-		d.Error, d.status = "This page needs a second factor, and your account has none. Add an authenticator app to your account first.", http.StatusForbidden
-		return d
+		return noSecondFactor(d)
 	} else if err != nil {
 		return p.failed(w, r, d, err)
 	}
@@ -388,8 +411,8 @@ func (p *portal) logout(w http.ResponseWriter, r *http.Request, d *pageData) *pa
 // to the step-up page for a cookie session that lacks the level the route asks for.
 func (p *portal) forward() http.Handler {
 	credential := bearerOrCookie(p.tokens, p.revs, true)
-	pass := requireAllowed(p.log, p.allow)(handleForwardAuth(p.now))
-	check := requireWith(p.log, credential)(pass)
+	pass := handleForwardAuth(p.now)
+	check := requireWith(p.log, credential)(requireAllowed(p.log, p.allow)(pass))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !isNavigation(r) {
 			check.ServeHTTP(w, r)
@@ -397,6 +420,10 @@ func (p *portal) forward() http.Handler {
 		}
 		c, err := admit(r, credential)
 		if err == nil {
+			if err := admitted(p.log, p.allow, r, c); err != nil {
+				p.notAdmitted(w, r, c, err)
+				return
+			}
 			pass.ServeHTTP(w, withClaims(r, c))
 			return
 		}
@@ -410,6 +437,32 @@ func (p *portal) forward() http.Handler {
 		w.Header().Set("Cache-Control", "no-store")
 		http.Redirect(w, r, p.cfg.publicURL+to, http.StatusFound)
 	})
+}
+
+// notAdmitted is the page of a signed-in browser that the allow lists refuse (err from
+// admitted). The proxy shows it on the app's host: its links are absolute.
+func (p *portal) notAdmitted(w http.ResponseWriter, r *http.Request, c *claims, err error) {
+	securePage(w)
+	d := p.newPage()
+	d.Email, d.RD, d.template = c.Email, originalURL(r), "refused"
+	var e *apiError
+	if !errors.As(err, &e) {
+		e = errInternal
+	}
+	d.status = e.status
+	switch e {
+	case errNotAllowed:
+		d.Title = "Not admitted"
+		d.Error = "You are signed in as " + c.Email + ", but this application does not admit this account."
+	case errAllowUnverified:
+		d.Title = "Address not confirmed"
+		d.Error = "You are signed in as " + c.Email + ", but this application admits only confirmed addresses. " +
+			"Follow the link mailed to you, then sign out and sign in again."
+	default:
+		d.Title, d.Email = "This application is misconfigured", ""
+		d.Error = "The proxy in front of this application sent a request the service cannot read; its operator must fix it."
+	}
+	p.render(w, d)
 }
 
 // isNavigation reports whether the guarded request is a browser's navigation, which a sign-in

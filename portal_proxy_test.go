@@ -117,15 +117,15 @@ func testPortalBehind(t *testing.T, start func(tb testing.TB, addr, publicURL, a
 		t.Fatal("an app saw a request after the sign-out")
 	}
 
-	// Bob signs in with a password alone, in another browser: the route asking for aal2 asks
-	// him for the code on the step-up page, and would return him there.
+	// Bob signs in with a password alone, in another browser: the route asking for aal2 sends
+	// him to the step-up page, which says that his account has no second factor yet.
 	bob := e.newUser(t)
 	b := newPortalTab(t, browser)
 	b.navigate(t, app2+"/admin/", 200)
-	b.submit(t, map[string]string{"email": bob, "password": "correct horse battery"}, 200)
+	b.submit(t, map[string]string{"email": bob, "password": "correct horse battery"}, 403)
 	b.wantAt(t, publicURL+"/step-up?rd=http%3A%2F%2Fapp2.example.test%3A"+port+"%2Fadmin%2F",
 		publicURL+"/step-up?rd=http://app2.example.test:"+port+"/admin/")
-	if !strings.Contains(b.text(t), "Enter the code from your authenticator app for "+bob) {
+	if !strings.Contains(b.text(t), "your account has none") {
 		t.Fatalf("a password-only session on a route asking for aal2: %s, want the step-up page", b.text(t))
 	}
 	b.navigate(t, app2+"/", 200)

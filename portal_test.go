@@ -381,7 +381,8 @@ func TestForwardSendsABrowsersNavigationToTheSignInPage(t *testing.T) {
 	if p.status != 302 || p.header.Get("Location") != stepUp {
 		t.Fatalf("aal2 asked of an aal1 cookie: %d to %q, want %q", p.status, p.header.Get("Location"), stepUp)
 	}
-	wantPage(t, b.send(t, "GET", "/step-up?rd="+url.QueryEscape("https://app.example.test/reports?q=1"), nil), 200, `autocomplete="one-time-code"`)
+	wantPage(t, b.send(t, "GET", "/step-up?rd="+url.QueryEscape("https://app.example.test/reports?q=1"), nil), 403, "your account has none")
+	b.send(t, "GET", "/login", nil) // a form's CSRF token
 	wantPage(t, b.post(t, "/step-up", url.Values{"code": {"123456"}, "rd": {"https://app.example.test/reports?q=1"}}), 403, "your account has none")
 }
 
