@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	rtmetrics "runtime/metrics"
 	"strings"
 	"sync"
 	"testing"
@@ -628,6 +629,22 @@ func TestConfig(t *testing.T) {
 			t.Fatalf("run: %v", err)
 		}
 	})
+}
+
+// The hashes of a login storm after a restart ran on pages the process touched for the first time,
+// a fault each, and took half again their time: the start leaves the heap holding, not given back
+// to the system, the memory up to nine tenths of the soft limit.
+func TestAStartLeavesTheHeapHoldingMemoryUpToTheLimitForTheHashes(t *testing.T) {
+	sample := []rtmetrics.Sample{{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}}
+	held := func() int64 {
+		rtmetrics.Read(sample)
+		return int64(sample[0].Value.Uint64() - sample[1].Value.Uint64())
+	}
+	limit := held() + 96<<20
+	warmHeap(limit)
+	if got, want := held(), limit*9/10-int64(argonMemory)<<10; got < want {
+		t.Fatalf("the heap holds %d MiB after warming, want at least %d MiB", got>>20, want>>20)
+	}
 }
 
 func TestLoginsBeyondTheHashingQueueAreTurnedAwayAtOnce(t *testing.T) {

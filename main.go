@@ -10,11 +10,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
+	rtmetrics "runtime/metrics"
 	"syscall"
 	"time"
 )
@@ -40,11 +43,40 @@ func tuneRuntime(c config, getenv func(string) string) {
 	}
 	debug.SetMemoryLimit(c.memoryLimit)
 	if getenv("GOGC") == "" {
-		// With the heap capped by the limit, the collector need not also run every time the few
-		// MiB of live data double: under a forward-auth load that was a tenth of the CPU
-		// (measured with scripts/loadtest.sh).
-		debug.SetGCPercent(400)
+		// The collector need not run every time the few MiB of live data double (under a
+		// forward-auth load that was a tenth of the CPU, scripts/loadtest.sh), but a storm's heap
+		// must stay below the limit: at GOGC 400 it ran into it every cycle, and the runtime gave
+		// 20-28 MiB back to the system each time, which the next hashes faulted in again.
+		debug.SetGCPercent(200)
 	}
+}
+
+// warmHeap has the kernel back, before the service listens, the memory the heap may grow to under
+// limit, and leaves it to the heap. A page touched for the first time costs a fault, two when read
+// before written as argon2 does, about 16 µs each on some VMs: a 19 MiB hash on fresh memory took
+// 180 ms instead of 22. A login storm after a restart grew the heap to the limit on such pages.
+// The runtime gives the memory back to the system when the service stays idle.
+func warmHeap(limit int64) {
+	if limit <= 0 || limit == math.MaxInt64 {
+		return // tests, and a process without a limit: no size to warm to
+	}
+	// The limit counts the memory mapped and not released; the runtime returns what is over 95%.
+	sample := []rtmetrics.Sample{{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}}
+	held := func() int64 {
+		rtmetrics.Read(sample)
+		return int64(sample[0].Value.Uint64() - sample[1].Value.Uint64())
+	}
+	var bufs [][]byte
+	for size := int64(argonMemory) << 10; held()+size < limit*9/10; {
+		b := make([]byte, size)
+		for i := 0; i < len(b); i += os.Getpagesize() {
+			b[i] = 1
+		}
+		bufs = append(bufs, b)
+	}
+	// Live until here, so that the heap grows rather than reuse them; no collection after: one
+	// now would tell the runtime the heap is small, and it would return the pages at once.
+	runtime.KeepAlive(bufs)
 }
 
 // newHTTPServer bounds what one client can hold: a slow-loris sender is cut off after
@@ -146,6 +178,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	go d.keys.follow(bg, c.syncInterval)
 	go d.passwords.learnImportedHashes(bg)
 	go logOut.flushEvery(bg, 100*time.Millisecond)
+
+	warmHeap(debug.SetMemoryLimit(-1)) // the limit main set, if any
 
 	type listener struct {
 		name, addr string
