@@ -77,7 +77,7 @@ func (o *outbox) loop(ctx context.Context) {
 		case <-o.wake:
 		case <-purge.C:
 			if err := o.store.PurgeMail(ctx, o.now()); err != nil && ctx.Err() == nil {
-				o.log.Warn("purge of expired mail tokens failed", "err", err)
+				o.log.Warn("purge of expired mail links failed", "err", err)
 			}
 		}
 	}

@@ -8,9 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
-	"strings"
 	"time"
-	"unicode/utf8"
 )
 
 // sessionKeeper starts, refreshes and ends login sessions. A session is a record in the database
@@ -147,7 +145,7 @@ func (k *sessionKeeper) live(ctx context.Context, user string) ([]Session, error
 	}
 	var out []Session
 	for _, s := range all {
-		if !ended[sidPrefix+s.ID] && !k.revs.revoked(&claims{Session: s.ID}) &&
+		if !ended[sidPrefix+s.ID] && !k.revs.revoked("", s.ID) &&
 			(s.ExpiresAt.IsZero() || now.Before(s.ExpiresAt)) {
 			out = append(out, s)
 		}
@@ -386,17 +384,6 @@ func (k *sessionKeeper) end(ctx context.Context, sid, reason string) error {
 		return k.store.ExtendRevocation(ctx, rev.ID, rev.ExpiresAt, now)
 	}
 	return nil
-}
-
-// cut shortens s to at most n bytes, on a character boundary.
-func cut(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return strings.ToValidUTF8(s[:n], "")
 }
 
 // rotate exchanges the refresh token raw for the next pair of its session (see refresh), and

@@ -6,11 +6,14 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
@@ -201,6 +204,12 @@ type revocationStore interface {
 	// RevocationsSince lists revocations created at or after since that are still in force at now.
 	RevocationsSince(ctx context.Context, since, now time.Time) ([]Revocation, error)
 }
+
+// A blacklist entry's ID is jtiPrefix and a token's id, or sidPrefix and a session's.
+const (
+	jtiPrefix = "jti:"
+	sidPrefix = "sid:"
+)
 
 // Revocation is one blacklist entry: a token id ("jti:...") or a whole login session ("sid:...").
 // It means nothing after ExpiresAt, because every token it could match has expired by then.
@@ -593,4 +602,22 @@ func (s *mongoStore) Purge(ctx context.Context, now time.Time) error {
 
 func (s *mongoStore) Ping(ctx context.Context) error {
 	return s.err(s.users.Database().Client().Ping(ctx, nil))
+}
+
+// newID returns 128 random bits, URL-safe: token ids, session ids and user ids.
+func newID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// cut shortens s to at most n bytes, on a character boundary.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return strings.ToValidUTF8(s[:n], "")
 }
