@@ -12,18 +12,6 @@ import (
 	"time"
 )
 
-// What moves an account's security stamp (docs/security-model.md): every change of its
-// credentials or of its means of recovery. Each is recorded as a SecurityEvent with this reason; a
-// password change or reset with the reason its sessions end for (endPasswordChange,
-// endPasswordReset).
-const (
-	stampFactorAdded    = "factor_added"
-	stampFactorRemoved  = "factor_removed"
-	stampRecoveryUsedUp = "recovery_codes_used_up"
-	stampEmailChanged   = "email_changed"
-	stampDisabled       = "account_disabled"
-)
-
 // accounts are the operations on an account: its creation, and those that move its stamp or end
 // its sessions, shared by its owner's and the operator's endpoints.
 type accounts struct {

@@ -222,6 +222,10 @@ func (s *settings) num(key string, def int) int {
 	return n
 }
 
+// jwksMaxAge is how long clients may cache /.well-known/jwks.json. JWT_KEY_PUBLISH_AHEAD must be
+// longer, so that a key is in every cached copy before any token is signed with it.
+const jwksMaxAge = 5 * time.Minute
+
 // How mail leaves the service (mailConfig.mode).
 const (
 	mailOff  = "off"  // MONGODB_URI without SMTP_URL: the email endpoints answer email_disabled

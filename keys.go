@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,25 +22,10 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// The algorithms JWT_ALG may name.
-const (
-	algHS256 = "HS256"
-	algEdDSA = "EdDSA" // Ed25519
-	algES256 = "ES256" // ECDSA on P-256
-)
-
-// jwksMaxAge is how long clients may cache /.well-known/jwks.json. JWT_KEY_PUBLISH_AHEAD must be
-// longer, so that a key is in every cached copy before any token is signed with it.
-const jwksMaxAge = 5 * time.Minute
-
 var (
 	errUnknownKey = errors.New("the token names no key that may sign")
 	// errNoSigningKey is answered 503: it lasts at most one poll, after every key was revoked.
 	errNoSigningKey = fmt.Errorf("%w: no signing key is in force yet", ErrUnavailable)
-
-	errKeysNotManaged = &apiError{status: http.StatusConflict, code: "keys_not_managed",
-		message: "with JWT_ALG=HS256 the keys are JWT_SECRET and JWT_SECRET_PREVIOUS; change those instead"}
-	errKeyNotFound = &apiError{status: http.StatusNotFound, code: "not_found", message: "no signing key has that kid"}
 )
 
 // verifyKey is one key that a live token may be signed with. Once it leaves the key set

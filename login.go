@@ -13,8 +13,10 @@ import (
 type logins struct {
 	passwords *passwordCheck
 	sessions  *sessionKeeper
-	second    *mfa
-	metrics   *metrics
+	second    interface { // the second factor's challenge, for a user who has one
+		challenge(ctx context.Context, u *User, client netip.Addr, userAgent string) (string, error)
+	}
+	metrics *metrics
 	// EMAIL_VERIFICATION=required: the right password for an address not verified yet gets
 	// errEmailNotVerified and no session; a wrong one gets errInvalidCredentials as ever, so that
 	// the refusal tells nothing to someone without the password.

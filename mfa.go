@@ -75,10 +75,12 @@ type mfa struct {
 		factorStore
 		userStore
 	}
-	tokens    *tokens
-	seal      *sealer
-	sessions  *sessionKeeper
-	accounts  *accounts      // a factor added, removed or used up moves the account's stamp
+	tokens   *tokens
+	seal     *sealer
+	sessions *sessionKeeper
+	stamps   interface { // a factor added, removed or used up moves the account's stamp
+		moveStamp(ctx context.Context, user, event string) error
+	}
 	mail      *mailFlows     // and its owner is told; and when wrong codes lock the factor
 	passwords *passwordCheck // adding a factor asks for the password
 	limits    *loginLimits
@@ -150,7 +152,7 @@ func (m *mfa) recoveryUsed(ctx context.Context, u *User) error {
 	if err != nil || left > 0 {
 		return err
 	}
-	return m.accounts.moveStamp(ctx, u.ID, stampRecoveryUsedUp)
+	return m.stamps.moveStamp(ctx, u.ID, stampRecoveryUsedUp)
 }
 
 // attempt begins a try at u's second factor, of any kind, from client, answering ch if not
@@ -329,7 +331,7 @@ func (m *mfa) confirm(ctx context.Context, c *claims, client netip.Addr, code st
 	if err := m.store.SetRecoveryCodes(ctx, u.ID, digests); err != nil {
 		return nil, err
 	}
-	if err := m.accounts.moveStamp(ctx, u.ID, stampFactorAdded); err != nil {
+	if err := m.stamps.moveStamp(ctx, u.ID, stampFactorAdded); err != nil {
 		return nil, err
 	}
 	if _, err := m.sessions.endAll(ctx, u.ID, c.Session, endMFAAdded); err != nil {
@@ -358,7 +360,7 @@ func (m *mfa) remove(ctx context.Context, c *claims, client netip.Addr, code, re
 	} else if err != nil {
 		return err
 	}
-	if err := m.accounts.moveStamp(ctx, u.ID, stampFactorRemoved); err != nil {
+	if err := m.stamps.moveStamp(ctx, u.ID, stampFactorRemoved); err != nil {
 		return err
 	}
 	if _, err := m.sessions.endAll(ctx, u.ID, c.Session, endMFARemoved); err != nil {

@@ -205,6 +205,25 @@ type revocationStore interface {
 	RevocationsSince(ctx context.Context, since, now time.Time) ([]Revocation, error)
 }
 
+// What moves an account's security stamp (docs/security-model.md): every change of its
+// credentials or of its means of recovery. Each is recorded as a SecurityEvent with this reason; a
+// password change or reset with the reason its sessions end for (endPasswordChange,
+// endPasswordReset).
+const (
+	stampFactorAdded    = "factor_added"
+	stampFactorRemoved  = "factor_removed"
+	stampRecoveryUsedUp = "recovery_codes_used_up"
+	stampEmailChanged   = "email_changed"
+	stampDisabled       = "account_disabled"
+)
+
+// The algorithms JWT_ALG, and so a SigningKey, may name.
+const (
+	algHS256 = "HS256"
+	algEdDSA = "EdDSA" // Ed25519
+	algES256 = "ES256" // ECDSA on P-256
+)
+
 // A blacklist entry's ID is jtiPrefix and a token's id, or sidPrefix and a session's.
 const (
 	jtiPrefix = "jti:"
