@@ -19,7 +19,12 @@ type accounts struct {
 		userStore
 		attemptStore
 	}
-	sessions  *sessionKeeper
+	sessions interface { // see sessionKeeper
+		alive(ctx context.Context, c *claims) error
+		start(ctx context.Context, u *User, ip netip.Addr, userAgent string, lvl level) (tokenPair, error)
+		live(ctx context.Context, user string) ([]Session, error)
+		endAll(ctx context.Context, user, except, reason string) (int, error)
+	}
 	passwords *passwordCheck
 	hasher    *hasher
 	mail      *mailFlows
@@ -33,7 +38,7 @@ type accounts struct {
 // moveStamp records event on user's account: from then on, every link, challenge or code issued
 // for it before is refused.
 func (a *accounts) moveStamp(ctx context.Context, user, event string) error {
-	return a.store.MoveStamp(ctx, SecurityEvent{ID: newID(), UserID: user, Reason: event, At: a.sessions.tokens.now().UTC()})
+	return a.store.MoveStamp(ctx, SecurityEvent{ID: newID(), UserID: user, Reason: event, At: a.now().UTC()})
 }
 
 // setPassword gives user the password hashed as hash, for reason (a change or a reset): the stamp

@@ -12,8 +12,10 @@ import (
 // active second factor, a challenge for it.
 type logins struct {
 	passwords *passwordCheck
-	sessions  *sessionKeeper
-	second    interface { // the second factor's challenge, for a user who has one
+	sessions  interface { // opens a session while the password hashes: see sessionKeeper.open
+		begin(ctx context.Context, u *User, ip netip.Addr, userAgent string, lvl level) (keep func() (tokenPair, error), drop func())
+	}
+	second interface { // the second factor's challenge, for a user who has one
 		challenge(ctx context.Context, u *User, client netip.Addr, userAgent string) (string, error)
 	}
 	metrics *metrics
@@ -32,14 +34,15 @@ type loginAnswer struct {
 
 // login checks email and password, sent from client with userAgent.
 func (l *logins) login(ctx context.Context, client netip.Addr, userAgent, email, password string) (loginAnswer, error) {
-	var opened *opening
+	var keep func() (tokenPair, error)
+	drop := func() {}
 	u, err := l.passwords.check(ctx, client, email, password, func(u *User) {
 		if !u.hasTOTP && !u.Disabled && (!l.requireVerified || u.EmailVerified) {
-			opened = l.sessions.open(ctx, u, client, userAgent, levelPassword)
+			keep, drop = l.sessions.begin(ctx, u, client, userAgent, levelPassword)
 		}
 	})
 	if err != nil {
-		l.sessions.drop(opened)
+		drop()
 	}
 	m := l.metrics
 	switch {
@@ -67,7 +70,7 @@ func (l *logins) login(ctx context.Context, client netip.Addr, userAgent, email,
 		noteUser(ctx, u.ID)
 		return loginAnswer{mfaToken: token}, nil
 	}
-	pair, err := opened.keep() // opened while the password hashed: check calls meanwhile for every success
+	pair, err := keep() // opened while the password hashed: check calls meanwhile for every success
 	if errors.Is(err, errAccountDisabled) {
 		m.login(loginDisabled)
 	}

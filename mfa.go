@@ -77,8 +77,14 @@ type mfa struct {
 	}
 	tokens   *tokens
 	seal     *sealer
-	sessions *sessionKeeper
-	stamps   interface { // a factor added, removed or used up moves the account's stamp
+	revs     *revocations
+	sessions interface { // see sessionKeeper
+		alive(ctx context.Context, c *claims) error
+		start(ctx context.Context, u *User, ip netip.Addr, userAgent string, lvl level) (tokenPair, error)
+		raise(ctx context.Context, c *claims, lvl level) (tokenPair, error)
+		endAll(ctx context.Context, user, except, reason string) (int, error)
+	}
+	stamps interface { // a factor added, removed or used up moves the account's stamp
 		moveStamp(ctx context.Context, user, event string) error
 	}
 	mail      *mailFlows     // and its owner is told; and when wrong codes lock the factor
@@ -415,7 +421,7 @@ func (m *mfa) verifyChallenge(ctx context.Context, token string, client netip.Ad
 // stepUp verifies the factor of the user of the access token raw, with a code or recovery code
 // sent from client, and moves the token's session to aal2.
 func (m *mfa) stepUp(ctx context.Context, raw string, client netip.Addr, code, recovery string) (tokenPair, error) {
-	c, err := accept(m.tokens, m.sessions.revs, raw, useAccess)
+	c, err := accept(m.tokens, m.revs, raw, useAccess)
 	if err != nil {
 		return tokenPair{}, err
 	}

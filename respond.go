@@ -101,7 +101,7 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	case errors.As(err, &e):
 	case errors.As(err, &busy):
 		e = errUnavailable.after(busy.retryAfter)
-	case errors.Is(err, ErrUnavailable):
+	case errors.As(err, new(interface{ unavailable() })): // ErrUnavailable
 		log.LogAttrs(r.Context(), slog.LevelWarn, "unavailable",
 			slog.String("request_id", w.Header().Get("X-Request-Id")), slog.String("err", err.Error()))
 		e = errUnavailable

@@ -138,7 +138,7 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 	users := &accounts{store: store, sessions: sessions, passwords: passwords, hasher: h, mail: mail,
 		signups: &throttle{store: store, now: now, window: c.signupWindow}, signupsPerClient: c.signupMax,
 		now: now, log: log}
-	second := &mfa{store: store, tokens: t, seal: newSealer(secret, "totp"), sessions: sessions, stamps: users,
+	second := &mfa{store: store, tokens: t, seal: newSealer(secret, "totp"), revs: revs, sessions: sessions, stamps: users,
 		mail: mail, passwords: passwords, limits: limits, metrics: m, appName: c.appName, log: log}
 	return &deps{
 		log:         log,

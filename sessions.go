@@ -106,6 +106,13 @@ func (k *sessionKeeper) write(ctx context.Context, u *User, s *Session, lvl leve
 	return pair, nil
 }
 
+// begin is open for a caller that names no type of this file: keep hands the tokens out, drop
+// removes the record.
+func (k *sessionKeeper) begin(ctx context.Context, u *User, ip netip.Addr, userAgent string, lvl level) (keep func() (tokenPair, error), drop func()) {
+	o := k.open(ctx, u, ip, userAgent, lvl)
+	return o.keep, func() { k.drop(o) }
+}
+
 // keep hands out the session's tokens, or tells why there are none.
 func (o *opening) keep() (tokenPair, error) {
 	<-o.done
@@ -483,4 +490,17 @@ func (k *sessionKeeper) endOwn(ctx context.Context, c *claims, id string) error 
 		}
 	}
 	return errNoSuchSession
+}
+
+// sessionView is what a session looks like from outside.
+type sessionView struct {
+	ID         string    `json:"id"`
+	CreatedAt  time.Time `json:"created_at"`
+	LastUsedAt time.Time `json:"last_used_at"`
+	IP         string    `json:"ip"`
+	UserAgent  string    `json:"user_agent"`
+}
+
+func viewOf(s Session) sessionView {
+	return sessionView{s.ID, s.CreatedAt.UTC(), s.LastUsedAt.UTC(), s.IP, s.UserAgent}
 }

@@ -22,10 +22,17 @@ import (
 
 // Errors a Store returns; handlers map them to HTTP answers and never see the driver's own.
 var (
-	ErrNotFound    = errors.New("not found")
-	ErrDuplicate   = errors.New("duplicate")
-	ErrUnavailable = errors.New("database unavailable")
+	ErrNotFound          = errors.New("not found")
+	ErrDuplicate         = errors.New("duplicate")
+	ErrUnavailable error = unavailableError{}
 )
+
+// unavailableError is ErrUnavailable, which the error writer, below the store, tells by its method
+// (wrapped or not) rather than by name.
+type unavailableError struct{}
+
+func (unavailableError) Error() string { return "database unavailable" }
+func (unavailableError) unavailable()  {}
 
 // Store is everything the service keeps. Every method takes the request's context and answers
 // ErrUnavailable when the database cannot be reached in time; the errors each may answer besides
