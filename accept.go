@@ -18,7 +18,7 @@ func accept(t *tokens, revs *revocations, raw, use string) (*claims, error) {
 	if !revs.vouches() {
 		return nil, errCannotVouch
 	}
-	if err := revs.refusal(c); err != nil {
+	if err := revs.refusal(c.ID, c.Session); err != nil {
 		return nil, err
 	}
 	return c, nil

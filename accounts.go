@@ -14,18 +14,6 @@ import (
 	"time"
 )
 
-// What moves an account's security stamp (docs/security-model.md): every change of its
-// credentials or of its means of recovery. Each is recorded as a SecurityEvent with this reason; a
-// password change or reset with the reason its sessions end for (endPasswordChange,
-// endPasswordReset).
-const (
-	stampFactorAdded    = "factor_added"
-	stampFactorRemoved  = "factor_removed"
-	stampRecoveryUsedUp = "recovery_codes_used_up"
-	stampEmailChanged   = "email_changed"
-	stampDisabled       = "account_disabled"
-)
-
 var (
 	errSignupDisabled = &apiError{status: http.StatusForbidden, code: "signup_disabled",
 		message: "sign-up is closed on this service: an operator creates accounts (SIGNUP_ENABLED=false)"}
@@ -40,7 +28,13 @@ type accounts struct {
 		userStore
 		attemptStore
 	}
-	sessions  *sessionKeeper
+	sessions interface { // see sessionKeeper
+		alive(ctx context.Context, c *claims) error
+		start(ctx context.Context, u *User, ip netip.Addr, userAgent string, lvl level) (tokenPair, error)
+		startAs(ctx context.Context, kind string, u *User, ip netip.Addr, userAgent string, lvl level) (tokenPair, error)
+		live(ctx context.Context, user string) ([]Session, error)
+		endAll(ctx context.Context, user, except, reason string) (int, error)
+	}
 	passwords *passwordCheck
 	hasher    *hasher
 	mail      *mailFlows
@@ -55,7 +49,7 @@ type accounts struct {
 // moveStamp records event on user's account: from then on, every link, challenge or code issued
 // for it before is refused.
 func (a *accounts) moveStamp(ctx context.Context, user, event string) error {
-	return a.store.MoveStamp(ctx, SecurityEvent{ID: newID(), UserID: user, Reason: event, At: a.sessions.tokens.now().UTC()})
+	return a.store.MoveStamp(ctx, SecurityEvent{ID: newID(), UserID: user, Reason: event, At: a.now().UTC()})
 }
 
 // setPassword gives user the password hashed as hash, for reason (a change or a reset): the stamp
@@ -225,7 +219,7 @@ func (a *accounts) changePasswordAs(ctx context.Context, kind string, c *claims,
 		return tokenPair{}, err
 	}
 	u.PasswordHash = hash
-	pair, err := a.sessions.openAs(ctx, kind, u, client, userAgent, c.level()).keep()
+	pair, err := a.sessions.startAs(ctx, kind, u, client, userAgent, c.level())
 	if err != nil {
 		return tokenPair{}, err
 	}

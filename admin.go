@@ -10,33 +10,6 @@ import (
 	"time"
 )
 
-// addAdminRoutes lists the operators' API. It is served only on ADMIN_ADDR, never on the public
-// port, and only when ADMIN_TOKEN is set; every call needs that token (see requireAdmin).
-func addAdminRoutes(mux routeAdder, d *deps) {
-	mux.Handle("GET /admin/users", handleAdminFindUser(d.log, d.accounts))
-	mux.Handle("POST /admin/users", handleAdminCreateUser(d.log, d.accounts))
-	mux.Handle("GET /admin/users/{id}/sessions", handleAdminSessions(d.log, d.accounts))
-	mux.Handle("POST /admin/users/{id}/logout", handleAdminLogout(d.log, d.accounts))
-	mux.Handle("POST /admin/users/{id}/disable", handleAdminSetDisabled(d.log, d.accounts, true))
-	mux.Handle("POST /admin/users/{id}/enable", handleAdminSetDisabled(d.log, d.accounts, false))
-	mux.Handle("DELETE /admin/users/{id}", handleAdminDeleteUser(d.log, d.accounts))
-	mux.Handle("POST /admin/keys/rotate", handleKeyRotate(d.log, d.keys))
-	mux.Handle("DELETE /admin/keys/{kid}", handleKeyRevoke(d.log, d.keys))
-}
-
-// newAdminHandler is the operators' API inside the same middleware as the public one, the token
-// check innermost so that refused calls are logged and counted too.
-func newAdminHandler(d *deps, token string) http.Handler {
-	mux := http.NewServeMux()
-	addAdminRoutes(mux, d)
-	var h http.Handler = mux
-	h = muxErrorsAsJSON(h)
-	h = requireAdmin(d.log, token)(h)
-	h = accessLog(d.log, d.now, newRequestIDs(), d.metrics)(h)
-	h = recoverer(d.log)(h)
-	return h
-}
-
 var errAdminToken = &apiError{status: http.StatusUnauthorized, code: "token_invalid", message: "this call needs Authorization: Bearer <ADMIN_TOKEN>"}
 
 // requireAdmin lets a call through only with Authorization: Bearer <token>. The two are compared

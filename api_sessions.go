@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"time"
 )
 
 type refreshBody struct {
@@ -74,25 +73,6 @@ func handleLogout(log *slog.Logger, sessions *sessionKeeper) http.Handler {
 		encode(w, http.StatusOK, map[string]string{"message": "logged out"})
 		return nil
 	})
-}
-
-// sessionView is what a session looks like from outside.
-type sessionView struct {
-	ID         string    `json:"id"`
-	CreatedAt  time.Time `json:"created_at"`
-	LastUsedAt time.Time `json:"last_used_at"`
-	IP         string    `json:"ip"`
-	UserAgent  string    `json:"user_agent"`
-	// Kind is "cookie" for a portal sign-in, "api" for a session of access and refresh tokens.
-	Kind string `json:"kind"`
-}
-
-func viewOf(s Session) sessionView {
-	kind := s.Kind
-	if kind == "" {
-		kind = "api"
-	}
-	return sessionView{s.ID, s.CreatedAt.UTC(), s.LastUsedAt.UTC(), s.IP, s.UserAgent, kind}
 }
 
 // handleSessions lists the signed-in user's live sessions, newest first, marking the one the

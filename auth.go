@@ -174,7 +174,7 @@ func (p *passwordCheck) learnImportedHashes(ctx context.Context) {
 	hash, err := p.store.BcryptHash(ctx)
 	if err != nil {
 		if !errors.Is(err, ErrNotFound) && ctx.Err() == nil {
-			p.log.Warn("looking for imported bcrypt accounts failed; failed logins are padded once seen", "err", err)
+			p.log.Warn("looking for imported bcrypt hashes failed; a failed login is padded once one is seen", "err", err)
 		}
 		return
 	}

@@ -188,7 +188,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		s.errs = append(s.errs, fmt.Errorf("JWT_KEY_ROTATION: must be longer than JWT_KEY_PUBLISH_AHEAD (%v), got %v", c.keyPublishAhead, c.keyRotation))
 	}
 	if c.revocationMaxLag > 0 && c.revocationMaxLag <= c.syncInterval {
-		s.errs = append(s.errs, fmt.Errorf("REVOCATION_MAX_LAG: %s is not longer than REVOCATION_SYNC_INTERVAL (%s): every instance would refuse tokens between two polls",
+		s.errs = append(s.errs, fmt.Errorf("REVOCATION_MAX_LAG: %s is not longer than REVOCATION_SYNC_INTERVAL (%s): every instance would refuse every token between two polls",
 			c.revocationMaxLag, c.syncInterval))
 	}
 	if c.adminToken != "" && len(c.adminToken) < 32 {
@@ -233,6 +233,10 @@ func (s *settings) num(key string, def int) int {
 	}
 	return n
 }
+
+// jwksMaxAge is how long clients may cache /.well-known/jwks.json. JWT_KEY_PUBLISH_AHEAD must be
+// longer, so that a key is in every cached copy before any token is signed with it.
+const jwksMaxAge = 5 * time.Minute
 
 // How mail leaves the service (mailConfig.mode).
 const (

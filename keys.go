@@ -15,9 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
-	"net/url"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,25 +22,10 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// The algorithms JWT_ALG may name.
-const (
-	algHS256 = "HS256"
-	algEdDSA = "EdDSA" // Ed25519
-	algES256 = "ES256" // ECDSA on P-256
-)
-
-// jwksMaxAge is how long clients may cache /.well-known/jwks.json. JWT_KEY_PUBLISH_AHEAD must be
-// longer, so that a key is in every cached copy before any token is signed with it.
-const jwksMaxAge = 5 * time.Minute
-
 var (
 	errUnknownKey = errors.New("the token names no key that may sign")
 	// errNoSigningKey is answered 503: it lasts at most one poll, after every key was revoked.
 	errNoSigningKey = fmt.Errorf("%w: no signing key is in force yet", ErrUnavailable)
-
-	errKeysNotManaged = &apiError{status: http.StatusConflict, code: "keys_not_managed",
-		message: "with JWT_ALG=HS256 the keys are JWT_SECRET and JWT_SECRET_PREVIOUS; change those instead"}
-	errKeyNotFound = &apiError{status: http.StatusNotFound, code: "not_found", message: "no signing key has that kid"}
 )
 
 // verifyKey is one key that a live token may be signed with. Once it leaves the key set
@@ -590,18 +572,18 @@ func keyFits(alg string, pub any) bool {
 // publicJWK is k as a JSON Web Key (RFC 7517, 8037): the members of its thumbprint, and kid,
 // alg and use once k has them.
 func publicJWK(k *verifyKey) map[string]string {
-	b64 := base64.RawURLEncoding.EncodeToString
+	enc := base64.RawURLEncoding.EncodeToString
 	var j map[string]string
 	switch p := k.key.(type) {
 	case ed25519.PublicKey:
-		j = map[string]string{"kty": "OKP", "crv": "Ed25519", "x": b64(p)}
+		j = map[string]string{"kty": "OKP", "crv": "Ed25519", "x": enc(p)}
 	case *ecdsa.PublicKey:
 		e, err := p.ECDH()
 		if err != nil {
 			return nil
 		}
 		b := e.Bytes() // 0x04, X, Y
-		j = map[string]string{"kty": "EC", "crv": "P-256", "x": b64(b[1:33]), "y": b64(b[33:])}
+		j = map[string]string{"kty": "EC", "crv": "P-256", "x": enc(b[1:33]), "y": enc(b[33:])}
 	default:
 		return nil
 	}
@@ -622,63 +604,4 @@ func thumbprint(jwk map[string]string) string {
 	b, _ := json.Marshal(req)
 	sum := sha256.Sum256(b)
 	return base64.RawURLEncoding.EncodeToString(sum[:])
-}
-
-// handleJWKS serves the public keys that may sign or have signed a live token (RFC 7517). Clients
-// may cache it for jwksMaxAge: a key is published at least publish-ahead, which is longer,
-// before it signs.
-func handleJWKS(keys *keyring) http.Handler {
-	cache := fmt.Sprintf("public, max-age=%d", int(jwksMaxAge/time.Second))
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h := w.Header()
-		h.Set("Content-Type", "application/json")
-		h.Set("Cache-Control", cache)
-		w.Write(keys.current().jwks)
-	})
-}
-
-// handleOpenIDConfiguration serves a discovery document, so that libraries configured with an
-// issuer URL find the JWKS. It exists only when JWT_ISSUER is an http(s) URL, the issuer's own
-// address by the convention those libraries follow.
-func handleOpenIDConfiguration(log *slog.Logger, issuer string) http.Handler {
-	u, err := url.Parse(issuer)
-	ok := err == nil && (u.Scheme == "https" || u.Scheme == "http") && u.Host != ""
-	body := map[string]string{"issuer": issuer, "jwks_uri": strings.TrimSuffix(issuer, "/") + "/.well-known/jwks.json"}
-	cache := fmt.Sprintf("public, max-age=%d", int(jwksMaxAge/time.Second))
-	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		if !ok {
-			return &apiError{status: http.StatusNotFound, code: "not_found",
-				message: "JWT_ISSUER is not an http(s) URL, so there is no discovery document; the keys are at /.well-known/jwks.json"}
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Cache-Control", cache)
-		w.WriteHeader(http.StatusOK)
-		json.NewEncoder(w).Encode(body)
-		return nil
-	})
-}
-
-// handleKeyRotate starts a rotation now (the admin API's POST /admin/keys/rotate).
-func handleKeyRotate(log *slog.Logger, keys *keyring) http.Handler {
-	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		info, err := keys.rotate(r.Context())
-		if err != nil {
-			return err
-		}
-		encode(w, http.StatusOK, info)
-		return nil
-	})
-}
-
-// handleKeyRevoke revokes the key {kid}: every token it signed is refused (the admin API's
-// DELETE /admin/keys/{kid}).
-func handleKeyRevoke(log *slog.Logger, keys *keyring) http.Handler {
-	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		info, err := keys.revoke(r.Context(), r.PathValue("kid"))
-		if err != nil {
-			return err
-		}
-		encode(w, http.StatusOK, info)
-		return nil
-	})
 }

@@ -12,9 +12,13 @@ import (
 // active second factor, a challenge for it.
 type logins struct {
 	passwords *passwordCheck
-	sessions  *sessionKeeper
-	second    *mfa
-	metrics   *metrics
+	sessions  interface { // opens a session while the password hashes: see sessionKeeper.open
+		begin(ctx context.Context, kind string, u *User, ip netip.Addr, userAgent string, lvl level) (keep func() (tokenPair, error), drop func())
+	}
+	second interface { // the second factor's challenge, for a user who has one
+		challengeAs(ctx context.Context, kind string, u *User, client netip.Addr, userAgent string) (string, error)
+	}
+	metrics *metrics
 	// EMAIL_VERIFICATION=required: the right password for an address not verified yet gets
 	// errEmailNotVerified and no session; a wrong one gets errInvalidCredentials as ever, so that
 	// the refusal tells nothing to someone without the password.
@@ -36,14 +40,15 @@ func (l *logins) login(ctx context.Context, client netip.Addr, userAgent, email,
 // loginAs is login for a session of kind (Session.Kind): the portal's sign-in opens a cookie
 // session, and its challenge, if any, opens one of that kind too.
 func (l *logins) loginAs(ctx context.Context, kind string, client netip.Addr, userAgent, email, password string) (loginAnswer, error) {
-	var opened *opening
+	var keep func() (tokenPair, error)
+	drop := func() {}
 	u, err := l.passwords.check(ctx, client, email, password, func(u *User) {
 		if !u.hasTOTP && !u.Disabled && (!l.requireVerified || u.EmailVerified) {
-			opened = l.sessions.openAs(ctx, kind, u, client, userAgent, levelPassword)
+			keep, drop = l.sessions.begin(ctx, kind, u, client, userAgent, levelPassword)
 		}
 	})
 	if err != nil {
-		l.sessions.drop(opened)
+		drop()
 	}
 	m := l.metrics
 	switch {
@@ -71,7 +76,7 @@ func (l *logins) loginAs(ctx context.Context, kind string, client netip.Addr, us
 		noteUser(ctx, u.ID)
 		return loginAnswer{mfaToken: token}, nil
 	}
-	pair, err := opened.keep() // opened while the password hashed: check calls meanwhile for every success
+	pair, err := keep() // opened while the password hashed: check calls meanwhile for every success
 	if errors.Is(err, errAccountDisabled) {
 		m.login(loginDisabled)
 	}

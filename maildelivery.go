@@ -19,26 +19,6 @@ import (
 	"time"
 )
 
-// permanentError is a refusal that retrying cannot change.
-type permanentError struct{ error }
-
-func (e permanentError) Unwrap() error { return e.error }
-
-// mailTransport delivers one rendered mail.
-type mailTransport interface {
-	deliver(ctx context.Context, m *outgoingMail) error
-}
-
-// outgoingMail is a mail rendered for one attempt.
-type outgoingMail struct {
-	id   string // the outbox message's
-	kind string
-	to   string
-	user string // the account it concerns, if any
-	data []byte // the whole message, headers and bodies, CRLF line ends
-	link string // the link in it, if any: the development mailbox logs it
-}
-
 // smtpTransport delivers over SMTP with net/smtp: smtps:// speaks TLS from the first byte;
 // smtp:// upgrades with STARTTLS whenever the server offers it, and refuses to go on without it
 // unless the server is this machine. Credentials never travel in clear.

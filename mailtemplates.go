@@ -74,7 +74,7 @@ func loadMailTemplates(dir string) (*mailTemplates, error) {
 		}
 		return builtinMail.ReadFile("mail/" + name)
 	}
-	sample := mailData{AppName: "app", AppURL: "https://app.example.com", Email: "old@example.com",
+	example := mailData{AppName: "app", AppURL: "https://app.example.com", Email: "old@example.com",
 		NewEmail: "new@example.com", Link: "https://app.example.com/x?token=t", Code: "t", Expires: "1 hour",
 		Failures: 5, LockedFor: "5 minutes"}
 	for _, kind := range mailKinds {
@@ -91,7 +91,7 @@ func loadMailTemplates(dir string) (*mailTemplates, error) {
 		if t.html[kind], err = htmltemplate.New(kind + ".html").Parse(string(src)); err != nil {
 			return nil, fmt.Errorf("MAIL_TEMPLATES_DIR: %w", err)
 		}
-		if _, _, _, err := t.render(kind, sample); err != nil {
+		if _, _, _, err := t.render(kind, example); err != nil {
 			return nil, fmt.Errorf("MAIL_TEMPLATES_DIR: %w", err)
 		}
 	}

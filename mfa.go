@@ -75,10 +75,19 @@ type mfa struct {
 		factorStore
 		userStore
 	}
-	tokens    *tokens
-	seal      *sealer
-	sessions  *sessionKeeper
-	accounts  *accounts      // a factor added, removed or used up moves the account's stamp
+	tokens   *tokens
+	seal     *sealer
+	revs     *revocations
+	sessions interface { // see sessionKeeper
+		alive(ctx context.Context, c *claims) error
+		start(ctx context.Context, u *User, ip netip.Addr, userAgent string, lvl level) (tokenPair, error)
+		startAs(ctx context.Context, kind string, u *User, ip netip.Addr, userAgent string, lvl level) (tokenPair, error)
+		raise(ctx context.Context, c *claims, lvl level) (tokenPair, error)
+		endAll(ctx context.Context, user, except, reason string) (int, error)
+	}
+	stamps interface { // a factor added, removed or used up moves the account's stamp
+		moveStamp(ctx context.Context, user, event string) error
+	}
 	mail      *mailFlows     // and its owner is told; and when wrong codes lock the factor
 	passwords *passwordCheck // adding a factor asks for the password
 	limits    *loginLimits
@@ -150,7 +159,7 @@ func (m *mfa) recoveryUsed(ctx context.Context, u *User) error {
 	if err != nil || left > 0 {
 		return err
 	}
-	return m.accounts.moveStamp(ctx, u.ID, stampRecoveryUsedUp)
+	return m.stamps.moveStamp(ctx, u.ID, stampRecoveryUsedUp)
 }
 
 // attempt begins a try at u's second factor, of any kind, from client, answering ch if not
@@ -334,7 +343,7 @@ func (m *mfa) confirm(ctx context.Context, c *claims, client netip.Addr, code st
 	if err := m.store.SetRecoveryCodes(ctx, u.ID, digests); err != nil {
 		return nil, err
 	}
-	if err := m.accounts.moveStamp(ctx, u.ID, stampFactorAdded); err != nil {
+	if err := m.stamps.moveStamp(ctx, u.ID, stampFactorAdded); err != nil {
 		return nil, err
 	}
 	if _, err := m.sessions.endAll(ctx, u.ID, c.Session, endMFAAdded); err != nil {
@@ -363,7 +372,7 @@ func (m *mfa) remove(ctx context.Context, c *claims, client netip.Addr, code, re
 	} else if err != nil {
 		return err
 	}
-	if err := m.accounts.moveStamp(ctx, u.ID, stampFactorRemoved); err != nil {
+	if err := m.stamps.moveStamp(ctx, u.ID, stampFactorRemoved); err != nil {
 		return err
 	}
 	if _, err := m.sessions.endAll(ctx, u.ID, c.Session, endMFARemoved); err != nil {
@@ -412,7 +421,7 @@ func (m *mfa) verifyChallengeAs(ctx context.Context, kind, token string, client 
 	} else if err != nil {
 		return tokenPair{}, err
 	}
-	pair, err := m.sessions.openAs(ctx, kind, u, client, userAgent, levelTwoFactor).keep()
+	pair, err := m.sessions.startAs(ctx, kind, u, client, userAgent, levelTwoFactor)
 	if err != nil {
 		return tokenPair{}, err
 	}
@@ -424,7 +433,7 @@ func (m *mfa) verifyChallengeAs(ctx context.Context, kind, token string, client 
 // stepUp verifies the factor of the user of the access token raw, with a code or recovery code
 // sent from client, and moves the token's session to aal2.
 func (m *mfa) stepUp(ctx context.Context, raw string, client netip.Addr, code, recovery string) (tokenPair, error) {
-	c, err := accept(m.tokens, m.sessions.revs, raw, useAccess)
+	c, err := accept(m.tokens, m.revs, raw, useAccess)
 	if err != nil {
 		return tokenPair{}, err
 	}

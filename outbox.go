@@ -25,6 +25,7 @@ type outbox struct {
 	}
 	cfg       mailConfig
 	transport mailTransport
+	render    func(ctx context.Context, m MailMessage) (*outgoingMail, error)
 	metrics   *metrics
 	now       func() time.Time
 	log       *slog.Logger
@@ -35,15 +36,11 @@ type outbox struct {
 // already, ...), which the request could not tell without telling the client.
 var errNoMail = errors.New("no mail needed")
 
-func newOutbox(store Store, cfg mailConfig, m *metrics, now func() time.Time, log *slog.Logger) *outbox {
-	o := &outbox{store: store, cfg: cfg, metrics: m, now: now, log: log, wake: make(chan struct{}, 1)}
-	switch cfg.mode {
-	case mailSMTP:
-		o.transport = &smtpTransport{cfg: cfg.smtp, from: cfg.fromAddr, dialTimeout: cfg.dialTimeout}
-	case mailDir:
-		o.transport = &mailDirTransport{dir: cfg.dir, log: log}
-	}
-	return o
+// newOutbox sends through transport what render makes of a message (see send).
+func newOutbox(store Store, cfg mailConfig, transport mailTransport, render func(context.Context, MailMessage) (*outgoingMail, error),
+	m *metrics, now func() time.Time, log *slog.Logger) *outbox {
+	return &outbox{store: store, cfg: cfg, transport: transport, render: render, metrics: m, now: now, log: log,
+		wake: make(chan struct{}, 1)}
 }
 
 // queue adds m to the outbox, due now, and wakes this instance's sender.
@@ -77,7 +74,7 @@ func (o *outbox) loop(ctx context.Context) {
 		case <-o.wake:
 		case <-purge.C:
 			if err := o.store.PurgeMail(ctx, o.now()); err != nil && ctx.Err() == nil {
-				o.log.Warn("purge of expired mail tokens failed", "err", err)
+				o.log.Warn("purge of expired mail links failed", "err", err)
 			}
 		}
 	}
@@ -121,7 +118,7 @@ func (o *outbox) round(ctx context.Context) {
 		slots <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-slots }()
-			o.attempt(attemptCtx, m)
+			o.sendOnce(attemptCtx, m)
 		})
 	}
 	wg.Wait()
@@ -163,8 +160,8 @@ func (o *outbox) claim(ctx context.Context, m MailMessage, now time.Time) (n int
 	return 0, nil, false
 }
 
-// attempt makes one delivery attempt of m, if this instance wins its lease.
-func (o *outbox) attempt(ctx context.Context, m MailMessage) {
+// sendOnce makes one delivery attempt of m, if this instance wins its lease.
+func (o *outbox) sendOnce(ctx context.Context, m MailMessage) {
 	now := o.now()
 	n, cur, ok := o.claim(ctx, m, now)
 	if !ok {
@@ -240,9 +237,29 @@ func (o *outbox) giveUp(ctx context.Context, m MailMessage, attempts int, err er
 // send renders m, with a fresh token where it has a link, and delivers it; user is the account it
 // concerns, when one does.
 func (o *outbox) send(ctx context.Context, m MailMessage) (user string, err error) {
-	out, err := renderMail(ctx, o.cfg, o.store, o.now, m)
+	out, err := o.render(ctx, m)
 	if err != nil {
 		return "", err
 	}
 	return out.user, o.transport.deliver(ctx, out)
+}
+
+// permanentError is a refusal that retrying cannot change.
+type permanentError struct{ error }
+
+func (e permanentError) Unwrap() error { return e.error }
+
+// mailTransport delivers one rendered mail.
+type mailTransport interface {
+	deliver(ctx context.Context, m *outgoingMail) error
+}
+
+// outgoingMail is a mail rendered for one attempt.
+type outgoingMail struct {
+	id   string // the outbox message's
+	kind string
+	to   string
+	user string // the account it concerns, if any
+	data []byte // the whole message, headers and bodies, CRLF line ends
+	link string // the link in it, if any: the development mailbox logs it
 }

@@ -210,7 +210,7 @@ func (p *portal) changePassword(w http.ResponseWriter, r *http.Request, d *pageD
 	case !validPassword(next):
 		return p.accountFailed(w, r, c, d, errWeakPassword, "The new password must be between 8 and 1024 bytes long.")
 	}
-	pair, err := p.mfa.accounts.changePasswordAs(r.Context(), sessionCookie, c, p.clients.of(r), r.UserAgent(), current, next)
+	pair, err := p.accounts.changePasswordAs(r.Context(), sessionCookie, c, p.clients.of(r), r.UserAgent(), current, next)
 	if errors.Is(err, errInvalidCredentials) {
 		return p.accountFailed(w, r, c, d, err, "Your current password is not the one you entered; your password is unchanged.")
 	} else if err != nil {

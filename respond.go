@@ -63,9 +63,12 @@ var (
 	errMethodNotAllowed   = &apiError{status: http.StatusMethodNotAllowed, code: "method_not_allowed", message: "this endpoint does not allow that method"}
 	errUnavailable        = &apiError{status: http.StatusServiceUnavailable, code: "unavailable", message: "the service is temporarily unavailable; try again shortly"}
 	errCannotVouch        = &apiError{status: http.StatusServiceUnavailable, code: "unavailable", message: "this instance cannot check a token against recent logouts; try again shortly"}
-	errMFARequired        = &apiError{status: http.StatusUnauthorized, code: "mfa_required", message: "this needs a second factor: verify a code at /auth/mfa/verify"}
-	errStepUpRace         = &apiError{status: http.StatusConflict, code: "conflict", message: "the session was refreshed meanwhile; refresh, then step up with a new code"}
-	errInternal           = &apiError{status: http.StatusInternalServerError, code: "internal", message: "an internal error occurred"}
+	errKeysNotManaged     = &apiError{status: http.StatusConflict, code: "keys_not_managed",
+		message: "with JWT_ALG=HS256 the keys are JWT_SECRET and JWT_SECRET_PREVIOUS; change those instead"}
+	errKeyNotFound = &apiError{status: http.StatusNotFound, code: "not_found", message: "no signing key has that kid"}
+	errMFARequired = &apiError{status: http.StatusUnauthorized, code: "mfa_required", message: "this needs a second factor: verify a code at /auth/mfa/verify"}
+	errStepUpRace  = &apiError{status: http.StatusConflict, code: "conflict", message: "the session was refreshed meanwhile; refresh, then step up with a new code"}
+	errInternal    = &apiError{status: http.StatusInternalServerError, code: "internal", message: "an internal error occurred"}
 )
 
 // busyError says that password hashing is at capacity: the caller should come back after
@@ -98,7 +101,7 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	case errors.As(err, &e):
 	case errors.As(err, &busy):
 		e = errUnavailable.after(busy.retryAfter)
-	case errors.Is(err, ErrUnavailable):
+	case errors.As(err, new(interface{ unavailable() })): // ErrUnavailable
 		log.LogAttrs(r.Context(), slog.LevelWarn, "unavailable",
 			slog.String("request_id", w.Header().Get("X-Request-Id")), slog.String("err", err.Error()))
 		e = errUnavailable

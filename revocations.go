@@ -63,8 +63,6 @@ type revocations struct {
 }
 
 const (
-	jtiPrefix = "jti:"
-	sidPrefix = "sid:"
 	// syncOverlap re-reads the recent past on every poll, so that an entry written by another
 	// instance whose clock lags or whose write landed late is still seen.
 	syncOverlap = 10 * time.Second
@@ -78,28 +76,28 @@ func newRevocations(store interface {
 		jtis: make(map[string]time.Time), sids: make(map[string]time.Time), reused: make(map[string]bool)}
 }
 
-// revoked reports whether c's token or its whole session has been revoked.
-func (r *revocations) revoked(c *claims) bool {
+// revoked reports whether the token jti or its whole session sid has been revoked.
+func (r *revocations) revoked(jti, sid string) bool {
 	now := r.now()
 	r.mu.RLock()
-	exp, ok := r.jtis[c.ID]
+	exp, ok := r.jtis[jti]
 	if !ok || !now.Before(exp) {
-		exp, ok = r.sids[c.Session]
+		exp, ok = r.sids[sid]
 	}
 	r.mu.RUnlock()
 	return ok && now.Before(exp)
 }
 
-// refusal is the error for c's token when it or its session is revoked (nil otherwise):
+// refusal is the error for the token jti of session sid when either is revoked (nil otherwise):
 // token_reused when its session ended because a refresh token was reused, so that every client of
 // the session learns why, token_revoked for anything else.
-func (r *revocations) refusal(c *claims) error {
-	if !r.revoked(c) {
+func (r *revocations) refusal(jti, sid string) error {
+	if !r.revoked(jti, sid) {
 		return nil
 	}
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	if r.reused[c.Session] {
+	if r.reused[sid] {
 		return errTokenReused
 	}
 	return errTokenRevoked
@@ -252,7 +250,7 @@ func (r *revocations) vouches() bool {
 	ok := r.lag() <= r.maxLag
 	if r.stale.Swap(!ok) == ok { // it changed
 		if ok {
-			r.log.Info("revocation list current again; vouching for tokens", "lag", r.lag().String())
+			r.log.Info("revocation list current again; vouching again", "lag", r.lag().String())
 		} else {
 			r.log.Warn("revocation list older than REVOCATION_MAX_LAG; refusing every token until a poll succeeds",
 				"lag", r.lag().String(), "max_lag", r.maxLag.String())
@@ -309,7 +307,7 @@ func (r *revocations) poll(ctx context.Context, syncEvery, purgeEvery time.Durat
 				err = r.sync(ctx)
 			}
 			if err != nil && ctx.Err() == nil {
-				r.log.Warn("revocation sync failed; checking tokens against the last known list",
+				r.log.Warn("revocation sync failed; checking each token against the last known list",
 					"err", err, "lag", r.lag().String())
 			}
 		case <-purgeT.C:

@@ -127,14 +127,24 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		maxChallenge: mfaChallengeMaxWrong, challengeWindow: mfaTokenTTL}
 	passwords := &passwordCheck{store: store, hasher: h, limits: limits, log: log}
 	clients := clientIPs{trusted: c.trustedProxies}
-	mail := &mailFlows{cfg: c.mail, store: store, outbox: newOutbox(store, c.mail, m, now, log),
+	var transport mailTransport
+	switch c.mail.mode {
+	case mailSMTP:
+		transport = &smtpTransport{cfg: c.mail.smtp, from: c.mail.fromAddr, dialTimeout: c.mail.dialTimeout}
+	case mailDir:
+		transport = &mailDirTransport{dir: c.mail.dir, log: log}
+	}
+	render := func(ctx context.Context, msg MailMessage) (*outgoingMail, error) {
+		return renderMail(ctx, c.mail, store, now, msg)
+	}
+	mail := &mailFlows{cfg: c.mail, store: store, outbox: newOutbox(store, c.mail, transport, render, m, now, log),
 		perInterval: &throttle{store: store, now: now, window: c.mail.addressInterval},
 		perWindow:   &throttle{store: store, now: now, window: mailWindow},
 		now:         now, log: log}
 	users := &accounts{store: store, sessions: sessions, passwords: passwords, hasher: h, mail: mail,
 		signups: &throttle{store: store, now: now, window: c.signupWindow}, signupsPerClient: c.signupMax,
 		signupsClosed: !c.signupEnabled, now: now, log: log}
-	second := &mfa{store: store, tokens: t, seal: newSealer(secret, "totp"), sessions: sessions, accounts: users,
+	second := &mfa{store: store, tokens: t, seal: newSealer(secret, "totp"), revs: revs, sessions: sessions, stamps: users,
 		mail: mail, passwords: passwords, limits: limits, metrics: m, appName: c.appName, log: log}
 	d := &deps{
 		log:         log,
@@ -185,4 +195,31 @@ func handleReadyz(log *slog.Logger, ping func(context.Context) error, revs *revo
 		encode(w, http.StatusOK, map[string]string{"status": "ready"})
 		return nil
 	})
+}
+
+// addAdminRoutes lists the operators' API. It is served only on ADMIN_ADDR, never on the public
+// port, and only when ADMIN_TOKEN is set; every call needs that token (see requireAdmin).
+func addAdminRoutes(mux routeAdder, d *deps) {
+	mux.Handle("GET /admin/users", handleAdminFindUser(d.log, d.accounts))
+	mux.Handle("POST /admin/users", handleAdminCreateUser(d.log, d.accounts))
+	mux.Handle("GET /admin/users/{id}/sessions", handleAdminSessions(d.log, d.accounts))
+	mux.Handle("POST /admin/users/{id}/logout", handleAdminLogout(d.log, d.accounts))
+	mux.Handle("POST /admin/users/{id}/disable", handleAdminSetDisabled(d.log, d.accounts, true))
+	mux.Handle("POST /admin/users/{id}/enable", handleAdminSetDisabled(d.log, d.accounts, false))
+	mux.Handle("DELETE /admin/users/{id}", handleAdminDeleteUser(d.log, d.accounts))
+	mux.Handle("POST /admin/keys/rotate", handleKeyRotate(d.log, d.keys))
+	mux.Handle("DELETE /admin/keys/{kid}", handleKeyRevoke(d.log, d.keys))
+}
+
+// newAdminHandler is the operators' API inside the same middleware as the public one, the token
+// check innermost so that refused calls are logged and counted too.
+func newAdminHandler(d *deps, token string) http.Handler {
+	mux := http.NewServeMux()
+	addAdminRoutes(mux, d)
+	var h http.Handler = mux
+	h = muxErrorsAsJSON(h)
+	h = requireAdmin(d.log, token)(h)
+	h = accessLog(d.log, d.now, newRequestIDs(), d.metrics)(h)
+	h = recoverer(d.log)(h)
+	return h
 }

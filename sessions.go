@@ -8,9 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
-	"strings"
 	"time"
-	"unicode/utf8"
 )
 
 // sessionKeeper starts, refreshes and ends login sessions. A session is a record in the database
@@ -40,6 +38,11 @@ type sessionKeeper struct {
 // first tokens.
 func (k *sessionKeeper) start(ctx context.Context, u *User, ip netip.Addr, userAgent string, lvl level) (tokenPair, error) {
 	return k.open(ctx, u, ip, userAgent, lvl).keep()
+}
+
+// startAs is start for a session of kind (Session.Kind).
+func (k *sessionKeeper) startAs(ctx context.Context, kind string, u *User, ip netip.Addr, userAgent string, lvl level) (tokenPair, error) {
+	return k.openAs(ctx, kind, u, ip, userAgent, lvl).keep()
 }
 
 // opening is a session started before its caller knows whether it is to be kept: a login opens
@@ -125,6 +128,13 @@ func (k *sessionKeeper) write(ctx context.Context, u *User, s *Session, lvl leve
 	return pair, nil
 }
 
+// begin is open for a caller that names no type of this file: keep hands the tokens out, drop
+// removes the record.
+func (k *sessionKeeper) begin(ctx context.Context, kind string, u *User, ip netip.Addr, userAgent string, lvl level) (keep func() (tokenPair, error), drop func()) {
+	o := k.openAs(ctx, kind, u, ip, userAgent, lvl)
+	return o.keep, func() { k.drop(o) }
+}
+
 // keep hands out the session's tokens, or tells why there are none.
 func (o *opening) keep() (tokenPair, error) {
 	<-o.done
@@ -164,7 +174,7 @@ func (k *sessionKeeper) live(ctx context.Context, user string) ([]Session, error
 	}
 	var out []Session
 	for _, s := range all {
-		if !ended[sidPrefix+s.ID] && !k.revs.revoked(&claims{Session: s.ID}) &&
+		if !ended[sidPrefix+s.ID] && !k.revs.revoked("", s.ID) &&
 			(s.ExpiresAt.IsZero() || now.Before(s.ExpiresAt)) {
 			out = append(out, s)
 		}
@@ -405,17 +415,6 @@ func (k *sessionKeeper) end(ctx context.Context, sid, reason string) error {
 	return nil
 }
 
-// cut shortens s to at most n bytes, on a character boundary.
-func cut(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return strings.ToValidUTF8(s[:n], "")
-}
-
 // rotate exchanges the refresh token raw for the next pair of its session (see refresh), and
 // counts the outcome.
 func (k *sessionKeeper) rotate(ctx context.Context, raw string) (tokenPair, error) {
@@ -513,4 +512,23 @@ func (k *sessionKeeper) endOwn(ctx context.Context, c *claims, id string) error 
 		}
 	}
 	return errNoSuchSession
+}
+
+// sessionView is what a session looks like from outside.
+type sessionView struct {
+	ID         string    `json:"id"`
+	CreatedAt  time.Time `json:"created_at"`
+	LastUsedAt time.Time `json:"last_used_at"`
+	IP         string    `json:"ip"`
+	UserAgent  string    `json:"user_agent"`
+	// Kind is "cookie" for a portal sign-in, "api" for a session of access and refresh tokens.
+	Kind string `json:"kind"`
+}
+
+func viewOf(s Session) sessionView {
+	kind := s.Kind
+	if kind == "" {
+		kind = "api"
+	}
+	return sessionView{s.ID, s.CreatedAt.UTC(), s.LastUsedAt.UTC(), s.IP, s.UserAgent, kind}
 }

@@ -6,11 +6,14 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
@@ -19,10 +22,17 @@ import (
 
 // Errors a Store returns; handlers map them to HTTP answers and never see the driver's own.
 var (
-	ErrNotFound    = errors.New("not found")
-	ErrDuplicate   = errors.New("duplicate")
-	ErrUnavailable = errors.New("database unavailable")
+	ErrNotFound          = errors.New("not found")
+	ErrDuplicate         = errors.New("duplicate")
+	ErrUnavailable error = unavailableError{}
 )
+
+// unavailableError is ErrUnavailable, which the error writer, below the store, tells by its method
+// (wrapped or not) rather than by name.
+type unavailableError struct{}
+
+func (unavailableError) Error() string { return "database unavailable" }
+func (unavailableError) unavailable()  {}
 
 // Store is everything the service keeps. Every method takes the request's context and answers
 // ErrUnavailable when the database cannot be reached in time; the errors each may answer besides
@@ -204,6 +214,31 @@ type revocationStore interface {
 	// RevocationsSince lists revocations created at or after since that are still in force at now.
 	RevocationsSince(ctx context.Context, since, now time.Time) ([]Revocation, error)
 }
+
+// What moves an account's security stamp (docs/security-model.md): every change of its
+// credentials or of its means of recovery. Each is recorded as a SecurityEvent with this reason; a
+// password change or reset with the reason its sessions end for (endPasswordChange,
+// endPasswordReset).
+const (
+	stampFactorAdded    = "factor_added"
+	stampFactorRemoved  = "factor_removed"
+	stampRecoveryUsedUp = "recovery_codes_used_up"
+	stampEmailChanged   = "email_changed"
+	stampDisabled       = "account_disabled"
+)
+
+// The algorithms JWT_ALG, and so a SigningKey, may name.
+const (
+	algHS256 = "HS256"
+	algEdDSA = "EdDSA" // Ed25519
+	algES256 = "ES256" // ECDSA on P-256
+)
+
+// A blacklist entry's ID is jtiPrefix and a token's id, or sidPrefix and a session's.
+const (
+	jtiPrefix = "jti:"
+	sidPrefix = "sid:"
+)
 
 // Revocation is one blacklist entry: a token id ("jti:...") or a whole login session ("sid:...").
 // It means nothing after ExpiresAt, because every token it could match has expired by then.
@@ -597,4 +632,22 @@ func (s *mongoStore) Purge(ctx context.Context, now time.Time) error {
 
 func (s *mongoStore) Ping(ctx context.Context) error {
 	return s.err(s.users.Database().Client().Ping(ctx, nil))
+}
+
+// newID returns 128 random bits, URL-safe: token ids, session ids and user ids.
+func newID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// cut shortens s to at most n bytes, on a character boundary.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return strings.ToValidUTF8(s[:n], "")
 }

@@ -3,8 +3,6 @@ package main
 // tokens.go issues and parses the service's JWTs, and remembers which tokens it has verified.
 
 import (
-	"crypto/rand"
-	"encoding/base64"
 	"sync"
 	"time"
 
@@ -257,13 +255,6 @@ func (t *tokens) parse(raw, use string) (*claims, error) {
 		return c, errTokenExpired
 	}
 	return c, nil
-}
-
-// newID returns 128 random bits, URL-safe: token ids, session ids and user ids.
-func newID() string {
-	var b [16]byte
-	rand.Read(b[:])
-	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
 // verifiedCache remembers tokens whose signature and claims were checked, so that a repeat check
