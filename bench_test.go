@@ -56,12 +56,12 @@ func BenchmarkTokenParseCached(b *testing.B) {
 	}
 }
 
-// benchDeps are the service's parts signing with alg, over no store: an asymmetric key is made
-// and installed in memory, as a poll of the database would install it.
-func benchDeps(b *testing.B, alg string) *deps {
+// benchDeps are the service's parts signing with alg, over store (nil for none): an asymmetric
+// key is made and installed in memory, as a poll of the database would install it.
+func benchDeps(b *testing.B, alg string, store Store) *deps {
 	cfg := testConfig(b)
 	cfg.jwtAlg = alg
-	d := newDeps(cfg, nil, newMetrics(), []byte(testSecret), time.Now, slog.New(slog.DiscardHandler))
+	d := newDeps(cfg, store, newMetrics(), []byte(testSecret), time.Now, slog.New(slog.DiscardHandler))
 	if alg != algHS256 {
 		now := time.Now()
 		rec, err := newSigningKey(alg, d.keys.keks[0], 1, now, now)
@@ -82,7 +82,7 @@ func benchDeps(b *testing.B, alg string) *deps {
 func BenchmarkSign(b *testing.B) {
 	for _, alg := range allAlgs {
 		b.Run(alg, func(b *testing.B) {
-			tok := benchDeps(b, alg).tokens
+			tok := benchDeps(b, alg, nil).tokens
 			now := time.Now()
 			c := claims{Subject: "user-id", Email: "user@example.com", Session: "session-id", Use: useAccess,
 				ID: newID(), IssuedAt: now.Unix(), Expiry: now.Add(time.Minute).Unix()}
@@ -101,7 +101,7 @@ func BenchmarkSign(b *testing.B) {
 func BenchmarkVerify(b *testing.B) {
 	for _, alg := range allAlgs {
 		b.Run(alg, func(b *testing.B) {
-			tok := benchDeps(b, alg).tokens
+			tok := benchDeps(b, alg, nil).tokens
 			pair, err := tok.issue("user-id", "user@example.com", "session-id")
 			if err != nil {
 				b.Fatal(err)
@@ -118,30 +118,48 @@ func BenchmarkVerify(b *testing.B) {
 }
 
 // benchHandlerAlg is the whole middleware chain and routes over an in-memory-only path:
-// /auth/page never reaches the store, so none is needed.
-func benchHandlerAlg(b *testing.B, alg string) (http.Handler, string) {
+// /auth/page never reaches the store, but the routes take its methods (readyz's ping). It returns an access token and the
+// value of a portal session cookie (the portal is on, as in development) of one user.
+func benchHandlerAlg(b *testing.B, alg string) (h http.Handler, access, cookie string) {
 	cfg := testConfig(b)
 	cfg.jwtAlg = alg
-	d := benchDeps(b, alg)
+	store, err := newMongoStore(context.Background(), newTestDB(b), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	d := benchDeps(b, alg, store)
 	pair, err := d.tokens.issue("user-id", "user@example.com", "session-id")
 	if err != nil {
 		b.Fatal(err)
 	}
+	u := &User{ID: "user-id", Email: "user@example.com"}
+	web, err := d.sessions.cookieOf(u, &Session{ID: "cookie-session-id", ExpiresAt: time.Now().Add(cfg.portal.ttl)}, levelPassword)
+	if err != nil {
+		b.Fatal(err)
+	}
 	d.revocations.add(Revocation{ID: sidPrefix + "another-session", ExpiresAt: time.Now().Add(time.Hour)})
-	return newHandler(d, cfg), pair.AccessToken
+	return newHandler(d, cfg), pair.AccessToken, web.cookie.value
 }
 
 // BenchmarkPage is one forward-auth check through the full handler chain, as a proxy makes it.
-func BenchmarkPage(b *testing.B) { benchPage(b, algHS256) }
+func BenchmarkPage(b *testing.B) { benchPage(b, algHS256, false) }
+
+// BenchmarkPageCookie is BenchmarkPage with the portal's session cookie instead of the bearer
+// token, as a proxy checks a browser's navigation.
+func BenchmarkPageCookie(b *testing.B) { benchPage(b, algHS256, true) }
 
 // BenchmarkPageEdDSA is BenchmarkPage with Ed25519 tokens: the verified-token cache keeps the
 // signature check, ten times an HMAC's, off the repeat checks.
-func BenchmarkPageEdDSA(b *testing.B) { benchPage(b, algEdDSA) }
+func BenchmarkPageEdDSA(b *testing.B) { benchPage(b, algEdDSA, false) }
 
-func benchPage(b *testing.B, alg string) {
-	h, access := benchHandlerAlg(b, alg)
+func benchPage(b *testing.B, alg string, withCookie bool) {
+	h, access, cookie := benchHandlerAlg(b, alg)
 	req := httptest.NewRequest("GET", "/auth/page", nil)
-	req.Header.Set("Authorization", "Bearer "+access)
+	if withCookie {
+		req.Header.Set("Cookie", cookieName+"="+cookie)
+	} else {
+		req.Header.Set("Authorization", "Bearer "+access)
+	}
 	b.ReportAllocs()
 	for b.Loop() {
 		w := httptest.NewRecorder()
@@ -154,7 +172,7 @@ func benchPage(b *testing.B, alg string) {
 
 // BenchmarkPageParallel is the same check from every core at once, to expose lock contention.
 func BenchmarkPageParallel(b *testing.B) {
-	h, access := benchHandlerAlg(b, algHS256)
+	h, access, _ := benchHandlerAlg(b, algHS256)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		req := httptest.NewRequest("GET", "/auth/page", nil)
