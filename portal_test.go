@@ -329,6 +329,44 @@ func TestPortalFormsAreRefusedWithoutTheirCSRFTokenOrFromAnotherOrigin(t *testin
 	}
 }
 
+// withPlainPortal is withPortal over plain http: the CSRF cookie then has no __Host- prefix, and a
+// sibling host can plant one.
+func withPlainPortal(c *config) {
+	withPortal(c)
+	c.portal.publicURL, c.portal.secure = "http://auth.example.test", false
+}
+
+func TestACSRFPairFromOneSignedInBrowserIsRefusedOnAnotherBrowsersSession(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, withPlainPortal)
+	victim, _, _ := e.user(t)
+	attacker, _, _ := e.user(t)
+	mine, theirs := newBrowser(e), newBrowser(e)
+	mine.signIn(t, attacker, "")
+	wantPage(t, mine.send(t, "GET", "/account", nil), 200, attacker)
+	theirs.signIn(t, victim, "")
+	theirs.send(t, "GET", "/account", nil)
+	// The attacker plants their browser's CSRF cookie in the victim's, with its form's token.
+	for name, v := range mine.cookies {
+		if strings.Contains(name, "auth_csrf") {
+			theirs.cookies[name] = v
+		}
+	}
+	theirs.last = mine.last
+	for _, path := range []string{"/logout", "/account/sessions/end-others"} {
+		wantPage(t, theirs.post(t, path, url.Values{}), 403, "Form expired")
+	}
+	wantPasses(t, theirs, true)
+	// So is a pair from before the sign-in: it rotates the cookie, and binds the token to the session.
+	b := newBrowser(e)
+	b.send(t, "GET", "/login", nil)
+	before := b.last
+	b.signIn(t, victim, "")
+	b.last = before
+	wantPage(t, b.post(t, "/logout", url.Values{}), 403, "Form expired")
+	wantPasses(t, b, true)
+}
+
 func TestPortalPagesSendTheirSecurityHeaders(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t, withPortal)
