@@ -66,6 +66,31 @@ func addPortalRoutes(mux routeAdder, p *portal) {
 	addPortalMailRoutes(mux, p)
 }
 
+// portalPaths are the first segments of the portal's pages: ServeMux's own 404 and 405 under them
+// are pages too (errorPage), and JSON everywhere else.
+var portalPaths = []string{"/login", "/logout", "/signup", "/account", "/step-up", "/forgot-password", "/reset-password", "/verify-email"}
+
+// errorPage is the message page that answers ServeMux's 404 or 405 on the portal's paths, with
+// the pages' headers; nil off them.
+func (p *portal) errorPage(r *http.Request) func(http.ResponseWriter, int) {
+	path := r.URL.Path
+	for _, pp := range portalPaths {
+		if path == pp || strings.HasPrefix(path, pp+"/") {
+			return func(w http.ResponseWriter, code int) {
+				securePage(w)
+				d := p.newPage()
+				d.Title, d.Error, d.status, d.template = "Not found", "There is no such page here.", code, "message"
+				if code == http.StatusMethodNotAllowed {
+					d.Title, d.Error = "Not allowed", "This page cannot be asked for that way."
+				}
+				d.Link, d.LinkText = "/login", "Sign in"
+				p.render(w, d)
+			}
+		}
+	}
+	return nil
+}
+
 // pageData is what every page template reads.
 type pageData struct {
 	AppName, Title, Error, Notice string

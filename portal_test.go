@@ -389,6 +389,46 @@ func TestPortalPagesSendTheirSecurityHeaders(t *testing.T) {
 	}
 }
 
+func TestUnknownPagesAndMethodsUnderThePortalsPathsArePagesWithTheirHeadersAndTheAPIsStayJSON(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, withPortal)
+	b := newBrowser(e)
+	for _, tt := range []struct {
+		method, path string
+		status       int
+		page         bool
+	}{
+		{"GET", "/login/nope", 404, true},
+		{"GET", "/account/x", 404, true},
+		{"GET", "/verify-email/", 404, true},
+		{"PUT", "/login", 405, true},
+		{"GET", "/account/sessions/end", 405, true},
+		{"DELETE", "/signup", 405, true},
+		{"GET", "/auth/nope", 404, false},
+		{"GET", "/loginx", 404, false},
+		{"PUT", "/auth/login", 405, false},
+	} {
+		p := b.send(t, tt.method, tt.path, nil)
+		h := p.header
+		if p.status != tt.status {
+			t.Fatalf("%s %s: %d, want %d", tt.method, tt.path, p.status, tt.status)
+		}
+		if tt.status == 405 && h.Get("Allow") == "" {
+			t.Fatalf("%s %s: a 405 without Allow", tt.method, tt.path)
+		}
+		if !tt.page {
+			if !strings.HasPrefix(h.Get("Content-Type"), "application/json") || !strings.Contains(p.body, `"error"`) {
+				t.Fatalf("%s %s: %v %s, want JSON", tt.method, tt.path, h, p.body)
+			}
+			continue
+		}
+		if !strings.HasPrefix(h.Get("Content-Type"), "text/html") || !strings.Contains(h.Get("Content-Security-Policy"), "frame-ancestors 'none'") ||
+			h.Get("X-Frame-Options") != "DENY" || h.Get("Cache-Control") != "no-store" || !strings.Contains(p.body, `href="/login"`) {
+			t.Fatalf("%s %s: %v %s, want the portal's page", tt.method, tt.path, h, p.body)
+		}
+	}
+}
+
 func TestForwardSendsABrowsersNavigationToTheSignInPage(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t, withPortal)
