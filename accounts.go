@@ -298,6 +298,10 @@ func (a *accounts) verifyEmail(ctx context.Context, token string) (string, error
 		if err := a.moveStamp(ctx, t.UserID, stampEmailChanged); err != nil {
 			return "", err
 		}
+		// The browsers sign in again with the new address; tokens carry it from their next refresh.
+		if err := a.sessions.endCookies(ctx, t.UserID, endEmailChanged); err != nil {
+			return "", err
+		}
 		a.log.LogAttrs(ctx, slog.LevelInfo, "email changed", slog.String("request_id", requestID(ctx)),
 			slog.String("user_id", t.UserID))
 	}
@@ -307,7 +311,7 @@ func (a *accounts) verifyEmail(ctx context.Context, token string) (string, error
 // changeEmail starts an address change to email (normalised and valid) for the user of the access
 // token c, after their password sent from client: a link to the new address, which changes it
 // when followed, and a notice to the old one, never one without the other (see
-// mailFlows.addressChange). No session ends; tokens carry the new address from their next refresh.
+// mailFlows.addressChange). No session ends until the link is followed (see verifyEmail).
 func (a *accounts) changeEmail(ctx context.Context, c *claims, client netip.Addr, email, password string) error {
 	u, err := a.passwords.checkUser(ctx, client, c.Subject, password)
 	if err != nil {

@@ -200,8 +200,14 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // every other answer uses, keeping the 405's Allow header. A catch-all "/" route would do the 404
 // but would also swallow every 405.
 func muxErrorsAsJSON(next http.Handler) http.Handler {
+	return muxErrorsAs(next, func(*http.Request) func(http.ResponseWriter, int) { return nil })
+}
+
+// muxErrorsAs is muxErrorsAsJSON, except that on a request for which pageOf gives a writer,
+// that writer answers instead (the portal's HTML pages).
+func muxErrorsAs(next http.Handler, pageOf func(*http.Request) func(http.ResponseWriter, int)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		next.ServeHTTP(&muxErrorWriter{ResponseWriter: w}, r)
+		next.ServeHTTP(&muxErrorWriter{ResponseWriter: w, page: pageOf(r)}, r)
 	})
 }
 
@@ -212,6 +218,7 @@ var muxErrors = map[int]*apiError{
 
 type muxErrorWriter struct {
 	http.ResponseWriter
+	page           func(http.ResponseWriter, int) // nil: JSON
 	wrote, swallow bool
 }
 
@@ -223,6 +230,10 @@ func (w *muxErrorWriter) WriteHeader(code int) {
 	// ServeMux answers with http.Error, which declares text/plain; the service's own 404s are JSON.
 	if e := muxErrors[code]; e != nil && strings.HasPrefix(w.Header().Get("Content-Type"), "text/plain") {
 		w.swallow = true
+		if w.page != nil {
+			w.page(w.ResponseWriter, code)
+			return
+		}
 		encode(w.ResponseWriter, code, errorBody{e.code, e.message})
 		return
 	}

@@ -66,6 +66,31 @@ func addPortalRoutes(mux routeAdder, p *portal) {
 	addPortalMailRoutes(mux, p)
 }
 
+// portalPaths are the first segments of the portal's pages: ServeMux's own 404 and 405 under them
+// are pages too (errorPage), and JSON everywhere else.
+var portalPaths = []string{"/login", "/logout", "/signup", "/account", "/step-up", "/forgot-password", "/reset-password", "/verify-email"}
+
+// errorPage is the message page that answers ServeMux's 404 or 405 on the portal's paths, with
+// the pages' headers; nil off them.
+func (p *portal) errorPage(r *http.Request) func(http.ResponseWriter, int) {
+	path := r.URL.Path
+	for _, pp := range portalPaths {
+		if path == pp || strings.HasPrefix(path, pp+"/") {
+			return func(w http.ResponseWriter, code int) {
+				securePage(w)
+				d := p.newPage()
+				d.Title, d.Error, d.status, d.template = "Not found", "There is no such page here.", code, "message"
+				if code == http.StatusMethodNotAllowed {
+					d.Title, d.Error = "Not allowed", "This page cannot be asked for that way."
+				}
+				d.Link, d.LinkText = "/login", "Sign in"
+				p.render(w, d)
+			}
+		}
+	}
+	return nil
+}
+
 // pageData is what every page template reads.
 type pageData struct {
 	AppName, Title, Error, Notice string
@@ -150,8 +175,10 @@ func (p *portal) sameOrigin(r *http.Request) bool {
 	return len(origin) == 1 && strings.EqualFold(origin[0], p.cfg.publicURL)
 }
 
-// The CSRF guard is a signed double submit: a random cookie, and in each form its HMAC, which a
-// cookie planted from a sibling host cannot come with.
+// The CSRF guard is a signed double submit: a random cookie, and in each form the HMAC of it and
+// of the browser's session (csrfBinding). Over plain http the cookie has no __Host- prefix, so a
+// sibling host can plant one with a token taken from another browser: the pair is then refused,
+// since that token names another session.
 func (p *portal) csrfCookieName() string {
 	if p.cfg.secure {
 		return "__Host-auth_csrf" // host-only, Secure, Path=/: no other host can set it
@@ -159,30 +186,63 @@ func (p *portal) csrfCookieName() string {
 	return "auth_csrf"
 }
 
+// csrfSignedOut is what a form token binds to for a browser with no session cookie.
+const csrfSignedOut = "signed-out"
+
 // csrfToken returns the form token of the browser's CSRF cookie, setting one first if it has none.
 func (p *portal) csrfToken(w http.ResponseWriter, r *http.Request) string {
-	var v string
-	if cs := r.CookiesNamed(p.csrfCookieName()); len(cs) == 1 && len(cs[0].Value) >= 22 {
-		v = cs[0].Value
-	} else {
-		v = newID()
-		http.SetCookie(w, &http.Cookie{Name: p.csrfCookieName(), Value: v, Path: "/", HttpOnly: true,
-			Secure: p.cfg.secure, SameSite: http.SameSiteStrictMode})
-		r.AddCookie(&http.Cookie{Name: p.csrfCookieName(), Value: v}) // a later token in this request agrees
+	cs := r.CookiesNamed(p.csrfCookieName())
+	if len(cs) != 1 || len(cs[0].Value) < 22 {
+		cs = []*http.Cookie{p.rotateCSRF(w, r)}
 	}
-	return p.csrfOf(v)
+	return p.csrfOf(cs[0].Value, p.csrfBinding(r))
 }
 
-func (p *portal) csrfOf(cookie string) string {
+// rotateCSRF sets a fresh CSRF cookie, in place of any r carries, so that a later token in this
+// request agrees. A sign-in and a sign-out rotate it: no token of before outlives them.
+func (p *portal) rotateCSRF(w http.ResponseWriter, r *http.Request) *http.Cookie {
+	c := &http.Cookie{Name: p.csrfCookieName(), Value: newID(), Path: "/", HttpOnly: true,
+		Secure: p.cfg.secure, SameSite: http.SameSiteStrictMode}
+	http.SetCookie(w, c)
+	kept := r.Cookies()
+	r.Header.Del("Cookie")
+	for _, k := range kept {
+		if k.Name != c.Name {
+			r.AddCookie(k)
+		}
+	}
+	r.AddCookie(&http.Cookie{Name: c.Name, Value: c.Value})
+	return c
+}
+
+// csrfBinding is the session a form token is bound to: the ids of the browser's session cookies
+// whose signature holds (ended or expired ones too, so that such a form still reaches its
+// handler, which sends the browser to sign in), or csrfSignedOut.
+func (p *portal) csrfBinding(r *http.Request) string {
+	var sids []string
+	for _, ck := range r.CookiesNamed(cookieName) {
+		if c, err := p.tokens.parse(ck.Value, useCookie); err == nil || errors.Is(err, errTokenExpired) {
+			sids = append(sids, c.Session)
+		}
+	}
+	if len(sids) == 0 {
+		return csrfSignedOut
+	}
+	return strings.Join(sids, " ")
+}
+
+func (p *portal) csrfOf(cookie, binding string) string {
 	m := hmac.New(sha256.New, p.csrfKey)
 	m.Write([]byte(cookie))
+	m.Write([]byte{0})
+	m.Write([]byte(binding))
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
 func (p *portal) csrfValid(r *http.Request) bool {
 	cs := r.CookiesNamed(p.csrfCookieName())
 	sent := r.PostForm["csrf"]
-	return len(cs) == 1 && len(sent) == 1 && hmac.Equal([]byte(sent[0]), []byte(p.csrfOf(cs[0].Value)))
+	return len(cs) == 1 && len(sent) == 1 && hmac.Equal([]byte(sent[0]), []byte(p.csrfOf(cs[0].Value, p.csrfBinding(r))))
 }
 
 // returnTo is where a sign-in sends the browser: rd when it is safe (safeReturn), else the
@@ -291,6 +351,7 @@ func (p *portal) secondFactor(w http.ResponseWriter, r *http.Request, d *pageDat
 // signedInTo hands out the new session's cookie and sends the browser on.
 func (p *portal) signedInTo(w http.ResponseWriter, r *http.Request, pair tokenPair, rd string) *pageData {
 	setSessionCookie(w, p.cfg, pair.cookie, p.now())
+	p.rotateCSRF(w, r)
 	http.Redirect(w, r, p.returnTo(rd), http.StatusSeeOther)
 	return nil
 }
@@ -402,6 +463,7 @@ func (p *portal) logout(w http.ResponseWriter, r *http.Request, d *pageData) *pa
 		}
 	}
 	clearSessionCookies(w, p.cfg)
+	p.rotateCSRF(w, r)
 	d.Notice = "You are signed out."
 	return d
 }

@@ -168,9 +168,11 @@ func (p *portal) verify(w http.ResponseWriter, r *http.Request, d *pageData) *pa
 	if err != nil {
 		return p.mailLinkFailed(w, r, d, err)
 	}
+	// A cookie says what the address was at its sign-in, and is never renewed; an address change
+	// has ended the browsers' sessions.
 	d.Title, d.Token, d.template = "Address confirmed", "", "message"
-	d.Notice = "The address " + email + " is confirmed. Apps see it from your next sign-in."
-	d.Link, d.LinkText = "/login", "Sign in"
+	d.Notice = "The address " + email + " is confirmed. Sign in again: apps see it only from your next sign-in."
+	d.Link, d.LinkText = "/login", "Sign in again"
 	return d
 }
 

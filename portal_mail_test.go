@@ -162,6 +162,56 @@ func TestPortalVerifyLinkConfirmsTheAddressOnlyOnItsPOST(t *testing.T) {
 	})
 }
 
+func TestCompletingAnAddressChangeEndsTheBrowsersSessionsSoAppsSeeTheNewAddress(t *testing.T) {
+	t.Parallel()
+	srv := newMailServer(t, false)
+	e := newPortalMailEnv(t, srv)
+	const email, moved = "ada@example.com", "ada@example.org"
+	_, token := e.signupMailed(t, srv, email).link(t)
+	e.do(t, "POST", "/auth/email/verify", map[string]string{"token": token}).want(t, 200, "")
+	b := newBrowser(e)
+	b.signIn(t, email, "")
+	access, refresh := e.login(t, email, "correct horse battery")
+	e.do(t, "POST", "/auth/email/change", map[string]string{"new_email": moved, "password": "correct horse battery"},
+		"Authorization", "Bearer "+access).want(t, 202, "")
+	_, token = srv.next(t, moved, nil).link(t)
+	b.send(t, "GET", "/verify-email?token="+token, nil)
+	wantPage(t, b.post(t, "/verify-email", url.Values{"token": {token}}), 200, "Sign in again")
+	// The browser's cookie said the old address: its session has ended, and a new sign-in says the new one.
+	wantPasses(t, b, false)
+	b.signIn(t, moved, "")
+	if f := b.forward(t, "/auth/page"); f.status != 200 || f.header.Get("X-User-Email") != moved {
+		t.Fatalf("signed in again: %d %v", f.status, f.header)
+	}
+	// The API session goes on, and carries the new address from its next refresh.
+	e.page(t, access).want(t, 200, "")
+	next := e.refresh(t, refresh).want(t, 200, "").str("access_token")
+	if got := e.page(t, next).want(t, 200, "").header.Get("X-User-Email"); got != moved {
+		t.Fatalf("after a refresh the API session says %q", got)
+	}
+}
+
+func TestTheVerifyPageSaysToSignInAgainForAppsToSeeTheConfirmedAddress(t *testing.T) {
+	t.Parallel()
+	srv := newMailServer(t, false)
+	e := newPortalMailEnv(t, srv)
+	const email = "ada@example.com"
+	_, token := e.signupMailed(t, srv, email).link(t)
+	b := newBrowser(e)
+	b.signIn(t, email, "")
+	b.send(t, "GET", "/verify-email?token="+token, nil)
+	p := b.post(t, "/verify-email", url.Values{"token": {token}})
+	wantPage(t, p, 200, "Sign in again")
+	// The cookie of before still says unconfirmed, as the page warns; a new sign-in says confirmed.
+	if f := b.forward(t, "/auth/page"); f.status != 200 || f.header.Get("X-User-Email-Verified") == "true" {
+		t.Fatalf("the cookie of before: %d %v", f.status, f.header)
+	}
+	b.signIn(t, email, "")
+	if f := b.forward(t, "/auth/page"); f.status != 200 || f.header.Get("X-User-Email-Verified") != "true" {
+		t.Fatalf("signed in again: %d %v", f.status, f.header)
+	}
+}
+
 func TestPortalSignupPageFollowsSignupEnabled(t *testing.T) {
 	t.Parallel()
 	const rd = "https://app.example.test/home"

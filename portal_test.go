@@ -329,6 +329,44 @@ func TestPortalFormsAreRefusedWithoutTheirCSRFTokenOrFromAnotherOrigin(t *testin
 	}
 }
 
+// withPlainPortal is withPortal over plain http: the CSRF cookie then has no __Host- prefix, and a
+// sibling host can plant one.
+func withPlainPortal(c *config) {
+	withPortal(c)
+	c.portal.publicURL, c.portal.secure = "http://auth.example.test", false
+}
+
+func TestACSRFPairFromOneSignedInBrowserIsRefusedOnAnotherBrowsersSession(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, withPlainPortal)
+	victim, _, _ := e.user(t)
+	attacker, _, _ := e.user(t)
+	mine, theirs := newBrowser(e), newBrowser(e)
+	mine.signIn(t, attacker, "")
+	wantPage(t, mine.send(t, "GET", "/account", nil), 200, attacker)
+	theirs.signIn(t, victim, "")
+	theirs.send(t, "GET", "/account", nil)
+	// The attacker plants their browser's CSRF cookie in the victim's, with its form's token.
+	for name, v := range mine.cookies {
+		if strings.Contains(name, "auth_csrf") {
+			theirs.cookies[name] = v
+		}
+	}
+	theirs.last = mine.last
+	for _, path := range []string{"/logout", "/account/sessions/end-others"} {
+		wantPage(t, theirs.post(t, path, url.Values{}), 403, "Form expired")
+	}
+	wantPasses(t, theirs, true)
+	// So is a pair from before the sign-in: it rotates the cookie, and binds the token to the session.
+	b := newBrowser(e)
+	b.send(t, "GET", "/login", nil)
+	before := b.last
+	b.signIn(t, victim, "")
+	b.last = before
+	wantPage(t, b.post(t, "/logout", url.Values{}), 403, "Form expired")
+	wantPasses(t, b, true)
+}
+
 func TestPortalPagesSendTheirSecurityHeaders(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t, withPortal)
@@ -348,6 +386,46 @@ func TestPortalPagesSendTheirSecurityHeaders(t *testing.T) {
 	if p := b.send(t, "GET", "/login", nil); !strings.Contains(p.body, `autocomplete="current-password"`) ||
 		!strings.Contains(p.body, `<label for="email">`) || !strings.Contains(p.body, "· auth</title>") {
 		t.Fatalf("the login page: %s", p.body)
+	}
+}
+
+func TestUnknownPagesAndMethodsUnderThePortalsPathsArePagesWithTheirHeadersAndTheAPIsStayJSON(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, withPortal)
+	b := newBrowser(e)
+	for _, tt := range []struct {
+		method, path string
+		status       int
+		page         bool
+	}{
+		{"GET", "/login/nope", 404, true},
+		{"GET", "/account/x", 404, true},
+		{"GET", "/verify-email/", 404, true},
+		{"PUT", "/login", 405, true},
+		{"GET", "/account/sessions/end", 405, true},
+		{"DELETE", "/signup", 405, true},
+		{"GET", "/auth/nope", 404, false},
+		{"GET", "/loginx", 404, false},
+		{"PUT", "/auth/login", 405, false},
+	} {
+		p := b.send(t, tt.method, tt.path, nil)
+		h := p.header
+		if p.status != tt.status {
+			t.Fatalf("%s %s: %d, want %d", tt.method, tt.path, p.status, tt.status)
+		}
+		if tt.status == 405 && h.Get("Allow") == "" {
+			t.Fatalf("%s %s: a 405 without Allow", tt.method, tt.path)
+		}
+		if !tt.page {
+			if !strings.HasPrefix(h.Get("Content-Type"), "application/json") || !strings.Contains(p.body, `"error"`) {
+				t.Fatalf("%s %s: %v %s, want JSON", tt.method, tt.path, h, p.body)
+			}
+			continue
+		}
+		if !strings.HasPrefix(h.Get("Content-Type"), "text/html") || !strings.Contains(h.Get("Content-Security-Policy"), "frame-ancestors 'none'") ||
+			h.Get("X-Frame-Options") != "DENY" || h.Get("Cache-Control") != "no-store" || !strings.Contains(p.body, `href="/login"`) {
+			t.Fatalf("%s %s: %v %s, want the portal's page", tt.method, tt.path, h, p.body)
+		}
 	}
 }
 

@@ -26,6 +26,7 @@ const (
 	endMFARemoved     = "mfa_removed"      // DELETE /auth/mfa/totp: the other sessions
 	endMFAAdded       = "mfa_added"        // POST /auth/mfa/totp/confirm: the other sessions
 	endPasswordReset  = "password_reset"   // POST /auth/password/reset
+	endEmailChanged   = "email_changed"    // POST /auth/email/verify (a change link): the cookie sessions
 )
 
 // revocations is this instance's copy of the unexpired blacklist, so that checking a token never

@@ -77,7 +77,11 @@ func newHandler(d *deps, c config) http.Handler {
 	mux := http.NewServeMux()
 	addRoutes(mux, d)
 	var h http.Handler = mux
-	h = muxErrorsAsJSON(h)
+	if d.portalPages != nil {
+		h = muxErrorsAs(h, d.portalPages.errorPage)
+	} else {
+		h = muxErrorsAsJSON(h)
+	}
 	h = cors(c.corsOrigins)(h)
 	h = accessLog(d.log, d.now, newRequestIDs(), d.metrics)(h)
 	h = recoverer(d.log)(h)

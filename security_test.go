@@ -2,6 +2,7 @@ package main
 
 import (
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ func TestSecurityModel(t *testing.T) {
 		usedRecovery int
 		event        func(t *testing.T, a *stampedAccount)
 		othersEnd    bool // the account's other sessions end
+		cookiesEnd   bool // its cookie sessions end (othersEnd ends them too)
 	}{
 		{name: "a password change voids links and challenges and ends the other sessions", factor: true,
 			event: func(t *testing.T, a *stampedAccount) {
@@ -43,7 +45,7 @@ func TestSecurityModel(t *testing.T) {
 			event: func(t *testing.T, a *stampedAccount) {
 				a.e.verifyMFA(t, map[string]string{"recovery_code": a.recovery[9]}, a.auth()...).want(t, 200, "")
 			}},
-		{name: "completing an address change voids links and challenges", factor: true,
+		{name: "completing an address change voids links and challenges and ends the cookie sessions", factor: true,
 			event: func(t *testing.T, a *stampedAccount) {
 				fresh := "moved-" + a.email
 				a.e.do(t, "POST", "/auth/email/change", map[string]string{"new_email": fresh, "password": a.password},
@@ -51,7 +53,7 @@ func TestSecurityModel(t *testing.T) {
 				a.srv.next(t, a.email, nil) // the notice
 				_, token := a.srv.next(t, fresh, nil).link(t)
 				a.e.do(t, "POST", "/auth/email/verify", map[string]string{"token": token}).want(t, 200, "")
-			}},
+			}, cookiesEnd: true},
 		{name: "disabling the account voids links and challenges and ends every session", factor: true,
 			event: func(t *testing.T, a *stampedAccount) {
 				a.e.adminDo(t, "POST", "/admin/users/"+a.id+"/disable", nil).want(t, 200, "")
@@ -65,6 +67,7 @@ func TestSecurityModel(t *testing.T) {
 			}
 			resetLink, changeLink, challenge := a.inFlight(t)
 			other := a.otherSession(t)
+			browser := a.browserSession(t)
 
 			row.event(t, a)
 
@@ -79,6 +82,7 @@ func TestSecurityModel(t *testing.T) {
 			} else {
 				a.e.page(t, other).want(t, 200, "")
 			}
+			wantPasses(t, browser, !row.othersEnd && !row.cookiesEnd)
 		})
 	}
 }
@@ -97,7 +101,7 @@ type stampedAccount struct {
 func newStampedAccount(t *testing.T, factor bool) *stampedAccount {
 	t.Helper()
 	srv := newMailServer(t, false)
-	a := &stampedAccount{e: newMailEnv(t, srv), srv: srv, email: "owner@example.com", password: "correct horse battery"}
+	a := &stampedAccount{e: newMailEnv(t, srv, withPortal), srv: srv, email: "owner@example.com", password: "correct horse battery"}
 	a.id = a.e.do(t, "POST", "/auth/signup", credentials{a.email, a.password}).want(t, 201, "").str("id")
 	srv.next(t, a.email, nil) // the verification mail
 	a.access, _ = a.e.login(t, a.email, a.password)
@@ -144,6 +148,18 @@ func (a *stampedAccount) otherSession(t *testing.T) string {
 	}
 	r := a.e.verifyMFA(t, map[string]string{"mfa_token": a.e.loginMFA(t, a.email), "code": a.code(t)}).want(t, 200, "")
 	return r.str("access_token")
+}
+
+// browserSession is a browser signed in to the account on the portal.
+func (a *stampedAccount) browserSession(t *testing.T) *browser {
+	t.Helper()
+	b := newBrowser(a.e)
+	p := b.signIn(t, a.email, "")
+	if a.secret != "" {
+		b.post(t, "/login/code", url.Values{"mfa_token": {mfaTokenField.FindStringSubmatch(p.body)[1]}, "code": {a.code(t)}})
+	}
+	wantPasses(t, b, true)
+	return b
 }
 
 // Finding 1 of the attack review: an attacker who knows the password asks for an address change

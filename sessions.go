@@ -201,6 +201,24 @@ func (k *sessionKeeper) endAll(ctx context.Context, user, except, reason string)
 	return n, nil
 }
 
+// endCookies ends every cookie session of user, for reason: a cookie's claims are signed once
+// and never refreshed, so a change they carry (the address) needs a new sign-in.
+func (k *sessionKeeper) endCookies(ctx context.Context, user, reason string) error {
+	sessions, err := k.live(ctx, user)
+	if err != nil {
+		return err
+	}
+	for _, s := range sessions {
+		if s.Kind != sessionCookie {
+			continue
+		}
+		if err := k.end(ctx, s.ID, reason); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // alive checks with the database, not this instance's copy of the blacklist, that the session of
 // the access token c has not ended: for the requests that change an account.
 func (k *sessionKeeper) alive(ctx context.Context, c *claims) error {
