@@ -34,6 +34,7 @@ type accounts struct {
 		startAs(ctx context.Context, kind string, u *User, ip netip.Addr, userAgent string, lvl level) (tokenPair, error)
 		live(ctx context.Context, user string) ([]Session, error)
 		endAll(ctx context.Context, user, except, reason string) (int, error)
+		endCookies(ctx context.Context, user, reason string) error
 	}
 	passwords *passwordCheck
 	hasher    *hasher
