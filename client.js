@@ -1,10 +1,13 @@
+/// <reference types="./client.d.ts" />
 // client.js: the auth service's browser client, one ES module without dependencies. The service
-// serves it at /auth/client.js.
+// serves it at /auth/client.js, and its types beside it at /auth/client.d.ts.
 //
 //   import { createAuth } from "/auth/client.js";
-//   const auth = createAuth({ onSignOut: (reason) => showLogin(reason) });
-//   await auth.signIn(email, password);
-//   const res = await auth.fetch("/api/orders");
+//   const auth = createAuth();
+//   auth.onChange((ev) => ev.type === "signed_out" && showLogin(ev.reason));
+//   let res = await auth.signIn(email, password);
+//   if (res.state === "mfa_required") res = await auth.verifySecondFactor({ code });
+//   const orders = await auth.fetch("/api/orders");
 //
 // auth.fetch sends the access token only to the service's origin (baseURL's, else the page's) and
 // to the origins in apiOrigins, e.g. createAuth({apiOrigins: ["https://api.example.com"]}); a
@@ -26,18 +29,23 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export function createAuth({
   baseURL = "", // the service's origin; "" when a proxy serves it on the page's own origin
-  storage = globalThis.localStorage, // or sessionStorage, or "memory": see the README
+  storage = globalThis.localStorage, // or sessionStorage, or "memory"; "memory" where there is none
   key = "auth", // the storage entry's name, which also names the locks
-  onSignOut = () => {}, // told the reason, once in every tab, when the session ends
+  onSignOut = () => {}, // deprecated: onChange's signed_out; told the reason, once in every tab
   refreshAhead = 0, // seconds before the access token expires to refresh it; 0: only on a 401
   retryFor = 10, // seconds to retry a refresh or sign-out that the service could not answer
   timeout = 10, // seconds after which a request to the service counts as unanswered
   apiOrigins = [], // other origins that auth.fetch sends the access token to
+  fresh = 5, // seconds that a token from getAccessToken is good for at least
 } = {}) {
-  const store = storage === "memory" ? memory() : storage;
+  // Outside a browser (server-side rendering, Node) there is no localStorage: memory, no tabs.
+  const store = storage === "memory" || !storage ? memory() : storage;
   // Only localStorage is seen by other tabs; only then do tabs need locks and each other's news.
-  const shared = store === globalThis.localStorage;
+  const shared = store === globalThis.localStorage && typeof addEventListener === "function";
   const locks = shared ? globalThis.navigator?.locks : undefined;
+  const listeners = new Set();
+  let challenge = null; // the mfa_token of a sign-in waiting for a second factor: this tab's alone
+  let started = false; // the entry found at creation is no change to announce
   let signedIn = false; // what this tab last knew, so that it hears of an end once
   let known; // the refresh token this tab last saw in storage
   let retiring = Promise.resolve(); // the mark on the refresh token it last saw replaced
@@ -79,8 +87,16 @@ export function createAuth({
     seen(e);
   }
 
-  function keep({ access_token, refresh_token, expires_in }) {
-    save({ access_token, refresh_token, expires_at: Date.now() + expires_in * 1000 });
+  // keep stores a token pair; event is what every tab announces of it.
+  function keep({ access_token, refresh_token, expires_in }, event) {
+    save({ access_token, refresh_token, expires_at: Date.now() + expires_in * 1000, event });
+  }
+
+  // emit tells the listeners, after the module's state is settled: a listener that throws or
+  // calls back into the module breaks nothing.
+  function emit(type, e, extra) {
+    const ev = { type, session: sessionOf(e), ...extra };
+    queueMicrotask(() => listeners.forEach((fn) => fn(ev)));
   }
 
   // seen takes note of what storage holds, written by this tab or by another: the end of a session
@@ -90,6 +106,9 @@ export function createAuth({
     if (signedIn && !e.access_token) {
       const reason = e.ended ?? "signed_out";
       queueMicrotask(() => onSignOut(reason)); // the app's callback cannot break the module's state
+      emit("signed_out", e, { reason });
+    } else if (started && e.access_token && e.refresh_token !== known) {
+      emit(e.event ?? (signedIn ? "refreshed" : "signed_in"), e);
     }
     signedIn = Boolean(e.access_token);
     if (locks && known && e.refresh_token !== known) retiring = retire(known);
@@ -104,6 +123,7 @@ export function createAuth({
     }
   }
   seen(entry());
+  started = true;
   if (shared) {
     addEventListener("storage", (ev) => {
       if (ev.storageArea === store && (ev.key === key || ev.key === null)) seen(entry());
@@ -160,7 +180,7 @@ export function createAuth({
     const res = await retrying(() => post("/auth/refresh", { refresh_token: token }));
     if (entry().refresh_token !== token) return null; // signed out or in meanwhile
     if (res.ok) {
-      keep(await res.clone().json());
+      keep(await res.clone().json(), "refreshed");
       await retiring; // before the lock is released, so that the next holder sees the mark
       return null;
     }
@@ -204,12 +224,15 @@ export function createAuth({
   // authFetch is fetch with the access token, and without an Authorization header when signed
   // out. A 401 about a token refreshes it and sends the request again with the new one; the
   // README says what it resolves to. Another origin than those allowed gets a plain fetch.
-  async function authFetch(url, init = {}) {
-    if (!origins.has(origin(url))) return fetch(url, init);
+  async function authFetch(input, init) {
+    if (!origins.has(origin(input))) return fetch(input, init);
+    // A Request's own headers, method and body go with it; each try sends a copy, so that the
+    // body is still there for the try after a refresh.
+    const request = new Request(input, init);
     let sent = current();
     // A tab that finds its tokens replaced by another may find those expired too: three tries.
     for (let tries = 1; ; tries++) {
-      const res = await send(url, init, sent);
+      const res = await send(request.clone(), sent);
       if (res.status !== 401 || !sent || tries === 3 || !(await aboutToken(res))) return res;
       const refused = await refresh(sent);
       if (refused) return refused.clone();
@@ -218,10 +241,10 @@ export function createAuth({
     }
   }
 
-  function send(url, init, tokens) {
-    const headers = new Headers(init.headers);
+  function send(request, tokens) {
+    const headers = new Headers(request.headers);
     if (tokens) headers.set("Authorization", `Bearer ${tokens.access_token}`);
-    return fetch(url, { ...init, headers });
+    return fetch(new Request(request, { headers }));
   }
 
   // aboutToken tells a 401 about the token sent from one saying that none was: the challenge,
@@ -232,12 +255,76 @@ export function createAuth({
     return tokenErrors.includes(body?.error);
   }
 
-  // signIn stores the tokens of a successful login, for every tab; it resolves to the service's
-  // answer either way (401 invalid_credentials, 429 too_many_attempts with Retry-After, ...).
+  // signIn ends the session signed in now, at the service too, and logs in. It resolves to the
+  // service's answer with a state: "signed_in" (the tokens are stored, for every tab),
+  // "mfa_required" (with the methods that verifySecondFactor takes), or "refused" (401
+  // invalid_credentials, 429 too_many_attempts with Retry-After, ...).
   async function signIn(email, password) {
-    const res = await post("/auth/login", { email, password });
-    if (res.ok) keep(await res.clone().json());
+    challenge = null;
+    if (current()) await signOut().catch(() => {});
+    return signedInBy(await post("/auth/login", { email, password }));
+  }
+
+  // verifySecondFactor completes signIn's "mfa_required" with {code} or {recovery_code}. A wrong
+  // code is "refused" and may be tried again, as long as the challenge lasts.
+  async function verifySecondFactor({ code, recovery_code } = {}) {
+    if (!challenge) throw new Error("no sign-in is waiting for a second factor: call signIn first");
+    return signedInBy(await post("/auth/mfa/verify", { mfa_token: challenge, code, recovery_code }));
+  }
+
+  async function signedInBy(res) {
+    const body = res.ok ? await res.clone().json() : {};
+    let state = "refused";
+    if (body.mfa_required) {
+      challenge = body.mfa_token;
+      state = "mfa_required";
+      res.methods = body.methods ?? ["totp", "recovery_code"];
+    } else if (res.ok) {
+      challenge = null;
+      keep(body, "signed_in");
+      state = "signed_in";
+    }
+    res.state = state;
     return res;
+  }
+
+  // stepUp raises this session to a second factor, for a route that answered 401 mfa_required;
+  // the call then passes when sent again. The service replaces the session's tokens, so this
+  // happens under the refresh lock, as a refresh does. It resolves to the service's answer.
+  async function stepUp(code) {
+    const proof = typeof code === "object" ? code : { code };
+    await getAccessToken();
+    const raise = async () => {
+      const s = current();
+      if (!s) return new Response('{"error":"token_missing"}', { status: 401 });
+      const res = await post("/auth/mfa/verify", proof, s.access_token);
+      if (res.ok && entry().refresh_token === s.refresh_token) {
+        keep(await res.clone().json(), "stepped_up");
+        await retiring;
+      }
+      return res;
+    };
+    return locks ? locks.request(`${key}:refresh`, raise) : raise();
+  }
+
+  // getAccessToken resolves to an access token good for at least fresh seconds more, refreshing
+  // it (one tab at a time) when it is not, or to null when signed out. It rejects when the
+  // service could not answer the refresh.
+  async function getAccessToken() {
+    for (let tries = 1; ; tries++) {
+      const s = current();
+      if (!s) return null;
+      if (s.expires_at - Date.now() > fresh * 1000 || tries > 3) return s.access_token;
+      const refused = await refresh(s);
+      if (refused && refused.status !== 401) {
+        throw new Error(`the service could not refresh the session: ${refused.status}`);
+      }
+    }
+  }
+
+  function onChange(fn) {
+    listeners.add(fn);
+    return () => listeners.delete(fn);
   }
 
   // signOut ends the session in every tab and at the service. The tokens leave storage first, so
@@ -251,9 +338,9 @@ export function createAuth({
   }
 
   // session is who is signed in, as the access token says, or null.
-  function session() {
-    const s = current();
-    if (!s) return null;
+  const session = () => sessionOf(current());
+  function sessionOf(s) {
+    if (!s?.access_token) return null;
     const { sub, email } = claims(s.access_token);
     return { userId: sub, email, expiresAt: new Date(s.expires_at) };
   }
@@ -261,8 +348,12 @@ export function createAuth({
   return {
     signUp: (email, password) => post("/auth/signup", { email, password }),
     signIn,
+    verifySecondFactor,
+    stepUp,
     signOut,
     fetch: authFetch,
+    getAccessToken,
+    onChange,
     session,
   };
 }
