@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -55,5 +56,34 @@ func TestClientModuleRunsInNodeWithMemoryStorage(t *testing.T) {
 		got.Page != 200 || !got.Token || got.SignOut != 200 || got.AfterSignOut != 401 ||
 		!slices.Equal(got.Events, []string{"signed_in", "signed_out"}) {
 		t.Fatalf("client.js in Node: %+v", got)
+	}
+}
+
+// tsc checks a small typed app (testdata/client-types) against client.d.ts, with the TypeScript
+// that .ci/run installs there from npm.
+func TestClientTypesCheckATypedApp(t *testing.T) {
+	t.Parallel()
+	dir := "testdata/client-types"
+	tsc := filepath.Join(dir, "node_modules", ".bin", "tsc")
+	if _, err := os.Stat(tsc); err != nil {
+		t.Skip("TypeScript is not installed (cd testdata/client-types && npm ci); skipping the check of client.d.ts")
+	}
+	cmd := exec.Command("npx", "tsc", "--noEmit", "-p", ".")
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("tsc --noEmit: %v\n%s", err, out)
+	}
+}
+
+func TestClientModuleNamesItsTypesAndTheyAreServed(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	if !strings.HasPrefix(string(clientJS), `/// <reference types="./client.d.ts" />`) {
+		t.Fatal("client.js does not open with the reference to client.d.ts")
+	}
+	r := e.do(t, "GET", "/auth/client.d.ts", nil)
+	if r.status != 200 || r.raw != string(clientDTS) || r.header.Get("ETag") == "" ||
+		r.header.Get("Content-Type") != "application/typescript; charset=utf-8" {
+		t.Fatalf("GET /auth/client.d.ts: %d %q, %d bytes", r.status, r.header.Get("Content-Type"), len(r.raw))
 	}
 }

@@ -43,6 +43,7 @@ func addRoutes(mux routeAdder, d *deps) {
 	// request's own method, so the protected route answers every method.
 	mux.Handle(forwardAuthPath, requireWith(d.log, bearerOrCookie(d.tokens, d.revocations, d.portal.on()))(requireAllowed(d.log, d.allow)(handleForwardAuth(d.now))))
 	mux.Handle("GET /auth/client.js", handleClientJS())
+	mux.Handle("GET /auth/client.d.ts", handleClientDTS())
 	mux.Handle("GET /healthz", handleHealthz())
 	mux.Handle("GET /readyz", handleReadyz(d.log, d.store.Ping, d.revocations))
 	mux.Handle("GET /openapi.yaml", handleOpenAPI())
