@@ -88,6 +88,9 @@ func TestClientFlowsInABrowser(t *testing.T) {
 		if r.Status != 401 || !strings.Contains(r.Body, `"mfa_required"`) {
 			t.Fatalf("a password-only session calling a route that needs a second factor: %d %s, want 401 mfa_required", r.Status, r.Body)
 		}
+		if !evaluate[bool](t, a, fmt.Sprintf(`auth.fetch(%q).then(r => auth.needsStepUp(r))`, front.URL+"/api/strong/orders")) {
+			t.Fatal("needsStepUp did not tell a refusal for want of a second factor")
+		}
 		code := oathtool(t, secret, e.clock.Now())
 		if got := evaluate[int](t, a, fmt.Sprintf(`auth.stepUp(%q).then(r => r.status)`, code)); got != 200 {
 			t.Fatalf("stepUp: %d, want 200", got)

@@ -66,6 +66,8 @@ export interface Auth {
   verifySecondFactor(factor: SecondFactor): Promise<SignInResult>;
   /** Raises the session to a second factor after a call answered 401 mfa_required; send the call again once this resolves to 200. */
   stepUp(factor: string | SecondFactor): Promise<Response>;
+  /** Whether a call was refused for want of a second factor (401 with WWW-Authenticate error="insufficient_user_authentication"), so that stepUp and sending it again may pass. */
+  needsStepUp(res: Response): boolean;
   /** Ends the session in every tab and at the service; null when none was signed in. */
   signOut(): Promise<Response | null>;
   /** fetch with the access token for the allowed origins, refreshing it once on a 401 about the token and sending the request again. */

@@ -322,6 +322,12 @@ export function createAuth({
     }
   }
 
+  // needsStepUp tells whether a call was refused for want of a second factor: by the header
+  // WWW-Authenticate, which proxies pass on (nginx replaces the body of a 401 with its own page).
+  function needsStepUp(res) {
+    return res.status === 401 && /error="insufficient_user_authentication"/.test(res.headers.get("WWW-Authenticate") ?? "");
+  }
+
   function onChange(fn) {
     listeners.add(fn);
     return () => listeners.delete(fn);
@@ -331,6 +337,7 @@ export function createAuth({
   // that no tab sends them meanwhile; the answer (or error) says whether the service ended the
   // session too.
   async function signOut() {
+    challenge = null;
     const s = current();
     save({ ended: "signed_out" });
     if (!s) return null;
@@ -350,6 +357,7 @@ export function createAuth({
     signIn,
     verifySecondFactor,
     stepUp,
+    needsStepUp,
     signOut,
     fetch: authFetch,
     getAccessToken,

@@ -17,7 +17,7 @@ export async function signIn(email: string, password: string, askCode: () => Pro
 
 export async function orders(askCode: () => Promise<string>): Promise<unknown> {
   let res = await auth.fetch(new Request("https://api.example.com/orders", { method: "POST", body: "{}" }));
-  if (res.status === 401 && (await res.clone().json()).error === "mfa_required") {
+  if (auth.needsStepUp(res)) {
     if ((await auth.stepUp(await askCode())).ok) res = await auth.fetch("https://api.example.com/orders");
   }
   const token: string | null = await auth.getAccessToken();
