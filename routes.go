@@ -123,7 +123,7 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 	t := newTokensWith(keys, c.issuer, c.audience, c.accessTTL, c.refreshTTL, c.leeway, now)
 	revs := newRevocations(store, now, log, c.revocationMaxLag)
 	sessions := &sessionKeeper{store: store, tokens: t, revs: revs, metrics: m, log: log,
-		maxAge: c.sessionMaxAge, reuse: c.reuseInterval, answerBy: c.dbWait, cookieTTL: c.portal.ttl}
+		maxAge: c.sessionMaxAge, reuse: c.reuseInterval, answerBy: c.dbWait, cookieTTL: c.portalCfg.ttl}
 	limits := &loginLimits{throttle: &throttle{store: store, now: now, window: c.failureWindow},
 		maxAccount: c.maxFailures, maxClient: c.maxClientFails, maxFactor: c.mfaMaxFailures,
 		maxChallenge: mfaChallengeMaxWrong, challengeWindow: mfaTokenTTL}
@@ -168,9 +168,9 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		metrics:          m,
 		mail:             mail,
 		allow:            c.forwardAuthAllow,
-		portal:           c.portal,
+		portal:           c.portalCfg,
 	}
-	if c.portal.on() {
+	if c.portalCfg.on() {
 		d.portalPages = newPortal(c, d, secret)
 	}
 	return d
@@ -229,7 +229,7 @@ func newAdminHandler(d *deps, token string) http.Handler {
 func newPortal(c config, d *deps, secret []byte) *portal {
 	m := hmac.New(sha256.New, secret)
 	m.Write([]byte("portal csrf"))
-	return &portal{cfg: c.portal, appName: c.appName, log: d.log, now: d.now, clients: d.clients, logins: d.logins,
+	return &portal{cfg: c.portalCfg, appName: c.appName, log: d.log, now: d.now, clients: d.clients, logins: d.logins,
 		mfa: d.mfa, sessions: d.sessions, tokens: d.tokens, revs: d.revocations, allow: d.allow,
 		accounts: d.accounts, mail: d.mail, csrfKey: m.Sum(nil)}
 }
