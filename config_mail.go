@@ -1,6 +1,7 @@
 package main
 
-// config_mail.go is the email part of the settings: how mail leaves, the verification modes and the mail limits.
+// config_mail.go is the email part of the settings: how mail leaves, the verification modes and
+// the mail limits.
 
 import (
 	"crypto/x509"

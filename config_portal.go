@@ -1,7 +1,7 @@
 package main
 
-// config_portal.go reads the login portal's settings: its public URL, the cookie's domain and life,
-// and the hosts a login may return to.
+// config_portal.go is the login portal's settings, which config.go reads: its public URL, the
+// cookie's domain and life, and the hosts a login may return to.
 
 import (
 	"net"

@@ -1,7 +1,7 @@
 package main
 
-// cookies.go is the portal's session cookie: the credential of a cookie session, its check on the
-// hot path, and how it is set and cleared.
+// cookies.go is the portal's session cookie: its check on the hot path, and how it is set and
+// cleared (sessions.go signs its credential).
 
 import (
 	"net/http"
