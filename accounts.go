@@ -373,3 +373,9 @@ func (a *accounts) logOut(ctx context.Context, id, reason string) (int, error) {
 	}
 	return a.sessions.endAll(ctx, u.ID, "", reason)
 }
+
+// credentials is the body of sign-up, login and an operator's account creation.
+type credentials struct {
+	Email    string `json:"email"`
+	Password string `json:"password"`
+}

@@ -9,11 +9,6 @@ import (
 	"time"
 )
 
-type credentials struct {
-	Email    string `json:"email"`
-	Password string `json:"password"`
-}
-
 // handleSignup creates accounts (see accounts.signup).
 func handleSignup(log *slog.Logger, clients clientIPs, users *accounts) http.Handler {
 	type response struct {

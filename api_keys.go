@@ -71,3 +71,7 @@ func handleKeyRevoke(log *slog.Logger, keys *keyring) http.Handler {
 		return nil
 	})
 }
+
+// jwksMaxAge is how long clients may cache /.well-known/jwks.json. JWT_KEY_PUBLISH_AHEAD must be
+// longer, so that a key is in every cached copy before any token is signed with it.
+const jwksMaxAge = 5 * time.Minute

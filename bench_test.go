@@ -133,7 +133,7 @@ func benchHandlerAlg(b *testing.B, alg string) (h http.Handler, access, cookie s
 		b.Fatal(err)
 	}
 	u := &User{ID: "user-id", Email: "user@example.com"}
-	web, err := d.sessions.cookieOf(u, &Session{ID: "cookie-session-id", ExpiresAt: time.Now().Add(cfg.portal.ttl)}, levelPassword)
+	web, err := d.sessions.cookieOf(u, &Session{ID: "cookie-session-id", ExpiresAt: time.Now().Add(cfg.portalCfg.ttl)}, levelPassword)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -64,7 +64,7 @@ type config struct {
 	mail             mailConfig
 	signupEnabled    bool       // SIGNUP_ENABLED: off, only the admin API creates accounts
 	forwardAuthAllow *allowList // FORWARD_AUTH_ALLOW; nil lets every signed-in user through
-	portal           portalConfig
+	portalCfg        portalConfig
 
 	// HTTP server limits; fixed defaults, fields so that tests can shorten them.
 	readHeaderTimeout time.Duration
@@ -194,8 +194,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if c.adminToken != "" && len(c.adminToken) < 32 {
 		s.errs = append(s.errs, errors.New("ADMIN_TOKEN: must be at least 32 bytes; generate one with: openssl rand -base64 48"))
 	}
-	c.portal = loadPortalConfig(s, c.mongoURI, c.port, c.sessionMaxAge)
-	c.mail = loadMailConfig(s, c.mongoURI, c.dataDir, c.appName, c.portal.publicURL)
+	c.portalCfg = loadPortalConfig(s, c.mongoURI, c.port, c.sessionMaxAge)
+	c.mail = loadMailConfig(s, c.mongoURI, c.dataDir, c.appName, c.portalCfg.publicURL)
 	if c.mongoURI != "" && c.jwtSecret == "" {
 		s.errs = append(s.errs, errors.New("JWT_SECRET: required when MONGODB_URI is set (at least 32 bytes; generate one with: openssl rand -base64 48)"))
 	}
@@ -233,65 +233,6 @@ func (s *settings) num(key string, def int) int {
 	}
 	return n
 }
-
-// jwksMaxAge is how long clients may cache /.well-known/jwks.json. JWT_KEY_PUBLISH_AHEAD must be
-// longer, so that a key is in every cached copy before any token is signed with it.
-const jwksMaxAge = 5 * time.Minute
-
-// How mail leaves the service (mailConfig.mode).
-const (
-	mailOff  = "off"  // MONGODB_URI without SMTP_URL: the email endpoints answer email_disabled
-	mailSMTP = "smtp" // SMTP_URL
-	mailDir  = "dir"  // the development mailbox: .eml files under DATA_DIR/mail
-)
-
-// EMAIL_VERIFICATION's values.
-const (
-	verificationOff      = "off"      // no mail at sign-up; sign-up answers 409 for a taken address
-	verificationOptional = "optional" // a mail at sign-up; nothing refused
-	verificationRequired = "required" // and a login with the right password answers 403 until verified
-)
-
-// mailConfig is the email part of the configuration; see the README's table.
-type mailConfig struct {
-	mode         string
-	dir          string // the development mailbox: DATA_DIR/mail
-	smtp         smtpConfig
-	from         string // the From header, possibly with a name
-	fromAddr     string // the bare address, for MAIL FROM
-	appURL       string // the base of links, without a trailing slash
-	appName      string
-	templates    *mailTemplates
-	verification string
-	resetTTL     time.Duration
-	verifyTTL    time.Duration
-	// Of each kind of mail: at most one per address per addressInterval, maxPerAddress per
-	// address and maxPerClient per client within mailWindow; 0 turns a limit off.
-	addressInterval time.Duration
-	maxPerAddress   int
-	maxPerClient    int
-	giveUpAfter     time.Duration
-
-	// Fixed defaults; fields so that tests can shorten them.
-	poll        time.Duration // how often the outbox is read
-	retryBase   time.Duration // the first retry's delay, doubled for each further one
-	retryCap    time.Duration
-	lease       time.Duration // after this, an attempt whose holder said nothing is taken as dead
-	dialTimeout time.Duration
-	sendTimeout time.Duration // the whole SMTP exchange
-}
-
-// mailWindow is the window of the per-hour mail limits.
-const mailWindow = time.Hour
-
-type smtpConfig struct {
-	host, port  string
-	user, pass  string
-	implicitTLS bool           // smtps://: TLS from the first byte; smtp:// upgrades with STARTTLS
-	roots       *x509.CertPool // nil: the system's; SMTP_CA_FILE adds to them, tests set their own
-}
-
-func (c mailConfig) enabled() bool { return c.mode != mailOff }
 
 // loadMailConfig reads the email settings. Mail goes over SMTP_URL when it is set; without it the
 // development default (no MONGODB_URI) writes mails to files, and production has no mail. APP_URL
@@ -420,4 +361,58 @@ func loadCAFile(path string) (*x509.CertPool, error) {
 		return nil, fmt.Errorf("SMTP_CA_FILE %s: no PEM certificate in it", path)
 	}
 	return pool, nil
+}
+
+// loadPortalConfig reads PUBLIC_URL and what goes with it. In development (no MONGODB_URI) the
+// portal is on at http://localhost:PORT, so that it works out of the box.
+func loadPortalConfig(s *settings, mongoURI, port string, sessionMaxAge time.Duration) portalConfig {
+	var p portalConfig
+	raw := s.str("PUBLIC_URL", "")
+	if raw == "" && mongoURI == "" {
+		raw = "http://localhost:" + port
+	}
+	p.ttl = s.dur("PORTAL_SESSION_TTL", "12h", false)
+	if sessionMaxAge > 0 && p.ttl > sessionMaxAge {
+		if strings.TrimSpace(s.getenv("PORTAL_SESSION_TTL")) != "" {
+			s.errs = append(s.errs, fmt.Errorf("PORTAL_SESSION_TTL: %v is longer than SESSION_MAX_AGE (%v)", p.ttl, sessionMaxAge))
+		}
+		p.ttl = sessionMaxAge
+	}
+	for _, h := range strings.FieldsFunc(s.getenv("REDIRECT_ALLOWED_HOSTS"), func(r rune) bool { return r == ',' || r == ' ' }) {
+		h = strings.ToLower(h)
+		if !isHostName(h) {
+			s.errs = append(s.errs, fmt.Errorf("REDIRECT_ALLOWED_HOSTS: want host names such as app.example.com, comma-separated, got %q", h))
+			continue
+		}
+		p.redirectHosts = append(p.redirectHosts, h)
+	}
+	if d := strings.ToLower(strings.TrimPrefix(s.str("COOKIE_DOMAIN", ""), ".")); d != "" {
+		if !isHostName(d) || net.ParseIP(d) != nil || !strings.Contains(d, ".") {
+			s.errs = append(s.errs, fmt.Errorf("COOKIE_DOMAIN: want a domain such as example.com, got %q", s.getenv("COOKIE_DOMAIN")))
+		}
+		p.cookieDomain = d
+	}
+	if raw == "" {
+		if p.cookieDomain != "" || len(p.redirectHosts) > 0 {
+			s.errs = append(s.errs, fmt.Errorf("PUBLIC_URL: required with COOKIE_DOMAIN or REDIRECT_ALLOWED_HOSTS: the sign-in pages' address, such as https://auth.example.com"))
+		}
+		return p
+	}
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil ||
+		(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || !isHostName(strings.ToLower(u.Hostname())) {
+		s.errs = append(s.errs, fmt.Errorf("PUBLIC_URL: want the sign-in pages' http(s) address without a path, such as https://auth.example.com, got %q", raw))
+		return p
+	}
+	host := strings.ToLower(u.Hostname())
+	if u.Scheme == "http" && mongoURI != "" && host != "localhost" && !isLoopback(host) {
+		// Without https the cookie would travel in clear; only a machine's own address is exempt.
+		s.errs = append(s.errs, fmt.Errorf("PUBLIC_URL: want https outside localhost, got %q", raw))
+	}
+	if p.cookieDomain != "" && !underDomain(host, p.cookieDomain) {
+		s.errs = append(s.errs, fmt.Errorf("COOKIE_DOMAIN: %q does not contain PUBLIC_URL's host %q, so browsers would refuse the cookie", p.cookieDomain, host))
+	}
+	p.publicURL = u.Scheme + "://" + strings.ToLower(u.Host)
+	p.secure = u.Scheme == "https"
+	return p
 }

@@ -1,44 +1,15 @@
 package main
 
-// cookies.go is the portal's session cookie: the credential of a cookie session, its check on the
-// hot path, and how it is set and cleared.
+// cookies.go is the portal's session cookie: its check on the hot path, and how it is set and
+// cleared (sessions.go signs its credential).
 
 import (
 	"net/http"
 	"time"
 )
 
-const (
-	// sessionCookie is the Session.Kind of a portal sign-in.
-	sessionCookie = "cookie"
-	// cookieName is the one name of the portal's cookie, host-only or on COOKIE_DOMAIN.
-	cookieName = "auth_session"
-	// cookieAudience is the aud of every cookie credential, whatever JWT_AUDIENCE is, so that a
-	// service checking tokens itself against JWT_AUDIENCE refuses a cookie as a bearer token; the
-	// service itself tells them apart by token_use.
-	cookieAudience = "auth-portal-cookie"
-)
-
-// cookieCredential is the value of a cookie session's cookie and when it expires.
-type cookieCredential struct {
-	value   string
-	expires time.Time
-}
-
-// cookieOf signs the credential of the cookie session s of u at level lvl: a JWT signed as access
-// tokens are, of token_use "cookie", which lives as long as the session (PORTAL_SESSION_TTL). It
-// is never renewed: ending the session blacklists its sid until the credential has expired
-// (TokensExpireAt, which end reads), so the check needs no database.
-func (k *sessionKeeper) cookieOf(u *User, s *Session, lvl level) (tokenPair, error) {
-	now := k.tokens.now()
-	s.TokensExpireAt = k.tokens.until(s.ExpiresAt)
-	raw, err := k.tokens.sign(claims{Subject: u.ID, Email: u.Email, EmailVerified: u.EmailVerified, Session: s.ID,
-		Use: useCookie, ID: newID(), IssuedAt: now.Unix(), Expiry: s.ExpiresAt.Unix(), AMR: lvl.AMR, ACR: lvl.ACR})
-	if err != nil {
-		return tokenPair{}, err
-	}
-	return tokenPair{cookie: &cookieCredential{value: raw, expires: s.ExpiresAt}}, nil
-}
+// cookieName is the one name of the portal's cookie, host-only or on COOKIE_DOMAIN.
+const cookieName = "auth_session"
 
 // cookieClaims returns the claims of the portal cookie r carries, checked as accept checks a
 // token: signature (cached), expiry and this instance's copy of the blacklist, never the

@@ -30,7 +30,7 @@ func requireAccess(log *slog.Logger, t *tokens, revs *revocations) func(http.Han
 func requireWith(log *slog.Logger, credential func(*http.Request) (*claims, error)) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			c, err := admit(r, credential)
+			c, err := admitBy(r, credential)
 			if err != nil {
 				writeError(w, r, log, err)
 				return
@@ -40,8 +40,8 @@ func requireWith(log *slog.Logger, credential func(*http.Request) (*claims, erro
 	}
 }
 
-// admit returns the claims of the credential of r when they meet the level a proxy asks for.
-func admit(r *http.Request, credential func(*http.Request) (*claims, error)) (*claims, error) {
+// admitBy returns the claims of the credential of r when they meet the level a proxy asks for.
+func admitBy(r *http.Request, credential func(*http.Request) (*claims, error)) (*claims, error) {
 	c, err := credential(r)
 	if err != nil {
 		return nil, err

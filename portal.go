@@ -44,28 +44,6 @@ type portal struct {
 	csrfKey  []byte
 }
 
-func newPortal(c config, d *deps, secret []byte) *portal {
-	m := hmac.New(sha256.New, secret)
-	m.Write([]byte("portal csrf"))
-	return &portal{cfg: c.portal, appName: c.appName, log: d.log, now: d.now, clients: d.clients, logins: d.logins,
-		mfa: d.mfa, sessions: d.sessions, tokens: d.tokens, revs: d.revocations, allow: d.allow,
-		accounts: d.accounts, mail: d.mail, csrfKey: m.Sum(nil)}
-}
-
-// addPortalRoutes lists the portal's routes, served when PUBLIC_URL is set.
-func addPortalRoutes(mux routeAdder, p *portal) {
-	addAccountRoutes(mux, p)
-	mux.Handle("GET /login", p.page(p.loginForm))
-	mux.Handle("POST /login", p.form(p.signIn))
-	mux.Handle("POST /login/code", p.form(p.secondFactor))
-	mux.Handle("GET /step-up", p.page(p.stepUpForm))
-	mux.Handle("POST /step-up", p.form(p.stepUp))
-	mux.Handle("GET /logout", p.page(p.logoutForm))
-	mux.Handle("POST /logout", p.form(p.logout))
-	mux.Handle("GET /auth/forward", p.forward())
-	addPortalMailRoutes(mux, p)
-}
-
 // portalPaths are the first segments of the portal's pages: ServeMux's own 404 and 405 under them
 // are pages too (errorPage), and JSON everywhere else.
 var portalPaths = []string{"/login", "/logout", "/signup", "/account", "/step-up", "/forgot-password", "/reset-password", "/verify-email"}
@@ -480,7 +458,7 @@ func (p *portal) forward() http.Handler {
 			check.ServeHTTP(w, r)
 			return
 		}
-		c, err := admit(r, credential)
+		c, err := admitBy(r, credential)
 		if err == nil {
 			if err := admitted(p.log, p.allow, r, c); err != nil {
 				p.notAdmitted(w, r, c, err)

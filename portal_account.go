@@ -14,17 +14,6 @@ import (
 	"rsc.io/qr"
 )
 
-// addAccountRoutes lists the account page's routes (see addPortalRoutes).
-func addAccountRoutes(mux routeAdder, p *portal) {
-	mux.Handle("GET /account", p.page(p.accountPage))
-	mux.Handle("POST /account/sessions/end", p.form(p.endSessionForm))
-	mux.Handle("POST /account/sessions/end-others", p.form(p.endOtherSessions))
-	mux.Handle("POST /account/password", p.form(p.changePassword))
-	mux.Handle("POST /account/authenticator", p.form(p.addAuthenticator))
-	mux.Handle("POST /account/authenticator/confirm", p.form(p.confirmAuthenticator))
-	mux.Handle("POST /account/authenticator/remove", p.form(p.removeAuthenticator))
-}
-
 // accountNotices are the messages a redirect back to the account page may name (?done=), so
 // that no text of the page comes from its address.
 var accountNotices = map[string]string{

@@ -27,21 +27,21 @@ func TestPortalSettings(t *testing.T) {
 	}{
 		{name: "without PUBLIC_URL in production the portal is off and nothing changes", env: prod,
 			check: func(t *testing.T, c config) {
-				if c.portal.on() || c.mail.appURL != "" {
-					t.Fatalf("portal %+v, APP_URL %q", c.portal, c.mail.appURL)
+				if c.portalCfg.on() || c.mail.appURL != "" {
+					t.Fatalf("portal %+v, APP_URL %q", c.portalCfg, c.mail.appURL)
 				}
 			}},
 		{name: "in development the portal is on at localhost and PORT, and mails link to it", env: with(nil, "PORT", "9000"),
 			check: func(t *testing.T, c config) {
-				if c.portal.publicURL != "http://localhost:9000" || c.mail.appURL != "http://localhost:9000" || c.portal.secure {
-					t.Fatalf("portal %+v, APP_URL %q", c.portal, c.mail.appURL)
+				if c.portalCfg.publicURL != "http://localhost:9000" || c.mail.appURL != "http://localhost:9000" || c.portalCfg.secure {
+					t.Fatalf("portal %+v, APP_URL %q", c.portalCfg, c.mail.appURL)
 				}
 			}},
 		{name: "APP_URL defaults to PUBLIC_URL with SMTP_URL",
 			env: with(prod, "PUBLIC_URL", "https://Auth.Example.com/", "SMTP_URL", "smtp://mail.example.com", "MAIL_FROM", "a@example.com"),
 			check: func(t *testing.T, c config) {
-				if c.portal.publicURL != "https://auth.example.com" || !c.portal.secure || c.mail.appURL != "https://auth.example.com" {
-					t.Fatalf("portal %+v, APP_URL %q", c.portal, c.mail.appURL)
+				if c.portalCfg.publicURL != "https://auth.example.com" || !c.portalCfg.secure || c.mail.appURL != "https://auth.example.com" {
+					t.Fatalf("portal %+v, APP_URL %q", c.portalCfg, c.mail.appURL)
 				}
 			}},
 		{name: "an APP_URL of its own wins", env: with(nil, "APP_URL", "http://localhost:3000"),
@@ -52,21 +52,21 @@ func TestPortalSettings(t *testing.T) {
 			}},
 		{name: "the portal session lives 12 hours by default", env: prod,
 			check: func(t *testing.T, c config) {
-				if c.portal.ttl != 12*time.Hour {
-					t.Fatalf("ttl %v", c.portal.ttl)
+				if c.portalCfg.ttl != 12*time.Hour {
+					t.Fatalf("ttl %v", c.portalCfg.ttl)
 				}
 			}},
 		{name: "the default portal session never outlives SESSION_MAX_AGE", env: with(prod, "SESSION_MAX_AGE", "1h"),
 			check: func(t *testing.T, c config) {
-				if c.portal.ttl != time.Hour {
-					t.Fatalf("ttl %v", c.portal.ttl)
+				if c.portalCfg.ttl != time.Hour {
+					t.Fatalf("ttl %v", c.portalCfg.ttl)
 				}
 			}},
 		{name: "COOKIE_DOMAIN and REDIRECT_ALLOWED_HOSTS are read in lower case",
 			env: with(prod, "PUBLIC_URL", "https://auth.example.com", "COOKIE_DOMAIN", ".Example.com", "REDIRECT_ALLOWED_HOSTS", "Docs.Other.org, x.org"),
 			check: func(t *testing.T, c config) {
-				if c.portal.cookieDomain != "example.com" || strings.Join(c.portal.redirectHosts, ",") != "docs.other.org,x.org" {
-					t.Fatalf("portal %+v", c.portal)
+				if c.portalCfg.cookieDomain != "example.com" || strings.Join(c.portalCfg.redirectHosts, ",") != "docs.other.org,x.org" {
+					t.Fatalf("portal %+v", c.portalCfg)
 				}
 			}},
 		{name: "a PORTAL_SESSION_TTL beyond SESSION_MAX_AGE is refused", env: with(prod, "SESSION_MAX_AGE", "1h", "PORTAL_SESSION_TTL", "2h"), refused: "PORTAL_SESSION_TTL"},

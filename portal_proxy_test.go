@@ -54,7 +54,7 @@ func testPortalBehind(t *testing.T, start func(tb testing.TB, addr, publicURL, a
 	// Plain http, as PUBLIC_URL may be only on localhost in production; the cookie is then not
 	// Secure, and Chromium keeps it on http.
 	e := newTestEnv(t, func(c *config) {
-		c.portal.publicURL, c.portal.secure, c.portal.cookieDomain = publicURL, false, "example.test"
+		c.portalCfg.publicURL, c.portalCfg.secure, c.portalCfg.cookieDomain = publicURL, false, "example.test"
 	})
 	one, two := startSeenApp(t), startSeenApp(t)
 	if err := start(t, addr, publicURL, hostPort(t, e.srv.URL), hostPort(t, one.srv.URL), hostPort(t, two.srv.URL)); err != nil {

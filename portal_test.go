@@ -14,8 +14,8 @@ const testPortalURL = "https://auth.example.test"
 // portalConfigFor is the portal of these tests: https, the cookie on example.test, and one more
 // host a login may return to.
 func withPortal(c *config) {
-	c.portal.publicURL, c.portal.secure = testPortalURL, true
-	c.portal.cookieDomain, c.portal.redirectHosts = "example.test", []string{"other.test"}
+	c.portalCfg.publicURL, c.portalCfg.secure = testPortalURL, true
+	c.portalCfg.cookieDomain, c.portalCfg.redirectHosts = "example.test", []string{"other.test"}
 }
 
 // browser is a browser on e's portal: it keeps the cookies it is given (by name, whatever the
@@ -333,7 +333,7 @@ func TestPortalFormsAreRefusedWithoutTheirCSRFTokenOrFromAnotherOrigin(t *testin
 // sibling host can plant one.
 func withPlainPortal(c *config) {
 	withPortal(c)
-	c.portal.publicURL, c.portal.secure = "http://auth.example.test", false
+	c.portalCfg.publicURL, c.portalCfg.secure = "http://auth.example.test", false
 }
 
 func TestACSRFPairFromOneSignedInBrowserIsRefusedOnAnotherBrowsersSession(t *testing.T) {
@@ -532,7 +532,7 @@ func TestSignInReturnsOnlyToAllowedHosts(t *testing.T) {
 		{"https://app。example.test/", false},
 		{"ftp://app.example.test/", false},
 	} {
-		got, ok := safeReturn(cfg.portal, tt.rd)
+		got, ok := safeReturn(cfg.portalCfg, tt.rd)
 		if ok != tt.good {
 			t.Errorf("safeReturn(%q) = %q, %v; want %v", tt.rd, got, ok, tt.good)
 		}
@@ -559,7 +559,7 @@ func FuzzSafeReturn(f *testing.F) {
 	var cfg config
 	withPortal(&cfg)
 	f.Fuzz(func(t *testing.T, rd string) {
-		got, ok := safeReturn(cfg.portal, rd)
+		got, ok := safeReturn(cfg.portalCfg, rd)
 		if !ok {
 			return
 		}

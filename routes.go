@@ -4,6 +4,8 @@ package main
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -126,7 +128,7 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 	t := newTokensWith(keys, c.issuer, c.audience, c.accessTTL, c.refreshTTL, c.leeway, now)
 	revs := newRevocations(store, now, log, c.revocationMaxLag)
 	sessions := &sessionKeeper{store: store, tokens: t, revs: revs, metrics: m, log: log,
-		maxAge: c.sessionMaxAge, reuse: c.reuseInterval, answerBy: c.dbWait, cookieTTL: c.portal.ttl}
+		maxAge: c.sessionMaxAge, reuse: c.reuseInterval, answerBy: c.dbWait, cookieTTL: c.portalCfg.ttl}
 	limits := &loginLimits{throttle: &throttle{store: store, now: now, window: c.failureWindow},
 		maxAccount: c.maxFailures, maxClient: c.maxClientFails, maxFactor: c.mfaMaxFailures,
 		maxChallenge: mfaChallengeMaxWrong, challengeWindow: mfaTokenTTL}
@@ -171,9 +173,9 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		metrics:          m,
 		mail:             mail,
 		allow:            c.forwardAuthAllow,
-		portal:           c.portal,
+		portal:           c.portalCfg,
 	}
-	if c.portal.on() {
+	if c.portalCfg.on() {
 		d.portalPages = newPortal(c, d, secret)
 	}
 	return d
@@ -227,4 +229,50 @@ func newAdminHandler(d *deps, token string) http.Handler {
 	h = accessLog(d.log, d.now, newRequestIDs(), d.metrics)(h)
 	h = recoverer(d.log)(h)
 	return h
+}
+
+func newPortal(c config, d *deps, secret []byte) *portal {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte("portal csrf"))
+	return &portal{cfg: c.portalCfg, appName: c.appName, log: d.log, now: d.now, clients: d.clients, logins: d.logins,
+		mfa: d.mfa, sessions: d.sessions, tokens: d.tokens, revs: d.revocations, allow: d.allow,
+		accounts: d.accounts, mail: d.mail, csrfKey: m.Sum(nil)}
+}
+
+// addPortalRoutes lists the portal's routes, served when PUBLIC_URL is set.
+func addPortalRoutes(mux routeAdder, p *portal) {
+	addAccountRoutes(mux, p)
+	mux.Handle("GET /login", p.page(p.loginForm))
+	mux.Handle("POST /login", p.form(p.signIn))
+	mux.Handle("POST /login/code", p.form(p.secondFactor))
+	mux.Handle("GET /step-up", p.page(p.stepUpForm))
+	mux.Handle("POST /step-up", p.form(p.stepUp))
+	mux.Handle("GET /logout", p.page(p.logoutForm))
+	mux.Handle("POST /logout", p.form(p.logout))
+	mux.Handle("GET /auth/forward", p.forward())
+	addPortalMailRoutes(mux, p)
+}
+
+// addAccountRoutes lists the account page's routes (see addPortalRoutes).
+func addAccountRoutes(mux routeAdder, p *portal) {
+	mux.Handle("GET /account", p.page(p.accountPage))
+	mux.Handle("POST /account/sessions/end", p.form(p.endSessionForm))
+	mux.Handle("POST /account/sessions/end-others", p.form(p.endOtherSessions))
+	mux.Handle("POST /account/password", p.form(p.changePassword))
+	mux.Handle("POST /account/authenticator", p.form(p.addAuthenticator))
+	mux.Handle("POST /account/authenticator/confirm", p.form(p.confirmAuthenticator))
+	mux.Handle("POST /account/authenticator/remove", p.form(p.removeAuthenticator))
+}
+
+// addPortalMailRoutes lists the pages that the links in the mails open (APP_URL defaults to
+// PUBLIC_URL), and sign-up. Their GET never uses a token: mail scanners fetch links.
+func addPortalMailRoutes(mux routeAdder, p *portal) {
+	mux.Handle("GET /signup", p.page(p.signupForm))
+	mux.Handle("POST /signup", p.form(p.signUp))
+	mux.Handle("GET /forgot-password", p.page(p.forgotForm))
+	mux.Handle("POST /forgot-password", p.form(p.forgot))
+	mux.Handle("GET /reset-password", p.page(p.resetForm))
+	mux.Handle("POST /reset-password", p.form(p.reset))
+	mux.Handle("GET /verify-email", p.page(p.verifyForm))
+	mux.Handle("POST /verify-email", p.form(p.verify))
 }

@@ -550,3 +550,18 @@ func viewOf(s Session) sessionView {
 	}
 	return sessionView{s.ID, s.CreatedAt.UTC(), s.LastUsedAt.UTC(), s.IP, s.UserAgent, kind}
 }
+
+// cookieOf signs the credential of the cookie session s of u at level lvl: a JWT signed as access
+// tokens are, of token_use "cookie", which lives as long as the session (PORTAL_SESSION_TTL). It
+// is never renewed: ending the session blacklists its sid until the credential has expired
+// (TokensExpireAt, which end reads), so the check needs no database.
+func (k *sessionKeeper) cookieOf(u *User, s *Session, lvl level) (tokenPair, error) {
+	now := k.tokens.now()
+	s.TokensExpireAt = k.tokens.until(s.ExpiresAt)
+	raw, err := k.tokens.sign(claims{Subject: u.ID, Email: u.Email, EmailVerified: u.EmailVerified, Session: s.ID,
+		Use: useCookie, ID: newID(), IssuedAt: now.Unix(), Expiry: s.ExpiresAt.Unix(), AMR: lvl.AMR, ACR: lvl.ACR})
+	if err != nil {
+		return tokenPair{}, err
+	}
+	return tokenPair{cookie: &cookieCredential{value: raw, expires: s.ExpiresAt}}, nil
+}

@@ -651,3 +651,6 @@ func cut(s string, n int) string {
 	}
 	return strings.ToValidUTF8(s[:n], "")
 }
+
+// sessionCookie is the Session.Kind of a portal sign-in.
+const sessionCookie = "cookie"

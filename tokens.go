@@ -317,3 +317,14 @@ func (v *verifiedCache) drop(key *verifyKey) {
 		}
 	}
 }
+
+// cookieCredential is the value of a cookie session's cookie and when it expires.
+type cookieCredential struct {
+	value   string
+	expires time.Time
+}
+
+// cookieAudience is the aud of every cookie credential, whatever JWT_AUDIENCE is, so that a
+// service checking tokens itself against JWT_AUDIENCE refuses a cookie as a bearer token; the
+// service itself tells them apart by token_use.
+const cookieAudience = "auth-portal-cookie"
