@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strings"
@@ -159,6 +160,13 @@ func TestACookieIsNoBearerTokenAndAnAccessTokenIsNoCookie(t *testing.T) {
 	e.do(t, "GET", "/auth/page", nil, "Cookie", cookieName+"="+access).want(t, 401, "token_invalid")
 	// Two cookies of the name fail closed, whichever is good.
 	e.do(t, "GET", "/auth/page", nil, "Cookie", cookieName+"="+cookie+"; "+cookieName+"=x").want(t, 401, "invalid_request")
+	// Among the apps' own cookies it is found, and counted across Cookie lines (HTTP/2 sends one a cookie).
+	e.do(t, "GET", "/auth/page", nil, "Cookie", "theme=dark;"+cookieName+"="+cookie+" ; lang=en").want(t, 200, "")
+	r := httptest.NewRequest("GET", "/auth/page", nil)
+	r.Header["Cookie"] = []string{"a=1; " + cookieName + "=" + cookie, "b=2", cookieName + "=x"}
+	if _, n := sessionCookieValue(r); n != 2 {
+		t.Fatalf("%d session cookies counted over three Cookie lines, want 2", n)
+	}
 }
 
 func TestTheCookieCheckSendsNoDatabaseCommand(t *testing.T) {
