@@ -41,13 +41,14 @@ func handleSignup(log *slog.Logger, clients clientIPs, users *accounts) http.Han
 }
 
 // handleLogin checks email and password (see logins). A user with an active second factor gets
-// {"mfa_required":true,"mfa_token":...} and no session yet (see handleVerifyMFA). Every other user
-// gets the token pair.
+// {"mfa_required":true,"mfa_token":...,"methods":[...]} and no session yet (see handleVerifyMFA).
+// Every other user gets the token pair.
 func handleLogin(log *slog.Logger, clients clientIPs, l *logins) http.Handler {
 	type challenge struct {
-		MFARequired bool   `json:"mfa_required"`
-		MFAToken    string `json:"mfa_token"`
-		ExpiresIn   int64  `json:"expires_in"`
+		MFARequired bool     `json:"mfa_required"`
+		MFAToken    string   `json:"mfa_token"`
+		ExpiresIn   int64    `json:"expires_in"`
+		Methods     []string `json:"methods"` // what /auth/mfa/verify takes for this challenge
 	}
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		req, err := decode[credentials](w, r)
@@ -62,7 +63,7 @@ func handleLogin(log *slog.Logger, clients clientIPs, l *logins) http.Handler {
 			return err
 		}
 		if a.mfaToken != "" {
-			encode(w, http.StatusOK, challenge{true, a.mfaToken, int64(mfaTokenTTL / time.Second)})
+			encode(w, http.StatusOK, challenge{true, a.mfaToken, int64(mfaTokenTTL / time.Second), []string{"totp", "recovery_code"}})
 			return nil
 		}
 		encode(w, http.StatusOK, a.pair)
