@@ -138,8 +138,10 @@ func TestSignupStoresOnlyAnArgon2idHash(t *testing.T) {
 func TestSimultaneousSignupsOfOneEmailCreateOneAccount(t *testing.T) {
 	t.Parallel()
 	// Twelve hashes queue for the CPUs' slots; under -race on a loaded machine that took longer
-	// than the default wait, and some signups were (rightly) answered 503.
-	e := newTestEnv(t, func(c *config) { c.hashWait = time.Minute })
+	// than the default wait, and some signups were (rightly) answered 503. The last in the queue
+	// then outlived the server's 15-second write timeout, which closed its connection: the
+	// server's bound grows with the wait.
+	e := newTestEnv(t, func(c *config) { c.hashWait, c.writeTimeout = time.Minute, 2*time.Minute })
 	const n = 12
 	statuses := make(chan int, n)
 	var wg sync.WaitGroup

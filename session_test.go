@@ -327,7 +327,7 @@ func TestLoginThrottling(t *testing.T) {
 	for _, instances := range []int{1, 2} {
 		t.Run(fmt.Sprintf("lets at most the limit of 40 simultaneous wrong logins through on %d instances", instances), func(t *testing.T) {
 			t.Parallel()
-			roomy := func(c *config) { c.hashQueue, c.hashWait = 64, time.Minute }
+			roomy := func(c *config) { c.hashQueue, c.hashWait, c.writeTimeout = 64, time.Minute, 2*time.Minute }
 			db := newTestDB(t)
 			var envs []*testEnv
 			for range instances {
