@@ -95,7 +95,13 @@ func raceClaimRefresh(t *testing.T, s *mongoStore, round int) {
 	})
 	winner := -1
 	for i := range racers {
-		if errs[i] != nil {
+		switch {
+		case errors.Is(errs[i], ErrUnavailable):
+			// The store did not answer in time (PostgreSQL under -race in CI): this racer cannot
+			// know whether it won, so it is no witness either way; the others still are.
+			t.Logf("racer %d: %v", i, errs[i])
+			continue
+		case errs[i] != nil:
 			t.Errorf("racer %d: %v", i, errs[i])
 		}
 		if won[i] {
@@ -106,10 +112,15 @@ func raceClaimRefresh(t *testing.T, s *mongoStore, round int) {
 		}
 	}
 	if winner < 0 {
+		for i := range racers {
+			if errs[i] != nil {
+				return // the winner may be the racer the store did not answer
+			}
+		}
 		t.Fatal("no racer won the first use of a refresh token")
 	}
 	for i := range racers {
-		if !won[i] && (first[i].Next.ID != first[winner].Next.ID || !first[i].UsedAt.Equal(first[winner].UsedAt)) {
+		if errs[i] == nil && !won[i] && (first[i].Next.ID != first[winner].Next.ID || !first[i].UsedAt.Equal(first[winner].UsedAt)) {
 			t.Errorf("racer %d lost to a use for %s at %v, but the winner recorded %s at %v", i,
 				first[i].Next.ID, first[i].UsedAt, first[winner].Next.ID, first[winner].UsedAt)
 		}
