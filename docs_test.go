@@ -194,3 +194,50 @@ func significantLines(lines []string) map[string]bool {
 	}
 	return out
 }
+
+// Every path a route registers is findable in the first column of the README's API table: as
+// "`METHOD /path`", "`/path`", or after a full path as "`/last`", which replaces its last segment.
+func TestTheREADMEsAPITableNamesEveryRoute(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, withPortal)
+	var patterns patternList
+	addRoutes(&patterns, e.deps)
+	addAdminRoutes(&patterns, e.deps)
+	addMetricsRoutes(&patterns, e.deps)
+	registered := map[string]bool{}
+	for _, p := range patterns {
+		_, path, ok := strings.Cut(p, " ")
+		if !ok {
+			path = p
+		}
+		registered[path] = true
+	}
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := map[string]bool{}
+	for line := range strings.SplitSeq(string(readme), "\n") {
+		cells := strings.Split(line, " | ")
+		if !strings.HasPrefix(line, "| `") || len(cells) < 2 {
+			continue
+		}
+		prev := ""
+		for _, code := range inlineCode.FindAllString(cells[0], -1) {
+			fields := strings.Fields(strings.Trim(code, "`"))
+			if len(fields) == 0 || !strings.HasPrefix(fields[len(fields)-1], "/") {
+				continue
+			}
+			path, _, _ := strings.Cut(fields[len(fields)-1], "?")
+			if !registered[path] && prev != "" {
+				path = prev[:strings.LastIndex(prev, "/")] + path
+			}
+			named[path], prev = true, path
+		}
+	}
+	for path := range registered {
+		if !named[path] {
+			t.Errorf("%s is registered but the README's API table does not name it", path)
+		}
+	}
+}
