@@ -148,7 +148,14 @@ func TestClientFlowsInABrowser(t *testing.T) {
 		var wg sync.WaitGroup
 		for i, p := range []*tab{a, b} {
 			evaluate[bool](t, p, fmt.Sprintf(`(() => { const now = Date.now; Date.now = () => now() + %d; return true; })()`, ahead))
-			wg.Go(func() { tokens[i] = evaluate[string](t, p, `auth.getAccessToken()`) })
+			// Five callers in each tab at once.
+			wg.Go(func() {
+				got := evaluate[[]string](t, p, `Promise.all([1, 2, 3, 4, 5].map(() => auth.getAccessToken()))`)
+				if len(slices.Compact(slices.Clone(got))) != 1 {
+					t.Errorf("tab %d: its callers got different tokens", i)
+				}
+				tokens[i] = got[0]
+			})
 		}
 		wg.Wait()
 		if tokens[0] == old || tokens[0] != tokens[1] {
@@ -173,6 +180,70 @@ func TestClientFlowsInABrowser(t *testing.T) {
 		}
 		w.wantCount(t, "POST", "/api/orders", 2)
 		w.wantRefreshes(t, e, 1, 0)
+
+		// As fetch does, init overrides the Request: its method, its headers (all of them) and its body.
+		expire(e)
+		r = evaluate[callResult](t, a, `call(new Request("/api/orders", {method: "POST", headers: {"X-Trace": "t-1"}, body: "two apples"}), {method: "PUT", headers: {"X-Other": "o-1"}, body: "three pears"})`)
+		got = r.want(t, 200).echoed(t)
+		if got.Method != "PUT" || got.Header.Get("X-Trace") != "" || got.Header.Get("X-Other") != "o-1" ||
+			got.Body != "three pears" || got.Header.Get("Authorization") != "Bearer "+a.stored(t).AccessToken {
+			t.Fatalf("the API saw %+v; want init's PUT, its header alone, its body and the new token", got)
+		}
+		w.wantRefreshes(t, e, 2, 0)
+	})
+
+	t.Run("a session ended elsewhere or past its age signs every tab out, with the reason", func(t *testing.T) {
+		for _, tt := range []struct {
+			reason string
+			max    time.Duration
+			heard  []string // what each tab hears, the end aside
+			// end ends the session; call makes a call in a tab that passes.
+			end func(t *testing.T, e *testEnv, email string, call func())
+		}{
+			{"token_revoked", 0, []string{"signed_in"}, func(t *testing.T, e *testEnv, email string, call func()) {
+				other, _ := e.login(t, email, "correct horse battery") // another device
+				e.do(t, "POST", "/auth/logout?scope=others", nil, "Authorization", "Bearer "+other).want(t, 200, "")
+				expire(e)
+			}},
+			// The refresh tokens expire with the session; within the leeway after it, the service
+			// says that the session ended.
+			// An access token is taken for its leeway past the session's end, as long as the service
+			// says session_expired to its refresh: a tab hears it when it refreshes ahead of a 401,
+			// as getAccessToken does near the token's expiry by the tab's clock.
+			{"session_expired", 7 * time.Minute, []string{"signed_in", "refreshed"}, func(t *testing.T, e *testEnv, email string, call func()) {
+				e.clock.Advance(4 * time.Minute)
+				call()
+				e.clock.Advance(3*time.Minute + time.Second)
+			}},
+		} {
+			t.Run(tt.reason, func(t *testing.T) {
+				e := newTestEnv(t, func(c *config) { c.sessionMaxAge = tt.max })
+				front := startAppFront(t, e)
+				w := newWindow(t, browser)
+				a, b := w.open(t, front.URL+"/"), w.open(t, front.URL+"/")
+				email := e.newUser(t)
+				a.signIn(t, email)
+				waitSignedIn(t, b)
+				tt.end(t, e, email, func() { a.call(t, front.URL+"/api/orders").want(t, 200) })
+				w.expect(401)
+				if tt.max == 0 {
+					r := b.call(t, front.URL+"/api/orders")
+					if r.Status != 401 || !strings.Contains(r.Body, `"`+tt.reason+`"`) {
+						t.Fatalf("the call after the session ended: %d %s, want 401 %s", r.Status, r.Body, tt.reason)
+					}
+				} else {
+					js := fmt.Sprintf(`(() => { const now = Date.now; Date.now = () => now() + %d; return auth.getAccessToken(); })()`, e.cfg.accessTTL.Milliseconds())
+					if got := evaluate[*string](t, b, js); got != nil {
+						t.Fatal("getAccessToken after the session's end gave a token")
+					}
+				}
+				for name, p := range map[string]*tab{"the tab that called": b, "the other tab": a} {
+					waitFor(t, name+" to hear why the session ended", func() bool {
+						return slices.Equal(p.events(t), append(slices.Clone(tt.heard), "signed_out:"+tt.reason))
+					})
+				}
+			})
+		}
 	})
 }
 

@@ -5,7 +5,7 @@
 export interface AuthOptions {
   /** The service's origin, e.g. "https://auth.example.com"; "" (the default) when a proxy serves it on the page's own origin. */
   baseURL?: string;
-  /** Where the tokens live: localStorage (the default, shared by the tabs of the origin), sessionStorage, or "memory" (this page only). Where there is no localStorage (Node, server-side rendering), "memory". */
+  /** Where the tokens live: localStorage (the default, shared by the tabs of the origin), sessionStorage, or "memory" (this page only). Where localStorage is missing or unusable (Node, server-side rendering, a sandboxed frame), "memory". */
   storage?: Pick<Storage, "getItem" | "setItem"> | "memory";
   /** The storage entry's name, which also names the Web Locks; default "auth". */
   key?: string;
@@ -64,7 +64,7 @@ export interface Auth {
   signIn(email: string, password: string): Promise<SignInResult>;
   /** Completes a signIn that answered "mfa_required"; a wrong code is "refused" and may be tried again. Rejects when no sign-in waits. */
   verifySecondFactor(factor: SecondFactor): Promise<SignInResult>;
-  /** Raises the session to a second factor after a call answered 401 mfa_required; send the call again once this resolves to 200. */
+  /** Raises the session to a second factor after a call answered 401 mfa_required; send the call again once this resolves to 200. Signed out, it resolves to a 401 token_missing. */
   stepUp(factor: string | SecondFactor): Promise<Response>;
   /** Whether a call was refused for want of a second factor (401 with WWW-Authenticate error="insufficient_user_authentication"), so that stepUp and sending it again may pass. */
   needsStepUp(res: Response): boolean;
@@ -80,4 +80,5 @@ export interface Auth {
   session(): Session | null;
 }
 
+/** Throws a TypeError naming the option when one is of the wrong type or out of range (seconds are finite numbers, 0 or more; timeout more than 0). */
 export function createAuth(options?: AuthOptions): Auth;

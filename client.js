@@ -29,7 +29,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export function createAuth({
   baseURL = "", // the service's origin; "" when a proxy serves it on the page's own origin
-  storage = globalThis.localStorage, // or sessionStorage, or "memory"; "memory" where there is none
+  storage = usableLocalStorage(), // or sessionStorage, or "memory"; "memory" where there is none
   key = "auth", // the storage entry's name, which also names the locks
   onSignOut = () => {}, // deprecated: onChange's signed_out; told the reason, once in every tab
   refreshAhead = 0, // seconds before the access token expires to refresh it; 0: only on a 401
@@ -38,10 +38,28 @@ export function createAuth({
   apiOrigins = [], // other origins that auth.fetch sends the access token to
   fresh = 5, // seconds that a token from getAccessToken is good for at least
 } = {}) {
+  // A mistaken option is an error now, not a session that breaks later (a retryFor that is no
+  // number would retry forever, a storage without setItem would fail after the login).
+  const wrong = (what) => {
+    throw new TypeError(`createAuth: ${what}`);
+  };
+  for (const [name, v] of Object.entries({ refreshAhead, retryFor, timeout, fresh })) {
+    if (!(Number.isFinite(v) && v >= 0) || (name === "timeout" && !v)) {
+      wrong(`${name} must be a number of seconds, 0 or more (timeout more than 0), not ${String(v)}`);
+    }
+  }
+  if (typeof baseURL !== "string") wrong("baseURL must be a string, e.g. \"https://auth.example.com\"");
+  if (typeof key !== "string" || !key) wrong("key must be a non-empty string");
+  if (typeof onSignOut !== "function") wrong("onSignOut must be a function");
+  if (!Array.isArray(apiOrigins)) wrong("apiOrigins must be an array of origins");
+  const methods = (s) => typeof s.getItem === "function" && typeof s.setItem === "function";
+  if (storage && storage !== "memory" && !methods(storage)) {
+    wrong('storage must be localStorage, sessionStorage, "memory" or have getItem and setItem');
+  }
   // Outside a browser (server-side rendering, Node) there is no localStorage: memory, no tabs.
   const store = storage === "memory" || !storage ? memory() : storage;
   // Only localStorage is seen by other tabs; only then do tabs need locks and each other's news.
-  const shared = store === globalThis.localStorage && typeof addEventListener === "function";
+  const shared = store === usableLocalStorage() && typeof addEventListener === "function";
   const locks = shared ? globalThis.navigator?.locks : undefined;
   const listeners = new Set();
   let challenge = null; // the mfa_token of a sign-in waiting for a second factor: this tab's alone
@@ -53,7 +71,14 @@ export function createAuth({
   const ahead = { token: undefined, timer: 0 };
   // Origins are compared as the browser parses URLs, so a look-alike name, userinfo, another port
   // or scheme is another origin; an entry of apiOrigins that is no absolute URL throws here.
-  const origins = new Set([origin(baseURL || "/"), ...apiOrigins.map((o) => new URL(o).origin)]);
+  const origins = new Set([origin(baseURL || "/"), ...apiOrigins.map(originOf)]);
+  function originOf(o) {
+    try {
+      return new URL(o).origin;
+    } catch {
+      wrong(`apiOrigins holds ${String(o)}, which is no absolute URL`);
+    }
+  }
   origins.delete("null"); // no page to resolve against, or an opaque origin: nothing matches
   // origin is that of a Request, a URL or a string, a relative one resolved as fetch does.
   function origin(input) {
@@ -374,6 +399,17 @@ function claims(token) {
   } catch {
     return {};
   }
+}
+
+// usableLocalStorage is localStorage where it works, else "memory": reading it throws in a
+// sandboxed frame or where the user blocks storage, and some Node versions define it without
+// methods unless given a file.
+function usableLocalStorage() {
+  try {
+    const s = globalThis.localStorage;
+    if (typeof s?.getItem === "function") return s;
+  } catch {}
+  return "memory";
 }
 
 // memory keeps the tokens in this page only: gone on reload, and never seen by another tab.

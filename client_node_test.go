@@ -14,30 +14,9 @@ import (
 // rendering): createAuth with defaults keeps the tokens in memory, with no cross-tab wiring.
 func TestClientModuleRunsInNodeWithMemoryStorage(t *testing.T) {
 	t.Parallel()
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Skip("node is not installed; skipping the test of client.js outside a browser")
-	}
 	e := newTestEnv(t)
-	dir := t.TempDir()
-	module := e.do(t, "GET", "/auth/client.js", nil)
-	if module.status != 200 {
-		t.Fatalf("GET /auth/client.js: %d", module.status)
-	}
-	script, err := os.ReadFile("testdata/client-node/run.mjs")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, b := range map[string][]byte{"client.mjs": []byte(module.raw), "run.mjs": script} {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
 	email := newEmail()
-	out, err := exec.Command(node, filepath.Join(dir, "run.mjs"), e.srv.URL, email).CombinedOutput()
-	if err != nil {
-		t.Fatalf("node: %v\n%s", err, out)
-	}
+	out := runNode(t, e, "run.mjs", e.srv.URL, email)
 	var got struct {
 		SignedOutAtStart bool     `json:"signedOutAtStart"`
 		SignUp           int      `json:"signUp"`
@@ -57,6 +36,85 @@ func TestClientModuleRunsInNodeWithMemoryStorage(t *testing.T) {
 		!slices.Equal(got.Events, []string{"signed_in", "signed_out"}) {
 		t.Fatalf("client.js in Node: %+v", got)
 	}
+}
+
+// runNode runs a script of testdata/client-node with node, beside client.js as e serves it, and
+// returns what it printed; the test skips without node.
+func runNode(t *testing.T, e *testEnv, script string, args ...string) []byte {
+	t.Helper()
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Skip("node is not installed; skipping the test of client.js outside a browser")
+	}
+	dir := t.TempDir()
+	module := e.do(t, "GET", "/auth/client.js", nil)
+	if module.status != 200 {
+		t.Fatalf("GET /auth/client.js: %d", module.status)
+	}
+	text, err := os.ReadFile(filepath.Join("testdata/client-node", script))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{"client.mjs": []byte(module.raw), script: text} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := exec.Command(node, append([]string{filepath.Join(dir, script)}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("node %s: %v\n%s", script, err, out)
+	}
+	return out
+}
+
+// An app's mistakes with client.js come to a clear error at once, or to what the documentation
+// promises: never to a module that breaks later.
+func TestClientModuleAnswersMistakesClearly(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	out := runNode(t, e, "misuse.mjs", e.srv.URL, newEmail())
+	var got struct {
+		Options                          map[string]string
+		VerifyFirst, StepUpSignedOut     string
+		SignUp                           int
+		TrailingSlash, NoMethods, Throws string
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("node printed %s: %v", out, err)
+	}
+	if got.SignUp != 201 {
+		t.Fatalf("sign-up: %d", got.SignUp)
+	}
+	t.Run("createAuth with a nonsense option throws a TypeError naming it", func(t *testing.T) {
+		for option, outcome := range got.Options {
+			name := option[:strings.Index(option, ":")]
+			if !strings.HasPrefix(outcome, "TypeError: createAuth: ") || !strings.Contains(outcome, name) {
+				t.Errorf("createAuth({%s}): %q, want a TypeError naming %s", option, outcome, name)
+			}
+		}
+	})
+	t.Run("verifySecondFactor with no sign-in waiting rejects, saying to call signIn", func(t *testing.T) {
+		if !strings.HasPrefix(got.VerifyFirst, "Error: ") || !strings.Contains(got.VerifyFirst, "signIn") {
+			t.Fatalf("verifySecondFactor first: %q", got.VerifyFirst)
+		}
+	})
+	t.Run("stepUp while signed out answers 401 token_missing", func(t *testing.T) {
+		if got.StepUpSignedOut != "401 token_missing" {
+			t.Fatalf("stepUp signed out: %q", got.StepUpSignedOut)
+		}
+	})
+	t.Run("a baseURL with a trailing slash signs in", func(t *testing.T) {
+		if got.TrailingSlash != "signed_in" {
+			t.Fatalf("signIn: %q", got.TrailingSlash)
+		}
+	})
+	t.Run("createAuth with defaults keeps to memory where localStorage is unusable", func(t *testing.T) {
+		for name, outcome := range map[string]string{"without methods": got.NoMethods, "throwing when read": got.Throws} {
+			if outcome != "signed_in" {
+				t.Errorf("a localStorage %s: signIn came to %q, want signed_in", name, outcome)
+			}
+		}
+	})
 }
 
 // tsc checks a small typed app (testdata/client-types) against client.d.ts, with the TypeScript

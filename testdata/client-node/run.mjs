@@ -4,6 +4,7 @@
 import { createAuth } from "./client.mjs";
 
 const [base, email] = process.argv.slice(2);
+createAuth(); // with defaults: no page, no localStorage, no addEventListener
 const auth = createAuth({ baseURL: base });
 const events = [];
 auth.onChange((ev) => events.push(ev.type));
