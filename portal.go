@@ -336,15 +336,8 @@ func (p *portal) signedInTo(w http.ResponseWriter, r *http.Request, pair tokenPa
 
 // failed turns a refusal into the page d with its message, as the API words it.
 func (p *portal) failed(w http.ResponseWriter, r *http.Request, d *pageData, err error) *pageData {
-	var e *apiError
-	var busy *busyError
-	switch {
-	case errors.As(err, &e):
-	case errors.As(err, &busy):
-		e = errUnavailable.after(busy.retryAfter)
-	case errors.Is(err, ErrUnavailable):
-		e = errUnavailable
-	default:
+	e := apiErrorOf(err)
+	if e == nil {
 		p.log.LogAttrs(r.Context(), slog.LevelError, "internal error", slog.String("err", err.Error()))
 		e = errInternal
 	}
