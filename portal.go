@@ -124,10 +124,15 @@ func (p *portal) newPage() *pageData {
 		MailOn: p.mail.cfg.enabled(), status: http.StatusOK}
 }
 
-func (p *portal) render(w http.ResponseWriter, d *pageData) {
+// page is the common data of what a template reads: a *pageData, or a view that embeds one.
+func (d *pageData) page() *pageData { return d }
+
+// render writes v with its page's status and template.
+func (p *portal) render(w http.ResponseWriter, v interface{ page() *pageData }) {
+	d := v.page()
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(d.status)
-	if err := portalPages.ExecuteTemplate(w, d.template, d); err != nil {
+	if err := portalPages.ExecuteTemplate(w, d.template, v); err != nil {
 		p.log.Error("rendering a portal page failed", "template", d.template, "err", err)
 	}
 }
