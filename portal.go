@@ -81,9 +81,12 @@ type pageData struct {
 	template                      string
 }
 
-// page serves a GET page: f fills d (CSRF token included) and may answer itself (a redirect),
-// returning nil.
-func (p *portal) page(f func(w http.ResponseWriter, r *http.Request, d *pageData) *pageData) http.Handler {
+// pageFunc fills d for the request and returns it to be rendered, or answers itself (a
+// redirect) and returns nil.
+type pageFunc func(w http.ResponseWriter, r *http.Request, d *pageData) *pageData
+
+// page serves a GET page: f fills d (CSRF token included).
+func (p *portal) page(f pageFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		securePage(w)
 		d := p.newPage()
@@ -95,7 +98,7 @@ func (p *portal) page(f func(w http.ResponseWriter, r *http.Request, d *pageData
 }
 
 // form serves a form's POST: refused without the page's CSRF token or from another origin.
-func (p *portal) form(f func(w http.ResponseWriter, r *http.Request, d *pageData) *pageData) http.Handler {
+func (p *portal) form(f pageFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		securePage(w)
 		d := p.newPage()
