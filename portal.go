@@ -201,16 +201,23 @@ func (p *portal) rotateCSRF(w http.ResponseWriter, r *http.Request) *http.Cookie
 	return c
 }
 
-// csrfBinding is the session a form token is bound to: the ids of the browser's session cookies
-// whose signature holds (ended or expired ones too, so that such a form still reaches its
-// handler, which sends the browser to sign in), or csrfSignedOut.
-func (p *portal) csrfBinding(r *http.Request) string {
+// cookieSessions are the ids of the sessions of r's session cookies whose signature holds, ended
+// or expired ones too.
+func (p *portal) cookieSessions(r *http.Request) []string {
 	var sids []string
 	for _, ck := range r.CookiesNamed(cookieName) {
 		if c, err := p.tokens.parse(ck.Value, useCookie); err == nil || errors.Is(err, errTokenExpired) {
 			sids = append(sids, c.Session)
 		}
 	}
+	return sids
+}
+
+// csrfBinding is the session a form token is bound to: the browser's cookieSessions (an ended or
+// expired one's form still reaches its handler, which sends the browser to sign in), or
+// csrfSignedOut.
+func (p *portal) csrfBinding(r *http.Request) string {
+	sids := p.cookieSessions(r)
 	if len(sids) == 0 {
 		return csrfSignedOut
 	}
@@ -430,15 +437,9 @@ func (p *portal) logoutForm(w http.ResponseWriter, r *http.Request, d *pageData)
 // scopes. An ended or expired cookie's session ends all the same.
 func (p *portal) logout(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
 	d.Title, d.template, d.Link, d.LinkText = "Signed out", "message", "/login", "Sign in again"
-	if cs := r.CookiesNamed(cookieName); len(cs) > 0 {
-		for _, ck := range cs {
-			c, err := p.tokens.parse(ck.Value, useCookie)
-			if err != nil && !errors.Is(err, errTokenExpired) {
-				continue
-			}
-			if err := p.sessions.end(r.Context(), c.Session, endLogout); err != nil {
-				return p.failed(w, r, d, err)
-			}
+	for _, sid := range p.cookieSessions(r) {
+		if err := p.sessions.end(r.Context(), sid, endLogout); err != nil {
+			return p.failed(w, r, d, err)
 		}
 	}
 	clearSessionCookies(w, p.cfg)
