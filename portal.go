@@ -281,6 +281,26 @@ func safeReturn(p portalConfig, rd string) (string, bool) {
 	return u.String(), true
 }
 
+// safeRD is rd when a sign-in may return to it (safeReturn), else "".
+func (p *portal) safeRD(rd string) string {
+	if _, ok := safeReturn(p.cfg, rd); !ok {
+		return ""
+	}
+	return rd
+}
+
+// toSignIn sends the browser to the sign-in page, which returns it to rd.
+func toSignIn(w http.ResponseWriter, r *http.Request, rd string) *pageData {
+	http.Redirect(w, r, "/login?rd="+url.QueryEscape(rd), http.StatusSeeOther)
+	return nil
+}
+
+// formCodes are a second-factor form's code, without the spaces an app shows it with, and
+// recovery code.
+func formCodes(r *http.Request) (code, recovery string) {
+	return strings.ReplaceAll(r.PostForm.Get("code"), " ", ""), strings.TrimSpace(r.PostForm.Get("recovery_code"))
+}
+
 // signedIn is the cookie session of r, if any is valid.
 func (p *portal) signedIn(r *http.Request) *claims {
 	c, err := cookieClaims(p.tokens, p.revs, r)
@@ -291,10 +311,7 @@ func (p *portal) signedIn(r *http.Request) *claims {
 }
 
 func (p *portal) loginForm(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
-	d.Title, d.RD, d.template = "Sign in", r.URL.Query().Get("rd"), "login"
-	if _, ok := safeReturn(p.cfg, d.RD); !ok {
-		d.RD = ""
-	}
+	d.Title, d.RD, d.template = "Sign in", p.safeRD(r.URL.Query().Get("rd")), "login"
 	return d
 }
 
@@ -323,7 +340,7 @@ func (p *portal) signIn(w http.ResponseWriter, r *http.Request, d *pageData) *pa
 func (p *portal) secondFactor(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
 	d.Title, d.Action, d.template = "Second factor", "/login/code", "code"
 	d.RD, d.MFAToken = r.PostForm.Get("rd"), r.PostForm.Get("mfa_token")
-	code, recovery := strings.ReplaceAll(r.PostForm.Get("code"), " ", ""), strings.TrimSpace(r.PostForm.Get("recovery_code"))
+	code, recovery := formCodes(r)
 	if code == "" && recovery == "" {
 		d.Error, d.status = "Enter the code from your authenticator app, or a recovery code.", http.StatusBadRequest
 		return d
@@ -368,14 +385,10 @@ func (p *portal) failed(w http.ResponseWriter, r *http.Request, d *pageData, err
 }
 
 func (p *portal) stepUpForm(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
-	d.RD = r.URL.Query().Get("rd")
-	if _, ok := safeReturn(p.cfg, d.RD); !ok {
-		d.RD = ""
-	}
+	d.RD = p.safeRD(r.URL.Query().Get("rd"))
 	c := p.signedIn(r)
 	if c == nil {
-		http.Redirect(w, r, "/login?rd="+url.QueryEscape(d.RD), http.StatusSeeOther)
-		return nil
+		return toSignIn(w, r, d.RD)
 	}
 	d.Title, d.Email, d.Action, d.template = "Confirm with your second factor", c.Email, "/step-up", "code"
 	if _, err := p.mfa.store.TOTP(r.Context(), c.Subject); errors.Is(err, ErrNotFound) {
@@ -400,8 +413,7 @@ func (p *portal) stepUp(w http.ResponseWriter, r *http.Request, d *pageData) *pa
 	d.RD = r.PostForm.Get("rd")
 	c := p.signedIn(r)
 	if c == nil {
-		http.Redirect(w, r, "/login?rd="+url.QueryEscape(d.RD), http.StatusSeeOther)
-		return nil
+		return toSignIn(w, r, d.RD)
 	}
 	d.Email = c.Email
 	ctx, client := r.Context(), p.clients.of(r)
@@ -409,7 +421,7 @@ func (p *portal) stepUp(w http.ResponseWriter, r *http.Request, d *pageData) *pa
 	if err != nil {
 		return p.failed(w, r, d, err)
 	}
-	code, recovery := strings.ReplaceAll(r.PostForm.Get("code"), " ", ""), strings.TrimSpace(r.PostForm.Get("recovery_code"))
+	code, recovery := formCodes(r)
 	if err := p.mfa.prove(ctx, client, u, code, recovery); errors.Is(err, errMFANotEnrolled) {
 		return noSecondFactor(d)
 	} else if err != nil {

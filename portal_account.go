@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
@@ -74,7 +73,7 @@ var errIncomplete = &apiError{status: http.StatusBadRequest, code: "invalid_requ
 func (p *portal) account(w http.ResponseWriter, r *http.Request) *claims {
 	c := p.signedIn(r)
 	if c == nil {
-		http.Redirect(w, r, "/login?rd="+url.QueryEscape(p.cfg.publicURL+"/account"), http.StatusSeeOther)
+		toSignIn(w, r, p.cfg.publicURL+"/account")
 	}
 	return c
 }
@@ -136,8 +135,7 @@ func accountDone(w http.ResponseWriter, r *http.Request, done string) *pageData 
 // instead; a session that ended meanwhile (elsewhere, or from its own list) signs in again.
 func (p *portal) accountFailed(w http.ResponseWriter, r *http.Request, c *claims, d *pageData, err error, msg string) *pageData {
 	if errors.Is(err, errTokenRevoked) {
-		http.Redirect(w, r, "/login?rd="+url.QueryEscape(p.cfg.publicURL+"/account"), http.StatusSeeOther)
-		return nil
+		return toSignIn(w, r, p.cfg.publicURL+"/account")
 	}
 	p.failed(w, r, d, err)
 	if msg != "" {
@@ -281,7 +279,7 @@ func (p *portal) removeAuthenticator(w http.ResponseWriter, r *http.Request, d *
 	if c == nil {
 		return nil
 	}
-	code, recovery := strings.ReplaceAll(r.PostForm.Get("code"), " ", ""), strings.TrimSpace(r.PostForm.Get("recovery_code"))
+	code, recovery := formCodes(r)
 	if code == "" && recovery == "" {
 		return p.accountFailed(w, r, c, d, errIncomplete, "Enter a code from your authenticator app, or a recovery code, to remove it.")
 	}
