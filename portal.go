@@ -391,7 +391,7 @@ func (p *portal) stepUpForm(w http.ResponseWriter, r *http.Request, d *pageData)
 		return toSignIn(w, r, d.RD)
 	}
 	d.Title, d.Email, d.Action, d.template = "Confirm with your second factor", c.Email, "/step-up", "code"
-	if _, err := p.mfa.store.TOTP(r.Context(), c.Subject); errors.Is(err, ErrNotFound) {
+	if has, err := p.mfa.enrolled(r.Context(), c.Subject); err == nil && !has {
 		return noSecondFactor(d)
 	}
 	return d

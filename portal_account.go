@@ -85,11 +85,7 @@ func (p *portal) showAccount(w http.ResponseWriter, r *http.Request, c *claims, 
 	d.Title, d.Email, d.template = "Your account", c.Email, "account"
 	live, err := p.sessions.live(ctx, c.Subject)
 	if err == nil {
-		_, err = p.mfa.store.TOTP(ctx, c.Subject)
-		v.HasTOTP = err == nil
-		if errors.Is(err, ErrNotFound) {
-			err = nil
-		}
+		v.HasTOTP, err = p.mfa.enrolled(ctx, c.Subject)
 	}
 	if err != nil {
 		d.Notice = ""
