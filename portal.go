@@ -427,7 +427,7 @@ func (p *portal) stepUp(w http.ResponseWriter, r *http.Request, d *pageData) *pa
 	} else if err != nil {
 		return p.failed(w, r, d, err)
 	}
-	pair, err := p.sessions.openAs(ctx, sessionCookie, u, client, r.UserAgent(), levelTwoFactor).keep()
+	pair, err := p.sessions.startAs(ctx, sessionCookie, u, client, r.UserAgent(), levelTwoFactor)
 	if err != nil {
 		return p.failed(w, r, d, err)
 	}

@@ -73,7 +73,7 @@ func (p *portal) signUp(w http.ResponseWriter, r *http.Request, d *pageData) *pa
 		}
 		return d
 	}
-	pair, err := p.sessions.openAs(ctx, sessionCookie, u, client, r.UserAgent(), levelPassword).keep()
+	pair, err := p.sessions.startAs(ctx, sessionCookie, u, client, r.UserAgent(), levelPassword)
 	if err != nil {
 		return p.refused(w, r, d, err)
 	}
