@@ -223,6 +223,15 @@ func (m *mfa) answer(ctx context.Context, client netip.Addr, u *User, ch *MFACha
 	return m.verify(ctx, client, u, secret, code, recovery, ch, true)
 }
 
+// enrolled reports whether user has an active authenticator app.
+func (m *mfa) enrolled(ctx context.Context, user string) (bool, error) {
+	_, err := m.store.TOTP(ctx, user)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
 // signedIn is the account of the access token c, whose session the database says is alive.
 func (m *mfa) signedIn(ctx context.Context, c *claims) (*User, error) {
 	if err := m.sessions.alive(ctx, c); err != nil {
@@ -286,10 +295,10 @@ func (m *mfa) enrol(ctx context.Context, c *claims, client netip.Addr, password 
 	if err != nil {
 		return "", "", err
 	}
-	if _, err := m.store.TOTP(ctx, u.ID); err == nil {
-		return "", "", errMFAAlreadyEnabled
-	} else if !errors.Is(err, ErrNotFound) {
+	if has, err := m.enrolled(ctx, u.ID); err != nil {
 		return "", "", err
+	} else if has {
+		return "", "", errMFAAlreadyEnabled
 	}
 	raw := make([]byte, totpSecret)
 	rand.Read(raw)

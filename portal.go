@@ -81,9 +81,12 @@ type pageData struct {
 	template                      string
 }
 
-// page serves a GET page: f fills d (CSRF token included) and may answer itself (a redirect),
-// returning nil.
-func (p *portal) page(f func(w http.ResponseWriter, r *http.Request, d *pageData) *pageData) http.Handler {
+// pageFunc fills d for the request and returns it to be rendered, or answers itself (a
+// redirect) and returns nil.
+type pageFunc func(w http.ResponseWriter, r *http.Request, d *pageData) *pageData
+
+// page serves a GET page: f fills d (CSRF token included).
+func (p *portal) page(f pageFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		securePage(w)
 		d := p.newPage()
@@ -95,7 +98,7 @@ func (p *portal) page(f func(w http.ResponseWriter, r *http.Request, d *pageData
 }
 
 // form serves a form's POST: refused without the page's CSRF token or from another origin.
-func (p *portal) form(f func(w http.ResponseWriter, r *http.Request, d *pageData) *pageData) http.Handler {
+func (p *portal) form(f pageFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		securePage(w)
 		d := p.newPage()
@@ -124,10 +127,15 @@ func (p *portal) newPage() *pageData {
 		MailOn: p.mail.cfg.enabled(), status: http.StatusOK}
 }
 
-func (p *portal) render(w http.ResponseWriter, d *pageData) {
+// page is the common data of what a template reads: a *pageData, or a view that embeds one.
+func (d *pageData) page() *pageData { return d }
+
+// render writes v with its page's status and template.
+func (p *portal) render(w http.ResponseWriter, v interface{ page() *pageData }) {
+	d := v.page()
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(d.status)
-	if err := portalPages.ExecuteTemplate(w, d.template, d); err != nil {
+	if err := portalPages.ExecuteTemplate(w, d.template, v); err != nil {
 		p.log.Error("rendering a portal page failed", "template", d.template, "err", err)
 	}
 }
@@ -193,16 +201,23 @@ func (p *portal) rotateCSRF(w http.ResponseWriter, r *http.Request) *http.Cookie
 	return c
 }
 
-// csrfBinding is the session a form token is bound to: the ids of the browser's session cookies
-// whose signature holds (ended or expired ones too, so that such a form still reaches its
-// handler, which sends the browser to sign in), or csrfSignedOut.
-func (p *portal) csrfBinding(r *http.Request) string {
+// cookieSessions are the ids of the sessions of r's session cookies whose signature holds, ended
+// or expired ones too.
+func (p *portal) cookieSessions(r *http.Request) []string {
 	var sids []string
 	for _, ck := range r.CookiesNamed(cookieName) {
 		if c, err := p.tokens.parse(ck.Value, useCookie); err == nil || errors.Is(err, errTokenExpired) {
 			sids = append(sids, c.Session)
 		}
 	}
+	return sids
+}
+
+// csrfBinding is the session a form token is bound to: the browser's cookieSessions (an ended or
+// expired one's form still reaches its handler, which sends the browser to sign in), or
+// csrfSignedOut.
+func (p *portal) csrfBinding(r *http.Request) string {
+	sids := p.cookieSessions(r)
 	if len(sids) == 0 {
 		return csrfSignedOut
 	}
@@ -266,6 +281,26 @@ func safeReturn(p portalConfig, rd string) (string, bool) {
 	return u.String(), true
 }
 
+// safeRD is rd when a sign-in may return to it (safeReturn), else "".
+func (p *portal) safeRD(rd string) string {
+	if _, ok := safeReturn(p.cfg, rd); !ok {
+		return ""
+	}
+	return rd
+}
+
+// toSignIn sends the browser to the sign-in page, which returns it to rd.
+func toSignIn(w http.ResponseWriter, r *http.Request, rd string) *pageData {
+	http.Redirect(w, r, "/login?rd="+url.QueryEscape(rd), http.StatusSeeOther)
+	return nil
+}
+
+// formCodes are a second-factor form's code, without the spaces an app shows it with, and
+// recovery code.
+func formCodes(r *http.Request) (code, recovery string) {
+	return strings.ReplaceAll(r.PostForm.Get("code"), " ", ""), strings.TrimSpace(r.PostForm.Get("recovery_code"))
+}
+
 // signedIn is the cookie session of r, if any is valid.
 func (p *portal) signedIn(r *http.Request) *claims {
 	c, err := cookieClaims(p.tokens, p.revs, r)
@@ -276,10 +311,7 @@ func (p *portal) signedIn(r *http.Request) *claims {
 }
 
 func (p *portal) loginForm(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
-	d.Title, d.RD, d.template = "Sign in", r.URL.Query().Get("rd"), "login"
-	if _, ok := safeReturn(p.cfg, d.RD); !ok {
-		d.RD = ""
-	}
+	d.Title, d.RD, d.template = "Sign in", p.safeRD(r.URL.Query().Get("rd")), "login"
 	return d
 }
 
@@ -308,7 +340,7 @@ func (p *portal) signIn(w http.ResponseWriter, r *http.Request, d *pageData) *pa
 func (p *portal) secondFactor(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
 	d.Title, d.Action, d.template = "Second factor", "/login/code", "code"
 	d.RD, d.MFAToken = r.PostForm.Get("rd"), r.PostForm.Get("mfa_token")
-	code, recovery := strings.ReplaceAll(r.PostForm.Get("code"), " ", ""), strings.TrimSpace(r.PostForm.Get("recovery_code"))
+	code, recovery := formCodes(r)
 	if code == "" && recovery == "" {
 		d.Error, d.status = "Enter the code from your authenticator app, or a recovery code.", http.StatusBadRequest
 		return d
@@ -336,15 +368,8 @@ func (p *portal) signedInTo(w http.ResponseWriter, r *http.Request, pair tokenPa
 
 // failed turns a refusal into the page d with its message, as the API words it.
 func (p *portal) failed(w http.ResponseWriter, r *http.Request, d *pageData, err error) *pageData {
-	var e *apiError
-	var busy *busyError
-	switch {
-	case errors.As(err, &e):
-	case errors.As(err, &busy):
-		e = errUnavailable.after(busy.retryAfter)
-	case errors.Is(err, ErrUnavailable):
-		e = errUnavailable
-	default:
+	e := apiErrorOf(err)
+	if e == nil {
 		p.log.LogAttrs(r.Context(), slog.LevelError, "internal error", slog.String("err", err.Error()))
 		e = errInternal
 	}
@@ -360,17 +385,13 @@ func (p *portal) failed(w http.ResponseWriter, r *http.Request, d *pageData, err
 }
 
 func (p *portal) stepUpForm(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
-	d.RD = r.URL.Query().Get("rd")
-	if _, ok := safeReturn(p.cfg, d.RD); !ok {
-		d.RD = ""
-	}
+	d.RD = p.safeRD(r.URL.Query().Get("rd"))
 	c := p.signedIn(r)
 	if c == nil {
-		http.Redirect(w, r, "/login?rd="+url.QueryEscape(d.RD), http.StatusSeeOther)
-		return nil
+		return toSignIn(w, r, d.RD)
 	}
 	d.Title, d.Email, d.Action, d.template = "Confirm with your second factor", c.Email, "/step-up", "code"
-	if _, err := p.mfa.store.TOTP(r.Context(), c.Subject); errors.Is(err, ErrNotFound) {
+	if has, err := p.mfa.enrolled(r.Context(), c.Subject); err == nil && !has {
 		return noSecondFactor(d)
 	}
 	return d
@@ -392,8 +413,7 @@ func (p *portal) stepUp(w http.ResponseWriter, r *http.Request, d *pageData) *pa
 	d.RD = r.PostForm.Get("rd")
 	c := p.signedIn(r)
 	if c == nil {
-		http.Redirect(w, r, "/login?rd="+url.QueryEscape(d.RD), http.StatusSeeOther)
-		return nil
+		return toSignIn(w, r, d.RD)
 	}
 	d.Email = c.Email
 	ctx, client := r.Context(), p.clients.of(r)
@@ -401,13 +421,13 @@ func (p *portal) stepUp(w http.ResponseWriter, r *http.Request, d *pageData) *pa
 	if err != nil {
 		return p.failed(w, r, d, err)
 	}
-	code, recovery := strings.ReplaceAll(r.PostForm.Get("code"), " ", ""), strings.TrimSpace(r.PostForm.Get("recovery_code"))
+	code, recovery := formCodes(r)
 	if err := p.mfa.prove(ctx, client, u, code, recovery); errors.Is(err, errMFANotEnrolled) {
 		return noSecondFactor(d)
 	} else if err != nil {
 		return p.failed(w, r, d, err)
 	}
-	pair, err := p.sessions.openAs(ctx, sessionCookie, u, client, r.UserAgent(), levelTwoFactor).keep()
+	pair, err := p.sessions.startAs(ctx, sessionCookie, u, client, r.UserAgent(), levelTwoFactor)
 	if err != nil {
 		return p.failed(w, r, d, err)
 	}
@@ -429,15 +449,9 @@ func (p *portal) logoutForm(w http.ResponseWriter, r *http.Request, d *pageData)
 // scopes. An ended or expired cookie's session ends all the same.
 func (p *portal) logout(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
 	d.Title, d.template, d.Link, d.LinkText = "Signed out", "message", "/login", "Sign in again"
-	if cs := r.CookiesNamed(cookieName); len(cs) > 0 {
-		for _, ck := range cs {
-			c, err := p.tokens.parse(ck.Value, useCookie)
-			if err != nil && !errors.Is(err, errTokenExpired) {
-				continue
-			}
-			if err := p.sessions.end(r.Context(), c.Session, endLogout); err != nil {
-				return p.failed(w, r, d, err)
-			}
+	for _, sid := range p.cookieSessions(r) {
+		if err := p.sessions.end(r.Context(), sid, endLogout); err != nil {
+			return p.failed(w, r, d, err)
 		}
 	}
 	clearSessionCookies(w, p.cfg)

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
@@ -70,20 +69,11 @@ func qrOf(text string) (*qrImage, error) {
 // errIncomplete is a form sent without a field it needs; its page says which.
 var errIncomplete = &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "fill in the form"}
 
-// renderAccount writes one of the account templates with v.
-func (p *portal) renderAccount(w http.ResponseWriter, v *accountView) {
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.WriteHeader(v.status)
-	if err := portalPages.ExecuteTemplate(w, v.template, v); err != nil {
-		p.log.Error("rendering a portal page failed", "template", v.template, "err", err)
-	}
-}
-
 // account is the signed-in browser's session, or nil after sending it to the sign-in page.
 func (p *portal) account(w http.ResponseWriter, r *http.Request) *claims {
 	c := p.signedIn(r)
 	if c == nil {
-		http.Redirect(w, r, "/login?rd="+url.QueryEscape(p.cfg.publicURL+"/account"), http.StatusSeeOther)
+		toSignIn(w, r, p.cfg.publicURL+"/account")
 	}
 	return c
 }
@@ -95,18 +85,14 @@ func (p *portal) showAccount(w http.ResponseWriter, r *http.Request, c *claims, 
 	d.Title, d.Email, d.template = "Your account", c.Email, "account"
 	live, err := p.sessions.live(ctx, c.Subject)
 	if err == nil {
-		_, err = p.mfa.store.TOTP(ctx, c.Subject)
-		v.HasTOTP = err == nil
-		if errors.Is(err, ErrNotFound) {
-			err = nil
-		}
+		v.HasTOTP, err = p.mfa.enrolled(ctx, c.Subject)
 	}
 	if err != nil {
 		d.Notice = ""
 		p.failed(w, r, d, err)
 		d.Error = "Your account cannot be shown right now; try again shortly."
 		d.template = "message"
-		p.renderAccount(w, v)
+		p.render(w, v)
 		return nil
 	}
 	for _, s := range live {
@@ -122,7 +108,7 @@ func (p *portal) showAccount(w http.ResponseWriter, r *http.Request, c *claims, 
 			Created: s.CreatedAt.UTC().Format(time.DateTime + " UTC"), LastUsed: s.LastUsedAt.UTC().Format(time.DateTime + " UTC"),
 			Current: s.ID == c.Session})
 	}
-	p.renderAccount(w, v)
+	p.render(w, v)
 	return nil
 }
 
@@ -145,8 +131,7 @@ func accountDone(w http.ResponseWriter, r *http.Request, done string) *pageData 
 // instead; a session that ended meanwhile (elsewhere, or from its own list) signs in again.
 func (p *portal) accountFailed(w http.ResponseWriter, r *http.Request, c *claims, d *pageData, err error, msg string) *pageData {
 	if errors.Is(err, errTokenRevoked) {
-		http.Redirect(w, r, "/login?rd="+url.QueryEscape(p.cfg.publicURL+"/account"), http.StatusSeeOther)
-		return nil
+		return toSignIn(w, r, p.cfg.publicURL+"/account")
 	}
 	p.failed(w, r, d, err)
 	if msg != "" {
@@ -233,7 +218,7 @@ func (p *portal) addAuthenticator(w http.ResponseWriter, r *http.Request, d *pag
 		return p.accountFailed(w, r, c, d, err, "")
 	}
 	d.Title, d.Email, d.template = "Add an authenticator app", c.Email, "authenticator"
-	p.renderAccount(w, &accountView{pageData: d, Secret: spaced(secret), QR: code})
+	p.render(w, &accountView{pageData: d, Secret: spaced(secret), QR: code})
 	return nil
 }
 
@@ -260,7 +245,7 @@ func (p *portal) confirmAuthenticator(w http.ResponseWriter, r *http.Request, d 
 	code := strings.ReplaceAll(r.PostForm.Get("code"), " ", "")
 	if code == "" {
 		d.Error, d.status = "Enter the code your authenticator app shows.", http.StatusBadRequest
-		p.renderAccount(w, &accountView{pageData: d})
+		p.render(w, &accountView{pageData: d})
 		return nil
 	}
 	codes, err := p.mfa.confirm(r.Context(), c, p.clients.of(r), code)
@@ -274,12 +259,12 @@ func (p *portal) confirmAuthenticator(w http.ResponseWriter, r *http.Request, d 
 		if errors.Is(err, errCodeInvalid) {
 			d.Error = "That code is not right. Check the app's clock, and enter the code it shows now."
 		}
-		p.renderAccount(w, &accountView{pageData: d})
+		p.render(w, &accountView{pageData: d})
 		return nil
 	}
 	d.Title, d.template = "Your recovery codes", "recovery"
 	d.Notice = "The authenticator app is added. Every other session has ended."
-	p.renderAccount(w, &accountView{pageData: d, RecoveryCodes: codes})
+	p.render(w, &accountView{pageData: d, RecoveryCodes: codes})
 	return nil
 }
 
@@ -290,7 +275,7 @@ func (p *portal) removeAuthenticator(w http.ResponseWriter, r *http.Request, d *
 	if c == nil {
 		return nil
 	}
-	code, recovery := strings.ReplaceAll(r.PostForm.Get("code"), " ", ""), strings.TrimSpace(r.PostForm.Get("recovery_code"))
+	code, recovery := formCodes(r)
 	if code == "" && recovery == "" {
 		return p.accountFailed(w, r, c, d, errIncomplete, "Enter a code from your authenticator app, or a recovery code, to remove it.")
 	}

@@ -10,20 +10,30 @@ import (
 	"strings"
 )
 
-// notHere is the page of what this service does not offer: sign-up when it is closed, the mail
-// pages when it sends no mail.
-func notHere(d *pageData, msg string) *pageData {
-	d.Title, d.Error, d.status, d.template = "Not found", msg, http.StatusNotFound, "message"
-	d.Link, d.LinkText = "/login", "Sign in"
-	return d
+// offered is f where on; else the page of what this service does not offer, which says msg:
+// sign-up when it is closed, the mail pages when it sends no mail.
+func offered(on bool, msg string, f pageFunc) pageFunc {
+	if on {
+		return f
+	}
+	return func(_ http.ResponseWriter, _ *http.Request, d *pageData) *pageData {
+		d.Title, d.Error, d.status, d.template = "Not found", msg, http.StatusNotFound, "message"
+		d.Link, d.LinkText = "/login", "Sign in"
+		return d
+	}
 }
 
-const noMail = "This service sends no mail, so it has no such page; ask its operator."
+// signupPage is f, while sign-up is open.
+func (p *portal) signupPage(f pageFunc) pageFunc {
+	return offered(!p.accounts.signupsClosed, "Sign-up is closed here; ask the operator for an account.", f)
+}
+
+// mailPage is f, when the service sends mail.
+func (p *portal) mailPage(f pageFunc) pageFunc {
+	return offered(p.mail.cfg.enabled(), "This service sends no mail, so it has no such page; ask its operator.", f)
+}
 
 func (p *portal) signupForm(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
-	if p.accounts.signupsClosed {
-		return notHere(d, "Sign-up is closed here; ask the operator for an account.")
-	}
 	d.Title, d.template = "Create an account", "signup"
 	if rd, ok := safeReturn(p.cfg, r.URL.Query().Get("rd")); ok {
 		d.RD = rd
@@ -36,9 +46,6 @@ func (p *portal) signupForm(w http.ResponseWriter, r *http.Request, d *pageData)
 // to check the mail, since signing in only the new accounts would tell the two apart. With it
 // off, the new account is signed in, as /login would.
 func (p *portal) signUp(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
-	if p.accounts.signupsClosed {
-		return notHere(d, "Sign-up is closed here; ask the operator for an account.")
-	}
 	d.Title, d.template = "Create an account", "signup"
 	d.Email = strings.TrimSpace(r.PostForm.Get("email"))
 	if rd, ok := safeReturn(p.cfg, r.PostForm.Get("rd")); ok {
@@ -66,7 +73,7 @@ func (p *portal) signUp(w http.ResponseWriter, r *http.Request, d *pageData) *pa
 		}
 		return d
 	}
-	pair, err := p.sessions.openAs(ctx, sessionCookie, u, client, r.UserAgent(), levelPassword).keep()
+	pair, err := p.sessions.startAs(ctx, sessionCookie, u, client, r.UserAgent(), levelPassword)
 	if err != nil {
 		return p.refused(w, r, d, err)
 	}
@@ -74,9 +81,6 @@ func (p *portal) signUp(w http.ResponseWriter, r *http.Request, d *pageData) *pa
 }
 
 func (p *portal) forgotForm(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
-	if !p.mail.cfg.enabled() {
-		return notHere(d, noMail)
-	}
 	d.Title, d.template = "Forgot your password?", "forgot"
 	return d
 }
@@ -84,9 +88,6 @@ func (p *portal) forgotForm(w http.ResponseWriter, r *http.Request, d *pageData)
 // forgot is POST /auth/password/forgot as a page: the same answer whether the address has an
 // account or not, and after the same work.
 func (p *portal) forgot(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
-	if !p.mail.cfg.enabled() {
-		return notHere(d, noMail)
-	}
 	d.Title, d.template = "Forgot your password?", "forgot"
 	d.Email = strings.TrimSpace(r.PostForm.Get("email"))
 	email := normalizeEmail(d.Email)
@@ -105,9 +106,6 @@ func (p *portal) forgot(w http.ResponseWriter, r *http.Request, d *pageData) *pa
 // resetForm is the page of a reset or invitation link: a form for the new password, which
 // carries the token to the POST. Without a token it asks for the code the mail shows.
 func (p *portal) resetForm(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
-	if !p.mail.cfg.enabled() {
-		return notHere(d, noMail)
-	}
 	d.Title, d.Token, d.template = "Choose a new password", r.URL.Query().Get("token"), "reset"
 	return d
 }
@@ -115,9 +113,6 @@ func (p *portal) resetForm(w http.ResponseWriter, r *http.Request, d *pageData) 
 // reset is the reset form's POST: the API's reset. A weak password is refused before the token
 // is used, so that it does not cost the link.
 func (p *portal) reset(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
-	if !p.mail.cfg.enabled() {
-		return notHere(d, noMail)
-	}
 	d.Title, d.Token, d.template = "Choose a new password", strings.TrimSpace(r.PostForm.Get("token")), "reset"
 	password := r.PostForm.Get("password")
 	if !validPassword(password) {
@@ -137,9 +132,6 @@ func (p *portal) reset(w http.ResponseWriter, r *http.Request, d *pageData) *pag
 // verifyForm is the page of a verification or address-change link: a button, whose POST
 // confirms. Without a token it asks for the code the mail shows.
 func (p *portal) verifyForm(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
-	if !p.mail.cfg.enabled() {
-		return notHere(d, noMail)
-	}
 	d.Title, d.Token, d.template = "Confirm your email address", r.URL.Query().Get("token"), "verify"
 	return d
 }
@@ -147,9 +139,6 @@ func (p *portal) verifyForm(w http.ResponseWriter, r *http.Request, d *pageData)
 // verify is the verify form's POST: the API's verification, which also confirms an address
 // change.
 func (p *portal) verify(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
-	if !p.mail.cfg.enabled() {
-		return notHere(d, noMail)
-	}
 	d.Title, d.Token, d.template = "Confirm your email address", strings.TrimSpace(r.PostForm.Get("token")), "verify"
 	email, err := p.accounts.verifyEmail(r.Context(), d.Token)
 	if err != nil {

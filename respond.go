@@ -92,19 +92,31 @@ func handle(log *slog.Logger, f func(w http.ResponseWriter, r *http.Request) err
 	})
 }
 
-// writeError is the one error writer: it maps err to a status and code; errors that are not the
-// client's are logged with the request id and never shown.
-func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+// apiErrorOf is the answer err maps to: its own apiError, or errUnavailable (after the wait, when
+// hashing is busy; as it is, when the store is unreachable); nil for an error not the client's.
+func apiErrorOf(err error) *apiError {
 	var e *apiError
 	var busy *busyError
 	switch {
 	case errors.As(err, &e):
+		return e
 	case errors.As(err, &busy):
-		e = errUnavailable.after(busy.retryAfter)
+		return errUnavailable.after(busy.retryAfter)
 	case errors.As(err, new(interface{ unavailable() })): // ErrUnavailable
+		return errUnavailable
+	}
+	return nil
+}
+
+// writeError is the one error writer: it maps err to a status and code; errors that are not the
+// client's are logged with the request id and never shown.
+func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	e := apiErrorOf(err)
+	switch {
+	case e == errUnavailable:
 		log.LogAttrs(r.Context(), slog.LevelWarn, "unavailable",
 			slog.String("request_id", w.Header().Get("X-Request-Id")), slog.String("err", err.Error()))
-		e = errUnavailable
+	case e != nil:
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		return // the client went away; nobody reads an answer
 	default:

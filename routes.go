@@ -267,12 +267,12 @@ func addAccountRoutes(mux routeAdder, p *portal) {
 // addPortalMailRoutes lists the pages that the links in the mails open (APP_URL defaults to
 // PUBLIC_URL), and sign-up. Their GET never uses a token: mail scanners fetch links.
 func addPortalMailRoutes(mux routeAdder, p *portal) {
-	mux.Handle("GET /signup", p.page(p.signupForm))
-	mux.Handle("POST /signup", p.form(p.signUp))
-	mux.Handle("GET /forgot-password", p.page(p.forgotForm))
-	mux.Handle("POST /forgot-password", p.form(p.forgot))
-	mux.Handle("GET /reset-password", p.page(p.resetForm))
-	mux.Handle("POST /reset-password", p.form(p.reset))
-	mux.Handle("GET /verify-email", p.page(p.verifyForm))
-	mux.Handle("POST /verify-email", p.form(p.verify))
+	mux.Handle("GET /signup", p.page(p.signupPage(p.signupForm)))
+	mux.Handle("POST /signup", p.form(p.signupPage(p.signUp)))
+	mux.Handle("GET /forgot-password", p.page(p.mailPage(p.forgotForm)))
+	mux.Handle("POST /forgot-password", p.form(p.mailPage(p.forgot)))
+	mux.Handle("GET /reset-password", p.page(p.mailPage(p.resetForm)))
+	mux.Handle("POST /reset-password", p.form(p.mailPage(p.reset)))
+	mux.Handle("GET /verify-email", p.page(p.mailPage(p.verifyForm)))
+	mux.Handle("POST /verify-email", p.form(p.mailPage(p.verify)))
 }
