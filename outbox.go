@@ -184,6 +184,8 @@ func (o *outbox) sendOnce(ctx context.Context, m MailMessage) {
 	var perm permanentError
 	switch {
 	case errors.Is(err, errNoMail):
+		o.log.LogAttrs(ctx, slog.LevelInfo, "mail dropped: no longer needed",
+			slog.String("mail_id", m.ID), slog.String("kind", m.Kind))
 		o.done(ctx, m)
 	case err == nil:
 		o.metrics.mailed(mailSent)
