@@ -114,8 +114,8 @@ func (m *mfa) check(ctx context.Context, client netip.Addr, u *User, secret []by
 // whose owner is mailed when it locks.
 func (m *mfa) verify(ctx context.Context, client netip.Addr, u *User, secret []byte, code, recovery string,
 	ch *MFAChallenge, active bool) error {
-	if recovery == "" && code == "" {
-		return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "send code or recovery_code"}
+	if (recovery == "") == (code == "") {
+		return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "send code or recovery_code, one of them"}
 	}
 	att, err := m.attempt(ctx, client, u, ch)
 	if err != nil {

@@ -164,6 +164,10 @@ func TestSecondFactor(t *testing.T) {
 			}
 		}
 	})
+	t.Run("a code and a recovery code together are refused, and neither is used", func(t *testing.T) {
+		e.verifyMFA(t, map[string]string{"mfa_token": e.loginMFA(t, email), "code": "000000", "recovery_code": recovery[0]}).
+			want(t, 400, "invalid_request")
+	}) // the next subtest's first use of recovery[0] shows that it was not used here
 	t.Run("a recovery code works once", func(t *testing.T) {
 		e.verifyMFA(t, map[string]string{"mfa_token": e.loginMFA(t, email), "recovery_code": strings.ToUpper(recovery[0])}).want(t, 200, "")
 		e.verifyMFA(t, map[string]string{"mfa_token": e.loginMFA(t, email), "recovery_code": recovery[0]}).want(t, 401, "invalid_code")
