@@ -50,7 +50,7 @@ type revocations struct {
 	mu sync.RWMutex
 	// outages are the spans of time this instance's polls found the database unreachable, the
 	// latest last; downSince is the start of the one going on, zero when polls succeed. A
-	// refresh's reuse interval does not count them (see sessionKeeper.refresh).
+	// refresh's reuse interval does not count them (see sessionKeeper.judge).
 	outages   []span
 	downSince time.Time
 	// pending are revocations in force here that the database did not take (an outage): each

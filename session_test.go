@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/golang-jwt/jwt/v5"
 )
 
 // claimsOf reads a token's claims as /auth/verify reports them.
@@ -81,6 +83,29 @@ func TestEndedSessionsStayEnded(t *testing.T) {
 		e.clock.Advance(e.cfg.leeway)
 		e.refresh(t, r.str("refresh_token")).want(t, 401, "token_expired")
 	})
+}
+
+// A refresh token signed before refresh tokens carried their session's end (sxp) learns it from
+// the session's record: it is exchanged, its successor carries the end, and past the end such a
+// token is refused as an expired session.
+func TestARefreshTokenWithoutItsSessionsEndLearnsItFromTheSessionsRecord(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, func(c *config) { c.sessionMaxAge = 7 * time.Minute })
+	withoutEnd := func(tb testing.TB, token string) string {
+		tb.Helper()
+		c := jwtPart(tb, token, 1)
+		delete(c, "sxp")
+		return forge(tb, jwt.SigningMethodHS256, e.secret, jwt.MapClaims(c), map[string]any{"kid": hmacKID(e.secret)})
+	}
+	_, _, refresh := e.user(t)
+	end := jwtPart(t, refresh, 1)["sxp"]
+	e.clock.Advance(4 * time.Minute) // so that the successor lives until the session's end
+	next := e.refresh(t, withoutEnd(t, refresh)).want(t, 200, "").str("refresh_token")
+	if got := jwtPart(t, next, 1)["sxp"]; got != end {
+		t.Fatalf("the successor says the session ends at %v, want %v", got, end)
+	}
+	e.clock.Advance(3*time.Minute + time.Second) // past the end, within the leeway
+	e.refresh(t, withoutEnd(t, next)).want(t, 401, "session_expired")
 }
 
 // The README and the metrics' help promise 15 s by default: REFRESH_REUSE_INTERVAL's 10 s after

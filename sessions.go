@@ -244,84 +244,92 @@ func (k *sessionKeeper) current(ctx context.Context, c *claims) error {
 	return nil
 }
 
-// refresh exchanges the refresh token c for the next pair of its session. The first use of a token
-// gets a new successor; the same token presented again within the reuse interval (another tab, or
-// a client retrying) gets that very successor again, so that a session is only ever one chain;
-// presented after it, the token is a stolen copy or was stolen, and the session ends.
+// refresh exchanges the refresh token c, of a session that ends at end (zero for never), for the
+// next pair of its session. The first use of a token gets a new successor; the same token
+// presented again within the reuse interval (another tab, or a client retrying) gets that very
+// successor again, so that a session is only ever one chain; presented after it, the token is a
+// stolen copy or was stolen, and the session ends.
 //
-// The interval runs from when the first use's answer was due (a lost reply's retry must get the
-// successor), and time the database was out of reach does not count. A rotation sends four
-// commands: the claim and the read of the address side by side, then the session's record and
-// the blacklist, which the database answers rather than this instance's copy (see commit).
-func (k *sessionKeeper) refresh(ctx context.Context, c *claims) (tokenPair, refreshOutcome, error) {
+// It reads, decides, then writes: four commands, the claim and the read of the address side by
+// side, then the session's record and the blacklist.
+func (k *sessionKeeper) refresh(ctx context.Context, c *claims, end time.Time) (tokenPair, refreshOutcome, error) {
 	ctx, cancel := context.WithTimeout(ctx, k.answerBy)
 	defer cancel()
 	now := k.tokens.now()
-	end, known := c.sessionEnd()
-	if !known {
-		s, err := k.store.SessionByID(ctx, c.Session)
-		if errors.Is(err, ErrNotFound) {
-			return tokenPair{}, 0, errTokenRevoked // ended long ago, and purged
-		} else if err != nil {
-			return tokenPair{}, 0, err
-		}
-		end = s.ExpiresAt
-	}
 	if !end.IsZero() && !now.Before(end) {
 		return tokenPair{}, 0, errSessionExpired
 	}
 	next := k.tokens.successor(end, c.level())
 	bound := k.tokens.bound(next, end) // the latest this refresh can make any token of the session live
-	who := k.identity(ctx, c)          // a verified or changed address shows from the next refresh on
+
+	// Read the claim of c, and beside it the address the new tokens carry: a verified or changed
+	// one shows from the next refresh on, and should the read fail they keep what c says.
+	email, verified, read := c.Email, c.EmailVerified, make(chan struct{})
+	go func() {
+		defer close(read)
+		if e, v, err := k.store.EmailOf(ctx, c.Subject); err == nil {
+			email, verified = e, v
+		}
+	}()
 	first, won, err := k.store.ClaimRefresh(ctx, RefreshUse{JTI: c.ID, UsedAt: now,
 		ExpiresAt: k.tokens.until(c.expiresAt()), Next: next, Bound: bound})
 	if err != nil {
 		return tokenPair{}, 0, err
 	}
-	outcome, tokensEnd := refreshRotated, end
-	if !won {
-		// Time the database was out of reach does not count: no refresh could be answered then
-		// anywhere, and every retry in it was answered 503 (see refresh).
-		window := k.answerBy + k.reuse + k.revs.downtime(first.UsedAt, now)
-		if !now.Before(first.UsedAt.Add(window)) {
-			// A session ended for another reason first says so, and is not ended again.
-			if err := k.checkNotRevoked(ctx, c, now); err != nil {
-				return tokenPair{}, 0, err
-			}
-			if err := k.end(ctx, c.Session, endReused); err != nil {
-				return tokenPair{}, 0, err
-			}
-			k.log.LogAttrs(ctx, slog.LevelWarn, "refresh token reused; session revoked",
-				slog.String("request_id", requestID(ctx)), slog.String("user_id", c.Subject))
-			return tokenPair{}, refreshReused, errTokenReused
-		}
+
+	outcome, tokensEnd := k.judge(first, won, now), end
+	if outcome == refreshReuseGrace {
 		// The first use's successor again, and an access token that lives no longer than the
 		// first use's tokens, whose expiry that use wrote: a repeat writes nothing.
-		next, outcome = first.Next, refreshReuseGrace
-		tokensEnd = earliest(end, first.Bound.Add(-k.tokens.leeway))
+		next, tokensEnd = first.Next, earliest(end, first.Bound.Add(-k.tokens.leeway))
 	}
-	if err := k.commit(ctx, c, won, next.ID, bound, now); err != nil {
+
+	// Only the claim's winner writes the session's record: its tokens' expiry (raised to bound)
+	// and its newest refresh token, which step-up starts from. A session's winners come one after
+	// another (each needs the token the one before answered), so the record never sees two writes
+	// at once: FerretDB applies neither $max nor two concurrent $set of one document atomically.
+	// It is written before the blacklist is read: a session ended meanwhile either shows there, or
+	// its ender reads the new expiry and makes its entry outlast these tokens (see end).
+	if won {
+		err := k.store.TouchSession(ctx, c.Session, now, bound, next.ID)
+		if errors.Is(err, ErrNotFound) {
+			return tokenPair{}, 0, errTokenRevoked
+		} else if err != nil {
+			return tokenPair{}, 0, err
+		}
+	}
+	// The blacklist as the database has it, not this instance's copy. A session ended for another
+	// reason first says so, and is not ended again for a reuse.
+	revoked, reason, err := k.store.Revoked(ctx, now, jtiPrefix+c.ID, sidPrefix+c.Session)
+	if err := notRevoked(revoked, reason, err); err != nil {
 		return tokenPair{}, 0, err
 	}
-	email, verified := who()
+	if outcome == refreshReused {
+		if err := k.end(ctx, c.Session, endReused); err != nil {
+			return tokenPair{}, 0, err
+		}
+		k.log.LogAttrs(ctx, slog.LevelWarn, "refresh token reused; session revoked",
+			slog.String("request_id", requestID(ctx)), slog.String("user_id", c.Subject))
+		return tokenPair{}, refreshReused, errTokenReused
+	}
+	<-read
 	pair, err := k.tokens.pair(c.Subject, email, verified, c.Session, next, tokensEnd, end)
 	return pair, outcome, err
 }
 
-// identity returns, once its result is asked for, the current address of c's user and whether it
-// is verified, read while the caller does other work: a refresh signs them into the new tokens,
-// so that a verification or an address change shows from the next refresh on. Should the read
-// fail, the tokens keep what c says.
-func (k *sessionKeeper) identity(ctx context.Context, c *claims) func() (string, bool) {
-	done := make(chan struct{})
-	email, verified := c.Email, c.EmailVerified
-	go func() {
-		defer close(done)
-		if e, v, err := k.store.EmailOf(ctx, c.Subject); err == nil {
-			email, verified = e, v
-		}
-	}()
-	return func() (string, bool) { <-done; return email, verified }
+// judge tells from the claim of a refresh token used at now what this use is: the first (won),
+// a repeat within the reuse interval, or a reuse. The interval runs from when the first use's
+// answer was due (a lost reply's retry must get the successor), and time the database was out of
+// reach does not count: no refresh could be answered then anywhere, and every retry in it was
+// answered 503.
+func (k *sessionKeeper) judge(first RefreshUse, won bool, now time.Time) refreshOutcome {
+	switch {
+	case won:
+		return refreshRotated
+	case now.Before(first.UsedAt.Add(k.answerBy + k.reuse + k.revs.downtime(first.UsedAt, now))):
+		return refreshReuseGrace
+	}
+	return refreshReused
 }
 
 // earliest of two session ends, zero meaning none.
@@ -332,22 +340,14 @@ func earliest(a, b time.Time) time.Time {
 	return a
 }
 
-// commit finishes a use of a refresh token of c's session. The use that won the claim writes the
-// session's record: its tokens' expiry (raised to bound) and its newest refresh token, next, which
-// step-up starts from. Only a winner writes, and a session's winners come one after another (each
-// needs the token the one before answered), so the record never sees two writes at once:
-// FerretDB applies neither $max nor two concurrent $set of one document atomically.
-//
-// Then the blacklist is read again. The expiry is written before that read: a session ended
-// meanwhile either shows there, or its ender reads this expiry and makes its entry outlast these
-// tokens (see end). Whichever comes first, no token outlives the entry.
-func (k *sessionKeeper) commit(ctx context.Context, c *claims, won bool, next string, bound, now time.Time) error {
-	if won {
-		if err := k.store.TouchSession(ctx, c.Session, now, bound, next); errors.Is(err, ErrNotFound) {
-			return errTokenRevoked
-		} else if err != nil {
-			return err
-		}
+// commit finishes step-up's won claim of the session's newest refresh token as refresh finishes
+// a won claim: it writes the session's record (next is the new head), then reads the blacklist
+// again.
+func (k *sessionKeeper) commit(ctx context.Context, c *claims, next string, bound, now time.Time) error {
+	if err := k.store.TouchSession(ctx, c.Session, now, bound, next); errors.Is(err, ErrNotFound) {
+		return errTokenRevoked
+	} else if err != nil {
+		return err
 	}
 	return k.checkNotRevoked(ctx, c, now)
 }
@@ -384,16 +384,20 @@ func (k *sessionKeeper) raise(ctx context.Context, c *claims, lvl level) (tokenP
 	if !won {
 		return tokenPair{}, errStepUpRace // a refresh used the head meanwhile
 	}
-	if err := k.commit(ctx, c, won, next.ID, bound, now); err != nil {
+	if err := k.commit(ctx, c, next.ID, bound, now); err != nil {
 		return tokenPair{}, err
 	}
 	return k.tokens.pair(c.Subject, c.Email, c.EmailVerified, c.Session, next, s.ExpiresAt, s.ExpiresAt)
 }
 
-// checkNotRevoked asks the database whether c's token or its session was revoked; as refusal does,
-// it says token_reused for a session ended by a reused token.
+// checkNotRevoked asks the database whether c's token or its session was revoked.
 func (k *sessionKeeper) checkNotRevoked(ctx context.Context, c *claims, now time.Time) error {
-	revoked, reason, err := k.store.Revoked(ctx, now, jtiPrefix+c.ID, sidPrefix+c.Session)
+	return notRevoked(k.store.Revoked(ctx, now, jtiPrefix+c.ID, sidPrefix+c.Session))
+}
+
+// notRevoked is the refusal for the blacklist's answer about a token and its session: as refusal
+// does, it says token_reused for a session ended by a reused token.
+func notRevoked(revoked bool, reason string, err error) error {
 	switch {
 	case err != nil:
 		return err
@@ -434,18 +438,40 @@ func (k *sessionKeeper) end(ctx context.Context, sid, reason string) error {
 }
 
 // rotate exchanges the refresh token raw for the next pair of its session (see refresh), and
-// counts the outcome.
+// counts the outcome. The session's end is learnt first (see sessionEnd).
 func (k *sessionKeeper) rotate(ctx context.Context, raw string) (tokenPair, error) {
 	c, err := accept(k.tokens, k.revs, raw, useRefresh)
 	if err != nil {
 		return tokenPair{}, err
 	}
 	noteUser(ctx, c.Subject)
-	pair, outcome, err := k.refresh(ctx, c)
+	end, err := k.sessionEnd(ctx, c)
+	if err != nil {
+		return tokenPair{}, err
+	}
+	pair, outcome, err := k.refresh(ctx, c, end)
 	if err == nil || errors.Is(err, errTokenReused) {
 		k.metrics.refresh(outcome)
 	}
 	return pair, err
+}
+
+// sessionEnd is when the session of the refresh token c ends (zero for never): as c says, or for
+// a token signed before tokens carried it, as the session's record says.
+func (k *sessionKeeper) sessionEnd(ctx context.Context, c *claims) (time.Time, error) {
+	if end, known := c.sessionEnd(); known {
+		return end, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, k.answerBy)
+	defer cancel()
+	s, err := k.store.SessionByID(ctx, c.Session)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return time.Time{}, errTokenRevoked // ended long ago, and purged
+	case err != nil:
+		return time.Time{}, err
+	}
+	return s.ExpiresAt, nil
 }
 
 // logout ends the session of the tokens access and refresh (either may be "") for scope "local"
