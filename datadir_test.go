@@ -23,6 +23,10 @@ func newDataDir(tb testing.TB) string {
 // listened, or nil once it listens (and then stops it).
 func runUntilListening(tb testing.TB, env map[string]string) error {
 	tb.Helper()
+	// One start at a time: each starts an embedded database and calibrates the hasher, and five
+	// at once under -race on a busy machine ran past run's 30-second budget for the start.
+	serialStarts <- struct{}{}
+	defer func() { <-serialStarts }()
 	logs := &syncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -45,6 +49,9 @@ func runUntilListening(tb testing.TB, env map[string]string) error {
 	}
 	return nil
 }
+
+// serialStarts lets one runUntilListening start the service at a time.
+var serialStarts = make(chan struct{}, 1)
 
 // otherUID is the uid that tests give files to when they must belong to someone else: nobody.
 const otherUID = 65534
