@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/rsa"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -215,8 +216,13 @@ func testConfig(tb testing.TB) config {
 	}
 	c.signupMax = 1000
 	c.mail.verification = verificationOff
+	c.oidc.rsaKey = testRSAKey
 	return c
 }
+
+// testRSAKey is the one RSA key pair of the test run, which every RS256 key ring of the tests
+// is given: generating one per test is slow on two cores, and slower under -race.
+var testRSAKey = sync.OnceValues(func() (*rsa.PrivateKey, error) { return rsa.GenerateKey(rand.Reader, 2048) })
 
 // newTestDB returns a fresh, empty database that is dropped when the test ends.
 func newTestDB(tb testing.TB) *mongo.Database {

@@ -163,6 +163,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := retryAtStart(startCtx, func() error { return d.keys.load(startCtx) }); err != nil {
 		return fmt.Errorf("loading the signing keys (JWT_ALG=%s): %w", c.jwtAlg, err)
 	}
+	if o := d.provider; o != nil {
+		if err := retryAtStart(startCtx, func() error { return o.idRing().load(startCtx) }); err != nil {
+			return fmt.Errorf("loading the ID tokens' signing keys (RS256): %w", err)
+		}
+		if err := o.clients.loadFile(c.oidc.clientsFile); err != nil {
+			return err
+		}
+	}
 	bg, stopBG := context.WithCancel(context.Background())
 	defer stopBG()
 	go d.revocations.poll(bg, c.syncInterval, time.Minute)
@@ -176,6 +184,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer func() { stopBG(); <-mailDone }()
 	logMailSettings(log, c.mail)
 	go d.keys.follow(bg, c.syncInterval)
+	if d.provider != nil {
+		go d.provider.idRing().follow(bg, c.syncInterval)
+	}
 	go d.passwords.learnImportedHashes(bg)
 	go logOut.flushEvery(bg, 100*time.Millisecond)
 
