@@ -338,22 +338,22 @@ func (o *provider) decide(w http.ResponseWriter, r *http.Request, d *pageData, q
 	none := slices.Contains(ar.prompt, "none")
 	c := o.portal.signedIn(r)
 	now := o.now()
+	// A sign-in this request sent the browser to (login_after) satisfies prompt=login and max_age,
+	// whatever seconds it took.
+	fresh := c != nil && ar.loginAfter > 0 && c.IssuedAt >= ar.loginAfter
 	switch {
-	case c == nil, slices.Contains(ar.prompt, "login"), c.IssuedAt < ar.loginAfter,
-		ar.maxAge >= 0 && now.Unix()-c.IssuedAt > ar.maxAge:
+	case c == nil, !fresh && (slices.Contains(ar.prompt, "login") || ar.loginAfter > 0 ||
+		ar.maxAge >= 0 && now.Unix()-c.IssuedAt > ar.maxAge):
 		if none {
 			o.redirectTo(w, r, ar, url.Values{"error": {"login_required"}, "error_description": {"the user must sign in"}})
 			return nil
 		}
 		again := cloneValues(q)
-		if slices.Contains(ar.prompt, "login") {
-			// Asked once: the sign-in it leads to must be newer than this request.
-			again.Set("prompt", strings.Join(slices.DeleteFunc(slices.Clone(ar.prompt), func(p string) bool { return p == "login" }), " "))
-			again.Set("login_after", strconv.FormatInt(now.Unix(), 10))
-			if again.Get("prompt") == "" {
-				again.Del("prompt")
-			}
+		again.Set("prompt", strings.Join(slices.DeleteFunc(slices.Clone(ar.prompt), func(p string) bool { return p == "login" }), " "))
+		if again.Get("prompt") == "" {
+			again.Del("prompt")
 		}
+		again.Set("login_after", strconv.FormatInt(now.Unix(), 10))
 		to := "/login?rd=" + url.QueryEscape(o.cfg.issuer+oauthAuthorizePath+"?"+again.Encode())
 		if hint := q.Get("login_hint"); hint != "" {
 			to += "&login_hint=" + url.QueryEscape(hint)

@@ -339,3 +339,24 @@ type clientView struct {
 	OAuthClient
 	Secret string `json:"client_secret,omitempty"`
 }
+
+// publicOrigin reports whether origin is the origin of a redirect URI of a public client: a
+// single-page app there may call the token, userinfo and revocation endpoints from the browser.
+func (cs *oauthClients) publicOrigin(ctx context.Context, origin string) (bool, error) {
+	all, err := cs.list(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, c := range all {
+		if c.Type != clientPublic {
+			continue
+		}
+		for _, raw := range c.RedirectURIs {
+			if u, err := url.Parse(raw); err == nil && (u.Scheme == "https" || u.Scheme == "http") &&
+				u.Scheme+"://"+u.Host == origin {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}

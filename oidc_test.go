@@ -672,3 +672,121 @@ func TestOpenIDTokenEndpointIsThrottledPerClientAndAddress(t *testing.T) {
 		t.Fatal("no Retry-After")
 	}
 }
+
+// A single-page app, a public client, calls the token, userinfo and revocation endpoints from its
+// own origin; another origin is not let read the answers.
+func TestOpenIDPublicClientsOriginGetsCORSOnTheTokenUserinfoAndRevocationEndpoints(t *testing.T) {
+	t.Parallel()
+	e := newOIDCEnv(t)
+	registerClient(t, e, map[string]any{"type": "public", "first_party": true})
+	registerClient(t, e, map[string]any{"type": "confidential", "redirect_uris": []string{"https://server.example.test/cb"}})
+	for _, path := range []string{oauthTokenPath, oauthUserinfoPath, oauthRevokePath} {
+		r := e.do(t, "OPTIONS", path, nil, "Origin", "https://app.example.test", "Access-Control-Request-Method", "POST",
+			"Access-Control-Request-Headers", "authorization")
+		if r.status != 204 || r.header.Get("Access-Control-Allow-Origin") != "https://app.example.test" ||
+			!strings.Contains(r.header.Get("Access-Control-Allow-Headers"), "Authorization") {
+			t.Errorf("%s preflight: %d %v", path, r.status, r.header)
+		}
+		for _, other := range []string{"https://evil.example", "https://server.example.test"} {
+			if r := e.do(t, "OPTIONS", path, nil, "Origin", other, "Access-Control-Request-Method", "POST"); r.header.Get("Access-Control-Allow-Origin") != "" {
+				t.Errorf("%s from %s: %v", path, other, r.header)
+			}
+		}
+	}
+	r := e.do(t, "GET", oauthUserinfoPath, nil, "Origin", "https://app.example.test")
+	if r.status != 401 || r.header.Get("Access-Control-Allow-Origin") != "https://app.example.test" {
+		t.Fatalf("userinfo: %d %v", r.status, r.header)
+	}
+}
+
+// The client's access token is a JWT it can read: without the email scope it carries no address.
+func TestOpenIDAccessTokenCarriesNoAddressWithoutTheEmailScope(t *testing.T) {
+	t.Parallel()
+	e := newOIDCEnv(t)
+	email, _, _ := e.user(t)
+	c := registerClient(t, e, map[string]any{"type": "confidential", "first_party": true})
+	c.cfg.Scopes = []string{"openid"}
+	tok := exchange(t, e, c, url.Values{"code": {codeFlow(t, e, newBrowser(e), c, email, "")}}).want(t, 200, "")
+	for _, raw := range []string{tok.str("access_token"), tok.str("id_token")} {
+		if strings.Contains(fmt.Sprint(jwtPart(t, raw, 1)), email) {
+			t.Errorf("a token without the email scope names the address: %v", jwtPart(t, raw, 1))
+		}
+	}
+	info := e.do(t, "GET", oauthUserinfoPath, nil, "Authorization", "Bearer "+tok.str("access_token")).want(t, 200, "")
+	if info.str("email") != "" || info.str("sub") == "" {
+		t.Fatalf("userinfo %s", info.raw)
+	}
+}
+
+// max_age sends a browser signed in longer ago through the sign-in again, once; acr_values=aal2
+// sends a browser signed in at aal1 to the step-up page, or answers interaction_required with
+// prompt=none.
+func TestOpenIDMaxAgeAndACRValuesAskForAFresherOrStrongerSignIn(t *testing.T) {
+	t.Parallel()
+	e := newOIDCEnv(t)
+	email, _, _ := e.user(t)
+	c := registerClient(t, e, map[string]any{"type": "confidential", "first_party": true})
+	b := newBrowser(e)
+	b.signIn(t, email, "")
+	e.clock.Advance(10 * time.Minute)
+	p := b.send(t, "GET", local(t, c.cfg.AuthCodeURL("s", oauth2.SetAuthURLParam("max_age", "60"))), nil)
+	if p.status != 303 || !strings.HasPrefix(p.header.Get("Location"), "/login?") {
+		t.Fatalf("max_age: %d %s", p.status, p.header.Get("Location"))
+	}
+	// max_age=0 asks for a sign-in at every request, and the sign-in it leads to satisfies it,
+	// however long it took.
+	p = b.send(t, "GET", local(t, c.cfg.AuthCodeURL("s", oauth2.SetAuthURLParam("max_age", "0"))), nil)
+	login, _ := url.Parse(p.header.Get("Location"))
+	b.send(t, "GET", login.String(), nil)
+	p = b.post(t, "/login", url.Values{"email": {email}, "password": {"correct horse battery"}, "rd": {login.Query().Get("rd")}})
+	e.clock.Advance(3 * time.Second)
+	p = b.send(t, "GET", local(t, p.header.Get("Location")), nil)
+	if back, _ := url.Parse(p.header.Get("Location")); back == nil || back.Query().Get("code") == "" {
+		t.Fatalf("max_age=0 after its sign-in: %d %s", p.status, p.header.Get("Location"))
+	}
+
+	p = b.send(t, "GET", local(t, c.cfg.AuthCodeURL("s", oauth2.SetAuthURLParam("acr_values", "aal2"))), nil)
+	if p.status != 303 || !strings.HasPrefix(p.header.Get("Location"), "/step-up?") {
+		t.Fatalf("acr_values=aal2: %d %s", p.status, p.header.Get("Location"))
+	}
+	p = b.send(t, "GET", local(t, c.cfg.AuthCodeURL("s", oauth2.SetAuthURLParam("acr_values", "aal2"), oauth2.SetAuthURLParam("prompt", "none"))), nil)
+	if loc, _ := url.Parse(p.header.Get("Location")); loc == nil || loc.Query().Get("error") != "interaction_required" {
+		t.Fatalf("acr_values=aal2, prompt=none: %d %s", p.status, p.header.Get("Location"))
+	}
+}
+
+// A deleted client's tokens are refused at once, not when they expire.
+func TestOpenIDDeletedClientsTokensAreRefused(t *testing.T) {
+	t.Parallel()
+	e := newOIDCEnv(t)
+	email, _, _ := e.user(t)
+	c := registerClient(t, e, map[string]any{"type": "confidential", "first_party": true})
+	tok := exchange(t, e, c, url.Values{"code": {codeFlow(t, e, newBrowser(e), c, email, "")}}).want(t, 200, "")
+	e.adminDo(t, "DELETE", "/admin/oauth/clients/"+c.id, nil).want(t, 204, "")
+	e.do(t, "GET", oauthUserinfoPath, nil, "Authorization", "Bearer "+tok.str("access_token")).want(t, 401, "token_revoked")
+	exchange(t, e, c, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {tok.str("refresh_token")}}).want(t, 401, "invalid_client")
+}
+
+// With JWT_ALG=EdDSA a client may ask for EdDSA ID tokens, which go-oidc checks against the JWKS
+// as it does RS256 ones.
+func TestOpenIDClientMayAskForIDTokensInJWTAlg(t *testing.T) {
+	t.Parallel()
+	e := newOIDCEnv(t, func(c *config) { c.jwtAlg = algEdDSA })
+	if err := e.deps.keys.load(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	email, _, _ := e.user(t)
+	c := registerClient(t, e, map[string]any{"type": "confidential", "first_party": true, "id_token_signed_response_alg": "EdDSA"})
+	tok, err := c.cfg.Exchange(c.ctx, codeFlow(t, e, newBrowser(e), c, email, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := tok.Extra("id_token").(string)
+	if h := jwtPart(t, raw, 0); h["alg"] != "EdDSA" {
+		t.Fatalf("header %v", h)
+	}
+	v := c.provider.Verifier(&oidc.Config{ClientID: c.id, SupportedSigningAlgs: []string{"EdDSA"}})
+	if _, err := v.Verify(c.ctx, raw); err != nil {
+		t.Fatal(err)
+	}
+}

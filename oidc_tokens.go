@@ -311,6 +311,16 @@ func (o *provider) parseIDToken(raw string) (jwt.MapClaims, error) {
 	return c, nil
 }
 
+// clientExists refuses a token of a client deleted since it was issued, as token_revoked.
+func (o *provider) clientExists(ctx context.Context, c *claims) error {
+	if _, err := o.clients.byID(ctx, c.Client); errors.Is(err, errNoSuchClient) {
+		return errTokenRevoked
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
 // bearerOf is the access token of a userinfo request: the Authorization header's, or the form's
 // access_token (RFC 6750 section 2.2).
 func bearerOf(w http.ResponseWriter, r *http.Request) (string, error) {
@@ -342,6 +352,9 @@ func (o *provider) userinfo() http.Handler {
 		}
 		c, err := accept(o.tokens, o.revs, raw, useOAuthAccess)
 		if err != nil {
+			return err
+		}
+		if err := o.clientExists(r.Context(), c); err != nil {
 			return err
 		}
 		scopes := strings.Fields(c.Scope)
@@ -432,7 +445,11 @@ func (o *provider) introspect() http.Handler {
 			encode(w, http.StatusOK, inactive)
 			return nil
 		}
-		if err := o.sessions.current(ctx, c); err != nil {
+		err = o.clientExists(ctx, c)
+		if err == nil {
+			err = o.sessions.current(ctx, c)
+		}
+		if err != nil {
 			if e := apiErrorOf(err); e != nil && e.status == http.StatusUnauthorized {
 				encode(w, http.StatusOK, inactive)
 				return nil
@@ -447,5 +464,39 @@ func (o *provider) introspect() http.Handler {
 			"sub": c.Subject, "exp": c.Expiry, "iat": c.IssuedAt, "iss": c.Issuer, "aud": c.Audience,
 			"token_type": "Bearer", "token_use": kind, "acr": c.ACR, "sid": c.Session})
 		return nil
+	})
+}
+
+// cors lets the registered origins of public clients read next's answers, and answers their
+// preflights (userinfo's Authorization header needs one). Other origins get the answer without
+// the headers, which the browser keeps from the page.
+func (o *provider) cors(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		origin, err := header(r, "Origin")
+		allowed := false
+		if origin != "" && err == nil {
+			if allowed, err = o.clients.publicOrigin(r.Context(), origin); err != nil {
+				writeError(w, r, o.log, err)
+				return
+			}
+		}
+		h := w.Header()
+		if origin != "" {
+			h.Add("Vary", "Origin")
+		}
+		if allowed {
+			h.Set("Access-Control-Allow-Origin", origin)
+			h.Set("Access-Control-Expose-Headers", "WWW-Authenticate, Retry-After, X-Request-Id")
+		}
+		if r.Method != http.MethodOptions {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if allowed {
+			h.Set("Access-Control-Allow-Methods", "GET, POST")
+			h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type")
+			h.Set("Access-Control-Max-Age", "600")
+		}
+		w.WriteHeader(http.StatusNoContent)
 	})
 }

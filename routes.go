@@ -231,10 +231,14 @@ func addProviderRoutes(mux routeAdder, o *provider) {
 	mux.Handle("GET "+oauthAuthorizePath, p.page(o.authorize))
 	mux.Handle("POST "+oauthAuthorizePath, p.page(o.authorize)) // the client's form: no CSRF token of ours
 	mux.Handle("POST /oauth2/consent", p.form(o.consent))
-	mux.Handle("POST "+oauthTokenPath, o.token())
-	mux.Handle("GET "+oauthUserinfoPath, o.userinfo())
-	mux.Handle("POST "+oauthUserinfoPath, o.userinfo())
-	mux.Handle("POST "+oauthRevokePath, o.revoke())
+	// The token, userinfo and revocation endpoints answer CORS for public clients' origins.
+	mux.Handle("POST "+oauthTokenPath, o.cors(o.token()))
+	mux.Handle("OPTIONS "+oauthTokenPath, o.cors(nil))
+	mux.Handle("GET "+oauthUserinfoPath, o.cors(o.userinfo()))
+	mux.Handle("POST "+oauthUserinfoPath, o.cors(o.userinfo()))
+	mux.Handle("OPTIONS "+oauthUserinfoPath, o.cors(nil))
+	mux.Handle("POST "+oauthRevokePath, o.cors(o.revoke()))
+	mux.Handle("OPTIONS "+oauthRevokePath, o.cors(nil))
 	mux.Handle("POST "+oauthIntrospectPath, o.introspect())
 	mux.Handle("GET "+oauthLogoutPath, p.page(o.logout))
 	mux.Handle("POST "+oauthLogoutPath, p.page(o.logout)) // the client's form, as GET

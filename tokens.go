@@ -3,6 +3,8 @@ package main
 // tokens.go issues and parses the service's JWTs, and remembers which tokens it has verified.
 
 import (
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -204,6 +206,9 @@ func (t *tokens) pair(userID, email string, verified bool, sid string, next Succ
 	accessUse, refreshUse, cid, scope := useAccess, useRefresh, "", ""
 	if client != nil {
 		accessUse, refreshUse, cid, scope = useOAuthAccess, useOAuthRefresh, client.id, client.scope
+		if !slices.Contains(strings.Fields(scope), "email") {
+			email, verified = "", false // a client reads its tokens: no address it was not granted
+		}
 	}
 	access, err := t.sign(claims{Subject: userID, Email: email, EmailVerified: verified, Session: sid, Use: accessUse,
 		ID: newID(), IssuedAt: now.Unix(), Expiry: exp.Unix(), AMR: next.Level.AMR, ACR: next.Level.ACR,
