@@ -164,8 +164,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("loading the signing keys (JWT_ALG=%s): %w", c.jwtAlg, err)
 	}
 	if o := d.provider; o != nil {
-		if err := retryAtStart(startCtx, func() error { return o.idRing().load(startCtx) }); err != nil {
-			return fmt.Errorf("loading the ID tokens' signing keys (RS256): %w", err)
+		if err := retryAtStart(startCtx, func() error { return o.loadRings(startCtx) }); err != nil {
+			return fmt.Errorf("loading %w", err)
 		}
 		if err := o.clients.loadFile(c.oidc.clientsFile); err != nil {
 			return err
@@ -185,7 +185,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	logMailSettings(log, c.mail)
 	go d.keys.follow(bg, c.syncInterval)
 	if d.provider != nil {
-		go d.provider.idRing().follow(bg, c.syncInterval)
+		for _, r := range d.provider.ownRings() {
+			go r.follow(bg, c.syncInterval)
+		}
 	}
 	go d.passwords.learnImportedHashes(bg)
 	go logOut.flushEvery(bg, 100*time.Millisecond)

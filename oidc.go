@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -45,6 +46,28 @@ type provider struct {
 
 // idRing is the RS256 ring, which only ID tokens use.
 func (o *provider) idRing() *keyring { return o.rings[algRS256] }
+
+// ownRings are the rings only ID tokens use (not JWT_ALG's), by algorithm: those that start and
+// poll with the provider.
+func (o *provider) ownRings() []*keyring {
+	var out []*keyring
+	for _, alg := range slices.Sorted(maps.Keys(o.rings)) {
+		if r := o.rings[alg]; r != o.tokens.keys {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// loadRings loads the ID tokens' own rings, as run does at start.
+func (o *provider) loadRings(ctx context.Context) error {
+	for _, r := range o.ownRings() {
+		if err := r.load(ctx); err != nil {
+			return fmt.Errorf("the ID tokens' signing keys (%s): %w", r.alg, err)
+		}
+	}
+	return nil
+}
 
 // The provider's endpoints, under the issuer.
 const (

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -27,7 +28,7 @@ const testRedirectURI = "https://app.example.test/callback"
 func newOIDCEnv(tb testing.TB, opts ...func(*config)) *testEnv {
 	tb.Helper()
 	e := newTestEnv(tb, append([]func(*config){withPortal}, opts...)...)
-	if err := e.deps.provider.idRing().load(tb.Context()); err != nil {
+	if err := e.deps.provider.loadRings(tb.Context()); err != nil {
 		tb.Fatal(err)
 	}
 	return e
@@ -788,5 +789,74 @@ func TestOpenIDClientMayAskForIDTokensInJWTAlg(t *testing.T) {
 	v := c.provider.Verifier(&oidc.Config{ClientID: c.id, SupportedSigningAlgs: []string{"EdDSA"}})
 	if _, err := v.Verify(c.ctx, raw); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The account page lists the apps the user allowed, and withdrawing one there signs it out.
+func TestAccountPageListsAllowedAppsAndWithdrawsThem(t *testing.T) {
+	t.Parallel()
+	e := newOIDCEnv(t)
+	email, _, _ := e.user(t)
+	c := registerClient(t, e, map[string]any{"type": "confidential", "name": "Partner app"})
+	b := newBrowser(e)
+	tok := exchange(t, e, c, url.Values{"code": {codeFlow(t, e, b, c, email, "")}}).want(t, 200, "")
+	p := b.send(t, "GET", "/account", nil)
+	wantPage(t, p, 200, "Partner app")
+	p = b.post(t, "/account/grants/revoke", url.Values{"client_id": {c.id}})
+	if p.status != 303 {
+		t.Fatalf("withdraw: %d %s", p.status, p.body)
+	}
+	if p = b.send(t, "GET", "/account?done=grant", nil); strings.Contains(p.body, "Partner app") {
+		t.Fatalf("still listed: %s", p.body)
+	}
+	exchange(t, e, c, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {tok.str("refresh_token")}}).want(t, 400, "invalid_grant")
+	e.do(t, "GET", oauthUserinfoPath, nil, "Authorization", "Bearer "+tok.str("access_token")).want(t, 401, "token_revoked")
+}
+
+// Whatever JWT_ALG is, a client may ask for ES256 ID tokens; RS256 is the default.
+func TestOpenIDClientMayAskForES256IDTokensWithHS256(t *testing.T) {
+	t.Parallel()
+	e := newOIDCEnv(t)
+	email, _, _ := e.user(t)
+	c := registerClient(t, e, map[string]any{"type": "confidential", "first_party": true, "id_token_signed_response_alg": "ES256"})
+	tok, err := c.cfg.Exchange(c.ctx, codeFlow(t, e, newBrowser(e), c, email, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := tok.Extra("id_token").(string)
+	if h := jwtPart(t, raw, 0); h["alg"] != "ES256" {
+		t.Fatalf("header %v", h)
+	}
+	v := c.provider.Verifier(&oidc.Config{ClientID: c.id, SupportedSigningAlgs: []string{"ES256"}})
+	if _, err := v.Verify(c.ctx, raw); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// OIDC_CLIENTS_FILE declares clients for development; the admin API cannot change them.
+func TestOpenIDClientsFileDeclaresClients(t *testing.T) {
+	t.Parallel()
+	e := newOIDCEnv(t)
+	path := t.TempDir() + "/clients.json"
+	const secret = "a-development-secret-of-32-bytes-or-more"
+	if err := os.WriteFile(path, []byte(`[{"client_id":"dev-app","client_secret":"`+secret+`","name":"Dev app",
+		"type":"confidential","first_party":true,"redirect_uris":["`+testRedirectURI+`"]}]`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.deps.provider.clients.loadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	email, _, _ := e.user(t)
+	c := &oidcClient{id: "dev-app", secret: secret}
+	c.cfg = oauth2.Config{ClientID: c.id, ClientSecret: secret, RedirectURL: testRedirectURI, Scopes: []string{"openid"},
+		Endpoint: oauth2.Endpoint{AuthURL: testPortalURL + oauthAuthorizePath}}
+	exchange(t, e, c, url.Values{"code": {codeFlow(t, e, newBrowser(e), c, email, "")}}).want(t, 200, "")
+	e.adminDo(t, "PATCH", "/admin/oauth/clients/dev-app", map[string]any{"name": "x"}).want(t, 409, "conflict")
+	for _, bad := range []string{`[{"client_id":"x","type":"confidential","name":"x","redirect_uris":["` + testRedirectURI + `"],"client_secret":"short"}]`,
+		`[{"client_id":"x","type":"public","name":"x","redirect_uris":["http://evil.example/cb"]}]`, `{}`} {
+		os.WriteFile(path, []byte(bad), 0o600)
+		if err := e.deps.provider.clients.loadFile(path); err == nil || !strings.Contains(err.Error(), "OIDC_CLIENTS_FILE") {
+			t.Errorf("%s: %v", bad, err)
+		}
 	}
 }

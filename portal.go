@@ -41,6 +41,7 @@ type portal struct {
 	allow    *allowList // FORWARD_AUTH_ALLOW
 	accounts *accounts
 	mail     *mailFlows
+	grants   grantKeeper // the OpenID provider's consents; nil when it is off
 	csrfKey  []byte
 }
 

@@ -128,8 +128,8 @@ type deps struct {
 // jwks are the key rings whose public keys the JWKS publishes: the API's, and the ID tokens'.
 func (d *deps) jwks() []*keyring {
 	rings := []*keyring{d.keys}
-	if d.provider != nil && d.provider.idRing() != d.keys {
-		rings = append(rings, d.provider.idRing())
+	if d.provider != nil {
+		rings = append(rings, d.provider.ownRings()...)
 	}
 	return rings
 }
@@ -199,21 +199,27 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 	}
 	if c.oidc.on() && d.portalPages != nil {
 		d.provider = newProvider(c, d, store, secret)
+		d.portalPages.grants = d.provider
 	}
 	return d
 }
 
-// newProvider is the OpenID provider on the portal. Its ID tokens are signed by a managed RS256
-// ring whatever JWT_ALG is, and by JWT_ALG's ring too when that is managed (per client).
+// newProvider is the OpenID provider on the portal. Its ID tokens are signed by managed rings of
+// their own whatever JWT_ALG is: RS256 by default, ES256 or EdDSA per client (JWT_ALG's own ring
+// when it is one of them).
 func newProvider(c config, d *deps, store Store, secret []byte) *provider {
 	// A retired ID token key stays until every ID token it signed has expired.
 	retention := c.oidc.idTokenTTL + c.leeway + c.keyPublishAhead
-	ring := newManagedKeyring(algRS256, store, secret, c.previousSecrets, c.keyRotation, c.keyPublishAhead,
-		retention, d.now, d.log)
-	ring.rsaKey = c.oidc.rsaKey
-	rings := map[string]*keyring{algRS256: ring}
-	if d.keys.managed() {
-		rings[d.keys.alg] = d.keys
+	rings := map[string]*keyring{}
+	for _, alg := range []string{algRS256, algES256, algEdDSA} {
+		if d.keys.managed() && d.keys.alg == alg {
+			rings[alg] = d.keys
+			continue
+		}
+		ring := newManagedKeyring(alg, store, secret, c.previousSecrets, c.keyRotation, c.keyPublishAhead,
+			retention, d.now, d.log)
+		ring.rsaKey = c.oidc.rsaKey
+		rings[alg] = ring
 	}
 	algs := slices.Sorted(maps.Keys(rings))
 	cfg := c.oidc
@@ -335,6 +341,7 @@ func addAccountRoutes(mux routeAdder, p *portal) {
 	mux.Handle("POST /account/authenticator", p.form(p.addAuthenticator))
 	mux.Handle("POST /account/authenticator/confirm", p.form(p.confirmAuthenticator))
 	mux.Handle("POST /account/authenticator/remove", p.form(p.removeAuthenticator))
+	mux.Handle("POST /account/grants/revoke", p.form(p.revokeGrantForm))
 }
 
 // addPortalMailRoutes lists the pages that the links in the mails open (APP_URL defaults to
