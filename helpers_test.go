@@ -16,6 +16,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -220,9 +221,30 @@ func testConfig(tb testing.TB) config {
 	return c
 }
 
-// testRSAKey is the one RSA key pair of the test run, which every RS256 key ring of the tests
-// is given: generating one per test is slow on two cores, and slower under -race.
-var testRSAKey = sync.OnceValues(func() (*rsa.PrivateKey, error) { return rsa.GenerateKey(rand.Reader, 2048) })
+// testRSAKey hands the RS256 key rings of the tests the few RSA key pairs of the test run in turn:
+// generating one per test is slow on two cores, and slower under -race. A ring needs two that
+// differ (the signing key and the next, whose kids are unique), and a rotation a third.
+func testRSAKey() (*rsa.PrivateKey, error) {
+	keys, err := testRSAKeys()
+	if err != nil {
+		return nil, err
+	}
+	return keys[testRSATurn.Add(1)%uint64(len(keys))], nil
+}
+
+var (
+	testRSAKeys = sync.OnceValues(func() ([]*rsa.PrivateKey, error) {
+		keys := make([]*rsa.PrivateKey, 3)
+		for i := range keys {
+			var err error
+			if keys[i], err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
+				return nil, err
+			}
+		}
+		return keys, nil
+	})
+	testRSATurn atomic.Uint64
+)
 
 // newTestDB returns a fresh, empty database that is dropped when the test ends.
 func newTestDB(tb testing.TB) *mongo.Database {

@@ -95,8 +95,9 @@ func (o *provider) token() http.Handler {
 }
 
 // asOAuth marks a refusal as the back channel's, so that its clients find error_description.
+// Answers of the service's own (503, 500) stay as they are: the error writer logs them by identity.
 func asOAuth(err error) error {
-	if e := apiErrorOf(err); e != nil && !e.oauth {
+	if e := apiErrorOf(err); e != nil && !e.oauth && e.status < 500 {
 		c := *e
 		c.oauth = true
 		return &c

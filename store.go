@@ -67,8 +67,8 @@ type userStore interface {
 	EmailOf(ctx context.Context, id string) (email string, verified bool, err error)
 	// SetDisabled disables or enables account id; ErrNotFound when there is none.
 	SetDisabled(ctx context.Context, id string, disabled bool) error
-	// DeleteUser deletes account id, so that its email is free again; ErrNotFound when there is
-	// none.
+	// DeleteUser deletes account id, so that its email is free again, with its security events
+	// and the consents it gave OpenID clients; ErrNotFound when there is none.
 	DeleteUser(ctx context.Context, id string) error
 	// BcryptHash returns the bcrypt hash of some account that still has one (accounts imported
 	// from another service keep theirs until they log in); ErrNotFound when none does.
