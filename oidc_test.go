@@ -944,3 +944,31 @@ func TestAdminRevokesAnIDTokenKey(t *testing.T) {
 		t.Fatalf("signed with %q after its revocation", k)
 	}
 }
+
+// A consent is no credential: it survives a password change (the client's sessions end with the
+// others, as sessions do), so the user is not asked again.
+func TestOpenIDConsentSurvivesAPasswordChange(t *testing.T) {
+	t.Parallel()
+	e := newOIDCEnv(t)
+	email, access, _ := e.user(t)
+	c := registerClient(t, e, map[string]any{"type": "confidential", "name": "Partner app"})
+	b := newBrowser(e)
+	tok := exchange(t, e, c, url.Values{"code": {codeFlow(t, e, b, c, email, "")}}).want(t, 200, "")
+	changed := e.do(t, "POST", "/auth/password", map[string]string{"current_password": "correct horse battery",
+		"new_password": "another horse battery"}, "Authorization", "Bearer "+access).want(t, 200, "")
+	exchange(t, e, c, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {tok.str("refresh_token")}}).want(t, 400, "invalid_grant")
+	grants := e.do(t, "GET", "/auth/grants", nil, "Authorization", "Bearer "+changed.str("access_token")).want(t, 200, "")
+	if !strings.Contains(grants.raw, c.id) {
+		t.Fatalf("grants after the change: %s", grants.raw)
+	}
+	// The browser's cookie session ended with the change: it signs in again, and is not asked to consent.
+	b2 := newBrowser(e)
+	p := b2.send(t, "GET", local(t, c.cfg.AuthCodeURL("s")), nil)
+	login, _ := url.Parse(p.header.Get("Location"))
+	b2.send(t, "GET", login.String(), nil)
+	p = b2.post(t, "/login", url.Values{"email": {email}, "password": {"another horse battery"}, "rd": {login.Query().Get("rd")}})
+	p = b2.send(t, "GET", local(t, p.header.Get("Location")), nil)
+	if back, _ := url.Parse(p.header.Get("Location")); p.status != 303 || back.Query().Get("code") == "" {
+		t.Fatalf("after the change: %d %s", p.status, p.body)
+	}
+}
