@@ -5,9 +5,7 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/subtle"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -133,9 +131,7 @@ func checkRedirectURI(raw, kind string) error {
 
 // newClientSecret is 32 random bytes, base64url: what the client is shown once, and its digest.
 func newClientSecret() (secret, sum string) {
-	var b [32]byte
-	rand.Read(b[:])
-	secret = base64.RawURLEncoding.EncodeToString(b[:])
+	secret = newSecretToken()
 	return secret, digest(secret)
 }
 
