@@ -16,13 +16,25 @@ import (
 // handleJWKS serves the public keys that may sign or have signed a live token (RFC 7517). Clients
 // may cache it for jwksMaxAge: a key is published at least publish-ahead, which is longer,
 // before it signs.
-func handleJWKS(keys *keyring) http.Handler {
+//
+// With the OpenID provider on, the ID tokens' ring is published beside the API's.
+func handleJWKS(rings ...*keyring) http.Handler {
 	cache := fmt.Sprintf("public, max-age=%d", int(jwksMaxAge/time.Second))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
 		h.Set("Content-Type", "application/json")
 		h.Set("Cache-Control", cache)
-		w.Write(keys.current().jwks)
+		if len(rings) == 1 {
+			w.Write(rings[0].current().jwks)
+			return
+		}
+		keys := []json.RawMessage{}
+		for _, ring := range rings {
+			var set struct{ Keys []json.RawMessage }
+			json.Unmarshal(ring.current().jwks, &set)
+			keys = append(keys, set.Keys...)
+		}
+		json.NewEncoder(w).Encode(map[string]any{"keys": keys})
 	})
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/rsa"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -215,8 +217,34 @@ func testConfig(tb testing.TB) config {
 	}
 	c.signupMax = 1000
 	c.mail.verification = verificationOff
+	c.oidc.rsaKey = testRSAKey
 	return c
 }
+
+// testRSAKey hands the RS256 key rings of the tests the few RSA key pairs of the test run in turn:
+// generating one per test is slow on two cores, and slower under -race. A ring needs two that
+// differ (the signing key and the next, whose kids are unique), and a rotation a third.
+func testRSAKey() (*rsa.PrivateKey, error) {
+	keys, err := testRSAKeys()
+	if err != nil {
+		return nil, err
+	}
+	return keys[testRSATurn.Add(1)%uint64(len(keys))], nil
+}
+
+var (
+	testRSAKeys = sync.OnceValues(func() ([]*rsa.PrivateKey, error) {
+		keys := make([]*rsa.PrivateKey, 3)
+		for i := range keys {
+			var err error
+			if keys[i], err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
+				return nil, err
+			}
+		}
+		return keys, nil
+	})
+	testRSATurn atomic.Uint64
+)
 
 // newTestDB returns a fresh, empty database that is dropped when the test ends.
 func newTestDB(tb testing.TB) *mongo.Database {

@@ -8,6 +8,7 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
@@ -15,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,7 +35,7 @@ var (
 // cache refuses the tokens it had checked with it.
 type verifyKey struct {
 	kid, alg string
-	key      any // []byte for HS256, ed25519.PublicKey, *ecdsa.PublicKey
+	key      any // []byte for HS256, ed25519.PublicKey, *ecdsa.PublicKey, *rsa.PublicKey
 	dropped  atomic.Bool
 }
 
@@ -138,6 +140,8 @@ type keyring struct {
 	// onDrop is told of every key that leaves the set, so that tokens checked with it leave the
 	// verified-token cache.
 	onDrop func(*verifyKey)
+	// rsaKey makes an RS256 key pair: rsaKeyPair, or in tests one shared key (RSA generation is slow).
+	rsaKey func() (*rsa.PrivateKey, error)
 
 	set atomic.Pointer[keySet]
 
@@ -175,11 +179,12 @@ func newHMACKeyring(secret []byte, previous [][]byte) *keyring {
 	return r
 }
 
-// newManagedKeyring is the key set of EdDSA or ES256 on store; load fills it.
+// newManagedKeyring is the key set of EdDSA, ES256 or RS256 on store; load fills it. Rings of
+// several algorithms may share store: each reads only its own algorithm's records.
 func newManagedKeyring(alg string, store keyStore, secret []byte, previous [][]byte,
 	rotation, publishAhead, retention time.Duration, now func() time.Time, log *slog.Logger) *keyring {
 	r := &keyring{alg: alg, store: store, now: now, log: log, rotation: rotation, publishAhead: publishAhead,
-		retention: retention, private: make(map[string]any), verifyBy: make(map[string]*verifyKey)}
+		retention: retention, private: make(map[string]any), verifyBy: make(map[string]*verifyKey), rsaKey: rsaKeyPair}
 	for _, s := range append([][]byte{secret}, previous...) {
 		r.keks = append(r.keks, newSealer(s, "signing key"))
 	}
@@ -329,7 +334,7 @@ func (r *keyring) maintain(ctx context.Context, recs []SigningKey) (changed bool
 // add makes a key pair of generation gen that signs from activate. Another instance may make that
 // generation first: then its key is the one, and this one is thrown away.
 func (r *keyring) add(ctx context.Context, gen int64, now, activate time.Time) (bool, error) {
-	rec, err := newSigningKey(r.alg, r.keks[0], gen, now, activate)
+	rec, err := newSigningKeyWith(r.alg, r.keks[0], gen, now, activate, r.rsaKey)
 	if err != nil {
 		return false, err
 	}
@@ -518,6 +523,10 @@ func unseal(alg string, keks []*sealer, rec SigningKey) (any, error) {
 			if alg == algES256 && p.Curve == elliptic.P256() {
 				return p, nil
 			}
+		case *rsa.PrivateKey:
+			if alg == algRS256 {
+				return p, nil
+			}
 		}
 		return nil, fmt.Errorf("signing key %s: not an %s key", rec.KID, alg)
 	}
@@ -525,8 +534,16 @@ func unseal(alg string, keks []*sealer, rec SigningKey) (any, error) {
 		"every instance needs the JWT_SECRET that the others have", rec.KID)
 }
 
+// rsaKeyPair makes an RS256 key pair: 2048 bits, as RFC 7518 asks at least.
+func rsaKeyPair() (*rsa.PrivateKey, error) { return rsa.GenerateKey(rand.Reader, 2048) }
+
 // newSigningKey makes a key pair of alg and its record, the private half sealed with kek.
 func newSigningKey(alg string, kek *sealer, gen int64, created, activate time.Time) (*SigningKey, error) {
+	return newSigningKeyWith(alg, kek, gen, created, activate, rsaKeyPair)
+}
+
+// newSigningKeyWith is newSigningKey with RS256 pairs from rsaKey.
+func newSigningKeyWith(alg string, kek *sealer, gen int64, created, activate time.Time, rsaKey func() (*rsa.PrivateKey, error)) (*SigningKey, error) {
 	var pub, priv any
 	switch alg {
 	case algEdDSA:
@@ -537,6 +554,12 @@ func newSigningKey(alg string, kek *sealer, gen int64, created, activate time.Ti
 		pub, priv = p, s
 	case algES256:
 		s, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		pub, priv = &s.PublicKey, s
+	case algRS256:
+		s, err := rsaKey()
 		if err != nil {
 			return nil, err
 		}
@@ -565,6 +588,8 @@ func keyFits(alg string, pub any) bool {
 		return alg == algEdDSA
 	case *ecdsa.PublicKey:
 		return alg == algES256 && p.Curve == elliptic.P256()
+	case *rsa.PublicKey:
+		return alg == algRS256 && p.N.BitLen() >= 2048
 	}
 	return false
 }
@@ -584,6 +609,8 @@ func publicJWK(k *verifyKey) map[string]string {
 		}
 		b := e.Bytes() // 0x04, X, Y
 		j = map[string]string{"kty": "EC", "crv": "P-256", "x": enc(b[1:33]), "y": enc(b[33:])}
+	case *rsa.PublicKey:
+		j = map[string]string{"kty": "RSA", "n": enc(p.N.Bytes()), "e": enc(big.NewInt(int64(p.E)).Bytes())}
 	default:
 		return nil
 	}
@@ -598,8 +625,11 @@ func publicJWK(k *verifyKey) map[string]string {
 func thumbprint(jwk map[string]string) string {
 	// The required members in lexical order, which json.Marshal gives a map.
 	req := map[string]string{"kty": jwk["kty"], "crv": jwk["crv"], "x": jwk["x"]}
-	if jwk["kty"] == "EC" {
+	switch jwk["kty"] {
+	case "EC":
 		req["y"] = jwk["y"]
+	case "RSA":
+		req = map[string]string{"kty": "RSA", "n": jwk["n"], "e": jwk["e"]}
 	}
 	b, _ := json.Marshal(req)
 	sum := sha256.Sum256(b)

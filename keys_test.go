@@ -723,12 +723,15 @@ func TestKeyConfiguration(t *testing.T) {
 	}
 }
 
+// Without the portal (and so without the OpenID provider) the discovery document names the JWKS
+// of JWT_ISSUER when it is a URL; with it, the document is the provider's (oidc_test.go).
 func TestOpenIDConfiguration(t *testing.T) {
 	t.Parallel()
-	e := newTestEnv(t)
+	noPortal := func(c *config) { c.portalCfg.publicURL = "" }
+	e := newTestEnv(t, noPortal)
 	e.do(t, "GET", "/.well-known/openid-configuration", nil).want(t, 404, "not_found")
 
-	u := newTestEnv(t, func(c *config) { c.issuer = "https://auth.example.com/" })
+	u := newTestEnv(t, noPortal, func(c *config) { c.issuer = "https://auth.example.com/" })
 	r := u.do(t, "GET", "/.well-known/openid-configuration", nil).want(t, 200, "")
 	if r.str("issuer") != "https://auth.example.com/" || r.str("jwks_uri") != "https://auth.example.com/.well-known/jwks.json" {
 		t.Fatalf("document %s", r.raw)

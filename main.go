@@ -163,6 +163,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := retryAtStart(startCtx, func() error { return d.keys.load(startCtx) }); err != nil {
 		return fmt.Errorf("loading the signing keys (JWT_ALG=%s): %w", c.jwtAlg, err)
 	}
+	if o := d.provider; o != nil {
+		if err := retryAtStart(startCtx, func() error { return o.loadRings(startCtx) }); err != nil {
+			return fmt.Errorf("loading %w", err)
+		}
+		if err := o.clients.loadFile(c.oidc.clientsFile); err != nil {
+			return err
+		}
+	}
 	bg, stopBG := context.WithCancel(context.Background())
 	defer stopBG()
 	go d.revocations.poll(bg, c.syncInterval, time.Minute)
@@ -176,6 +184,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer func() { stopBG(); <-mailDone }()
 	logMailSettings(log, c.mail)
 	go d.keys.follow(bg, c.syncInterval)
+	if d.provider != nil {
+		for _, r := range d.provider.ownRings() {
+			go r.follow(bg, c.syncInterval)
+		}
+	}
 	go d.passwords.learnImportedHashes(bg)
 	go logOut.flushEvery(bg, 100*time.Millisecond)
 

@@ -234,7 +234,7 @@ func (w *muxErrorWriter) WriteHeader(code int) {
 			w.page(w.ResponseWriter, code)
 			return
 		}
-		encode(w.ResponseWriter, code, errorBody{e.code, e.message})
+		encode(w.ResponseWriter, code, errorBody{Error: e.code, Message: e.message})
 		return
 	}
 	w.ResponseWriter.WriteHeader(code)

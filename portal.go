@@ -41,6 +41,7 @@ type portal struct {
 	allow    *allowList // FORWARD_AUTH_ALLOW
 	accounts *accounts
 	mail     *mailFlows
+	grants   grantKeeper // the OpenID provider's consents; nil when it is off
 	csrfKey  []byte
 }
 
@@ -312,6 +313,7 @@ func (p *portal) signedIn(r *http.Request) *claims {
 
 func (p *portal) loginForm(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
 	d.Title, d.RD, d.template = "Sign in", p.safeRD(r.URL.Query().Get("rd")), "login"
+	d.Email = cut(r.URL.Query().Get("login_hint"), 320) // an OpenID client's hint, to fill in
 	return d
 }
 
@@ -449,15 +451,23 @@ func (p *portal) logoutForm(w http.ResponseWriter, r *http.Request, d *pageData)
 // scopes. An ended or expired cookie's session ends all the same.
 func (p *portal) logout(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
 	d.Title, d.template, d.Link, d.LinkText = "Signed out", "message", "/login", "Sign in again"
+	if err := p.signOut(w, r); err != nil {
+		return p.failed(w, r, d, err)
+	}
+	d.Notice = "You are signed out."
+	return d
+}
+
+// signOut ends the sessions of the browser's cookies, clears them and rotates the CSRF cookie.
+func (p *portal) signOut(w http.ResponseWriter, r *http.Request) error {
 	for _, sid := range p.cookieSessions(r) {
 		if err := p.sessions.end(r.Context(), sid, endLogout); err != nil {
-			return p.failed(w, r, d, err)
+			return err
 		}
 	}
 	clearSessionCookies(w, p.cfg)
 	p.rotateCSRF(w, r)
-	d.Notice = "You are signed out."
-	return d
+	return nil
 }
 
 // forward is GET /auth/forward, for proxies that follow a redirect (Traefik, Caddy): as

@@ -4,6 +4,7 @@ package main
 // and authenticator app, each form calling the operation its API endpoint calls.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -20,12 +21,21 @@ var accountNotices = map[string]string{
 	"others":        "Every other session has ended.",
 	"password":      "Your password is changed. Every other session has ended; this browser stays signed in.",
 	"authenticator": "The authenticator app is removed. Every other session has ended.",
+	"grant":         "The app's access is withdrawn; it is signed out.",
+}
+
+// grantKeeper is what the account page shows and withdraws of the consents given to the OpenID
+// provider's third-party clients; the provider is one (nil when it is off).
+type grantKeeper interface {
+	grantsOf(ctx context.Context, user string) ([]grantView, error)
+	revokeGrant(ctx context.Context, user, client string) error
 }
 
 // accountView is what the account templates read: the page's common data and the account's.
 type accountView struct {
 	*pageData
 	Sessions      []sessionRow
+	Grants        []grantView
 	HasTOTP       bool
 	Secret        string   // the authenticator's secret being added, in base32
 	QR            *qrImage // its otpauth URL as a QR code
@@ -87,6 +97,9 @@ func (p *portal) showAccount(w http.ResponseWriter, r *http.Request, c *claims, 
 	if err == nil {
 		v.HasTOTP, err = p.mfa.enrolled(ctx, c.Subject)
 	}
+	if err == nil && p.grants != nil {
+		v.Grants, err = p.grants.grantsOf(ctx, c.Subject)
+	}
 	if err != nil {
 		d.Notice = ""
 		p.failed(w, r, d, err)
@@ -97,8 +110,11 @@ func (p *portal) showAccount(w http.ResponseWriter, r *http.Request, c *claims, 
 	}
 	for _, s := range live {
 		kind := "API"
-		if s.Kind == sessionCookie {
+		switch s.Kind {
+		case sessionCookie:
 			kind = "Browser (this portal)"
+		case sessionOAuth:
+			kind = "App " + s.Client
 		}
 		device := s.UserAgent
 		if device == "" {
@@ -150,6 +166,26 @@ func (p *portal) endSessionForm(w http.ResponseWriter, r *http.Request, d *pageD
 		return p.accountFailed(w, r, c, d, err, "")
 	}
 	return accountDone(w, r, "ended")
+}
+
+// revokeGrantForm withdraws the consent given to a third-party client, which ends the sessions it
+// holds.
+func (p *portal) revokeGrantForm(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
+	c := p.account(w, r)
+	if c == nil {
+		return nil
+	}
+	ctx := r.Context()
+	var err error = errNoSuchGrant
+	if p.grants != nil {
+		if err = p.sessions.alive(ctx, c); err == nil {
+			err = p.grants.revokeGrant(ctx, c.Subject, r.PostForm.Get("client_id"))
+		}
+	}
+	if err != nil {
+		return p.accountFailed(w, r, c, d, err, "")
+	}
+	return accountDone(w, r, "grant")
 }
 
 // endOtherSessions ends every session of the user but this browser's (the API's logout with

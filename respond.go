@@ -23,6 +23,9 @@ type apiError struct {
 	code       string
 	message    string
 	retryAfter time.Duration
+	// oauth marks an error of the OpenID provider's back-channel endpoints, whose clients read
+	// error_description (RFC 6749 section 5.2): the message goes there too.
+	oauth bool
 }
 
 func (e *apiError) Error() string { return e.code + ": " + e.message }
@@ -137,13 +140,21 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 		h.Set("WWW-Authenticate", `Bearer`)
 	case code == "invalid_request":
 		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer error="invalid_request", error_description=%q`, e.message))
+	case e.oauth && code == "invalid_client":
+		h.Set("WWW-Authenticate", `Basic realm="oauth"`)
+	case e.oauth:
+		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer error=%q, error_description=%q`, code, e.message))
 	case code == errMFARequired.code:
 		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer error="insufficient_user_authentication", error_description=%q, acr_values="aal2"`, e.message))
 	case code == errTokenInvalid.code, code == errTokenExpired.code, code == errTokenRevoked.code,
 		code == errTokenReused.code, code == errSessionExpired.code:
 		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer error="invalid_token", error_description=%q`, e.message))
 	}
-	encode(w, e.status, errorBody{e.code, e.message})
+	body := errorBody{Error: e.code, Message: e.message}
+	if e.oauth {
+		body.Description = e.message
+	}
+	encode(w, e.status, body)
 }
 
 // retryAfter formats d as whole seconds, rounded up, for a Retry-After header.
@@ -152,8 +163,9 @@ func retryAfter(d time.Duration) string {
 }
 
 type errorBody struct {
-	Error   string `json:"error"`
-	Message string `json:"message"`
+	Error       string `json:"error"`
+	Message     string `json:"message"`
+	Description string `json:"error_description,omitempty"`
 }
 
 func encode(w http.ResponseWriter, status int, v any) {

@@ -27,6 +27,9 @@ const (
 	endMFAAdded       = "mfa_added"        // POST /auth/mfa/totp/confirm: the other sessions
 	endPasswordReset  = "password_reset"   // POST /auth/password/reset
 	endEmailChanged   = "email_changed"    // POST /auth/email/verify (a change link): the cookie sessions
+	endCodeReplayed   = "code_replayed"    // an OpenID client's code came back: the session it opened
+	endClientRevoked  = "client_revoked"   // POST /oauth2/revoke of a refresh token
+	endGrantRevoked   = "grant_revoked"    // DELETE /auth/grants/{client_id}: that client's sessions
 )
 
 // revocations is this instance's copy of the unexpired blacklist, so that checking a token never

@@ -8,7 +8,9 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
+	"slices"
 	"time"
 )
 
@@ -51,8 +53,15 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("GET /openapi.yaml", handleOpenAPI())
 	// The public keys, for services that check tokens themselves; the admin API rotates and
 	// revokes them (handleKeyRotate, handleKeyRevoke).
-	mux.Handle("GET /.well-known/jwks.json", handleJWKS(d.keys))
-	mux.Handle("GET /.well-known/openid-configuration", handleOpenIDConfiguration(d.log, d.issuer))
+	mux.Handle("GET /.well-known/jwks.json", handleJWKS(d.jwks()...))
+	if d.provider != nil {
+		mux.Handle("GET /.well-known/openid-configuration", d.provider.discovery())
+		addProviderRoutes(mux, d.provider)
+		mux.Handle("GET /auth/grants", signedIn(handleGrants(d.log, d.provider)))
+		mux.Handle("DELETE /auth/grants/{client_id}", signedIn(handleRevokeGrant(d.log, d.provider)))
+	} else {
+		mux.Handle("GET /.well-known/openid-configuration", handleOpenIDConfiguration(d.log, d.issuer))
+	}
 	if d.metricsOnAPIPort {
 		addMetricsRoutes(mux, d)
 	}
@@ -112,16 +121,26 @@ type deps struct {
 	mail             *mailFlows
 	allow            *allowList // FORWARD_AUTH_ALLOW
 	portal           portalConfig
-	portalPages      *portal // nil when the portal is off
+	portalPages      *portal   // nil when the portal is off
+	provider         *provider // the OpenID provider; nil when the portal is off
+}
+
+// jwks are the key rings whose public keys the JWKS publishes: the API's, and the ID tokens'.
+func (d *deps) jwks() []*keyring {
+	rings := []*keyring{d.keys}
+	if d.provider != nil {
+		rings = append(rings, d.provider.ownRings()...)
+	}
+	return rings
 }
 
 // newDeps wires the service's parts together over store; m also counts store's failures.
 func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.Time, log *slog.Logger) *deps {
 	h := newHasher(c.hashConcurrent, c.hashQueue, c.hashWait)
 	keys := newHMACKeyring(secret, c.previousSecrets)
+	// A retired key stays until every token it signed has expired; see keyring.
+	retention := max(c.accessTTL, c.refreshTTL) + c.leeway + c.keyPublishAhead
 	if c.jwtAlg != algHS256 {
-		// A retired key stays until every token it signed has expired; see keyring.
-		retention := max(c.accessTTL, c.refreshTTL) + c.leeway + c.keyPublishAhead
 		keys = newManagedKeyring(c.jwtAlg, store, secret, c.previousSecrets, c.keyRotation, c.keyPublishAhead,
 			retention, now, log)
 	}
@@ -178,7 +197,58 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 	if c.portalCfg.on() {
 		d.portalPages = newPortal(c, d, secret)
 	}
+	if c.oidc.on() && d.portalPages != nil {
+		d.provider = newProvider(c, d, store, secret)
+		d.portalPages.grants = d.provider
+	}
 	return d
+}
+
+// newProvider is the OpenID provider on the portal. Its ID tokens are signed by managed rings of
+// their own whatever JWT_ALG is: RS256 by default, ES256 or EdDSA per client (JWT_ALG's own ring
+// when it is one of them).
+func newProvider(c config, d *deps, store Store, secret []byte) *provider {
+	// A retired ID token key stays until every ID token it signed has expired.
+	retention := c.oidc.idTokenTTL + c.leeway + c.keyPublishAhead
+	rings := map[string]*keyring{}
+	for _, alg := range []string{algRS256, algES256, algEdDSA} {
+		if d.keys.managed() && d.keys.alg == alg {
+			rings[alg] = d.keys
+			continue
+		}
+		ring := newManagedKeyring(alg, store, secret, c.previousSecrets, c.keyRotation, c.keyPublishAhead,
+			retention, d.now, d.log)
+		ring.rsaKey = c.oidc.rsaKey
+		rings[alg] = ring
+	}
+	algs := slices.Sorted(maps.Keys(rings))
+	cfg := c.oidc
+	cfg.issuer = c.portalCfg.publicURL // the same, but where tests set the portal's
+	return &provider{cfg: cfg, portal: d.portalPages, clients: &oauthClients{store: store, algs: algs, now: d.now},
+		store: store, sessions: d.sessions, tokens: d.tokens, revs: d.revocations, rings: rings,
+		throttle: &throttle{store: store, now: d.now, window: c.failureWindow}, maxFailures: c.maxFailures,
+		maxClientFailures: c.maxClientFails, log: d.log, now: d.now}
+}
+
+// addProviderRoutes lists the OpenID provider's routes, served with the portal. The authorization
+// endpoint and the consent and logout pages are the portal's pages; the others speak JSON.
+func addProviderRoutes(mux routeAdder, o *provider) {
+	p := o.portal
+	mux.Handle("GET "+oauthAuthorizePath, p.page(o.authorize))
+	mux.Handle("POST "+oauthAuthorizePath, p.page(o.authorize)) // the client's form: no CSRF token of ours
+	mux.Handle("POST /oauth2/consent", p.form(o.consent))
+	// The token, userinfo and revocation endpoints answer CORS for public clients' origins.
+	mux.Handle("POST "+oauthTokenPath, o.cors(o.token()))
+	mux.Handle("OPTIONS "+oauthTokenPath, o.cors(nil))
+	mux.Handle("GET "+oauthUserinfoPath, o.cors(o.userinfo()))
+	mux.Handle("POST "+oauthUserinfoPath, o.cors(o.userinfo()))
+	mux.Handle("OPTIONS "+oauthUserinfoPath, o.cors(nil))
+	mux.Handle("POST "+oauthRevokePath, o.cors(o.revoke()))
+	mux.Handle("OPTIONS "+oauthRevokePath, o.cors(nil))
+	mux.Handle("POST "+oauthIntrospectPath, o.introspect())
+	mux.Handle("GET "+oauthLogoutPath, p.page(o.logout))
+	mux.Handle("POST "+oauthLogoutPath, p.page(o.logout)) // the client's form, as GET
+	mux.Handle("POST "+oauthLogoutPath+"/confirm", p.form(o.confirmLogout))
 }
 
 func handleHealthz() http.Handler {
@@ -216,6 +286,15 @@ func addAdminRoutes(mux routeAdder, d *deps) {
 	mux.Handle("DELETE /admin/users/{id}", handleAdminDeleteUser(d.log, d.accounts))
 	mux.Handle("POST /admin/keys/rotate", handleKeyRotate(d.log, d.keys))
 	mux.Handle("DELETE /admin/keys/{kid}", handleKeyRevoke(d.log, d.keys))
+	if d.provider != nil {
+		cs := d.provider.clients
+		mux.Handle("POST /admin/oauth/clients", handleAdminCreateClient(d.log, cs))
+		mux.Handle("GET /admin/oauth/clients", handleAdminClients(d.log, cs))
+		mux.Handle("GET /admin/oauth/clients/{id}", handleAdminClient(d.log, cs))
+		mux.Handle("PATCH /admin/oauth/clients/{id}", handleAdminUpdateClient(d.log, cs))
+		mux.Handle("DELETE /admin/oauth/clients/{id}", handleAdminDeleteClient(d.log, cs))
+		mux.Handle("POST /admin/oauth/clients/{id}/secret", handleAdminClientSecret(d.log, cs))
+	}
 }
 
 // newAdminHandler is the operators' API inside the same middleware as the public one, the token
@@ -262,6 +341,7 @@ func addAccountRoutes(mux routeAdder, p *portal) {
 	mux.Handle("POST /account/authenticator", p.form(p.addAuthenticator))
 	mux.Handle("POST /account/authenticator/confirm", p.form(p.confirmAuthenticator))
 	mux.Handle("POST /account/authenticator/remove", p.form(p.removeAuthenticator))
+	mux.Handle("POST /account/grants/revoke", p.form(p.revokeGrantForm))
 }
 
 // addPortalMailRoutes lists the pages that the links in the mails open (APP_URL defaults to

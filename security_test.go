@@ -68,9 +68,12 @@ func TestSecurityModel(t *testing.T) {
 			resetLink, changeLink, challenge := a.inFlight(t)
 			other := a.otherSession(t)
 			browser := a.browserSession(t)
+			client := registerClient(t, a.e, map[string]any{"type": "confidential", "first_party": true})
+			code := codeFlow(t, a.e, browser, client, a.email, "") // an OpenID client's code, not redeemed yet
 
 			row.event(t, a)
 
+			exchange(t, a.e, client, url.Values{"code": {code}}).want(t, 400, "invalid_grant")
 			a.e.do(t, "POST", "/auth/password/reset", map[string]string{"token": resetLink, "password": "an attacker's password"}).
 				want(t, 400, "token_invalid")
 			a.e.do(t, "POST", "/auth/email/verify", map[string]string{"token": changeLink}).want(t, 400, "token_invalid")

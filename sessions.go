@@ -95,7 +95,7 @@ func (k *sessionKeeper) write(ctx context.Context, u *User, s *Session, lvl leve
 	} else {
 		first := k.tokens.successor(s.ExpiresAt, lvl)
 		s.TokensExpireAt, s.Head = k.tokens.bound(first, s.ExpiresAt), first.ID
-		pair, err = k.tokens.pair(u.ID, u.Email, u.EmailVerified, s.ID, first, s.ExpiresAt, s.ExpiresAt)
+		pair, err = k.tokens.pair(u.ID, u.Email, u.EmailVerified, s.ID, first, s.ExpiresAt, s.ExpiresAt, s.client())
 	}
 	if err != nil {
 		return tokenPair{}, err
@@ -126,6 +126,35 @@ func (k *sessionKeeper) write(ctx context.Context, u *User, s *Session, lvl leve
 		return tokenPair{}, refusal
 	}
 	return pair, nil
+}
+
+// startClient begins session sid of client for u at level lvl, as a code's redemption chose its id
+// (so that a replay of the code, racing this, ends it), and issues its first tokens.
+func (k *sessionKeeper) startClient(ctx context.Context, sid string, u *User, ip netip.Addr, userAgent string, lvl level, client tokenClient) (tokenPair, error) {
+	now := k.tokens.now().UTC().Truncate(time.Millisecond)
+	s := &Session{ID: sid, UserID: u.ID, CreatedAt: now, LastUsedAt: now, IP: ip.String(),
+		UserAgent: cut(userAgent, 256), Kind: sessionOAuth, Client: client.id, Scope: client.scope}
+	if k.maxAge > 0 {
+		s.ExpiresAt = now.Add(k.maxAge)
+	}
+	return k.write(ctx, u, s, lvl)
+}
+
+// endClient ends every session of user that client holds, for reason; client "" ends those of
+// every client.
+func (k *sessionKeeper) endClient(ctx context.Context, user, client, reason string) error {
+	sessions, err := k.live(ctx, user)
+	if err != nil {
+		return err
+	}
+	for _, s := range sessions {
+		if s.Kind == sessionOAuth && (client == "" || s.Client == client) {
+			if err := k.end(ctx, s.ID, reason); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // begin is open for a caller that names no type of this file: keep hands the tokens out, drop
@@ -229,7 +258,7 @@ func (k *sessionKeeper) alive(ctx context.Context, c *claims) error {
 // exchanged already: only a token the session's holder still has may end the user's other
 // sessions. A leaked copy of a retired one may not.
 func (k *sessionKeeper) current(ctx context.Context, c *claims) error {
-	if err := k.alive(ctx, c); err != nil || c.Use != useRefresh {
+	if err := k.alive(ctx, c); err != nil || (c.Use != useRefresh && c.Use != useOAuthRefresh) {
 		return err
 	}
 	s, err := k.store.SessionByID(ctx, c.Session)
@@ -312,8 +341,12 @@ func (k *sessionKeeper) refresh(ctx context.Context, c *claims, end time.Time) (
 			slog.String("request_id", requestID(ctx)), slog.String("user_id", c.Subject))
 		return tokenPair{}, refreshReused, errTokenReused
 	}
+	var client *tokenClient
+	if c.isOAuth() {
+		client = &tokenClient{c.Client, c.Scope}
+	}
 	<-read
-	pair, err := k.tokens.pair(c.Subject, email, verified, c.Session, next, tokensEnd, end)
+	pair, err := k.tokens.pair(c.Subject, email, verified, c.Session, next, tokensEnd, end, client)
 	return pair, outcome, err
 }
 
@@ -387,7 +420,7 @@ func (k *sessionKeeper) raise(ctx context.Context, c *claims, lvl level) (tokenP
 	if err := k.commit(ctx, c, next.ID, bound, now); err != nil {
 		return tokenPair{}, err
 	}
-	return k.tokens.pair(c.Subject, c.Email, c.EmailVerified, c.Session, next, s.ExpiresAt, s.ExpiresAt)
+	return k.tokens.pair(c.Subject, c.Email, c.EmailVerified, c.Session, next, s.ExpiresAt, s.ExpiresAt, s.client())
 }
 
 // checkNotRevoked asks the database whether c's token or its session was revoked.
@@ -444,6 +477,12 @@ func (k *sessionKeeper) rotate(ctx context.Context, raw string) (tokenPair, erro
 	if err != nil {
 		return tokenPair{}, err
 	}
+	return k.rotateAccepted(ctx, c)
+}
+
+// rotateAccepted is rotate for the refresh token c, accepted already: a client's, whose client
+// the caller checked.
+func (k *sessionKeeper) rotateAccepted(ctx context.Context, c *claims) (tokenPair, error) {
 	noteUser(ctx, c.Subject)
 	end, err := k.sessionEnd(ctx, c)
 	if err != nil {
@@ -565,8 +604,10 @@ type sessionView struct {
 	LastUsedAt time.Time `json:"last_used_at"`
 	IP         string    `json:"ip"`
 	UserAgent  string    `json:"user_agent"`
-	// Kind is "cookie" for a portal sign-in, "api" for a session of access and refresh tokens.
-	Kind string `json:"kind"`
+	// Kind is "cookie" for a portal sign-in, "api" for a session of access and refresh tokens,
+	// "oauth" for a session of an OpenID client's tokens, whose client Client names.
+	Kind   string `json:"kind"`
+	Client string `json:"client_id,omitempty"`
 }
 
 func viewOf(s Session) sessionView {
@@ -574,7 +615,7 @@ func viewOf(s Session) sessionView {
 	if kind == "" {
 		kind = "api"
 	}
-	return sessionView{s.ID, s.CreatedAt.UTC(), s.LastUsedAt.UTC(), s.IP, s.UserAgent, kind}
+	return sessionView{s.ID, s.CreatedAt.UTC(), s.LastUsedAt.UTC(), s.IP, s.UserAgent, kind, s.Client}
 }
 
 // cookieOf signs the credential of the cookie session s of u at level lvl: a JWT signed as access

@@ -45,6 +45,9 @@ type Store interface {
 	factorStore
 	keyStore
 	mailStore
+	clientStore
+	codeStore
+	grantStore
 	// Purge deletes everything that expired before now.
 	Purge(ctx context.Context, now time.Time) error
 	// Ping checks that the database answers.
@@ -64,8 +67,8 @@ type userStore interface {
 	EmailOf(ctx context.Context, id string) (email string, verified bool, err error)
 	// SetDisabled disables or enables account id; ErrNotFound when there is none.
 	SetDisabled(ctx context.Context, id string, disabled bool) error
-	// DeleteUser deletes account id, so that its email is free again; ErrNotFound when there is
-	// none.
+	// DeleteUser deletes account id, so that its email is free again, with its security events
+	// and the consents it gave OpenID clients; ErrNotFound when there is none.
 	DeleteUser(ctx context.Context, id string) error
 	// BcryptHash returns the bcrypt hash of some account that still has one (accounts imported
 	// from another service keep theirs until they log in); ErrNotFound when none does.
@@ -171,6 +174,18 @@ type Session struct {
 	// Kind is sessionCookie for a portal sign-in, whose one credential is its cookie; "" for a
 	// session of access and refresh tokens.
 	Kind string `bson:"kind,omitempty"`
+	// Client and Scope, for a session of kind sessionOAuth: the OpenID client its tokens are
+	// issued to, and the scopes granted.
+	Client string `bson:"client_id,omitempty"`
+	Scope  string `bson:"scope,omitempty"`
+}
+
+// client is the client s's tokens are issued to; nil for the API's own sessions.
+func (s *Session) client() *tokenClient {
+	if s.Kind != sessionOAuth {
+		return nil
+	}
+	return &tokenClient{s.Client, s.Scope}
 }
 
 // RefreshUse is the first use of a refresh token, and the successor it was exchanged for, so that
@@ -232,6 +247,9 @@ const (
 	algHS256 = "HS256"
 	algEdDSA = "EdDSA" // Ed25519
 	algES256 = "ES256" // ECDSA on P-256
+	// algRS256 signs only ID tokens (RSA, PKCS #1 v1.5, SHA-256), which OpenID Connect requires a
+	// provider to offer; never the API's tokens.
+	algRS256 = "RS256"
 )
 
 // A blacklist entry's ID is jtiPrefix and a token's id, or sidPrefix and a session's.
@@ -532,6 +550,9 @@ func newMongoStore(ctx context.Context, db *mongo.Database, failures *atomic.Uin
 	if err := s.mailIndexes(ctx); err != nil {
 		return nil, err
 	}
+	if err := s.oauthIndexes(ctx); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -627,7 +648,7 @@ func (s *mongoStore) Purge(ctx context.Context, now time.Time) error {
 			return s.err(err)
 		}
 	}
-	return nil
+	return s.purgeOAuth(ctx, now)
 }
 
 func (s *mongoStore) Ping(ctx context.Context) error {
@@ -652,5 +673,8 @@ func cut(s string, n int) string {
 	return strings.ToValidUTF8(s[:n], "")
 }
 
-// sessionCookie is the Session.Kind of a portal sign-in.
-const sessionCookie = "cookie"
+// sessionCookie is the Session.Kind of a portal sign-in; sessionOAuth of an OpenID client's tokens.
+const (
+	sessionCookie = "cookie"
+	sessionOAuth  = "oauth"
+)

@@ -102,6 +102,9 @@ func (s *mongoStore) DeleteUser(ctx context.Context, id string) error {
 	if _, err := s.disabled.DeleteOne(ctx, bson.D{{Key: "_id", Value: id}}); err != nil {
 		return s.err(err)
 	}
+	if _, err := s.grants().DeleteMany(ctx, bson.D{{Key: "user_id", Value: id}}); err != nil {
+		return s.err(err)
+	}
 	_, err := s.securityEvents.DeleteMany(ctx, bson.D{{Key: "user_id", Value: id}})
 	return s.err(err)
 }

@@ -3,6 +3,8 @@ package main
 // tokens.go issues and parses the service's JWTs, and remembers which tokens it has verified.
 
 import (
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -13,6 +15,10 @@ const (
 	useAccess  = "access"
 	useRefresh = "refresh"
 	useCookie  = "cookie" // the portal's session cookie; see cookies.go
+	// The OpenID provider's tokens for its clients, of a use of their own so that no client's
+	// token is ever taken for the API's own (or the forward-auth check's).
+	useOAuthAccess  = "oauth_access"
+	useOAuthRefresh = "oauth_refresh"
 )
 
 // claims is the whole content of a token, parsed once into a typed struct.
@@ -32,6 +38,11 @@ type claims struct {
 	// SessionEnd, in refresh tokens only, is when their session ends (SESSION_MAX_AGE after the
 	// login), in Unix seconds, 0 for never: refresh needs it before it may read anything.
 	SessionEnd *int64 `json:"sxp,omitempty"`
+
+	// Client and Scope, in the OpenID provider's tokens only: the client they were issued to (also
+	// their aud) and the scopes granted, space-separated.
+	Client string `json:"client_id,omitempty"`
+	Scope  string `json:"scope,omitempty"`
 
 	// EmailVerified says whether the user had followed a verification link to Email when the
 	// token was signed; tokens signed before verification existed read as false.
@@ -69,6 +80,25 @@ func (c *claims) GetAudience() (jwt.ClaimStrings, error) {
 }
 
 func (c *claims) expiresAt() time.Time { return time.Unix(c.Expiry, 0) }
+
+// isOAuth reports whether c is a token of the OpenID provider's clients.
+func (c *claims) isOAuth() bool { return c.Use == useOAuthAccess || c.Use == useOAuthRefresh }
+
+// audienceOf is the aud a token of c's use carries: JWT_AUDIENCE for the API's, a fixed one for
+// cookies, the client's id for a client's.
+func (t *tokens) audienceOf(c *claims) string {
+	switch {
+	case c.Use == useCookie:
+		return cookieAudience
+	case c.isOAuth():
+		return c.Client
+	}
+	return t.audience
+}
+
+// tokenClient is the client a session's tokens are issued to, and the scopes it was granted; nil
+// for the API's own sessions.
+type tokenClient struct{ id, scope string }
 
 // sessionEnd is when the session of refresh token c ends (zero for never); known is false for a
 // token that does not say, as those signed before refresh tokens carried it.
@@ -168,11 +198,21 @@ func (t *tokens) bound(next Successor, end time.Time) time.Time {
 // pair signs a fresh access token and the refresh token next for user in session sid, with the
 // user's email and whether it is verified, both of next's level; no token outlives end (the
 // session's end, or an earlier bound; zero for none), and the refresh token carries sessionEnd.
-func (t *tokens) pair(userID, email string, verified bool, sid string, next Successor, end, sessionEnd time.Time) (tokenPair, error) {
+//
+// For a client's session (client not nil) the tokens are of its uses, aud and scope.
+func (t *tokens) pair(userID, email string, verified bool, sid string, next Successor, end, sessionEnd time.Time, client *tokenClient) (tokenPair, error) {
 	now := t.now()
 	exp := t.accessExpiry(now, end)
-	access, err := t.sign(claims{Subject: userID, Email: email, EmailVerified: verified, Session: sid, Use: useAccess,
-		ID: newID(), IssuedAt: now.Unix(), Expiry: exp.Unix(), AMR: next.Level.AMR, ACR: next.Level.ACR})
+	accessUse, refreshUse, cid, scope := useAccess, useRefresh, "", ""
+	if client != nil {
+		accessUse, refreshUse, cid, scope = useOAuthAccess, useOAuthRefresh, client.id, client.scope
+		if !slices.Contains(strings.Fields(scope), "email") {
+			email, verified = "", false // a client reads its tokens: no address it was not granted
+		}
+	}
+	access, err := t.sign(claims{Subject: userID, Email: email, EmailVerified: verified, Session: sid, Use: accessUse,
+		ID: newID(), IssuedAt: now.Unix(), Expiry: exp.Unix(), AMR: next.Level.AMR, ACR: next.Level.ACR,
+		Client: cid, Scope: scope})
 	if err != nil {
 		return tokenPair{}, err
 	}
@@ -180,9 +220,9 @@ func (t *tokens) pair(userID, email string, verified bool, sid string, next Succ
 	if !sessionEnd.IsZero() {
 		sxp = sessionEnd.Unix()
 	}
-	refresh, err := t.sign(claims{Subject: userID, Email: email, EmailVerified: verified, Session: sid, Use: useRefresh,
+	refresh, err := t.sign(claims{Subject: userID, Email: email, EmailVerified: verified, Session: sid, Use: refreshUse,
 		ID: next.ID, IssuedAt: next.IssuedAt, Expiry: next.Expiry, AMR: next.Level.AMR, ACR: next.Level.ACR,
-		SessionEnd: &sxp})
+		SessionEnd: &sxp, Client: cid, Scope: scope})
 	if err != nil {
 		return tokenPair{}, err
 	}
@@ -201,10 +241,7 @@ func (t *tokens) pair(userID, email string, verified bool, sid string, next Succ
 // bytes differ but the claims, jti included, do not, and so neither does what the token means.
 func (t *tokens) sign(c claims) (string, error) {
 	c.Issuer = t.issuer
-	c.Audience = t.audience
-	if c.Use == useCookie {
-		c.Audience = cookieAudience
-	}
+	c.Audience = t.audienceOf(&c)
 	k := t.keys.current().signer(t.now())
 	if k == nil || k.private == nil {
 		return "", errNoSigningKey
@@ -215,7 +252,7 @@ func (t *tokens) sign(c claims) (string, error) {
 }
 
 // parse checks raw and returns its claims. The error is errTokenInvalid for anything not signed
-// by us or not of the wanted use ("" accepts access or refresh, never a cookie), and errTokenExpired for a token that is
+// by us or not of the wanted use ("" accepts access or refresh, never a cookie nor a client's), and errTokenExpired for a token that is
 // authentic and complete but past its expiry; the claims come back with that error too.
 // Revocation is not parse's business.
 func (t *tokens) parse(raw, use string) (*claims, error) {
@@ -235,12 +272,10 @@ func (t *tokens) parse(raw, use string) (*claims, error) {
 		}); err != nil {
 			return nil, errTokenInvalid
 		}
-		aud := t.audience
-		if c.Use == useCookie {
-			aud = cookieAudience
-		}
-		if c.Issuer != t.issuer || (aud != "" && c.Audience != aud) ||
-			c.Subject == "" || c.ID == "" || c.Session == "" || (c.Use != useAccess && c.Use != useRefresh && c.Use != useCookie) ||
+		aud := t.audienceOf(c)
+		if c.Issuer != t.issuer || (aud != "" && c.Audience != aud) || (c.isOAuth() && c.Client == "") ||
+			c.Subject == "" || c.ID == "" || c.Session == "" ||
+			(c.Use != useAccess && c.Use != useRefresh && c.Use != useCookie && !c.isOAuth()) ||
 			c.IssuedAt == 0 || c.Expiry == 0 || time.Unix(c.IssuedAt, 0).After(now.Add(t.leeway)) {
 			return nil, errTokenInvalid
 		}
@@ -248,7 +283,7 @@ func (t *tokens) parse(raw, use string) (*claims, error) {
 			t.verified.put(raw, c, used, now)
 		}
 	}
-	if use != "" && c.Use != use || use == "" && c.Use == useCookie {
+	if use != "" && c.Use != use || use == "" && (c.Use == useCookie || c.isOAuth()) {
 		return nil, errTokenInvalid
 	}
 	if t.expired(c, now) {

@@ -11,5 +11,5 @@ func newTokens(secret []byte, issuer string, accessTTL, refreshTTL, leeway time.
 
 // issue signs an access and a refresh token for user in login session sid, with no session end.
 func (t *tokens) issue(userID, email, sid string) (tokenPair, error) {
-	return t.pair(userID, email, false, sid, t.successor(time.Time{}, levelPassword), time.Time{}, time.Time{})
+	return t.pair(userID, email, false, sid, t.successor(time.Time{}, levelPassword), time.Time{}, time.Time{}, nil)
 }
