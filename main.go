@@ -175,6 +175,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	defer func() { stopBG(); <-mailDone }()
 	logMailSettings(log, c.mail)
+	for _, w := range c.passkeys.warnings {
+		log.Warn(w)
+	}
 	go d.keys.follow(bg, c.syncInterval)
 	go d.passwords.learnImportedHashes(bg)
 	go logOut.flushEvery(bg, 100*time.Millisecond)

@@ -32,6 +32,14 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("POST /auth/mfa/totp/confirm", signedIn(handleConfirmTOTP(d.log, d.clients, d.mfa)))
 	mux.Handle("DELETE /auth/mfa/totp", signedIn(handleRemoveTOTP(d.log, d.clients, d.mfa)))
 	mux.Handle("POST /auth/mfa/verify", handleVerifyMFA(d.log, d.clients, d.mfa))
+	on := passkeysOn(d.log, d.passkeys)
+	mux.Handle("POST /auth/passkeys/register/begin", on(signedIn(handleRegisterPasskeyBegin(d.log, d.clients, d.passkeys))))
+	mux.Handle("POST /auth/passkeys/register/finish", on(signedIn(handleRegisterPasskeyFinish(d.log, d.passkeys))))
+	mux.Handle("GET /auth/passkeys", on(signedIn(handlePasskeys(d.log, d.passkeys))))
+	mux.Handle("PATCH /auth/passkeys/{id}", on(signedIn(handleRenamePasskey(d.log, d.passkeys))))
+	mux.Handle("DELETE /auth/passkeys/{id}", on(signedIn(handleRemovePasskey(d.log, d.clients, d.passkeys))))
+	mux.Handle("POST /auth/passkeys/login/begin", on(handlePasskeyLoginBegin(d.log, d.passkeys)))
+	mux.Handle("POST /auth/passkeys/login/finish", on(handlePasskeyLoginFinish(d.log, d.clients, d.passkeys)))
 	mux.Handle("POST /auth/password/forgot", handleMailRequest(d.log, d.clients, d.mail, mailReset,
 		"if an account has this address, a reset link is on its way to it"))
 	mux.Handle("POST /auth/password/reset", handleResetPassword(d.log, d.mail, d.accounts))
@@ -103,6 +111,7 @@ type deps struct {
 	sessions         *sessionKeeper
 	accounts         *accounts
 	mfa              *mfa
+	passkeys         *passkeys
 	logins           *logins
 	passwords        *passwordCheck
 	hasher           *hasher
@@ -153,6 +162,15 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		signupsClosed: !c.signupEnabled, now: now, log: log}
 	second := &mfa{store: store, tokens: t, seal: newSealer(secret, "totp"), revs: revs, sessions: sessions, stamps: users,
 		mail: mail, passwords: passwords, limits: limits, metrics: m, appName: c.appName, log: log}
+	rp, err := newRelyingParty(c.passkeys)
+	if err != nil {
+		// loadConfig checked the settings the library checks: this is a bug, and passkeys stay off.
+		log.Error("passkeys are off: the WebAuthn relying party refused its settings", "err", err)
+	}
+	decoy := hmac.New(sha256.New, secret)
+	decoy.Write([]byte("passkey decoys"))
+	pk := &passkeys{store: store, rp: rp, tokens: t, revs: revs, second: second, passwords: passwords, limits: limits,
+		mail: mail, metrics: m, decoyKey: decoy.Sum(nil), requireVerified: c.mail.verification == verificationRequired, log: log}
 	d := &deps{
 		log:         log,
 		now:         now,
@@ -165,6 +183,7 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		accounts:    users,
 		passwords:   passwords,
 		mfa:         second,
+		passkeys:    pk,
 		logins: &logins{passwords: passwords, sessions: sessions, second: second, metrics: m,
 			requireVerified: c.mail.verification == verificationRequired},
 		hasher:           h,
