@@ -551,3 +551,34 @@ func TestPasskeySettings(t *testing.T) {
 		})
 	}
 }
+
+func TestWrongPasskeyAnswersCountAgainstTheAccountsSecondFactorLimit(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, func(c *config) { c.mfaMaxFailures = 3 })
+	_, access, _ := e.user(t)
+	key := newSoftKey(t)
+	e.addPasskey(t, access, key)
+	forged := *key // the credential's id and user handle, another private key
+	forged.key = newSoftKey(t).key
+	for range 3 {
+		e.passkeySignIn(t, &forged).want(t, http.StatusUnauthorized, "passkey_invalid")
+	}
+	r := e.passkeySignIn(t, &forged).want(t, http.StatusTooManyRequests, "too_many_attempts")
+	if r.header.Get("Retry-After") == "" {
+		t.Fatal("no Retry-After")
+	}
+	e.passkeySignIn(t, key).want(t, http.StatusTooManyRequests, "too_many_attempts") // the right one too, for now
+}
+
+func TestPasskeysOfNobodyCountAgainstTheClient(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, func(c *config) { c.maxClientFails = 3 })
+	_, access, _ := e.user(t)
+	nobodys := newSoftKey(t)
+	nobodys.userHandle = []byte("nobody")
+	for range 3 {
+		e.passkeySignIn(t, nobodys).want(t, http.StatusUnauthorized, "passkey_invalid")
+	}
+	e.passkeySignIn(t, nobodys).want(t, http.StatusTooManyRequests, "too_many_attempts")
+	_ = access
+}
