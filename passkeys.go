@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -404,6 +405,7 @@ func (k *passkeys) remove(ctx context.Context, c *claims, client netip.Addr, id,
 // with an access token instead, and raw is that.
 type loginRequest struct {
 	email, mfaToken, raw string
+	kind                 string // of the session a sign-in opens (Session.Kind): the portal's is a cookie
 }
 
 // loginBegin answers the request options of a ceremony for req, the object that a browser's
@@ -556,7 +558,7 @@ func (k *passkeys) loginFinish(ctx context.Context, req loginRequest, client net
 		k.metrics.login(loginUnverified)
 		return tokenPair{}, errEmailNotVerified
 	}
-	pair, err := k.second.sessions.start(ctx, u, client, userAgent, passkeyLevel(p, false))
+	pair, err := k.second.sessions.startAs(ctx, req.kind, u, client, userAgent, passkeyLevel(p, false))
 	if err != nil {
 		return tokenPair{}, err
 	}
@@ -620,7 +622,8 @@ func (k *passkeys) finishStepUp(ctx context.Context, raw, challenge string, pars
 	if err != nil {
 		return tokenPair{}, err
 	}
-	pair, err := k.second.sessions.raise(ctx, c, passkeyLevel(p, true))
+	// A session the password opened keeps pwd among its methods; one a passkey opened has none.
+	pair, err := k.second.sessions.raise(ctx, c, passkeyLevel(p, slices.Contains(c.level().AMR, "pwd")))
 	if err != nil {
 		return tokenPair{}, err
 	}

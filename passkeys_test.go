@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -581,4 +582,65 @@ func TestPasskeysOfNobodyCountAgainstTheClient(t *testing.T) {
 	}
 	e.passkeySignIn(t, nobodys).want(t, http.StatusTooManyRequests, "too_many_attempts")
 	_ = access
+}
+
+// withPortalPasskeys is the portal of the tests, with passkeys on its cookie domain.
+func withPortalPasskeys(c *config) {
+	withPortal(c)
+	c.passkeys = passkeyConfig{rpID: "example.test", rpName: "Example", origins: []string{testPortalURL}}
+}
+
+func TestThePortalSignsInWithAPasskeyAlone(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, withPortalPasskeys)
+	_, access, _ := e.user(t)
+	key := newSoftKey(t)
+	key.origin, key.rpID = testPortalURL, "example.test"
+	e.addPasskey(t, access, key)
+
+	b := newBrowser(e)
+	page := b.send(t, "GET", "/login", nil)
+	if !strings.Contains(page.body, `autocomplete="username webauthn"`) || !strings.Contains(page.body, `id="passkey-form"`) ||
+		!strings.Contains(page.header.Get("Content-Security-Policy"), "script-src 'self'") {
+		t.Fatalf("the login page offers no passkey: %v\n%s", page.header, page.body)
+	}
+	csrf := csrfField.FindStringSubmatch(page.body)[1]
+	if js := b.send(t, "GET", "/login/passkeys.js", nil); js.status != http.StatusOK || !strings.Contains(js.body, "conditional") {
+		t.Fatalf("script: %d", js.status)
+	}
+	// The options only to the page's own script: with its CSRF token, from its origin.
+	if r := b.send(t, "POST", "/login/passkey/begin", url.Values{"csrf": {"forged"}}); r.status != http.StatusForbidden {
+		t.Fatalf("begin without the page's token: %d %s", r.status, r.body)
+	}
+	begin := b.send(t, "POST", "/login/passkey/begin", url.Values{"csrf": {csrf}})
+	var opts map[string]any
+	if err := json.Unmarshal([]byte(begin.body), &opts); err != nil || begin.status != http.StatusOK || opts["rpId"] != "example.test" {
+		t.Fatalf("begin: %d %s", begin.status, begin.body)
+	}
+	assertion, _ := json.Marshal(key.get(t, opts))
+	done := b.send(t, "POST", "/login/passkey", url.Values{"csrf": {csrf}, "credential": {string(assertion)}, "rd": {"https://app.example.test/x"}})
+	if done.status != http.StatusSeeOther || done.header.Get("Location") != "https://app.example.test/x" {
+		t.Fatalf("sign-in: %d %v %s", done.status, done.header, done.body)
+	}
+	phr := b.forward(t, forwardAuthPath, "X-Auth-Require", "phr")
+	if phr.status != http.StatusOK || phr.header.Get("X-User-Amr") != "hwk,mfa" {
+		t.Fatalf("the cookie session: %d %v", phr.status, phr.header)
+	}
+	// A browser signed in with a password is sent to sign in with a passkey, not to the step-up
+	// page, whose codes never meet phr.
+	other, _, _ := e.user(t)
+	pw := newBrowser(e)
+	pw.signIn(t, other, "")
+	to := pw.forward(t, "/auth/forward", "X-Auth-Require", "phr", "Sec-Fetch-Mode", "navigate", "X-Forwarded-Host", "app.example.test",
+		"X-Forwarded-Proto", "https", "X-Forwarded-Uri", "/x")
+	if to.status != http.StatusFound || !strings.HasPrefix(to.header.Get("Location"), testPortalURL+"/login") {
+		t.Fatalf("phr for a password's cookie session: %d %s", to.status, to.header.Get("Location"))
+	}
+	// The same answer again is a used ceremony.
+	b2 := newBrowser(e)
+	csrf2 := csrfField.FindStringSubmatch(b2.send(t, "GET", "/login", nil).body)[1]
+	again := b2.send(t, "POST", "/login/passkey", url.Values{"csrf": {csrf2}, "credential": {string(assertion)}})
+	if again.status != http.StatusUnauthorized || !strings.Contains(again.body, "ceremony") {
+		t.Fatalf("a replay: %d %s", again.status, again.body)
+	}
 }

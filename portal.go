@@ -41,6 +41,7 @@ type portal struct {
 	allow    *allowList // FORWARD_AUTH_ALLOW
 	accounts *accounts
 	mail     *mailFlows
+	passkeys *passkeys
 	csrfKey  []byte
 }
 
@@ -77,6 +78,7 @@ type pageData struct {
 	Token                         string // a mailed link's token, carried by its form
 	PublicURL                     string // for links on pages shown on other hosts
 	SignupOpen, MailOn            bool   // whether to link to /signup and /forgot-password
+	Passkeys                      bool   // the login page offers a passkey (and its script)
 	status                        int
 	template                      string
 }
@@ -312,6 +314,7 @@ func (p *portal) signedIn(r *http.Request) *claims {
 
 func (p *portal) loginForm(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
 	d.Title, d.RD, d.template = "Sign in", p.safeRD(r.URL.Query().Get("rd")), "login"
+	p.offerPasskeys(w, d)
 	return d
 }
 
@@ -319,6 +322,7 @@ func (p *portal) loginForm(w http.ResponseWriter, r *http.Request, d *pageData) 
 func (p *portal) signIn(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
 	d.Title, d.template = "Sign in", "login"
 	d.Email, d.RD = strings.TrimSpace(r.PostForm.Get("email")), r.PostForm.Get("rd")
+	p.offerPasskeys(w, d)
 	password := r.PostForm.Get("password")
 	if d.Email == "" || password == "" {
 		d.Error, d.status = "Enter your email and password.", http.StatusBadRequest
@@ -329,7 +333,8 @@ func (p *portal) signIn(w http.ResponseWriter, r *http.Request, d *pageData) *pa
 		return p.failed(w, r, d, err)
 	}
 	if a.mfaToken != "" {
-		d.Title, d.MFAToken, d.Action, d.template = "Second factor", a.mfaToken, "/login/code", "code"
+		securePage(w) // the code page runs no script
+		d.Title, d.MFAToken, d.Action, d.template, d.Passkeys = "Second factor", a.mfaToken, "/login/code", "code", false
 		return d
 	}
 	return p.signedInTo(w, r, a.pair, d.RD)
@@ -482,7 +487,9 @@ func (p *portal) forward() http.Handler {
 			return
 		}
 		to := "/login"
-		if errors.Is(err, errMFARequired) && c != nil && c.Use == useCookie {
+		// A route that asks for a passkey (phr) sends the browser to sign in with one: the step-up
+		// page takes codes, which never meet it.
+		if errors.Is(err, errMFARequired) && err != errPHRRequired && c != nil && c.Use == useCookie {
 			to = "/step-up"
 		}
 		if orig := originalURL(r); orig != "" {

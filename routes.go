@@ -255,7 +255,7 @@ func newPortal(c config, d *deps, secret []byte) *portal {
 	m.Write([]byte("portal csrf"))
 	return &portal{cfg: c.portalCfg, appName: c.appName, log: d.log, now: d.now, clients: d.clients, logins: d.logins,
 		mfa: d.mfa, sessions: d.sessions, tokens: d.tokens, revs: d.revocations, allow: d.allow,
-		accounts: d.accounts, mail: d.mail, csrfKey: m.Sum(nil)}
+		accounts: d.accounts, mail: d.mail, passkeys: d.passkeys, csrfKey: m.Sum(nil)}
 }
 
 // addPortalRoutes lists the portal's routes, served when PUBLIC_URL is set.
@@ -264,6 +264,9 @@ func addPortalRoutes(mux routeAdder, p *portal) {
 	mux.Handle("GET /login", p.page(p.loginForm))
 	mux.Handle("POST /login", p.form(p.signIn))
 	mux.Handle("POST /login/code", p.form(p.secondFactor))
+	mux.Handle("GET /login/passkeys.js", handlePortalPasskeysJS())
+	mux.Handle("POST /login/passkey/begin", p.passkeyBegin())
+	mux.Handle("POST /login/passkey", p.form(p.passkeySignIn))
 	mux.Handle("GET /step-up", p.page(p.stepUpForm))
 	mux.Handle("POST /step-up", p.form(p.stepUp))
 	mux.Handle("GET /logout", p.page(p.logoutForm))
