@@ -421,7 +421,7 @@ func (k *passkeys) loginBegin(ctx context.Context, req loginRequest) (*protocol.
 	)
 	switch {
 	case req.mfaToken != "":
-		ch, err := k.second.liveChallenge(ctx, req.mfaToken, "")
+		ch, err := k.second.liveChallenge(ctx, req.mfaToken, req.kind)
 		if err != nil {
 			return nil, err
 		}
@@ -538,7 +538,7 @@ func (k *passkeys) loginFinish(ctx context.Context, req loginRequest, client net
 	challenge := parsed.Response.CollectedClientData.Challenge
 	switch {
 	case req.mfaToken != "":
-		return k.finishSecond(ctx, req.mfaToken, challenge, parsed, client, userAgent)
+		return k.finishSecond(ctx, req.kind, req.mfaToken, challenge, parsed, client, userAgent)
 	case req.raw != "":
 		return k.finishStepUp(ctx, req.raw, challenge, parsed, client)
 	}
@@ -568,10 +568,10 @@ func (k *passkeys) loginFinish(ctx context.Context, req loginRequest, client net
 }
 
 // finishSecond is the second step of a password login with a passkey: the ceremony begun for the
-// challenge of mfaToken answers it, once.
-func (k *passkeys) finishSecond(ctx context.Context, mfaToken, challenge string, parsed *protocol.ParsedCredentialAssertionData,
+// challenge of mfaToken, of a login of kind (the portal's opens a cookie session), answers it, once.
+func (k *passkeys) finishSecond(ctx context.Context, kind, mfaToken, challenge string, parsed *protocol.ParsedCredentialAssertionData,
 	client netip.Addr, userAgent string) (tokenPair, error) {
-	ch, err := k.second.liveChallenge(ctx, mfaToken, "")
+	ch, err := k.second.liveChallenge(ctx, mfaToken, kind)
 	if err != nil {
 		return tokenPair{}, err
 	}

@@ -644,3 +644,41 @@ func TestThePortalSignsInWithAPasskeyAlone(t *testing.T) {
 		t.Fatalf("a replay: %d %s", again.status, again.body)
 	}
 }
+
+func TestThePortalsSecondFactorPageTakesAPasskey(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, withPortalPasskeys)
+	email, access, _ := e.user(t)
+	key := newSoftKey(t)
+	key.origin, key.rpID = testPortalURL, "example.test"
+	e.addPasskey(t, access, key)
+
+	b := newBrowser(e)
+	page := b.signIn(t, email, "https://app.example.test/y")
+	m := mfaTokenField.FindStringSubmatch(page.body)
+	if page.status != http.StatusOK || m == nil || !strings.Contains(page.body, "Use a passkey instead") ||
+		strings.Contains(page.body, "webauthn") {
+		t.Fatalf("the code page: %d %s", page.status, page.body)
+	}
+	csrf := csrfField.FindStringSubmatch(page.body)[1]
+	// The API's way with this challenge is closed: it opens cookie sessions only.
+	e.do(t, "POST", "/auth/passkeys/login/begin", map[string]string{"mfa_token": m[1]}).want(t, http.StatusUnauthorized, "token_invalid")
+	begin := b.send(t, "POST", "/login/passkey/begin", url.Values{"csrf": {csrf}, "mfa_token": {m[1]}})
+	var opts map[string]any
+	if err := json.Unmarshal([]byte(begin.body), &opts); err != nil || begin.status != http.StatusOK {
+		t.Fatalf("begin: %d %s", begin.status, begin.body)
+	}
+	if allow, _ := opts["allowCredentials"].([]any); len(allow) != 1 {
+		t.Fatalf("begin: %s", begin.body)
+	}
+	assertion, _ := json.Marshal(key.get(t, opts))
+	done := b.send(t, "POST", "/login/passkey", url.Values{"csrf": {csrf}, "mfa_token": {m[1]}, "credential": {string(assertion)},
+		"rd": {"https://app.example.test/y"}})
+	if done.status != http.StatusSeeOther || done.header.Get("Location") != "https://app.example.test/y" {
+		t.Fatalf("sign-in: %d %v %s", done.status, done.header, done.body)
+	}
+	phr := b.forward(t, forwardAuthPath, "X-Auth-Require", "phr")
+	if phr.status != http.StatusOK || phr.header.Get("X-User-Amr") != "pwd,hwk" {
+		t.Fatalf("the cookie session: %d %v", phr.status, phr.header)
+	}
+}

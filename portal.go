@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 )
@@ -333,8 +334,11 @@ func (p *portal) signIn(w http.ResponseWriter, r *http.Request, d *pageData) *pa
 		return p.failed(w, r, d, err)
 	}
 	if a.mfaToken != "" {
-		securePage(w) // the code page runs no script
+		securePage(w) // the code page runs a script only to offer a passkey
 		d.Title, d.MFAToken, d.Action, d.template, d.Passkeys = "Second factor", a.mfaToken, "/login/code", "code", false
+		if slices.Contains(a.methods, "passkey") {
+			p.offerPasskeys(w, d)
+		}
 		return d
 	}
 	return p.signedInTo(w, r, a.pair, d.RD)
@@ -345,6 +349,11 @@ func (p *portal) signIn(w http.ResponseWriter, r *http.Request, d *pageData) *pa
 func (p *portal) secondFactor(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
 	d.Title, d.Action, d.template = "Second factor", "/login/code", "code"
 	d.RD, d.MFAToken = r.PostForm.Get("rd"), r.PostForm.Get("mfa_token")
+	if ch, err := p.mfa.liveChallenge(r.Context(), d.MFAToken, sessionCookie); err == nil {
+		if ps, err := p.passkeys.store.PasskeysOf(r.Context(), ch.UserID); err == nil && len(ps) > 0 {
+			p.offerPasskeys(w, d)
+		}
+	}
 	code, recovery := formCodes(r)
 	if code == "" && recovery == "" {
 		d.Error, d.status = "Enter the code from your authenticator app, or a recovery code.", http.StatusBadRequest

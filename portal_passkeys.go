@@ -6,6 +6,7 @@ package main
 import (
 	_ "embed"
 	"encoding/json"
+	"errors"
 	"net/http"
 )
 
@@ -43,7 +44,7 @@ func (p *portal) passkeyBegin() http.Handler {
 			return &apiError{status: http.StatusForbidden, code: "csrf_invalid",
 				message: "this request did not come from the portal's sign-in page; reload it"}
 		}
-		opts, err := p.passkeys.loginBegin(r.Context(), loginRequest{kind: sessionCookie})
+		opts, err := p.passkeys.loginBegin(r.Context(), loginRequest{kind: sessionCookie, mfaToken: r.PostForm.Get("mfa_token")})
 		if err != nil {
 			return err
 		}
@@ -53,17 +54,27 @@ func (p *portal) passkeyBegin() http.Handler {
 }
 
 // passkeySignIn is the passkey form's POST: the passkey's answer signs the browser in to a cookie
-// session at aal2 (amr hwk or swk, and mfa).
+// session at aal2 (amr hwk or swk, and mfa), or, with the mfa_token of a password sign-in,
+// finishes that (pwd, and hwk or swk).
 func (p *portal) passkeySignIn(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
 	d.Title, d.template, d.RD = "Sign in", "login", r.PostForm.Get("rd")
+	req := loginRequest{kind: sessionCookie, mfaToken: r.PostForm.Get("mfa_token")}
+	if req.mfaToken != "" {
+		// The second step of a password sign-in: its page again, on failure.
+		d.Title, d.MFAToken, d.Action, d.template = "Second factor", req.mfaToken, "/login/code", "code"
+	}
 	p.offerPasskeys(w, d)
 	credential := r.PostForm.Get("credential")
 	if credential == "" || !json.Valid([]byte(credential)) {
 		d.Error, d.status = "Your browser sent no passkey. Try again, or sign in with your password.", http.StatusBadRequest
 		return d
 	}
-	pair, err := p.passkeys.loginFinish(r.Context(), loginRequest{kind: sessionCookie}, p.clients.of(r), r.UserAgent(),
-		json.RawMessage(credential))
+	pair, err := p.passkeys.loginFinish(r.Context(), req, p.clients.of(r), r.UserAgent(), json.RawMessage(credential))
+	if errors.Is(err, errTokenInvalid) {
+		d.Title, d.MFAToken, d.template = "Sign in", "", "login"
+		d.Error, d.status = "This sign-in has expired; sign in again.", http.StatusUnauthorized
+		return d
+	}
 	if err != nil {
 		return p.failed(w, r, d, err)
 	}
