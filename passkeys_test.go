@@ -682,3 +682,59 @@ func TestThePortalsSecondFactorPageTakesAPasskey(t *testing.T) {
 		t.Fatalf("the cookie session: %d %v", phr.status, phr.header)
 	}
 }
+
+func TestThePortalsAccountPageAddsRenamesAndRemovesPasskeys(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, withPortalPasskeys)
+	email, access, _ := e.user(t)
+	b := newBrowser(e)
+	b.signIn(t, email, "")
+	page := b.send(t, "GET", "/account", nil)
+	if !strings.Contains(page.body, `id="passkey-add-form"`) || !strings.Contains(page.header.Get("Content-Security-Policy"), "script-src 'self'") {
+		t.Fatalf("the account page: %v %s", page.header, page.body)
+	}
+	csrf := csrfField.FindStringSubmatch(page.body)[1]
+	if r := b.send(t, "POST", "/account/passkeys/begin", url.Values{"csrf": {csrf}, "password": {"wrong horse battery"}}); r.status != http.StatusUnauthorized ||
+		!strings.Contains(r.body, "invalid_credentials") {
+		t.Fatalf("begin with a wrong password: %d %s", r.status, r.body)
+	}
+	begin := b.send(t, "POST", "/account/passkeys/begin", url.Values{"csrf": {csrf}, "password": {"correct horse battery"}})
+	var opts map[string]any
+	if err := json.Unmarshal([]byte(begin.body), &opts); err != nil || begin.status != http.StatusOK {
+		t.Fatalf("begin: %d %s", begin.status, begin.body)
+	}
+	key := newSoftKey(t)
+	key.origin, key.rpID = testPortalURL, "example.test"
+	created, _ := json.Marshal(key.create(t, opts))
+	added := b.send(t, "POST", "/account/passkeys", url.Values{"csrf": {csrf}, "credential": {string(created)}, "name": {"laptop"}})
+	if added.status != http.StatusOK || strings.Count(added.body, "<li><code>") != 10 {
+		t.Fatalf("added: %d %s", added.status, added.body)
+	}
+	page = b.send(t, "GET", "/account", nil)
+	if !strings.Contains(page.body, "<td>laptop</td>") {
+		t.Fatalf("the list: %s", page.body)
+	}
+	b.post(t, "/account/passkeys/rename", url.Values{"id": {b64u(key.id)}, "name": {"work laptop"}})
+	page = b.send(t, "GET", "/account", nil)
+	if !strings.Contains(page.body, "<td>work laptop</td>") {
+		t.Fatalf("renamed: %s", page.body)
+	}
+	wantPage(t, b.post(t, "/account/passkeys/remove", url.Values{"id": {b64u(key.id)}, "password": {"wrong horse battery"}}),
+		http.StatusUnauthorized, "the passkey is still there")
+	b.send(t, "GET", "/account", nil)
+	if r := b.post(t, "/account/passkeys/remove", url.Values{"id": {b64u(key.id)}, "password": {"correct horse battery"}}); r.status != http.StatusSeeOther {
+		t.Fatalf("remove: %d %s", r.status, r.body)
+	}
+	_ = access
+	list := e.do(t, "GET", "/auth/passkeys", nil, bearerOf(e.passkeyFreeAccess(t, email))...).want(t, http.StatusOK, "")
+	if ps, _ := list.body["passkeys"].([]any); len(ps) != 0 {
+		t.Fatalf("left: %s", list.raw)
+	}
+}
+
+// passkeyFreeAccess logs email in with the password, an account without a second factor.
+func (e *testEnv) passkeyFreeAccess(tb testing.TB, email string) string {
+	tb.Helper()
+	access, _ := e.login(tb, email, "correct horse battery")
+	return access
+}

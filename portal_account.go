@@ -20,6 +20,9 @@ var accountNotices = map[string]string{
 	"others":        "Every other session has ended.",
 	"password":      "Your password is changed. Every other session has ended; this browser stays signed in.",
 	"authenticator": "The authenticator app is removed. Every other session has ended.",
+	"passkey-added": "The passkey is added. Every other session has ended.",
+	"passkey-named": "The passkey is renamed.",
+	"passkey-gone":  "The passkey is removed. Every other session has ended.",
 }
 
 // accountView is what the account templates read: the page's common data and the account's.
@@ -30,6 +33,13 @@ type accountView struct {
 	Secret        string   // the authenticator's secret being added, in base32
 	QR            *qrImage // its otpauth URL as a QR code
 	RecoveryCodes []string
+	PasskeyRows   []passkeyRow
+}
+
+// passkeyRow is one passkey as the account page shows it.
+type passkeyRow struct {
+	ID, Name, Created, LastUsed string
+	Synced                      bool
 }
 
 // sessionRow is one session as the page shows it.
@@ -86,6 +96,19 @@ func (p *portal) showAccount(w http.ResponseWriter, r *http.Request, c *claims, 
 	live, err := p.sessions.live(ctx, c.Subject)
 	if err == nil {
 		v.HasTOTP, err = p.mfa.enrolled(ctx, c.Subject)
+	}
+	if err == nil && p.passkeys.on() == nil {
+		p.offerPasskeys(w, d)
+		var keys []passkeyView
+		keys, err = p.passkeys.list(ctx, c)
+		for _, k := range keys {
+			used := "never"
+			if k.LastUsedAt != nil {
+				used = k.LastUsedAt.UTC().Format(time.DateTime + " UTC")
+			}
+			v.PasskeyRows = append(v.PasskeyRows, passkeyRow{ID: k.ID, Name: k.Name, Created: k.CreatedAt.UTC().Format(time.DateTime + " UTC"),
+				LastUsed: used, Synced: k.BackupEligible})
+		}
 	}
 	if err != nil {
 		d.Notice = ""

@@ -13,6 +13,10 @@ import (
 //go:embed portal/passkeys.js
 var portalPasskeysJS []byte
 
+// errCSRFInvalid refuses a script's request without its page's CSRF token, or from another origin.
+var errCSRFInvalid = &apiError{status: http.StatusForbidden, code: "csrf_invalid",
+	message: "this request did not come from the portal's own page; reload it"}
+
 // offerPasskeys makes the login page d offer a passkey, when passkeys are on: its script is the
 // only one the portal serves, from its own origin, so the page's policy allows exactly that.
 func (p *portal) offerPasskeys(w http.ResponseWriter, d *pageData) {
@@ -41,8 +45,7 @@ func (p *portal) passkeyBegin() http.Handler {
 	return handle(p.log, func(w http.ResponseWriter, r *http.Request) error {
 		r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
 		if err := r.ParseForm(); err != nil || !p.sameOrigin(r) || !p.csrfValid(r) {
-			return &apiError{status: http.StatusForbidden, code: "csrf_invalid",
-				message: "this request did not come from the portal's sign-in page; reload it"}
+			return errCSRFInvalid
 		}
 		opts, err := p.passkeys.loginBegin(r.Context(), loginRequest{kind: sessionCookie, mfaToken: r.PostForm.Get("mfa_token")})
 		if err != nil {

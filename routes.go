@@ -284,6 +284,10 @@ func addAccountRoutes(mux routeAdder, p *portal) {
 	mux.Handle("POST /account/authenticator", p.form(p.addAuthenticator))
 	mux.Handle("POST /account/authenticator/confirm", p.form(p.confirmAuthenticator))
 	mux.Handle("POST /account/authenticator/remove", p.form(p.removeAuthenticator))
+	mux.Handle("POST /account/passkeys/begin", p.addPasskeyBegin())
+	mux.Handle("POST /account/passkeys", p.form(p.addPasskey))
+	mux.Handle("POST /account/passkeys/rename", p.form(p.renamePasskey))
+	mux.Handle("POST /account/passkeys/remove", p.form(p.removePasskey))
 }
 
 // addPortalMailRoutes lists the pages that the links in the mails open (APP_URL defaults to

@@ -2,6 +2,42 @@
 // (conditional mediation); on the second-factor page, the button. The options come from
 // /login/passkey/begin; the passkey's answer is posted with the page's form to /login/passkey,
 // which signs the browser in.
+// On the account page it adds a passkey: the options come from /account/passkeys/begin (after the
+// password), and the new credential is posted with the form to /account/passkeys.
+(function () {
+  "use strict";
+  var PKC0 = window.PublicKeyCredential;
+  var add = document.getElementById("passkey-add-form");
+  if (add && PKC0 && PKC0.parseCreationOptionsFromJSON && navigator.credentials) {
+    var addButton = document.getElementById("passkey-add-button");
+    var status = document.getElementById("passkey-status");
+    addButton.hidden = false;
+    addButton.addEventListener("click", function () {
+      status.textContent = "";
+      var body = new URLSearchParams({ csrf: add.elements.csrf.value, password: add.elements.password.value });
+      fetch("/account/passkeys/begin", { method: "POST", body: body, credentials: "same-origin" })
+        .then(function (res) {
+          return res.json().then(function (j) {
+            if (!res.ok) throw new Error(j.message || "the service answered " + res.status);
+            return j;
+          });
+        })
+        .then(function (options) {
+          return navigator.credentials.create({ publicKey: PKC0.parseCreationOptionsFromJSON(options) });
+        })
+        .then(function (credential) {
+          if (!credential) return;
+          add.elements.credential.value = JSON.stringify(credential.toJSON());
+          add.elements.password.value = "";
+          add.submit();
+        })
+        .catch(function (err) {
+          status.textContent = "No passkey was added: " + err.message;
+        });
+    });
+  }
+})();
+
 (function () {
   "use strict";
   var form = document.getElementById("passkey-form");
