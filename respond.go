@@ -141,7 +141,7 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer error="invalid_request", error_description=%q`, e.message))
 	case code == errMFARequired.code:
 		acr := "aal2"
-		if e.message == errPHRRequired.message {
+		if e == errPHRRequired {
 			acr = "phr"
 		}
 		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer error="insufficient_user_authentication", error_description=%q, acr_values=%q`, e.message, acr))
