@@ -48,7 +48,7 @@ func handleLogin(log *slog.Logger, clients clientIPs, l *logins) http.Handler {
 		MFARequired bool     `json:"mfa_required"`
 		MFAToken    string   `json:"mfa_token"`
 		ExpiresIn   int64    `json:"expires_in"`
-		Methods     []string `json:"methods"` // what /auth/mfa/verify takes for this challenge
+		Methods     []string `json:"methods"` // what /auth/mfa/verify (or a passkey) takes for this challenge
 	}
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		req, err := decode[credentials](w, r)
@@ -63,7 +63,7 @@ func handleLogin(log *slog.Logger, clients clientIPs, l *logins) http.Handler {
 			return err
 		}
 		if a.mfaToken != "" {
-			encode(w, http.StatusOK, challenge{true, a.mfaToken, int64(mfaTokenTTL / time.Second), []string{"totp", "recovery_code"}})
+			encode(w, http.StatusOK, challenge{true, a.mfaToken, int64(mfaTokenTTL / time.Second), a.methods})
 			return nil
 		}
 		encode(w, http.StatusOK, a.pair)

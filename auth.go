@@ -24,6 +24,7 @@ type passwordCheck struct {
 	store interface {
 		userStore
 		factorStore
+		passkeyStore
 	}
 	limits *loginLimits
 	hasher *hasher
@@ -114,7 +115,8 @@ func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, emai
 	}
 	// While the password hashes: the attempt's rank is read (an attempt beyond the limit learns
 	// nothing about the password), and whether a second factor is to follow; then meanwhile runs.
-	var rankErr, factorErr error
+	var rankErr, factorErr, passkeyErr error
+	var passkeys []Passkey
 	aside := make(chan struct{})
 	go func() {
 		defer close(aside)
@@ -123,12 +125,16 @@ func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, emai
 		factorErr = ErrNotFound
 		if u != nil {
 			wg.Go(func() { _, factorErr = p.store.TOTP(ctx, u.ID) })
+			wg.Go(func() { passkeys, passkeyErr = p.store.PasskeysOf(ctx, u.ID) })
 		}
 		wg.Wait()
+		if passkeyErr != nil && (factorErr == nil || errors.Is(factorErr, ErrNotFound)) {
+			factorErr = passkeyErr
+		}
 		if u == nil || rankErr != nil || (factorErr != nil && !errors.Is(factorErr, ErrNotFound)) {
 			return
 		}
-		u.hasTOTP = factorErr == nil
+		u.hasTOTP, u.hasPasskey = factorErr == nil, len(passkeys) > 0
 		if meanwhile != nil {
 			meanwhile(u)
 		}

@@ -31,7 +31,7 @@ export interface Session {
 }
 
 /** The ways to complete a sign-in that answered "mfa_required". */
-export type SecondFactorMethod = "totp" | "recovery_code" | (string & {});
+export type SecondFactorMethod = "totp" | "passkey" | "recovery_code" | (string & {});
 
 /**
  * The service's answer to signIn or verifySecondFactor, with what became of it:
@@ -57,6 +57,18 @@ export type AuthEvent =
   | { type: "signed_in" | "refreshed" | "stepped_up"; session: Session }
   | { type: "signed_out"; reason: string; session: null };
 
+/** Passkeys (WebAuthn): each runs the browser's ceremony (navigator.credentials) on the service's options. */
+export interface Passkeys {
+  /** Adds a passkey to the signed-in account, after its password; resolves to the service's answer (201 {passkey, recovery_codes?}, 401 invalid_credentials, ...). Signed out, a 401 token_missing. Rejects when the browser's ceremony fails or is cancelled. */
+  register(options: { password: string; name?: string }): Promise<Response>;
+  /** Signs in with a passkey alone: discoverable, or with the account's email; mediation "conditional" lets the browser's autofill offer passkeys. Rejects when the browser's ceremony fails or is cancelled. */
+  signIn(options?: { email?: string; mediation?: CredentialMediationRequirement }): Promise<SignInResult>;
+  /** Completes a signIn that answered "mfa_required" with "passkey" among its methods. Rejects when no sign-in waits. */
+  verifySecondFactor(): Promise<SignInResult>;
+  /** Raises the session with a passkey after a call answered 401 mfa_required (acr_values "phr" or "aal2"); send the call again once this resolves to 200. */
+  stepUp(): Promise<Response>;
+}
+
 export interface Auth {
   /** Creates an account; resolves to the service's answer (201, 409 email_taken, 400 weak_password, ...). */
   signUp(email: string, password: string): Promise<Response>;
@@ -66,6 +78,8 @@ export interface Auth {
   verifySecondFactor(factor: SecondFactor): Promise<SignInResult>;
   /** Raises the session to a second factor after a call answered 401 mfa_required; send the call again once this resolves to 200. Signed out, it resolves to a 401 token_missing. */
   stepUp(factor: string | SecondFactor): Promise<Response>;
+  /** Passkeys: add one, sign in with one, complete a second factor or step up with one. */
+  passkeys: Passkeys;
   /** Whether a call was refused for want of a second factor (401 with WWW-Authenticate error="insufficient_user_authentication"), so that stepUp and sending it again may pass. */
   needsStepUp(res: Response): boolean;
   /** Ends the session in every tab and at the service; null when none was signed in. */

@@ -7,6 +7,7 @@
 //   auth.onChange((ev) => ev.type === "signed_out" && showLogin(ev.reason));
 //   let res = await auth.signIn(email, password);
 //   if (res.state === "mfa_required") res = await auth.verifySecondFactor({ code });
+//   // or, with a passkey: await auth.passkeys.signIn(), auth.passkeys.verifySecondFactor()
 //   const orders = await auth.fetch("/api/orders");
 //
 // auth.fetch sends the access token only to the service's origin (baseURL's, else the page's) and
@@ -332,6 +333,65 @@ export function createAuth({
     return locks ? locks.request(`${key}:refresh`, raise) : raise();
   }
 
+  // passkeys run the browser's WebAuthn ceremonies on the service's options: register adds one
+  // (after the password), signIn signs in with one alone, verifySecondFactor completes signIn's
+  // "mfa_required", stepUp raises the session. The authenticator's prompt is waited on outside
+  // the refresh lock; only the exchange for new tokens happens under it.
+  const webauthn = {
+    create: async (options) => (await navigator.credentials.create({
+      publicKey: PublicKeyCredential.parseCreationOptionsFromJSON(options),
+    })).toJSON(),
+    get: async (options, mediation) => (await navigator.credentials.get({
+      publicKey: PublicKeyCredential.parseRequestOptionsFromJSON(options), mediation,
+    })).toJSON(),
+  };
+  const signedOutAnswer = () => new Response('{"error":"token_missing"}', { status: 401 });
+  const passkeys = {
+    async register({ password, name } = {}) {
+      const access = await getAccessToken();
+      if (!access) return signedOutAnswer();
+      const begin = await post("/auth/passkeys/register/begin", { password }, access);
+      if (!begin.ok) return begin;
+      const credential = await webauthn.create(await begin.json());
+      return post("/auth/passkeys/register/finish", { credential, name }, (await getAccessToken()) ?? access);
+    },
+    async signIn({ email, mediation } = {}) {
+      const begin = await post("/auth/passkeys/login/begin", email ? { email } : {});
+      if (!begin.ok) return Object.assign(begin, { state: "refused" });
+      const credential = await webauthn.get(await begin.json(), mediation);
+      challenge = null;
+      if (current()) await signOut().catch(() => {});
+      return signedInBy(await post("/auth/passkeys/login/finish", { credential }));
+    },
+    async verifySecondFactor() {
+      if (!challenge) throw new Error("no sign-in is waiting for a second factor: call signIn first");
+      const mfa_token = challenge;
+      const begin = await post("/auth/passkeys/login/begin", { mfa_token });
+      if (!begin.ok) return Object.assign(begin, { state: "refused" });
+      const credential = await webauthn.get(await begin.json());
+      return signedInBy(await post("/auth/passkeys/login/finish", { mfa_token, credential }));
+    },
+    async stepUp() {
+      const access = await getAccessToken();
+      if (!access) return signedOutAnswer();
+      const begin = await post("/auth/passkeys/login/begin", {}, access);
+      if (!begin.ok) return begin;
+      const credential = await webauthn.get(await begin.json());
+      await getAccessToken();
+      const raise = async () => {
+        const s = current();
+        if (!s) return signedOutAnswer();
+        const res = await post("/auth/passkeys/login/finish", { credential }, s.access_token);
+        if (res.ok && entry().refresh_token === s.refresh_token) {
+          keep(await res.clone().json(), "stepped_up");
+          await retiring;
+        }
+        return res;
+      };
+      return locks ? locks.request(`${key}:refresh`, raise) : raise();
+    },
+  };
+
   // getAccessToken resolves to an access token good for at least fresh seconds more, refreshing
   // it (one tab at a time) when it is not, or to null when signed out. It rejects when the
   // service could not answer the refresh.
@@ -382,6 +442,7 @@ export function createAuth({
     signIn,
     verifySecondFactor,
     stepUp,
+    passkeys,
     needsStepUp,
     signOut,
     fetch: authFetch,

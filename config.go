@@ -66,6 +66,7 @@ type config struct {
 	forwardAuthAllow *allowList // FORWARD_AUTH_ALLOW; nil lets every signed-in user through
 	portalCfg        portalConfig
 	oidc             oidcConfig
+	passkeys         passkeyConfig
 
 	// HTTP server limits; fixed defaults, fields so that tests can shorten them.
 	readHeaderTimeout time.Duration
@@ -198,6 +199,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 	c.portalCfg = loadPortalConfig(s, c.mongoURI, c.port, c.sessionMaxAge)
 	c.mail = loadMailConfig(s, c.mongoURI, c.dataDir, c.appName, c.portalCfg.publicURL)
 	c.oidc = loadOIDCConfig(s, c.portalCfg, c.issuer)
+	c.passkeys = loadPasskeyConfig(s, c.appName, c.portalCfg, c.corsOrigins, c.mongoURI == "")
 	if c.mongoURI != "" && c.jwtSecret == "" {
 		s.errs = append(s.errs, errors.New("JWT_SECRET: required when MONGODB_URI is set (at least 32 bytes; generate one with: openssl rand -base64 48)"))
 	}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -56,6 +57,9 @@ func admitBy(r *http.Request, credential func(*http.Request) (*claims, error)) (
 		return nil, err
 	}
 	if required != "" && !satisfies(c.level(), required) {
+		if required == "phr" {
+			return c, errPHRRequired
+		}
 		return c, errMFARequired
 	}
 	return c, nil
@@ -87,6 +91,7 @@ func handleForwardAuth(now func() time.Time) http.Handler {
 		h["X-User-Id"] = []string{c.Subject}
 		h["X-User-Email"] = []string{c.Email}
 		h["X-User-Acr"] = []string{c.level().ACR}
+		h["X-User-Amr"] = []string{strings.Join(c.level().AMR, ",")}
 		h["X-User-Email-Verified"] = []string{strconv.FormatBool(c.EmailVerified)}
 		left := max(int64(c.expiresAt().Sub(now())/time.Second), 0)
 		encode(w, http.StatusOK, response{user{c.Subject, c.Email}, left})
@@ -101,6 +106,10 @@ func satisfies(lvl level, required string) bool {
 		return true
 	case "aal2":
 		return lvl.ACR == "aal2"
+	case "phr":
+		// Phishing-resistant (OpenID EAP): a passkey signed the session in or stepped it up. Read
+		// from the token alone, as every level is.
+		return lvl.ACR == "aal2" && (slices.Contains(lvl.AMR, "hwk") || slices.Contains(lvl.AMR, "swk"))
 	}
 	return false
 }

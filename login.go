@@ -30,6 +30,7 @@ type logins struct {
 type loginAnswer struct {
 	pair     tokenPair
 	mfaToken string
+	methods  []string // what the second step may take
 }
 
 // login checks email and password, sent from client with userAgent.
@@ -43,7 +44,7 @@ func (l *logins) loginAs(ctx context.Context, kind string, client netip.Addr, us
 	var keep func() (tokenPair, error)
 	drop := func() {}
 	u, err := l.passwords.check(ctx, client, email, password, func(u *User) {
-		if !u.hasTOTP && !u.Disabled && (!l.requireVerified || u.EmailVerified) {
+		if len(u.secondFactors()) == 0 && !u.Disabled && (!l.requireVerified || u.EmailVerified) {
 			keep, drop = l.sessions.begin(ctx, kind, u, client, userAgent, levelPassword)
 		}
 	})
@@ -68,13 +69,13 @@ func (l *logins) loginAs(ctx context.Context, kind string, client netip.Addr, us
 		m.login(loginUnverified)
 		return loginAnswer{}, errEmailNotVerified
 	}
-	if u.hasTOTP {
+	if methods := u.secondFactors(); len(methods) > 0 {
 		token, err := l.second.challengeAs(ctx, kind, u, client, userAgent)
 		if err != nil {
 			return loginAnswer{}, err
 		}
 		noteUser(ctx, u.ID)
-		return loginAnswer{mfaToken: token}, nil
+		return loginAnswer{mfaToken: token, methods: methods}, nil
 	}
 	pair, err := keep() // opened while the password hashed: check calls meanwhile for every success
 	if errors.Is(err, errAccountDisabled) {

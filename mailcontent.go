@@ -120,7 +120,7 @@ func renderMail(ctx context.Context, cfg mailConfig, store interface {
 		}
 	case mailChangeNotice:
 		d.NewEmail = m.NewEmail
-	case mailSignupExists, mailFactorAdded, mailFactorGone:
+	case mailSignupExists, mailFactorAdded, mailFactorGone, mailPasskeyAdded, mailPasskeyGone:
 	case mailMFAFailures:
 		d.Failures, d.LockedFor, d.SignedIn = m.Failures, inWords(m.LockedFor), m.SignedIn
 	default:

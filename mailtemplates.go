@@ -18,15 +18,17 @@ import (
 
 // The kinds of mail in the outbox; each is a template pair under mail/.
 const (
-	mailReset        = "reset"          // to an account's address: a reset link
-	mailVerify       = "verify"         // to an unverified address: a verification link
-	mailChange       = "change"         // to a new address: the link that makes it the account's
-	mailChangeNotice = "change_notice"  // to the old address: a change was asked for
-	mailSignupExists = "signup_exists"  // to an address with an account: someone tried to sign up
-	mailFactorAdded  = "factor_added"   // to an account's address: a second factor was added
-	mailFactorGone   = "factor_removed" // to an account's address: its second factor was removed
-	mailMFAFailures  = "mfa_failures"   // to an account's address: its second factor is locked for a while
-	mailInvite       = "invite"         // to an account an operator made: the link that sets its password
+	mailReset        = "reset"           // to an account's address: a reset link
+	mailVerify       = "verify"          // to an unverified address: a verification link
+	mailChange       = "change"          // to a new address: the link that makes it the account's
+	mailChangeNotice = "change_notice"   // to the old address: a change was asked for
+	mailSignupExists = "signup_exists"   // to an address with an account: someone tried to sign up
+	mailFactorAdded  = "factor_added"    // to an account's address: a second factor was added
+	mailFactorGone   = "factor_removed"  // to an account's address: its second factor was removed
+	mailMFAFailures  = "mfa_failures"    // to an account's address: its second factor is locked for a while
+	mailInvite       = "invite"          // to an account an operator made: the link that sets its password
+	mailPasskeyAdded = "passkey_added"   // to an account's address: a passkey was added
+	mailPasskeyGone  = "passkey_removed" // to an account's address: a passkey was removed
 )
 
 // mailData is what the templates see.
@@ -57,7 +59,7 @@ type mailTemplates struct {
 var builtinMail embed.FS
 
 var mailKinds = []string{mailReset, mailVerify, mailChange, mailChangeNotice, mailSignupExists, mailFactorAdded, mailFactorGone,
-	mailMFAFailures, mailInvite}
+	mailMFAFailures, mailInvite, mailPasskeyAdded, mailPasskeyGone}
 
 // loadMailTemplates parses the built-in templates, each replaced by the file of the same name in
 // dir (MAIL_TEMPLATES_DIR) when dir is set and has one: reset.txt, reset.html, verify.txt, ... A

@@ -183,6 +183,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	defer func() { stopBG(); <-mailDone }()
 	logMailSettings(log, c.mail)
+	for _, w := range c.passkeys.warnings {
+		log.Warn(w)
+	}
 	go d.keys.follow(bg, c.syncInterval)
 	if d.provider != nil {
 		for _, r := range d.provider.ownRings() {

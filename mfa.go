@@ -74,6 +74,7 @@ type mfa struct {
 	store interface {
 		factorStore
 		userStore
+		passkeyStore
 	}
 	tokens   *tokens
 	seal     *sealer
@@ -211,6 +212,14 @@ func (m *mfa) prove(ctx context.Context, client netip.Addr, u *User, code, recov
 // or in a session when ch is nil (see verify).
 func (m *mfa) answer(ctx context.Context, client netip.Addr, u *User, ch *MFAChallenge, code, recovery string) error {
 	f, err := m.store.TOTP(ctx, u.ID)
+	if errors.Is(err, ErrNotFound) && recovery != "" {
+		// An account whose second factors are passkeys has recovery codes too.
+		if ps, err := m.store.PasskeysOf(ctx, u.ID); err != nil {
+			return err
+		} else if len(ps) > 0 {
+			return m.verify(ctx, client, u, nil, "", recovery, ch, true)
+		}
+	}
 	if errors.Is(err, ErrNotFound) {
 		return errMFANotEnrolled
 	} else if err != nil {
@@ -343,13 +352,8 @@ func (m *mfa) confirm(ctx context.Context, c *claims, client netip.Addr, code st
 	} else if err != nil {
 		return nil, err
 	}
-	codes := make([]string, 10)
-	digests := make([]string, len(codes))
-	for i := range codes {
-		codes[i] = newRecoveryCode()
-		digests[i] = recoveryDigest(codes[i])
-	}
-	if err := m.store.SetRecoveryCodes(ctx, u.ID, digests); err != nil {
+	codes, err := m.newRecoveryCodes(ctx, u.ID)
+	if err != nil {
 		return nil, err
 	}
 	if err := m.stamps.moveStamp(ctx, u.ID, stampFactorAdded); err != nil {
@@ -365,6 +369,32 @@ func (m *mfa) confirm(ctx context.Context, c *claims, client netip.Addr, code st
 	return codes, nil
 }
 
+// newRecoveryCodes gives user ten new recovery codes, in place of any before, and answers them.
+func (m *mfa) newRecoveryCodes(ctx context.Context, user string) ([]string, error) {
+	codes := make([]string, 10)
+	digests := make([]string, len(codes))
+	for i := range codes {
+		codes[i] = newRecoveryCode()
+		digests[i] = recoveryDigest(codes[i])
+	}
+	if err := m.store.SetRecoveryCodes(ctx, user, digests); err != nil {
+		return nil, err
+	}
+	return codes, nil
+}
+
+// dropRecoveryIfLast deletes user's recovery codes when the account has no second factor left:
+// they stand in for one, and with none they would be a way in of their own.
+func (m *mfa) dropRecoveryIfLast(ctx context.Context, user string) error {
+	if has, err := m.enrolled(ctx, user); err != nil || has {
+		return err
+	}
+	if ps, err := m.store.PasskeysOf(ctx, user); err != nil || len(ps) > 0 {
+		return err
+	}
+	return m.store.ClearRecoveryCodes(ctx, user)
+}
+
 // remove removes the active factor of the user of the access token c, after a current code or a
 // recovery code sent from client; the stamp moves, the owner is mailed and the user's other
 // sessions end.
@@ -373,12 +403,22 @@ func (m *mfa) remove(ctx context.Context, c *claims, client netip.Addr, code, re
 	if err != nil {
 		return err
 	}
+	// Checked first: a recovery code of an account whose factors are passkeys would be spent on
+	// nothing.
+	if has, err := m.enrolled(ctx, u.ID); err != nil {
+		return err
+	} else if !has {
+		return errMFANotEnrolled
+	}
 	if err := m.prove(ctx, client, u, code, recovery); err != nil {
 		return err
 	}
 	if err := m.store.RemoveTOTP(ctx, u.ID); errors.Is(err, ErrNotFound) {
 		return errMFANotEnrolled
 	} else if err != nil {
+		return err
+	}
+	if err := m.dropRecoveryIfLast(ctx, u.ID); err != nil {
 		return err
 	}
 	if err := m.stamps.moveStamp(ctx, u.ID, stampFactorRemoved); err != nil {
@@ -403,10 +443,8 @@ func (m *mfa) verifyChallenge(ctx context.Context, token string, client netip.Ad
 // verifyChallengeAs is verifyChallenge for a challenge of a login of kind (Session.Kind): the
 // portal's challenge gives no tokens to the API, nor the API's a cookie.
 func (m *mfa) verifyChallengeAs(ctx context.Context, kind, token string, client netip.Addr, userAgent, code, recovery string) (tokenPair, error) {
-	ch, err := m.store.MFAChallenge(ctx, digest(token))
-	if errors.Is(err, ErrNotFound) || err == nil && (!m.tokens.now().Before(ch.ExpiresAt) || ch.Kind != kind) {
-		return tokenPair{}, errTokenInvalid
-	} else if err != nil {
+	ch, err := m.liveChallenge(ctx, token, kind)
+	if err != nil {
 		return tokenPair{}, err
 	}
 	u, err := m.store.UserByID(ctx, ch.UserID)
@@ -414,12 +452,6 @@ func (m *mfa) verifyChallengeAs(ctx context.Context, kind, token string, client 
 		return tokenPair{}, errTokenInvalid
 	} else if err != nil {
 		return tokenPair{}, err
-	}
-	// A challenge issued before the password or a factor changed is void.
-	if stamp, err := m.store.Stamp(ctx, u.ID); err != nil {
-		return tokenPair{}, err
-	} else if stamp != ch.Stamp {
-		return tokenPair{}, errTokenInvalid
 	}
 	if err := m.answer(ctx, client, u, ch, code, recovery); err != nil {
 		return tokenPair{}, err
@@ -437,6 +469,24 @@ func (m *mfa) verifyChallengeAs(ctx context.Context, kind, token string, client 
 	noteUser(ctx, u.ID)
 	m.metrics.login(loginSuccess)
 	return pair, nil
+}
+
+// liveChallenge is the login challenge whose mfa_token is token, of a login of kind, while it
+// lasts and its account's stamp has not moved; errTokenInvalid otherwise.
+func (m *mfa) liveChallenge(ctx context.Context, token, kind string) (*MFAChallenge, error) {
+	ch, err := m.store.MFAChallenge(ctx, digest(token))
+	if errors.Is(err, ErrNotFound) || err == nil && (!m.tokens.now().Before(ch.ExpiresAt) || ch.Kind != kind) {
+		return nil, errTokenInvalid
+	} else if err != nil {
+		return nil, err
+	}
+	// A challenge issued before the password or a factor changed is void.
+	if stamp, err := m.store.Stamp(ctx, ch.UserID); err != nil {
+		return nil, err
+	} else if stamp != ch.Stamp {
+		return nil, errTokenInvalid
+	}
+	return ch, nil
 }
 
 // stepUp verifies the factor of the user of the access token raw, with a code or recovery code

@@ -322,9 +322,9 @@ func (o *provider) clientExists(ctx context.Context, c *claims) error {
 	return nil
 }
 
-// bearerOf is the access token of a userinfo request: the Authorization header's, or the form's
+// userinfoBearer is the access token of a userinfo request: the Authorization header's, or the form's
 // access_token (RFC 6750 section 2.2).
-func bearerOf(w http.ResponseWriter, r *http.Request) (string, error) {
+func userinfoBearer(w http.ResponseWriter, r *http.Request) (string, error) {
 	v, err := header(r, "Authorization")
 	if err != nil {
 		return "", err
@@ -347,7 +347,7 @@ func bearerOf(w http.ResponseWriter, r *http.Request) (string, error) {
 // with the email scope.
 func (o *provider) userinfo() http.Handler {
 	return handle(o.log, func(w http.ResponseWriter, r *http.Request) error {
-		raw, err := bearerOf(w, r)
+		raw, err := userinfoBearer(w, r)
 		if err != nil {
 			return err
 		}

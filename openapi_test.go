@@ -105,7 +105,8 @@ func TestOpenAPIDocumentsEveryErrorCodeWithItsStatus(t *testing.T) {
 		errInvalidCredentials, errTokenMissing, errTokenInvalid, errTokenExpired, errTokenRevoked,
 		errTokenReused, errSessionExpired, errAccountDisabled, errCodeInvalid, errMFARequired,
 		errMFAAlreadyEnabled, errMFANotEnrolled, errStepUpRace, errKeysNotManaged, errTooManyAttempts, errPayloadTooLarge, errUnsupportedMedia, errNotFound, errMethodNotAllowed,
-		errUnavailable, errInternal, errSignupDisabled, errNotAllowed, errAllowHeader} {
+		errUnavailable, errInternal, errSignupDisabled, errNotAllowed, errAllowHeader, errPasskeysOff, errCeremonyInvalid,
+		errRegistrationInvalid, errPasskeyInvalid, errPasskeyTaken, errTooManyPasskeys, errNoPasskey} {
 		row := fmt.Sprintf("| `%s` | %d |", e.code, e.status)
 		if !bytes.Contains(openAPI, []byte(row)) {
 			t.Errorf("openapi.yaml has no row %q", row)

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 )
@@ -42,6 +43,7 @@ type portal struct {
 	accounts *accounts
 	mail     *mailFlows
 	grants   grantKeeper // the OpenID provider's consents; nil when it is off
+	passkeys *passkeys
 	csrfKey  []byte
 }
 
@@ -78,6 +80,7 @@ type pageData struct {
 	Token                         string // a mailed link's token, carried by its form
 	PublicURL                     string // for links on pages shown on other hosts
 	SignupOpen, MailOn            bool   // whether to link to /signup and /forgot-password
+	Passkeys                      bool   // the login page offers a passkey (and its script)
 	status                        int
 	template                      string
 }
@@ -314,6 +317,7 @@ func (p *portal) signedIn(r *http.Request) *claims {
 func (p *portal) loginForm(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
 	d.Title, d.RD, d.template = "Sign in", p.safeRD(r.URL.Query().Get("rd")), "login"
 	d.Email = cut(r.URL.Query().Get("login_hint"), 320) // an OpenID client's hint, to fill in
+	p.offerPasskeys(w, d)
 	return d
 }
 
@@ -321,6 +325,7 @@ func (p *portal) loginForm(w http.ResponseWriter, r *http.Request, d *pageData) 
 func (p *portal) signIn(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
 	d.Title, d.template = "Sign in", "login"
 	d.Email, d.RD = strings.TrimSpace(r.PostForm.Get("email")), r.PostForm.Get("rd")
+	p.offerPasskeys(w, d)
 	password := r.PostForm.Get("password")
 	if d.Email == "" || password == "" {
 		d.Error, d.status = "Enter your email and password.", http.StatusBadRequest
@@ -331,7 +336,11 @@ func (p *portal) signIn(w http.ResponseWriter, r *http.Request, d *pageData) *pa
 		return p.failed(w, r, d, err)
 	}
 	if a.mfaToken != "" {
-		d.Title, d.MFAToken, d.Action, d.template = "Second factor", a.mfaToken, "/login/code", "code"
+		securePage(w) // the code page runs a script only to offer a passkey
+		d.Title, d.MFAToken, d.Action, d.template, d.Passkeys = "Second factor", a.mfaToken, "/login/code", "code", false
+		if slices.Contains(a.methods, "passkey") {
+			p.offerPasskeys(w, d)
+		}
 		return d
 	}
 	return p.signedInTo(w, r, a.pair, d.RD)
@@ -342,6 +351,11 @@ func (p *portal) signIn(w http.ResponseWriter, r *http.Request, d *pageData) *pa
 func (p *portal) secondFactor(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
 	d.Title, d.Action, d.template = "Second factor", "/login/code", "code"
 	d.RD, d.MFAToken = r.PostForm.Get("rd"), r.PostForm.Get("mfa_token")
+	if ch, err := p.mfa.liveChallenge(r.Context(), d.MFAToken, sessionCookie); err == nil {
+		if ps, err := p.passkeys.store.PasskeysOf(r.Context(), ch.UserID); err == nil && len(ps) > 0 {
+			p.offerPasskeys(w, d)
+		}
+	}
 	code, recovery := formCodes(r)
 	if code == "" && recovery == "" {
 		d.Error, d.status = "Enter the code from your authenticator app, or a recovery code.", http.StatusBadRequest
@@ -492,7 +506,9 @@ func (p *portal) forward() http.Handler {
 			return
 		}
 		to := "/login"
-		if errors.Is(err, errMFARequired) && c != nil && c.Use == useCookie {
+		// A route that asks for a passkey (phr) sends the browser to sign in with one: the step-up
+		// page takes codes, which never meet it.
+		if errors.Is(err, errMFARequired) && err != errPHRRequired && c != nil && c.Use == useCookie {
 			to = "/step-up"
 		}
 		if orig := originalURL(r); orig != "" {

@@ -22,6 +22,9 @@ var accountNotices = map[string]string{
 	"password":      "Your password is changed. Every other session has ended; this browser stays signed in.",
 	"authenticator": "The authenticator app is removed. Every other session has ended.",
 	"grant":         "The app's access is withdrawn; it is signed out.",
+	"passkey-added": "The passkey is added. Every other session has ended.",
+	"passkey-named": "The passkey is renamed.",
+	"passkey-gone":  "The passkey is removed. Every other session has ended.",
 }
 
 // grantKeeper is what the account page shows and withdraws of the consents given to the OpenID
@@ -40,6 +43,13 @@ type accountView struct {
 	Secret        string   // the authenticator's secret being added, in base32
 	QR            *qrImage // its otpauth URL as a QR code
 	RecoveryCodes []string
+	PasskeyRows   []passkeyRow
+}
+
+// passkeyRow is one passkey as the account page shows it.
+type passkeyRow struct {
+	ID, Name, Created, LastUsed string
+	Synced                      bool
 }
 
 // sessionRow is one session as the page shows it.
@@ -99,6 +109,19 @@ func (p *portal) showAccount(w http.ResponseWriter, r *http.Request, c *claims, 
 	}
 	if err == nil && p.grants != nil {
 		v.Grants, err = p.grants.grantsOf(ctx, c.Subject)
+	}
+	if err == nil && p.passkeys.on() == nil {
+		p.offerPasskeys(w, d)
+		var keys []passkeyView
+		keys, err = p.passkeys.list(ctx, c)
+		for _, k := range keys {
+			used := "never"
+			if k.LastUsedAt != nil {
+				used = k.LastUsedAt.UTC().Format(time.DateTime + " UTC")
+			}
+			v.PasskeyRows = append(v.PasskeyRows, passkeyRow{ID: k.ID, Name: k.Name, Created: k.CreatedAt.UTC().Format(time.DateTime + " UTC"),
+				LastUsed: used, Synced: k.BackupEligible})
+		}
 	}
 	if err != nil {
 		d.Notice = ""

@@ -70,6 +70,8 @@ var (
 		message: "with JWT_ALG=HS256 the keys are JWT_SECRET and JWT_SECRET_PREVIOUS; change those instead"}
 	errKeyNotFound = &apiError{status: http.StatusNotFound, code: "not_found", message: "no signing key has that kid"}
 	errMFARequired = &apiError{status: http.StatusUnauthorized, code: "mfa_required", message: "this needs a second factor: verify a code at /auth/mfa/verify"}
+	// errPHRRequired is errMFARequired for a route that asks for a phishing-resistant login.
+	errPHRRequired = &apiError{status: http.StatusUnauthorized, code: "mfa_required", message: "this needs a passkey: sign in or step up with one at /auth/passkeys/login/begin"}
 	errStepUpRace  = &apiError{status: http.StatusConflict, code: "conflict", message: "the session was refreshed meanwhile; refresh, then step up with a new code"}
 	errInternal    = &apiError{status: http.StatusInternalServerError, code: "internal", message: "an internal error occurred"}
 )
@@ -145,7 +147,11 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	case e.oauth:
 		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer error=%q, error_description=%q`, code, e.message))
 	case code == errMFARequired.code:
-		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer error="insufficient_user_authentication", error_description=%q, acr_values="aal2"`, e.message))
+		acr := "aal2"
+		if e == errPHRRequired {
+			acr = "phr"
+		}
+		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer error="insufficient_user_authentication", error_description=%q, acr_values=%q`, e.message, acr))
 	case code == errTokenInvalid.code, code == errTokenExpired.code, code == errTokenRevoked.code,
 		code == errTokenReused.code, code == errSessionExpired.code:
 		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer error="invalid_token", error_description=%q`, e.message))
@@ -181,8 +187,14 @@ const maxBody = 8 << 10
 // decode reads exactly one JSON value of type T from a size-limited body. Unknown fields are
 // ignored, so that clients of the original service may send what they always sent.
 func decode[T any](w http.ResponseWriter, r *http.Request) (T, error) {
+	return decodeUpTo[T](w, r, maxBody)
+}
+
+// decodeUpTo is decode with a body of up to limit bytes: an authenticator's answer, with its
+// attestation, may be larger than any other body.
+func decodeUpTo[T any](w http.ResponseWriter, r *http.Request, limit int64) (T, error) {
 	var v T
-	err := decodeOptional(w, r, &v)
+	err := decodeLimited(w, r, &v, limit)
 	if errors.Is(err, io.EOF) {
 		return v, &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "the request body is empty; send a JSON object"}
 	}
@@ -194,6 +206,10 @@ func decode[T any](w http.ResponseWriter, r *http.Request) (T, error) {
 // HTML form on another site can post text/plain without a preflight, and spread login guesses
 // over its visitors' browsers; a JSON body it cannot send.
 func decodeOptional(w http.ResponseWriter, r *http.Request, v any) error {
+	return decodeLimited(w, r, v, maxBody)
+}
+
+func decodeLimited(w http.ResponseWriter, r *http.Request, v any, limit int64) error {
 	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
 		return io.EOF
 	}
@@ -206,7 +222,7 @@ func decodeOptional(w http.ResponseWriter, r *http.Request, v any) error {
 		}
 		return errUnsupportedMedia
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
 	err := dec.Decode(v)
 	if err == io.EOF {
 		return io.EOF

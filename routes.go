@@ -34,6 +34,14 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("POST /auth/mfa/totp/confirm", signedIn(handleConfirmTOTP(d.log, d.clients, d.mfa)))
 	mux.Handle("DELETE /auth/mfa/totp", signedIn(handleRemoveTOTP(d.log, d.clients, d.mfa)))
 	mux.Handle("POST /auth/mfa/verify", handleVerifyMFA(d.log, d.clients, d.mfa))
+	on := passkeysOn(d.log, d.passkeys)
+	mux.Handle("POST /auth/passkeys/register/begin", on(signedIn(handleRegisterPasskeyBegin(d.log, d.clients, d.passkeys))))
+	mux.Handle("POST /auth/passkeys/register/finish", on(signedIn(handleRegisterPasskeyFinish(d.log, d.passkeys))))
+	mux.Handle("GET /auth/passkeys", on(signedIn(handlePasskeys(d.log, d.passkeys))))
+	mux.Handle("PATCH /auth/passkeys/{id}", on(signedIn(handleRenamePasskey(d.log, d.passkeys))))
+	mux.Handle("DELETE /auth/passkeys/{id}", on(signedIn(handleRemovePasskey(d.log, d.clients, d.passkeys))))
+	mux.Handle("POST /auth/passkeys/login/begin", on(handlePasskeyLoginBegin(d.log, d.passkeys)))
+	mux.Handle("POST /auth/passkeys/login/finish", on(handlePasskeyLoginFinish(d.log, d.clients, d.passkeys)))
 	mux.Handle("POST /auth/password/forgot", handleMailRequest(d.log, d.clients, d.mail, mailReset,
 		"if an account has this address, a reset link is on its way to it"))
 	mux.Handle("POST /auth/password/reset", handleResetPassword(d.log, d.mail, d.accounts))
@@ -112,6 +120,7 @@ type deps struct {
 	sessions         *sessionKeeper
 	accounts         *accounts
 	mfa              *mfa
+	passkeys         *passkeys
 	logins           *logins
 	passwords        *passwordCheck
 	hasher           *hasher
@@ -172,6 +181,15 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		signupsClosed: !c.signupEnabled, now: now, log: log}
 	second := &mfa{store: store, tokens: t, seal: newSealer(secret, "totp"), revs: revs, sessions: sessions, stamps: users,
 		mail: mail, passwords: passwords, limits: limits, metrics: m, appName: c.appName, log: log}
+	rp, err := newRelyingParty(c.passkeys)
+	if err != nil {
+		// loadConfig checked the settings the library checks: this is a bug, and passkeys stay off.
+		log.Error("passkeys are off: the WebAuthn relying party refused its settings", "err", err)
+	}
+	decoy := hmac.New(sha256.New, secret)
+	decoy.Write([]byte("passkey decoys"))
+	pk := &passkeys{store: store, rp: rp, tokens: t, revs: revs, second: second, passwords: passwords, limits: limits,
+		mail: mail, metrics: m, decoyKey: decoy.Sum(nil), requireVerified: c.mail.verification == verificationRequired, log: log}
 	d := &deps{
 		log:         log,
 		now:         now,
@@ -184,6 +202,7 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 		accounts:    users,
 		passwords:   passwords,
 		mfa:         second,
+		passkeys:    pk,
 		logins: &logins{passwords: passwords, sessions: sessions, second: second, metrics: m,
 			requireVerified: c.mail.verification == verificationRequired},
 		hasher:           h,
@@ -315,7 +334,7 @@ func newPortal(c config, d *deps, secret []byte) *portal {
 	m.Write([]byte("portal csrf"))
 	return &portal{cfg: c.portalCfg, appName: c.appName, log: d.log, now: d.now, clients: d.clients, logins: d.logins,
 		mfa: d.mfa, sessions: d.sessions, tokens: d.tokens, revs: d.revocations, allow: d.allow,
-		accounts: d.accounts, mail: d.mail, csrfKey: m.Sum(nil)}
+		accounts: d.accounts, mail: d.mail, passkeys: d.passkeys, csrfKey: m.Sum(nil)}
 }
 
 // addPortalRoutes lists the portal's routes, served when PUBLIC_URL is set.
@@ -324,6 +343,9 @@ func addPortalRoutes(mux routeAdder, p *portal) {
 	mux.Handle("GET /login", p.page(p.loginForm))
 	mux.Handle("POST /login", p.form(p.signIn))
 	mux.Handle("POST /login/code", p.form(p.secondFactor))
+	mux.Handle("GET /login/passkeys.js", handlePortalPasskeysJS())
+	mux.Handle("POST /login/passkey/begin", p.passkeyBegin())
+	mux.Handle("POST /login/passkey", p.form(p.passkeySignIn))
 	mux.Handle("GET /step-up", p.page(p.stepUpForm))
 	mux.Handle("POST /step-up", p.form(p.stepUp))
 	mux.Handle("GET /logout", p.page(p.logoutForm))
@@ -342,6 +364,10 @@ func addAccountRoutes(mux routeAdder, p *portal) {
 	mux.Handle("POST /account/authenticator/confirm", p.form(p.confirmAuthenticator))
 	mux.Handle("POST /account/authenticator/remove", p.form(p.removeAuthenticator))
 	mux.Handle("POST /account/grants/revoke", p.form(p.revokeGrantForm))
+	mux.Handle("POST /account/passkeys/begin", p.addPasskeyBegin())
+	mux.Handle("POST /account/passkeys", p.form(p.addPasskey))
+	mux.Handle("POST /account/passkeys/rename", p.form(p.renamePasskey))
+	mux.Handle("POST /account/passkeys/remove", p.form(p.removePasskey))
 }
 
 // addPortalMailRoutes lists the pages that the links in the mails open (APP_URL defaults to

@@ -18,6 +18,7 @@ func TestSecurityModel(t *testing.T) {
 		// factor: the account has a second factor before the event; usedRecovery: recovery codes
 		// used before the credentials in flight are issued.
 		factor       bool
+		passkey      bool // the account has a passkey before the event
 		usedRecovery int
 		event        func(t *testing.T, a *stampedAccount)
 		othersEnd    bool // the account's other sessions end
@@ -41,6 +42,14 @@ func TestSecurityModel(t *testing.T) {
 			event: func(t *testing.T, a *stampedAccount) {
 				a.e.do(t, "DELETE", "/auth/mfa/totp", map[string]string{"code": a.code(t)}, a.auth()...).want(t, 204, "")
 			}, othersEnd: true},
+		{name: "adding a passkey voids links and challenges and ends the other sessions", factor: true,
+			event:     func(t *testing.T, a *stampedAccount) { a.e.addPasskey(t, a.access, newSoftKey(t)) },
+			othersEnd: true},
+		{name: "removing a passkey voids links and challenges and ends the other sessions", factor: true, passkey: true,
+			event: func(t *testing.T, a *stampedAccount) {
+				a.e.do(t, "DELETE", "/auth/passkeys/"+b64u(a.passkey.id), map[string]string{"password": a.password},
+					a.auth()...).want(t, 204, "")
+			}, othersEnd: true},
 		{name: "using the last recovery code voids links and challenges", factor: true, usedRecovery: 9,
 			event: func(t *testing.T, a *stampedAccount) {
 				a.e.verifyMFA(t, map[string]string{"recovery_code": a.recovery[9]}, a.auth()...).want(t, 200, "")
@@ -62,6 +71,11 @@ func TestSecurityModel(t *testing.T) {
 		t.Run(row.name, func(t *testing.T) {
 			t.Parallel()
 			a := newStampedAccount(t, row.factor)
+			if row.passkey {
+				a.passkey = newSoftKey(t)
+				a.e.addPasskey(t, a.access, a.passkey)
+				a.srv.next(t, a.email, nil) // the notice of the new passkey
+			}
 			for i := range row.usedRecovery {
 				a.e.verifyMFA(t, map[string]string{"recovery_code": a.recovery[i]}, a.auth()...).want(t, 200, "")
 			}
@@ -99,6 +113,7 @@ type stampedAccount struct {
 	access, secret      string
 	recovery            []string
 	changes             int
+	passkey             *softKey
 }
 
 func newStampedAccount(t *testing.T, factor bool) *stampedAccount {

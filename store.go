@@ -48,6 +48,7 @@ type Store interface {
 	clientStore
 	codeStore
 	grantStore
+	passkeyStore
 	// Purge deletes everything that expired before now.
 	Purge(ctx context.Context, now time.Time) error
 	// Ping checks that the database answers.
@@ -120,7 +121,24 @@ type User struct {
 	// password (see UpgradePasswordHash). A password change clears it.
 	UpgradedFrom string `bson:"upgraded_from,omitempty"`
 
-	hasTOTP bool // an active second factor, as passwordCheck found; not stored here
+	// The active second factors, as passwordCheck found them; not stored here.
+	hasTOTP, hasPasskey bool
+}
+
+// secondFactors are the methods the second step of u's login may take ("totp", "passkey",
+// "recovery_code"); none when it has no second factor.
+func (u *User) secondFactors() []string {
+	var m []string
+	if u.hasTOTP {
+		m = append(m, "totp")
+	}
+	if u.hasPasskey {
+		m = append(m, "passkey")
+	}
+	if len(m) > 0 {
+		m = append(m, "recovery_code")
+	}
+	return m
 }
 
 // SecurityEvent is one change of an account's credentials or means of recovery (see
@@ -299,9 +317,11 @@ type factorStore interface {
 	// ActivateTOTP inserts f as its user's active factor and forgets the pending one; ErrDuplicate
 	// when the user has an active factor already.
 	ActivateTOTP(ctx context.Context, f TOTPFactor) error
-	// RemoveTOTP deletes user's active factor and recovery codes; ErrNotFound when there is no
-	// active factor (also for all but one of simultaneous removals).
+	// RemoveTOTP deletes user's active factor; ErrNotFound when there is no active factor (also
+	// for all but one of simultaneous removals).
 	RemoveTOTP(ctx context.Context, user string) error
+	// ClearRecoveryCodes deletes user's recovery codes.
+	ClearRecoveryCodes(ctx context.Context, user string) error
 	// ClaimTOTPStep records that user used the code of a time step, kept until expires;
 	// ErrDuplicate when that step or a later one was claimed (RFC 6238 section 5.2), by a claim
 	// racing this one too.
@@ -466,7 +486,7 @@ type MailToken struct {
 type mongoStore struct {
 	users, disabled, sessions, blacklist, refreshUses, attempts *mongo.Collection
 	signingKeys, totp, totpSteps, recoveryCodes, mfaChallenges  *mongo.Collection
-	securityEvents                                              *mongo.Collection
+	securityEvents, passkeys, ceremonies                        *mongo.Collection
 	failures                                                    *atomic.Uint64 // counts the database's failures; may be nil
 }
 
@@ -505,6 +525,8 @@ func mongoCollections(db *mongo.Database, failures *atomic.Uint64) *mongoStore {
 		mfaChallenges:  db.Collection("mfa_challenges"),
 		signingKeys:    db.Collection("signing_keys"),
 		securityEvents: db.Collection("security_events"),
+		passkeys:       db.Collection("passkeys"),
+		ceremonies:     db.Collection("passkey_ceremonies"),
 		failures:       failures,
 	}
 }
@@ -552,6 +574,9 @@ func newMongoStore(ctx context.Context, db *mongo.Database, failures *atomic.Uin
 	}
 	if err := s.oauthIndexes(ctx); err != nil {
 		return nil, err
+	}
+	if err := s.passkeyIndexes(ctx); err != nil {
+		return nil, fmt.Errorf("create index on passkeys: %w", err)
 	}
 	return s, nil
 }
@@ -643,7 +668,7 @@ func (s *mongoStore) Purge(ctx context.Context, now time.Time) error {
 		c     *mongo.Collection
 		field string
 	}{{s.blacklist, "expires_at"}, {s.refreshUses, "expires_at"}, {s.attempts, "expires_at"}, {s.sessions, "tokens_expire_at"},
-		{s.totpSteps, "expires_at"}, {s.mfaChallenges, "expires_at"}} {
+		{s.totpSteps, "expires_at"}, {s.mfaChallenges, "expires_at"}, {s.ceremonies, "expires_at"}} {
 		if _, err := p.c.DeleteMany(ctx, expired(p.field)); err != nil {
 			return s.err(err)
 		}

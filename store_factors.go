@@ -35,9 +35,10 @@ func (s *mongoStore) ActivateTOTP(ctx context.Context, f TOTPFactor) error {
 }
 
 func (s *mongoStore) RemoveTOTP(ctx context.Context, user string) error {
-	if err := s.deleteOne(ctx, s.totp, bson.D{{Key: "_id", Value: user}}); err != nil {
-		return err
-	}
+	return s.deleteOne(ctx, s.totp, bson.D{{Key: "_id", Value: user}})
+}
+
+func (s *mongoStore) ClearRecoveryCodes(ctx context.Context, user string) error {
 	_, err := s.recoveryCodes.DeleteMany(ctx, bson.D{{Key: "user_id", Value: user}})
 	return s.err(err)
 }

@@ -243,3 +243,10 @@ func (g *loginLimits) factor(ctx context.Context, client netip.Addr, user, chall
 	}
 	return g.throttle.begin(ctx, limits...)
 }
+
+// client begins a try from client that names no account (a passkey that is nobody's, or not the
+// account's it was asked for): it counts toward the client's login limit only.
+func (g *loginLimits) client(ctx context.Context, client netip.Addr) (*attempt, error) {
+	_, clientKey := loginKeys(client, "")
+	return g.throttle.begin(ctx, limit{key: clientKey, max: g.maxClient})
+}

@@ -1,0 +1,85 @@
+package main
+
+// portal_passkeys.go is the portal's sign-in with a passkey: the login page's script, the
+// ceremony's options, and the form that signs the browser in with the passkey's answer.
+
+import (
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"net/http"
+)
+
+//go:embed portal/passkeys.js
+var portalPasskeysJS []byte
+
+// errCSRFInvalid refuses a script's request without its page's CSRF token, or from another origin.
+var errCSRFInvalid = &apiError{status: http.StatusForbidden, code: "csrf_invalid",
+	message: "this request did not come from the portal's own page; reload it"}
+
+// offerPasskeys makes the login page d offer a passkey, when passkeys are on: its script is the
+// only one the portal serves, from its own origin, so the page's policy allows exactly that.
+func (p *portal) offerPasskeys(w http.ResponseWriter, d *pageData) {
+	if p.passkeys.on() != nil {
+		return
+	}
+	d.Passkeys = true
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self'; "+
+		"style-src 'self'; frame-ancestors 'none'; base-uri 'none'")
+}
+
+// handlePortalPasskeysJS serves the login page's script.
+func handlePortalPasskeysJS() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Type", "text/javascript; charset=utf-8")
+		h.Set("Cache-Control", "no-cache")
+		h.Set("X-Content-Type-Options", "nosniff")
+		w.Write(portalPasskeysJS)
+	})
+}
+
+// passkeyBegin answers the request options of a sign-in with a passkey, as JSON, to the login
+// page's script: a form post with the page's CSRF token, from the portal's own origin.
+func (p *portal) passkeyBegin() http.Handler {
+	return handle(p.log, func(w http.ResponseWriter, r *http.Request) error {
+		r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
+		if err := r.ParseForm(); err != nil || !p.sameOrigin(r) || !p.csrfValid(r) {
+			return errCSRFInvalid
+		}
+		opts, err := p.passkeys.loginBegin(r.Context(), loginRequest{kind: sessionCookie, mfaToken: r.PostForm.Get("mfa_token")})
+		if err != nil {
+			return err
+		}
+		encode(w, http.StatusOK, opts)
+		return nil
+	})
+}
+
+// passkeySignIn is the passkey form's POST: the passkey's answer signs the browser in to a cookie
+// session at aal2 (amr hwk or swk, and mfa), or, with the mfa_token of a password sign-in,
+// finishes that (pwd, and hwk or swk).
+func (p *portal) passkeySignIn(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
+	d.Title, d.template, d.RD = "Sign in", "login", r.PostForm.Get("rd")
+	req := loginRequest{kind: sessionCookie, mfaToken: r.PostForm.Get("mfa_token")}
+	if req.mfaToken != "" {
+		// The second step of a password sign-in: its page again, on failure.
+		d.Title, d.MFAToken, d.Action, d.template = "Second factor", req.mfaToken, "/login/code", "code"
+	}
+	p.offerPasskeys(w, d)
+	credential := r.PostForm.Get("credential")
+	if credential == "" || !json.Valid([]byte(credential)) {
+		d.Error, d.status = "Your browser sent no passkey. Try again, or sign in with your password.", http.StatusBadRequest
+		return d
+	}
+	pair, err := p.passkeys.loginFinish(r.Context(), req, p.clients.of(r), r.UserAgent(), json.RawMessage(credential))
+	if errors.Is(err, errTokenInvalid) {
+		d.Title, d.MFAToken, d.template = "Sign in", "", "login"
+		d.Error, d.status = "This sign-in has expired; sign in again.", http.StatusUnauthorized
+		return d
+	}
+	if err != nil {
+		return p.failed(w, r, d, err)
+	}
+	return p.signedInTo(w, r, pair, d.RD)
+}
