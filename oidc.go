@@ -485,16 +485,6 @@ func cloneValues(q url.Values) url.Values {
 	return out
 }
 
-var errNoSuchGrant = &apiError{status: http.StatusNotFound, code: "not_found", message: "you gave this client no consent"}
-
-// grantView is a consent as its user sees it.
-type grantView struct {
-	ClientID   string    `json:"client_id"`
-	ClientName string    `json:"client_name"`
-	Scopes     []string  `json:"scopes"`
-	CreatedAt  time.Time `json:"created_at"`
-}
-
 // grantsOf lists user's consents, with the names of their clients (a client deleted since shows
 // without one).
 func (o *provider) grantsOf(ctx context.Context, user string) ([]grantView, error) {

@@ -4,6 +4,7 @@ package main
 // forward-auth endpoint that sends a browser to them, and their guards (CSRF, return addresses).
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"embed"
@@ -45,6 +46,24 @@ type portal struct {
 	grants   grantKeeper // the OpenID provider's consents; nil when it is off
 	passkeys *passkeys
 	csrfKey  []byte
+}
+
+// grantKeeper is what the account page shows and withdraws of the consents given to the OpenID
+// provider's third-party clients; the provider is one (nil when it is off).
+type grantKeeper interface {
+	grantsOf(ctx context.Context, user string) ([]grantView, error)
+	revokeGrant(ctx context.Context, user, client string) error
+}
+
+// errNoSuchGrant is revokeGrant's answer for a client the user gave no consent.
+var errNoSuchGrant = &apiError{status: http.StatusNotFound, code: "not_found", message: "you gave this client no consent"}
+
+// grantView is a consent as its user sees it.
+type grantView struct {
+	ClientID   string    `json:"client_id"`
+	ClientName string    `json:"client_name"`
+	Scopes     []string  `json:"scopes"`
+	CreatedAt  time.Time `json:"created_at"`
 }
 
 // portalPaths are the first segments of the portal's pages: ServeMux's own 404 and 405 under them
@@ -567,4 +586,15 @@ func originalURL(r *http.Request) string {
 		uri = "/"
 	}
 	return proto + "://" + host + uri
+}
+
+// offerPasskeys makes the login page d offer a passkey, when passkeys are on: its script is the
+// only one the portal serves, from its own origin, so the page's policy allows exactly that.
+func (p *portal) offerPasskeys(w http.ResponseWriter, d *pageData) {
+	if p.passkeys.on() != nil {
+		return
+	}
+	d.Passkeys = true
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self'; "+
+		"style-src 'self'; frame-ancestors 'none'; base-uri 'none'")
 }

@@ -4,7 +4,6 @@ package main
 // and authenticator app, each form calling the operation its API endpoint calls.
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -25,13 +24,6 @@ var accountNotices = map[string]string{
 	"passkey-added": "The passkey is added. Every other session has ended.",
 	"passkey-named": "The passkey is renamed.",
 	"passkey-gone":  "The passkey is removed. Every other session has ended.",
-}
-
-// grantKeeper is what the account page shows and withdraws of the consents given to the OpenID
-// provider's third-party clients; the provider is one (nil when it is off).
-type grantKeeper interface {
-	grantsOf(ctx context.Context, user string) ([]grantView, error)
-	revokeGrant(ctx context.Context, user, client string) error
 }
 
 // accountView is what the account templates read: the page's common data and the account's.

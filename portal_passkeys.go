@@ -17,17 +17,6 @@ var portalPasskeysJS []byte
 var errCSRFInvalid = &apiError{status: http.StatusForbidden, code: "csrf_invalid",
 	message: "this request did not come from the portal's own page; reload it"}
 
-// offerPasskeys makes the login page d offer a passkey, when passkeys are on: its script is the
-// only one the portal serves, from its own origin, so the page's policy allows exactly that.
-func (p *portal) offerPasskeys(w http.ResponseWriter, d *pageData) {
-	if p.passkeys.on() != nil {
-		return
-	}
-	d.Passkeys = true
-	w.Header().Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self'; "+
-		"style-src 'self'; frame-ancestors 'none'; base-uri 'none'")
-}
-
 // handlePortalPasskeysJS serves the login page's script.
 func handlePortalPasskeysJS() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
