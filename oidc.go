@@ -6,8 +6,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -146,7 +144,8 @@ type redirectError struct{ code, description string }
 
 func (e *redirectError) Error() string { return e.code + ": " + e.description }
 
-func refuse(code, format string, a ...any) *redirectError {
+// redirectErrorf makes the refusal code, described as format says, for the redirect URI.
+func redirectErrorf(code, format string, a ...any) *redirectError {
 	return &redirectError{code, fmt.Sprintf(format, a...)}
 }
 
@@ -156,8 +155,9 @@ type pageError struct{ message string }
 
 func (e *pageError) Error() string { return e.message }
 
-// one is the value of a parameter sent at most once (RFC 6749 section 3.1), "" when absent.
-func one(q url.Values, name string) (string, bool) {
+// singleParam is the value of a parameter sent at most once (RFC 6749 section 3.1), "" when
+// absent.
+func singleParam(q url.Values, name string) (string, bool) {
 	v := q[name]
 	if len(v) > 1 {
 		return "", false
@@ -177,8 +177,8 @@ var (
 // parse checks an authorization request. The client and its redirect URI come first: until both
 // are known good, a refusal is a pageError.
 func (o *provider) parse(ctx context.Context, q url.Values) (*authRequest, error) {
-	id, ok1 := one(q, "client_id")
-	redirect, ok2 := one(q, "redirect_uri")
+	id, ok1 := singleParam(q, "client_id")
+	redirect, ok2 := singleParam(q, "redirect_uri")
 	if !ok1 || !ok2 || id == "" {
 		return nil, &pageError{"The application sent a sign-in request without its client_id, or with a parameter twice."}
 	}
@@ -192,67 +192,67 @@ func (o *provider) parse(ctx context.Context, q url.Values) (*authRequest, error
 		return nil, &pageError{"The application asked to send you back to an address it did not register, so you are not sent there."}
 	}
 	ar := &authRequest{client: client, redirectURI: redirect, maxAge: -1, query: q}
-	ar.state, _ = one(q, "state")
+	ar.state, _ = singleParam(q, "state")
 	for name := range q {
 		if len(q[name]) > 1 {
-			return ar, refuse("invalid_request", "%s was sent more than once", name)
+			return ar, redirectErrorf("invalid_request", "%s was sent more than once", name)
 		}
 	}
 	switch {
 	case q.Get("request") != "":
-		return ar, refuse("request_not_supported", "request objects are not supported")
+		return ar, redirectErrorf("request_not_supported", "request objects are not supported")
 	case q.Get("request_uri") != "":
-		return ar, refuse("request_uri_not_supported", "request_uri is not supported")
+		return ar, redirectErrorf("request_uri_not_supported", "request_uri is not supported")
 	case q.Get("response_type") != "code":
-		return ar, refuse("unsupported_response_type", "response_type must be code")
+		return ar, redirectErrorf("unsupported_response_type", "response_type must be code")
 	case q.Get("response_mode") != "" && q.Get("response_mode") != "query":
-		return ar, refuse("invalid_request", "response_mode must be query")
+		return ar, redirectErrorf("invalid_request", "response_mode must be query")
 	case len(ar.state) > 2048:
-		return ar, refuse("invalid_request", "state is longer than 2048 bytes")
+		return ar, redirectErrorf("invalid_request", "state is longer than 2048 bytes")
 	}
 	ar.nonce = q.Get("nonce")
 	if len(ar.nonce) > 512 {
-		return ar, refuse("invalid_request", "nonce is longer than 512 bytes")
+		return ar, redirectErrorf("invalid_request", "nonce is longer than 512 bytes")
 	}
 	for _, s := range strings.Fields(q.Get("scope")) {
 		if !slices.Contains(oauthScopes, s) {
-			return ar, refuse("invalid_scope", "scope %q is not supported", s)
+			return ar, redirectErrorf("invalid_scope", "scope %q is not supported", s)
 		}
 		if !slices.Contains(client.Scopes, s) {
-			return ar, refuse("invalid_scope", "this client may not ask for scope %q", s)
+			return ar, redirectErrorf("invalid_scope", "this client may not ask for scope %q", s)
 		}
 		if !slices.Contains(ar.scopes, s) {
 			ar.scopes = append(ar.scopes, s)
 		}
 	}
 	if !slices.Contains(ar.scopes, "openid") {
-		return ar, refuse("invalid_scope", "scope must include openid")
+		return ar, redirectErrorf("invalid_scope", "scope must include openid")
 	}
 	ar.challenge = q.Get("code_challenge")
 	switch method := q.Get("code_challenge_method"); {
 	case ar.challenge == "" && client.Type == clientPublic:
-		return ar, refuse("invalid_request", "a public client must send a PKCE code_challenge (S256)")
+		return ar, redirectErrorf("invalid_request", "a public client must send a PKCE code_challenge (S256)")
 	case ar.challenge == "" && method != "":
-		return ar, refuse("invalid_request", "code_challenge_method without code_challenge")
+		return ar, redirectErrorf("invalid_request", "code_challenge_method without code_challenge")
 	case ar.challenge != "" && method != "S256":
 		// A missing method means plain (RFC 7636 section 4.3), which gives a stolen code away.
-		return ar, refuse("invalid_request", "code_challenge_method must be S256")
+		return ar, redirectErrorf("invalid_request", "code_challenge_method must be S256")
 	case ar.challenge != "" && !pkceChallenge.MatchString(ar.challenge):
-		return ar, refuse("invalid_request", "code_challenge must be 43 base64url characters (S256)")
+		return ar, redirectErrorf("invalid_request", "code_challenge must be 43 base64url characters (S256)")
 	}
 	ar.prompt = strings.Fields(q.Get("prompt"))
 	for _, p := range ar.prompt {
 		if p != "none" && p != "login" && p != "consent" && p != "select_account" {
-			return ar, refuse("invalid_request", "prompt %q is not supported", p)
+			return ar, redirectErrorf("invalid_request", "prompt %q is not supported", p)
 		}
 	}
 	if slices.Contains(ar.prompt, "none") && len(ar.prompt) > 1 {
-		return ar, refuse("invalid_request", "prompt=none cannot be combined with other values")
+		return ar, redirectErrorf("invalid_request", "prompt=none cannot be combined with other values")
 	}
 	if v := q.Get("max_age"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 0 {
-			return ar, refuse("invalid_request", "max_age must be a whole number of seconds")
+			return ar, redirectErrorf("invalid_request", "max_age must be a whole number of seconds")
 		}
 		ar.maxAge = n
 	}
@@ -454,13 +454,6 @@ func (o *provider) failed(w http.ResponseWriter, r *http.Request, ar *authReques
 	}
 	o.redirectTo(w, r, ar, url.Values{"error": {code}, "error_description": {"the service cannot sign you in right now"}})
 	return nil
-}
-
-// newSecretToken is 256 random bits, base64url: a code or a client's secret.
-func newSecretToken() string {
-	var b [32]byte
-	rand.Read(b[:])
-	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
 // issueCode records a code for ar, signed in as c, under the account's security stamp now.

@@ -5,7 +5,9 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/subtle"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -355,4 +357,11 @@ func (cs *oauthClients) publicOrigin(ctx context.Context, origin string) (bool, 
 		}
 	}
 	return false, nil
+}
+
+// newSecretToken is 256 random bits, base64url: a code or a client's secret.
+func newSecretToken() string {
+	var b [32]byte
+	rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
 }
