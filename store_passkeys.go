@@ -1,7 +1,6 @@
 package main
 
-// store_passkeys.go is the passkeys' storage: their interface and records, and the MongoDB code of
-// the passkeys and of the ceremonies in flight.
+// store_passkeys.go is the MongoDB code of the passkeys and of the ceremonies in flight.
 
 import (
 	"context"
@@ -11,59 +10,6 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 )
-
-// passkeyStore keeps the passkeys (WebAuthn credentials) and the ceremonies begun and not yet
-// finished.
-type passkeyStore interface {
-	// AddPasskey inserts p; ErrDuplicate when its credential is registered already, to any
-	// account.
-	AddPasskey(ctx context.Context, p *Passkey) error
-	// PasskeysOf lists user's passkeys, oldest first.
-	PasskeysOf(ctx context.Context, user string) ([]Passkey, error)
-	// PasskeyByID finds a passkey by its credential id; ErrNotFound when there is none.
-	PasskeyByID(ctx context.Context, id string) (*Passkey, error)
-	// RenamePasskey names user's passkey id; ErrNotFound when user has no such passkey.
-	RenamePasskey(ctx context.Context, user, id, name string) error
-	// UsePasskey records a use of passkey id at at, and its credential record after it.
-	UsePasskey(ctx context.Context, id string, credential []byte, at time.Time) error
-	// RemovePasskey deletes user's passkey id; ErrNotFound when user has no such passkey (also for
-	// all but one of simultaneous removals).
-	RemovePasskey(ctx context.Context, user, id string) error
-	// CreateCeremony records a ceremony begun.
-	CreateCeremony(ctx context.Context, c *Ceremony) error
-	// TakeCeremony deletes ceremony id and answers it: exactly one caller gets it, however many
-	// try at once; ErrNotFound for the others, and when there is none.
-	TakeCeremony(ctx context.Context, id string) (*Ceremony, error)
-}
-
-// Passkey is one WebAuthn credential of an account. Its ID, the credential id in base64url, is
-// unique: a credential registered to one account cannot be added to another.
-type Passkey struct {
-	ID         string    `bson:"_id"`
-	UserID     string    `bson:"user_id"`
-	Name       string    `bson:"name"`
-	Credential []byte    `bson:"credential"` // the library's credential record, as JSON
-	CreatedAt  time.Time `bson:"created_at"`
-	LastUsedAt time.Time `bson:"last_used_at,omitempty"`
-}
-
-// Ceremony is a WebAuthn registration or assertion begun, found by the digest of its challenge.
-// It is single-use (TakeCeremony), lives until ExpiresAt, and is bound to what it was begun for:
-// its kind, its account and that account's security stamp, the session of the access token that
-// began it, or the login challenge it answers.
-type Ceremony struct {
-	ID     string `bson:"_id"`
-	Kind   string `bson:"kind"`
-	UserID string `bson:"user_id,omitempty"` // "" for a discoverable login, which names no account
-	// ForEmail: a login begun with an email address, which only UserID's passkeys may finish
-	// (none, when the address has no account).
-	ForEmail  bool      `bson:"for_email,omitempty"`
-	Stamp     int64     `bson:"stamp"`
-	Session   string    `bson:"session,omitempty"`   // the sid that began a registration or step-up
-	Challenge string    `bson:"challenge,omitempty"` // the MFAChallenge a second factor answers
-	Data      []byte    `bson:"data"`                // the library's session data, as JSON
-	ExpiresAt time.Time `bson:"expires_at"`
-}
 
 func (s *mongoStore) passkeyIndexes(ctx context.Context) error {
 	for _, ix := range []struct {
