@@ -198,14 +198,6 @@ type Session struct {
 	Scope  string `bson:"scope,omitempty"`
 }
 
-// client is the client s's tokens are issued to; nil for the API's own sessions.
-func (s *Session) client() *tokenClient {
-	if s.Kind != sessionOAuth {
-		return nil
-	}
-	return &tokenClient{s.Client, s.Scope}
-}
-
 // RefreshUse is the first use of a refresh token, and the successor it was exchanged for, so that
 // the same token presented again within the reuse interval gets that very successor. It means
 // nothing after ExpiresAt, when the token it records has expired.

@@ -100,6 +100,14 @@ func (t *tokens) audienceOf(c *claims) string {
 // for the API's own sessions.
 type tokenClient struct{ id, scope string }
 
+// client is the client s's tokens are issued to; nil for the API's own sessions.
+func (s *Session) client() *tokenClient {
+	if s.Kind != sessionOAuth {
+		return nil
+	}
+	return &tokenClient{s.Client, s.Scope}
+}
+
 // sessionEnd is when the session of refresh token c ends (zero for never); known is false for a
 // token that does not say, as those signed before refresh tokens carried it.
 func (c *claims) sessionEnd() (end time.Time, known bool) {
