@@ -116,7 +116,7 @@ func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, emai
 	// While the password hashes: the attempt's rank is read (an attempt beyond the limit learns
 	// nothing about the password), and whether a second factor is to follow; then meanwhile runs.
 	var rankErr, factorErr, passkeyErr error
-	var passkeys []Passkey
+	var keys []Passkey
 	aside := make(chan struct{})
 	go func() {
 		defer close(aside)
@@ -125,7 +125,7 @@ func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, emai
 		factorErr = ErrNotFound
 		if u != nil {
 			wg.Go(func() { _, factorErr = p.store.TOTP(ctx, u.ID) })
-			wg.Go(func() { passkeys, passkeyErr = p.store.PasskeysOf(ctx, u.ID) })
+			wg.Go(func() { keys, passkeyErr = p.store.PasskeysOf(ctx, u.ID) })
 		}
 		wg.Wait()
 		if passkeyErr != nil && (factorErr == nil || errors.Is(factorErr, ErrNotFound)) {
@@ -134,7 +134,7 @@ func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, emai
 		if u == nil || rankErr != nil || (factorErr != nil && !errors.Is(factorErr, ErrNotFound)) {
 			return
 		}
-		u.hasTOTP, u.hasPasskey = factorErr == nil, len(passkeys) > 0
+		u.hasTOTP, u.hasPasskey = factorErr == nil, len(keys) > 0
 		if meanwhile != nil {
 			meanwhile(u)
 		}

@@ -190,11 +190,11 @@ func decode[T any](w http.ResponseWriter, r *http.Request) (T, error) {
 	return decodeUpTo[T](w, r, maxBody)
 }
 
-// decodeUpTo is decode with a body of up to limit bytes: an authenticator's answer, with its
+// decodeUpTo is decode with a body of up to maxBytes bytes: an authenticator's answer, with its
 // attestation, may be larger than any other body.
-func decodeUpTo[T any](w http.ResponseWriter, r *http.Request, limit int64) (T, error) {
+func decodeUpTo[T any](w http.ResponseWriter, r *http.Request, maxBytes int64) (T, error) {
 	var v T
-	err := decodeLimited(w, r, &v, limit)
+	err := decodeLimited(w, r, &v, maxBytes)
 	if errors.Is(err, io.EOF) {
 		return v, &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "the request body is empty; send a JSON object"}
 	}
@@ -209,7 +209,7 @@ func decodeOptional(w http.ResponseWriter, r *http.Request, v any) error {
 	return decodeLimited(w, r, v, maxBody)
 }
 
-func decodeLimited(w http.ResponseWriter, r *http.Request, v any, limit int64) error {
+func decodeLimited(w http.ResponseWriter, r *http.Request, v any, maxBytes int64) error {
 	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
 		return io.EOF
 	}
@@ -222,7 +222,7 @@ func decodeLimited(w http.ResponseWriter, r *http.Request, v any, limit int64) e
 		}
 		return errUnsupportedMedia
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBytes))
 	err := dec.Decode(v)
 	if err == io.EOF {
 		return io.EOF
