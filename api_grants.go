@@ -8,7 +8,7 @@ import (
 	"net/http"
 )
 
-func handleGrants(log *slog.Logger, o *provider) http.Handler {
+func handleGrants(log *slog.Logger, o *oidcProvider) http.Handler {
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		c := claimsFrom(r.Context())
 		gs, err := o.grantsOf(r.Context(), c.Subject)
@@ -20,7 +20,7 @@ func handleGrants(log *slog.Logger, o *provider) http.Handler {
 	})
 }
 
-func handleRevokeGrant(log *slog.Logger, o *provider) http.Handler {
+func handleRevokeGrant(log *slog.Logger, o *oidcProvider) http.Handler {
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		c := claimsFrom(r.Context())
 		if err := o.sessions.alive(r.Context(), c); err != nil {

@@ -20,9 +20,10 @@ import (
 	"time"
 )
 
-// provider is the OpenID provider (authorization code flow with PKCE) on the portal: users sign in
-// on its pages, into its cookie sessions, and each client's tokens are a session of their own.
-type provider struct {
+// oidcProvider is the OpenID provider (authorization code flow with PKCE) on the portal: users
+// sign in on its pages, into its cookie sessions, and each client's tokens are a session of their
+// own.
+type oidcProvider struct {
 	cfg     oidcConfig
 	portal  *portal
 	clients *oauthClients
@@ -44,11 +45,11 @@ type provider struct {
 }
 
 // idRing is the RS256 ring, which only ID tokens use.
-func (o *provider) idRing() *keyring { return o.rings[algRS256] }
+func (o *oidcProvider) idRing() *keyring { return o.rings[algRS256] }
 
 // ownRings are the rings only ID tokens use (not JWT_ALG's), by algorithm: those that start and
 // poll with the provider.
-func (o *provider) ownRings() []*keyring {
+func (o *oidcProvider) ownRings() []*keyring {
 	var out []*keyring
 	for _, alg := range slices.Sorted(maps.Keys(o.rings)) {
 		if r := o.rings[alg]; r != o.tokens.keys {
@@ -59,7 +60,7 @@ func (o *provider) ownRings() []*keyring {
 }
 
 // loadRings loads the ID tokens' own rings, as run does at start.
-func (o *provider) loadRings(ctx context.Context) error {
+func (o *oidcProvider) loadRings(ctx context.Context) error {
 	for _, r := range o.ownRings() {
 		if err := r.load(ctx); err != nil {
 			return fmt.Errorf("the ID tokens' signing keys (%s): %w", r.alg, err)
@@ -79,7 +80,7 @@ const (
 )
 
 // discovery serves /.well-known/openid-configuration (OpenID Connect Discovery 1.0).
-func (o *provider) discovery() http.Handler {
+func (o *oidcProvider) discovery() http.Handler {
 	iss := o.cfg.issuer
 	algs := slices.Sorted(func(yield func(string) bool) {
 		for a := range o.rings {
@@ -176,7 +177,7 @@ var (
 
 // parse checks an authorization request. The client and its redirect URI come first: until both
 // are known good, a refusal is a pageError.
-func (o *provider) parse(ctx context.Context, q url.Values) (*authRequest, error) {
+func (o *oidcProvider) parse(ctx context.Context, q url.Values) (*authRequest, error) {
 	id, ok1 := singleParam(q, "client_id")
 	redirect, ok2 := singleParam(q, "redirect_uri")
 	if !ok1 || !ok2 || id == "" {
@@ -287,7 +288,7 @@ func redirectAllowed(registered []string, uri string) bool {
 }
 
 // redirectTo sends the browser back to the client with params, and the issuer (RFC 9207).
-func (o *provider) redirectTo(w http.ResponseWriter, r *http.Request, ar *authRequest, params url.Values) {
+func (o *oidcProvider) redirectTo(w http.ResponseWriter, r *http.Request, ar *authRequest, params url.Values) {
 	u, _ := url.Parse(ar.redirectURI)
 	q := u.Query()
 	for k, v := range params {
@@ -303,7 +304,7 @@ func (o *provider) redirectTo(w http.ResponseWriter, r *http.Request, ar *authRe
 }
 
 // authorize is the authorization endpoint, GET or POST.
-func (o *provider) authorize(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
+func (o *oidcProvider) authorize(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
 	q := r.URL.Query()
 	if r.Method == http.MethodPost {
 		r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
@@ -317,7 +318,7 @@ func (o *provider) authorize(w http.ResponseWriter, r *http.Request, d *pageData
 
 // consent is the consent page's POST: the request it carries is checked again from the start, and
 // decided as the user chose.
-func (o *provider) consent(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
+func (o *oidcProvider) consent(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
 	q, err := url.ParseQuery(r.PostForm.Get("request"))
 	if err != nil {
 		return o.refusedPage(d, "The sign-in request could not be read.")
@@ -329,7 +330,7 @@ func (o *provider) consent(w http.ResponseWriter, r *http.Request, d *pageData) 
 	return o.decide(w, r, d, q, decision)
 }
 
-func (o *provider) refusedPage(d *pageData, msg string) *pageData {
+func (o *oidcProvider) refusedPage(d *pageData, msg string) *pageData {
 	d.Title, d.Error, d.status, d.template = "Sign-in request refused", msg, http.StatusBadRequest, "message"
 	return d
 }
@@ -345,7 +346,7 @@ type consentView struct {
 // decide answers a checked request: the sign-in (or step-up) first if the portal session does not
 // satisfy it, then consent for a third-party client, then a code. decision is the consent page's
 // answer, "" when it was not asked.
-func (o *provider) decide(w http.ResponseWriter, r *http.Request, d *pageData, q url.Values, decision string) *pageData {
+func (o *oidcProvider) decide(w http.ResponseWriter, r *http.Request, d *pageData, q url.Values, decision string) *pageData {
 	ctx := r.Context()
 	ar, err := o.parse(ctx, q)
 	var pe *pageError
@@ -429,7 +430,7 @@ func (o *provider) decide(w http.ResponseWriter, r *http.Request, d *pageData, q
 }
 
 // consentPage asks the user whether the third-party client may have what it asks for.
-func (o *provider) consentPage(w http.ResponseWriter, d *pageData, c *claims, ar *authRequest) *pageData {
+func (o *oidcProvider) consentPage(w http.ResponseWriter, d *pageData, c *claims, ar *authRequest) *pageData {
 	v := &consentView{pageData: d, ClientName: ar.client.Name, Request: ar.query.Encode()}
 	d.Title, d.Email, d.template = "Allow "+ar.client.Name+"?", c.Email, "consent"
 	v.Asks = append(v.Asks, "know which account you signed in with")
@@ -445,7 +446,7 @@ func (o *provider) consentPage(w http.ResponseWriter, d *pageData, c *claims, ar
 
 // failed answers an error that is the service's, not the request's: back to the client as
 // server_error or temporarily_unavailable.
-func (o *provider) failed(w http.ResponseWriter, r *http.Request, ar *authRequest, err error) *pageData {
+func (o *oidcProvider) failed(w http.ResponseWriter, r *http.Request, ar *authRequest, err error) *pageData {
 	code := "server_error"
 	if e := apiErrorOf(err); e != nil && e.status == http.StatusServiceUnavailable {
 		code = "temporarily_unavailable"
@@ -457,7 +458,7 @@ func (o *provider) failed(w http.ResponseWriter, r *http.Request, ar *authReques
 }
 
 // issueCode records a code for ar, signed in as c, under the account's security stamp now.
-func (o *provider) issueCode(ctx context.Context, ar *authRequest, c *claims) (string, error) {
+func (o *oidcProvider) issueCode(ctx context.Context, ar *authRequest, c *claims) (string, error) {
 	stamp, err := o.store.Stamp(ctx, c.Subject)
 	if err != nil {
 		return "", err
@@ -480,7 +481,7 @@ func cloneValues(q url.Values) url.Values {
 
 // grantsOf lists user's consents, with the names of their clients (a client deleted since shows
 // without one).
-func (o *provider) grantsOf(ctx context.Context, user string) ([]grantView, error) {
+func (o *oidcProvider) grantsOf(ctx context.Context, user string) ([]grantView, error) {
 	gs, err := o.store.GrantsOfUser(ctx, user)
 	if err != nil {
 		return nil, err
@@ -500,7 +501,7 @@ func (o *provider) grantsOf(ctx context.Context, user string) ([]grantView, erro
 
 // revokeGrant withdraws user's consent to client and ends the sessions that client holds: its
 // refresh tokens and access tokens die with them.
-func (o *provider) revokeGrant(ctx context.Context, user, client string) error {
+func (o *oidcProvider) revokeGrant(ctx context.Context, user, client string) error {
 	if err := o.store.DeleteGrant(ctx, user, client); errors.Is(err, ErrNotFound) {
 		return errNoSuchGrant
 	} else if err != nil {

@@ -20,7 +20,7 @@ type logoutRequest struct {
 }
 
 // parseLogout checks a logout request; every refusal is a page, never a redirect.
-func (o *provider) parseLogout(r *http.Request, q url.Values) (*logoutRequest, error) {
+func (o *oidcProvider) parseLogout(r *http.Request, q url.Values) (*logoutRequest, error) {
 	for name := range q {
 		if len(q[name]) > 1 {
 			return nil, &pageError{"The sign-out request sent " + name + " more than once."}
@@ -61,7 +61,7 @@ func (o *provider) parseLogout(r *http.Request, q url.Values) (*logoutRequest, e
 // logout is the end-session endpoint, GET or POST. With an id_token_hint of the browser's current
 // portal session the session ends at once; otherwise the user confirms first, so that no other
 // site can sign them out by a link.
-func (o *provider) logout(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
+func (o *oidcProvider) logout(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
 	q := r.URL.Query()
 	if r.Method == http.MethodPost {
 		r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
@@ -95,7 +95,7 @@ func (o *provider) logout(w http.ResponseWriter, r *http.Request, d *pageData) *
 
 // confirmLogout is the confirmation's POST: the request is checked again, then the browser's
 // portal session ends.
-func (o *provider) confirmLogout(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
+func (o *oidcProvider) confirmLogout(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
 	q, err := url.ParseQuery(r.PostForm.Get("request"))
 	if err != nil {
 		return o.refusedPage(d, "The sign-out request could not be read.")
@@ -110,7 +110,7 @@ func (o *provider) confirmLogout(w http.ResponseWriter, r *http.Request, d *page
 	return o.signedOut(w, r, d, lr)
 }
 
-func (o *provider) logoutRefused(w http.ResponseWriter, r *http.Request, d *pageData, err error) *pageData {
+func (o *oidcProvider) logoutRefused(w http.ResponseWriter, r *http.Request, d *pageData, err error) *pageData {
 	var pe *pageError
 	if errors.As(err, &pe) {
 		return o.refusedPage(d, pe.message)
@@ -120,7 +120,7 @@ func (o *provider) logoutRefused(w http.ResponseWriter, r *http.Request, d *page
 
 // signedOut sends the browser to the client's registered address with its state, or shows that
 // it is signed out.
-func (o *provider) signedOut(w http.ResponseWriter, r *http.Request, d *pageData, lr *logoutRequest) *pageData {
+func (o *oidcProvider) signedOut(w http.ResponseWriter, r *http.Request, d *pageData, lr *logoutRequest) *pageData {
 	if lr.redirect != "" {
 		u, _ := url.Parse(lr.redirect)
 		if lr.state != "" {

@@ -62,7 +62,7 @@ func tokenKeys(r *http.Request, clients clientIPs, id string) (pair, address str
 }
 
 // token is the token endpoint.
-func (o *provider) token() http.Handler {
+func (o *oidcProvider) token() http.Handler {
 	return handle(o.log, func(w http.ResponseWriter, r *http.Request) error {
 		w.Header().Set("Pragma", "no-cache")
 		if err := readForm(w, r); err != nil {
@@ -116,7 +116,7 @@ type tokenAnswer struct {
 }
 
 // grant authenticates the client and exchanges what it sent for tokens.
-func (o *provider) grant(ctx context.Context, r *http.Request) (*tokenAnswer, error) {
+func (o *oidcProvider) grant(ctx context.Context, r *http.Request) (*tokenAnswer, error) {
 	client, err := o.clients.authenticate(ctx, r)
 	if err != nil {
 		return nil, err
@@ -141,7 +141,7 @@ func pkceS256(verifier string) string {
 // redeem exchanges a code. Everything the code is bound to is checked before it is used, so that a
 // request that fails spends nothing; then its one use is claimed under a session id chosen first,
 // which a replay of the code ends, whether or not that session has been written yet.
-func (o *provider) redeem(ctx context.Context, r *http.Request, client *OAuthClient) (*tokenAnswer, error) {
+func (o *oidcProvider) redeem(ctx context.Context, r *http.Request, client *OAuthClient) (*tokenAnswer, error) {
 	form := r.PostForm
 	raw, verifier := form.Get("code"), form.Get("code_verifier")
 	if raw == "" || len(raw) > 200 {
@@ -214,7 +214,7 @@ func (o *provider) redeem(ctx context.Context, r *http.Request, client *OAuthCli
 }
 
 // refresh exchanges a client's refresh token, with the rotation and reuse detection of the API's.
-func (o *provider) refresh(ctx context.Context, r *http.Request, client *OAuthClient) (*tokenAnswer, error) {
+func (o *oidcProvider) refresh(ctx context.Context, r *http.Request, client *OAuthClient) (*tokenAnswer, error) {
 	c, err := accept(o.tokens, o.revs, r.PostForm.Get("refresh_token"), useOAuthRefresh)
 	if errors.Is(err, errTokenMissing) {
 		return nil, oauthError("invalid_request", "refresh_token is missing")
@@ -241,7 +241,7 @@ func (o *provider) refresh(ctx context.Context, r *http.Request, client *OAuthCl
 
 // idToken signs the ID token of a code's redemption with the client's algorithm: the claims of
 // OpenID Connect Core 2, and the address with the email scope.
-func (o *provider) idToken(client *OAuthClient, u *User, ac *AuthCode, access string, scopes []string) (string, error) {
+func (o *oidcProvider) idToken(client *OAuthClient, u *User, ac *AuthCode, access string, scopes []string) (string, error) {
 	alg := client.IDTokenAlg
 	if alg == "" {
 		alg = algRS256
@@ -288,7 +288,7 @@ func leftHash(alg, token string) string {
 
 // parseIDToken checks an ID token of this provider's (an id_token_hint): signed by one of its
 // rings, of its issuer. An expired one is still good as a hint; its claims come back.
-func (o *provider) parseIDToken(raw string) (jwt.MapClaims, error) {
+func (o *oidcProvider) parseIDToken(raw string) (jwt.MapClaims, error) {
 	var algs []string
 	for a := range o.rings {
 		algs = append(algs, a)
@@ -313,7 +313,7 @@ func (o *provider) parseIDToken(raw string) (jwt.MapClaims, error) {
 }
 
 // clientExists refuses a token of a client deleted since it was issued, as token_revoked.
-func (o *provider) clientExists(ctx context.Context, c *claims) error {
+func (o *oidcProvider) clientExists(ctx context.Context, c *claims) error {
 	if _, err := o.clients.byID(ctx, c.Client); errors.Is(err, errNoSuchClient) {
 		return errTokenRevoked
 	} else if err != nil {
@@ -345,7 +345,7 @@ func userinfoBearer(w http.ResponseWriter, r *http.Request) (string, error) {
 
 // userinfo is the userinfo endpoint: who the access token's user is, their address as it is now
 // with the email scope.
-func (o *provider) userinfo() http.Handler {
+func (o *oidcProvider) userinfo() http.Handler {
 	return handle(o.log, func(w http.ResponseWriter, r *http.Request) error {
 		raw, err := userinfoBearer(w, r)
 		if err != nil {
@@ -379,7 +379,7 @@ func (o *provider) userinfo() http.Handler {
 
 // clientToken is a token of the provider's that a client sent to revoke or introspect: its
 // claims, or nil for anything else (which both endpoints answer without an error).
-func (o *provider) clientToken(raw, hint string) *claims {
+func (o *oidcProvider) clientToken(raw, hint string) *claims {
 	uses := []string{useOAuthAccess, useOAuthRefresh}
 	if hint == "refresh_token" {
 		uses = []string{useOAuthRefresh, useOAuthAccess}
@@ -396,7 +396,7 @@ func (o *provider) clientToken(raw, hint string) *claims {
 // revoke is the revocation endpoint (RFC 7009): a refresh token ends its session, and with it
 // every token of the session; an access token is revoked alone. Another client's token, or
 // anything not a token, is answered 200 all the same.
-func (o *provider) revoke() http.Handler {
+func (o *oidcProvider) revoke() http.Handler {
 	return handle(o.log, func(w http.ResponseWriter, r *http.Request) error {
 		if err := readForm(w, r); err != nil {
 			return err
@@ -427,7 +427,7 @@ func (o *provider) revoke() http.Handler {
 
 // introspect is the introspection endpoint (RFC 7662), for confidential clients: whether a token
 // is active, asked of the database rather than this instance's copy of the blacklist.
-func (o *provider) introspect() http.Handler {
+func (o *oidcProvider) introspect() http.Handler {
 	return handle(o.log, func(w http.ResponseWriter, r *http.Request) error {
 		if err := readForm(w, r); err != nil {
 			return err
@@ -471,7 +471,7 @@ func (o *provider) introspect() http.Handler {
 // cors lets the registered origins of public clients read next's answers, and answers their
 // preflights (userinfo's Authorization header needs one). Other origins get the answer without
 // the headers, which the browser keeps from the page.
-func (o *provider) cors(next http.Handler) http.Handler {
+func (o *oidcProvider) cors(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		origin, err := header(r, "Origin")
 		allowed := false

@@ -130,8 +130,8 @@ type deps struct {
 	mail             *mailFlows
 	allow            *allowList // FORWARD_AUTH_ALLOW
 	portal           portalConfig
-	portalPages      *portal   // nil when the portal is off
-	provider         *provider // the OpenID provider; nil when the portal is off
+	portalPages      *portal       // nil when the portal is off
+	provider         *oidcProvider // the OpenID provider; nil when the portal is off
 }
 
 // jwks are the key rings whose public keys the JWKS publishes: the API's, and the ID tokens'.
@@ -226,7 +226,7 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 // newProvider is the OpenID provider on the portal. Its ID tokens are signed by managed rings of
 // their own whatever JWT_ALG is: RS256 by default, ES256 or EdDSA per client (JWT_ALG's own ring
 // when it is one of them).
-func newProvider(c config, d *deps, store Store, secret []byte) *provider {
+func newProvider(c config, d *deps, store Store, secret []byte) *oidcProvider {
 	// A retired ID token key stays until every ID token it signed has expired.
 	retention := c.oidc.idTokenTTL + c.leeway + c.keyPublishAhead
 	rings := map[string]*keyring{}
@@ -243,7 +243,7 @@ func newProvider(c config, d *deps, store Store, secret []byte) *provider {
 	algs := slices.Sorted(maps.Keys(rings))
 	cfg := c.oidc
 	cfg.issuer = c.portalCfg.publicURL // the same, but where tests set the portal's
-	return &provider{cfg: cfg, portal: d.portalPages, clients: &oauthClients{store: store, algs: algs, now: d.now},
+	return &oidcProvider{cfg: cfg, portal: d.portalPages, clients: &oauthClients{store: store, algs: algs, now: d.now},
 		store: store, sessions: d.sessions, tokens: d.tokens, revs: d.revocations, rings: rings,
 		throttle: &throttle{store: store, now: d.now, window: c.failureWindow}, maxFailures: c.maxFailures,
 		maxClientFailures: c.maxClientFails, log: d.log, now: d.now}
@@ -251,7 +251,7 @@ func newProvider(c config, d *deps, store Store, secret []byte) *provider {
 
 // addProviderRoutes lists the OpenID provider's routes, served with the portal. The authorization
 // endpoint and the consent and logout pages are the portal's pages; the others speak JSON.
-func addProviderRoutes(mux routeAdder, o *provider) {
+func addProviderRoutes(mux routeAdder, o *oidcProvider) {
 	p := o.portal
 	mux.Handle("GET "+oauthAuthorizePath, p.page(o.authorize))
 	mux.Handle("POST "+oauthAuthorizePath, p.page(o.authorize)) // the client's form: no CSRF token of ours
