@@ -8,10 +8,10 @@ import (
 	"net/http"
 )
 
-func handleGrants(log *slog.Logger, o *oidcProvider) http.Handler {
+func handleGrants(log *slog.Logger, g grantKeeper) http.Handler {
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		c := claimsFrom(r.Context())
-		gs, err := o.grantsOf(r.Context(), c.Subject)
+		gs, err := g.grantsOf(r.Context(), c.Subject)
 		if err != nil {
 			return err
 		}
@@ -20,13 +20,13 @@ func handleGrants(log *slog.Logger, o *oidcProvider) http.Handler {
 	})
 }
 
-func handleRevokeGrant(log *slog.Logger, o *oidcProvider) http.Handler {
+func handleRevokeGrant(log *slog.Logger, sessions *sessionKeeper, g grantKeeper) http.Handler {
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
 		c := claimsFrom(r.Context())
-		if err := o.sessions.alive(r.Context(), c); err != nil {
+		if err := sessions.alive(r.Context(), c); err != nil {
 			return err
 		}
-		if err := o.revokeGrant(r.Context(), c.Subject, r.PathValue("client_id")); err != nil {
+		if err := g.revokeGrant(r.Context(), c.Subject, r.PathValue("client_id")); err != nil {
 			return err
 		}
 		w.WriteHeader(http.StatusNoContent)

@@ -447,10 +447,10 @@ func loadOIDCConfig(s *settings, p portalConfig, jwtIssuer string) oidcConfig {
 // default that is one turns passkeys off. An origin outside the RP ID would make browsers refuse
 // every ceremony: WEBAUTHN_ORIGINS set so refuses the start, while CORS_ALLOWED_ORIGINS, which
 // defaults into it, keeps serving its other purpose and is only left out of the origins.
-func loadPasskeyConfig(s *settings, appName string, portal portalConfig, corsOrigins []string, dev bool) passkeyConfig {
+func loadPasskeyConfig(s *settings, appName string, pc portalConfig, corsOrigins []string, dev bool) passkeyConfig {
 	p := passkeyConfig{rpName: s.str("WEBAUTHN_RP_NAME", appName)}
 	publicHost := ""
-	if u, err := url.Parse(portal.publicURL); err == nil && portal.publicURL != "" {
+	if u, err := url.Parse(pc.publicURL); err == nil && pc.publicURL != "" {
 		publicHost = strings.ToLower(u.Hostname())
 	}
 	rpID := strings.ToLower(s.str("WEBAUTHN_RP_ID", ""))
@@ -460,8 +460,8 @@ func loadPasskeyConfig(s *settings, appName string, portal portalConfig, corsOri
 			s.errs = append(s.errs, fmt.Errorf("WEBAUTHN_RP_ID: want a domain such as example.com (no scheme, port or IP address), got %q", s.getenv("WEBAUTHN_RP_ID")))
 			return p
 		}
-	case portal.cookieDomain != "":
-		rpID = portal.cookieDomain
+	case pc.cookieDomain != "":
+		rpID = pc.cookieDomain
 	case publicHost != "":
 		rpID = publicHost
 	case dev:
@@ -485,8 +485,8 @@ func loadPasskeyConfig(s *settings, appName string, portal portalConfig, corsOri
 		}
 	} else {
 		defaults := corsOrigins
-		if portal.publicURL != "" {
-			defaults = append([]string{portal.publicURL}, corsOrigins...)
+		if pc.publicURL != "" {
+			defaults = append([]string{pc.publicURL}, corsOrigins...)
 		}
 		for _, o := range defaults {
 			origin, err := passkeyOrigin(o, rpID)

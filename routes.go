@@ -66,7 +66,7 @@ func addRoutes(mux routeAdder, d *deps) {
 		mux.Handle("GET /.well-known/openid-configuration", d.provider.discovery())
 		addProviderRoutes(mux, d.provider)
 		mux.Handle("GET /auth/grants", signedIn(handleGrants(d.log, d.provider)))
-		mux.Handle("DELETE /auth/grants/{client_id}", signedIn(handleRevokeGrant(d.log, d.provider)))
+		mux.Handle("DELETE /auth/grants/{client_id}", signedIn(handleRevokeGrant(d.log, d.sessions, d.provider)))
 	} else {
 		mux.Handle("GET /.well-known/openid-configuration", handleOpenIDConfiguration(d.log, d.issuer))
 	}
