@@ -244,10 +244,13 @@ func (cs *oauthClients) rotateSecret(ctx context.Context, id string) (*OAuthClie
 	return c, secret, nil
 }
 
-// authenticate finds the client a token, revocation or introspection request comes from:
-// client_secret_basic, client_secret_post, or for a public client its client_id alone. An unknown
-// client and a wrong secret are answered alike; the secret's digest is compared in constant time.
-func (cs *oauthClients) authenticate(ctx context.Context, r *http.Request) (*OAuthClient, error) {
+// clientCredentials are the client id and secret a token, revocation or introspection request
+// sent: client_secret_basic, client_secret_post, or a public client's client_id alone. Two
+// Authorization headers, two ways at once, or two ids that differ are refused.
+func clientCredentials(r *http.Request) (id, secret string, err error) {
+	if _, err := header(r, "Authorization"); err != nil {
+		return "", "", errInvalidClient
+	}
 	id, secret, basic := r.BasicAuth()
 	if basic {
 		// RFC 6749 section 2.3.1: both are form-encoded before they are put in the header.
@@ -255,17 +258,23 @@ func (cs *oauthClients) authenticate(ctx context.Context, r *http.Request) (*OAu
 		id, err1 = url.QueryUnescape(id)
 		secret, err2 = url.QueryUnescape(secret)
 		if err1 != nil || err2 != nil || len(r.PostForm["client_secret"]) > 0 {
-			return nil, errInvalidClient
+			return "", "", errInvalidClient
 		}
 	} else {
 		id, secret = r.PostForm.Get("client_id"), r.PostForm.Get("client_secret")
 		if len(r.PostForm["client_id"]) > 1 || len(r.PostForm["client_secret"]) > 1 {
-			return nil, errInvalidClient
+			return "", "", errInvalidClient
 		}
 	}
 	if form := r.PostForm.Get("client_id"); form != "" && form != id {
-		return nil, errInvalidClient
+		return "", "", errInvalidClient
 	}
+	return id, secret, nil
+}
+
+// authenticate finds the client of credentials id and secret (see clientCredentials). An unknown
+// client and a wrong secret are answered alike; the secret's digest is compared in constant time.
+func (cs *oauthClients) authenticate(ctx context.Context, id, secret string) (*OAuthClient, error) {
 	c, err := cs.byID(ctx, id)
 	if errors.Is(err, errNoSuchClient) {
 		return nil, errInvalidClient

@@ -595,6 +595,16 @@ func TestOpenIDIntrospectionIsForConfidentialClientsAndSeesRevocations(t *testin
 		t.Fatalf("introspection %s", r.raw)
 	}
 	introspect(pub, tok.str("access_token")).want(t, 401, "invalid_client")
+	// Another confidential client learns nothing of c's token (RFC 7662 section 4).
+	other := registerClient(t, e, map[string]any{"type": "confidential", "first_party": false})
+	if r := introspect(other, tok.str("access_token")).want(t, 200, ""); len(r.body) != 1 || r.body["active"] != false {
+		t.Fatalf("another client's introspection: %s", r.raw)
+	}
+	introspect(c, "").want(t, 200, "")
+	send(t, e.srv.Client(), "POST", e.srv.URL+oauthIntrospectPath, url.Values{"client_id": {c.id}, "client_secret": {c.secret}}.Encode(),
+		"Content-Type", "application/x-www-form-urlencoded").want(t, 400, "invalid_request")
+	send(t, e.srv.Client(), "POST", e.srv.URL+oauthRevokePath, url.Values{"client_id": {c.id}, "client_secret": {c.secret}}.Encode(),
+		"Content-Type", "application/x-www-form-urlencoded").want(t, 400, "invalid_request")
 	if r := introspect(c, "not-a-token").want(t, 200, ""); r.body["active"] != false {
 		t.Fatalf("garbage: %s", r.raw)
 	}
@@ -661,17 +671,79 @@ func TestAnIssuerURLOtherThanPublicURLStopsTheStart(t *testing.T) {
 	}
 }
 
-// The token endpoint counts a client's failures from an address as login counts wrong passwords.
-func TestOpenIDTokenEndpointIsThrottledPerClientAndAddress(t *testing.T) {
+// backChannel posts form to one of the provider's back-channel endpoints from client, an
+// X-Forwarded-For address of a trusted loopback, with headers.
+func backChannel(tb testing.TB, e *testEnv, path, client string, form url.Values, headers ...string) response {
+	tb.Helper()
+	return send(tb, e.srv.Client(), "POST", e.srv.URL+path, form.Encode(), append([]string{
+		"Content-Type", "application/x-www-form-urlencoded", "X-Forwarded-For", client}, headers...)...)
+}
+
+// Wrong secrets of a client count for it from the address they come from, at the token,
+// introspection and revocation endpoints alike and however its id is spelled in a Basic header:
+// after LOGIN_MAX_FAILURES even the right secret waits there, and another address is not held up.
+func TestOpenIDWrongSecretsAreThrottledPerClientAndAddressAtEveryEndpoint(t *testing.T) {
 	t.Parallel()
-	e := newOIDCEnv(t, func(c *config) { c.maxFailures = 3 })
+	e := newOIDCEnv(t, trustLoopback, func(c *config) { c.maxFailures = 3 })
 	c := registerClient(t, e, map[string]any{"type": "confidential", "first_party": true})
-	for range 3 {
-		exchange(t, e, c, url.Values{"code": {"guess"}}).want(t, 400, "invalid_grant")
+	// The id's first letter percent-encoded: the same id once decoded (RFC 6749 section 2.3.1).
+	encoded := fmt.Sprintf("%%%02X", c.id[0]) + c.id[1:]
+	wrong := func(id string) string {
+		return "Basic " + base64.StdEncoding.EncodeToString([]byte(id+":wrong"))
 	}
-	r := exchange(t, e, c, url.Values{"code": {"guess"}}).want(t, 429, "too_many_attempts")
+	form := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {"x"}, "token": {"x"}}
+	backChannel(t, e, oauthTokenPath, clientNo(0), form, "Authorization", wrong(c.id)).want(t, 401, "invalid_client")
+	backChannel(t, e, oauthIntrospectPath, clientNo(0), form, "Authorization", wrong(encoded)).want(t, 401, "invalid_client")
+	backChannel(t, e, oauthRevokePath, clientNo(0), form, "Authorization", wrong(c.id)).want(t, 401, "invalid_client")
+	right := []string{"Authorization", basicAuth(c.id, c.secret)}
+	r := backChannel(t, e, oauthTokenPath, clientNo(0), form, right...).want(t, 429, "too_many_attempts")
 	if r.header.Get("Retry-After") == "" {
 		t.Fatal("no Retry-After")
+	}
+	backChannel(t, e, oauthIntrospectPath, clientNo(0), form, right...).want(t, 429, "too_many_attempts")
+	backChannel(t, e, oauthTokenPath, clientNo(1), form, right...).want(t, 400, "invalid_grant")
+}
+
+// A wrong code or refresh token is no guess at a secret: it counts for the address only, at
+// LOGIN_MAX_CLIENT_FAILURES. A public client's id is public, so whoever shares an address with its
+// users and fails on purpose does not lock it for them beyond that.
+func TestOpenIDWrongGrantsAreThrottledPerAddressOnly(t *testing.T) {
+	t.Parallel()
+	e := newOIDCEnv(t, trustLoopback, func(c *config) { c.maxFailures, c.maxClientFails = 2, 4 })
+	email, _, _ := e.user(t)
+	pub := registerClient(t, e, map[string]any{"type": "public", "first_party": true})
+	conf := registerClient(t, e, map[string]any{"type": "confidential", "first_party": true})
+	guess := func(c *oidcClient, client string) response {
+		form := url.Values{"grant_type": {"authorization_code"}, "code": {"guess"}, "redirect_uri": {testRedirectURI},
+			"code_verifier": {oauth2.GenerateVerifier()}, "client_id": {c.id}}
+		if c.secret != "" {
+			form.Set("client_secret", c.secret)
+		}
+		return backChannel(t, e, oauthTokenPath, client, form)
+	}
+	for range 3 { // beyond LOGIN_MAX_FAILURES for the public client: nothing of its own
+		guess(pub, clientNo(0)).want(t, 400, "invalid_grant")
+	}
+	guess(conf, clientNo(0)).want(t, 400, "invalid_grant") // the right secret: the address's fourth
+	guess(pub, clientNo(0)).want(t, 429, "too_many_attempts")
+	guess(conf, clientNo(0)).want(t, 429, "too_many_attempts")
+
+	// From another address, the public client's users redeem their codes.
+	verifier := oauth2.GenerateVerifier()
+	code := codeFlow(t, e, newBrowser(e), pub, email, verifier)
+	backChannel(t, e, oauthTokenPath, clientNo(1), url.Values{"grant_type": {"authorization_code"}, "code": {code},
+		"redirect_uri": {testRedirectURI}, "code_verifier": {verifier}, "client_id": {pub.id}}).want(t, 200, "")
+}
+
+// The back channel takes the client's credentials from one place: two Authorization headers are
+// refused, not read as the first.
+func TestOpenIDTwoAuthorizationHeadersAreRefused(t *testing.T) {
+	t.Parallel()
+	e := newOIDCEnv(t)
+	c := registerClient(t, e, map[string]any{"type": "confidential", "first_party": true})
+	for _, path := range []string{oauthTokenPath, oauthIntrospectPath, oauthRevokePath} {
+		backChannel(t, e, path, "", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {"x"}, "token": {"x"}},
+			"Authorization", basicAuth(c.id, c.secret), "Authorization", basicAuth(c.id, "wrong")).want(t, 401, "invalid_client")
 	}
 }
 

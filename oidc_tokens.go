@@ -54,11 +54,48 @@ func readForm(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// tokenKeys are the throttle's keys of a token request from address client for client id: its
-// failures per (client, address), and per address for any client.
-func tokenKeys(r *http.Request, clients clientIPs, id string) (pair, address string) {
-	a := clientPrefix(clients.of(r))
-	return "oauth|" + a + "|" + id, "oauth|" + a
+// authenticate authenticates the client of a back-channel request behind the throttle. A wrong
+// secret counts for the client from the request's address (LOGIN_MAX_FAILURES), and every
+// failure for the address (LOGIN_MAX_CLIENT_FAILURES). A public client, whose id is public, has
+// no count of its own: nobody sharing an address with an app's users can lock them out of it by
+// failing on purpose. The attempt is for the request to end: succeeded, or failed for the address
+// alone (see failedForAddress).
+func (o *oidcProvider) authenticate(ctx context.Context, r *http.Request) (*OAuthClient, *attempt, error) {
+	id, secret, err := clientCredentials(r)
+	if err != nil {
+		return nil, nil, err
+	}
+	addr := "oauth|" + clientPrefix(o.portal.clients.of(r))
+	limits := []limit{{key: addr, max: o.maxClientFailures}}
+	if secret != "" {
+		limits = append(limits, limit{key: addr + "|" + cut(id, 200), max: o.maxFailures, forgive: true})
+	}
+	try, err := o.throttle.begin(ctx, limits...)
+	if err == nil {
+		err = try.check(ctx)
+	}
+	if err != nil {
+		return nil, nil, asOAuth(err)
+	}
+	client, err := o.clients.authenticate(ctx, id, secret)
+	if e := apiErrorOf(err); err != nil && (e == nil || e.status >= 500) {
+		try.forget(ctx) // the service failed, not the client
+	}
+	if err != nil {
+		return nil, nil, asOAuth(err)
+	}
+	return client, try, nil
+}
+
+// failedForAddress ends an authenticated client's attempt that failed for another reason than its
+// secret (a wrong code or refresh token): it stays counted for the address alone. A failure of the
+// service's own is not counted at all.
+func failedForAddress(ctx context.Context, try *attempt, err error) {
+	if e := apiErrorOf(err); e == nil || e.status >= 500 {
+		try.forget(ctx)
+		return
+	}
+	try.keepOnly(ctx, try.docs[0].Key)
 }
 
 // token is the token endpoint.
@@ -69,21 +106,13 @@ func (o *oidcProvider) token() http.Handler {
 			return err
 		}
 		ctx := r.Context()
-		id, _, basic := r.BasicAuth()
-		if !basic {
-			id = r.PostForm.Get("client_id")
-		}
-		pairKey, addrKey := tokenKeys(r, o.portal.clients, cut(id, 200))
-		try, err := o.throttle.begin(ctx, limit{key: pairKey, max: o.maxFailures, forgive: true},
-			limit{key: addrKey, max: o.maxClientFailures})
-		if err == nil {
-			err = try.check(ctx)
-		}
+		client, try, err := o.authenticate(ctx, r)
 		if err != nil {
-			return asOAuth(err)
+			return err
 		}
-		answer, err := o.grant(ctx, r)
+		answer, err := o.grant(ctx, r, client)
 		if err != nil {
+			failedForAddress(ctx, try, err)
 			return asOAuth(err)
 		}
 		if err := try.succeeded(ctx); err != nil {
@@ -115,12 +144,8 @@ type tokenAnswer struct {
 	Scope        string `json:"scope"`
 }
 
-// grant authenticates the client and exchanges what it sent for tokens.
-func (o *oidcProvider) grant(ctx context.Context, r *http.Request) (*tokenAnswer, error) {
-	client, err := o.clients.authenticate(ctx, r)
-	if err != nil {
-		return nil, err
-	}
+// grant exchanges what client sent for tokens.
+func (o *oidcProvider) grant(ctx context.Context, r *http.Request, client *OAuthClient) (*tokenAnswer, error) {
 	switch r.PostForm.Get("grant_type") {
 	case "authorization_code":
 		return o.redeem(ctx, r, client)
@@ -402,9 +427,13 @@ func (o *oidcProvider) revoke() http.Handler {
 			return err
 		}
 		ctx := r.Context()
-		client, err := o.clients.authenticate(ctx, r)
+		client, try, err := o.authenticate(ctx, r)
 		if err != nil {
-			return asOAuth(err)
+			return err
+		}
+		try.succeeded(ctx)
+		if len(r.PostForm["token"]) == 0 {
+			return oauthError("invalid_request", "token is missing")
 		}
 		c := o.clientToken(r.PostForm.Get("token"), r.PostForm.Get("token_type_hint"))
 		if c != nil && c.Client == client.ID {
@@ -433,16 +462,23 @@ func (o *oidcProvider) introspect() http.Handler {
 			return err
 		}
 		ctx := r.Context()
-		client, err := o.clients.authenticate(ctx, r)
+		client, try, err := o.authenticate(ctx, r)
 		if err != nil {
-			return asOAuth(err)
+			return err
 		}
 		if client.Type != clientConfidential {
+			try.forget(ctx)
 			return errInvalidClient
 		}
+		try.succeeded(ctx)
+		if len(r.PostForm["token"]) == 0 {
+			return oauthError("invalid_request", "token is missing")
+		}
+		// A token is active only for the client it was issued to (RFC 7662 section 4): another
+		// client learns nothing of it, not even that it exists.
 		c := o.clientToken(r.PostForm.Get("token"), r.PostForm.Get("token_type_hint"))
 		inactive := map[string]any{"active": false}
-		if c == nil || o.tokens.expired(c, o.now()) {
+		if c == nil || c.Client != client.ID || o.tokens.expired(c, o.now()) {
 			encode(w, http.StatusOK, inactive)
 			return nil
 		}

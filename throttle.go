@@ -167,6 +167,22 @@ func (a *attempt) forget(ctx context.Context, clear ...string) error {
 	return a.t.store.ForgetAttempts(context.WithoutCancel(ctx), a.ids(), clear...)
 }
 
+// keepOnly forgets the attempt's records under every key but key: the try failed in a way that
+// counts under key alone.
+func (a *attempt) keepOnly(ctx context.Context, key string) error {
+	var ids []string
+	for _, d := range a.docs {
+		if d.Key != key {
+			ids = append(ids, d.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	a.written()
+	return a.t.store.ForgetAttempts(context.WithoutCancel(ctx), ids)
+}
+
 // succeeded forgets the attempt, and every attempt under the keys of its limits that forgive. It
 // returns when the attempts that check found under those keys are gone, so that the client's next
 // try counts from zero; when check found none, at once, and the attempt's own record is removed
