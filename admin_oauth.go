@@ -16,7 +16,7 @@ func logClient(log *slog.Logger, r *http.Request, action, client string) {
 
 func handleAdminCreateClient(log *slog.Logger, cs *oauthClients) http.Handler {
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		req, err := decode[clientRequest](w, r)
+		req, err := decodeStrict[clientRequest](w, r)
 		if err != nil {
 			return err
 		}
@@ -57,7 +57,7 @@ func handleAdminClient(log *slog.Logger, cs *oauthClients) http.Handler {
 
 func handleAdminUpdateClient(log *slog.Logger, cs *oauthClients) http.Handler {
 	return handle(log, func(w http.ResponseWriter, r *http.Request) error {
-		req, err := decode[clientRequest](w, r)
+		req, err := decodeStrict[clientRequest](w, r)
 		if err != nil {
 			return err
 		}

@@ -4,6 +4,7 @@ package main
 // OIDC_CLIENTS_FILE), their secrets, and how a client proves itself at the token endpoint.
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -12,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"slices"
@@ -118,7 +120,8 @@ func (cs *oauthClients) apply(c *OAuthClient, req clientRequest) error {
 func checkRedirectURI(raw, kind string) error {
 	u, err := url.Parse(raw)
 	bad := badClient("redirect URI %q: want an absolute https URI without a fragment, http only to localhost or a loopback address, or for a public client a scheme such as com.example.app", raw)
-	if err != nil || u.Fragment != "" || strings.Contains(raw, "#") || u.Scheme == "" || len(raw) > 2000 {
+	if err != nil || u.Fragment != "" || strings.Contains(raw, "#") || u.Scheme == "" || len(raw) > 2000 ||
+		u.User != nil || !validHost(u.Hostname()) {
 		return bad
 	}
 	switch {
@@ -129,6 +132,26 @@ func checkRedirectURI(raw, kind string) error {
 		return bad
 	}
 	return nil
+}
+
+// validHost accepts an IP address, a DNS name of letters, digits, hyphens and dots, or nothing (a
+// private-use scheme's URI has no host): a host a reader could misread ("*", "a@b") is refused.
+func validHost(h string) bool {
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	for _, label := range strings.Split(h, ".") {
+		if h == "" {
+			break
+		}
+		if label == "" || len(label) > 63 || strings.HasPrefix(label, "-") || strings.HasSuffix(label, "-") ||
+			strings.ContainsFunc(label, func(r rune) bool {
+				return !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-')
+			}) {
+			return false
+		}
+	}
+	return true
 }
 
 // newClientSecret is 32 random bytes, base64url: what the client is shown once, and its digest.
@@ -313,7 +336,9 @@ func (cs *oauthClients) loadFile(path string) error {
 		return fmt.Errorf("OIDC_CLIENTS_FILE: %w", err)
 	}
 	var list []fileClient
-	if err := json.Unmarshal(raw, &list); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields() // a setting the service does not know is one the operator believes set
+	if err := dec.Decode(&list); err != nil {
 		return fmt.Errorf("OIDC_CLIENTS_FILE %s: want a JSON array of clients: %w", path, err)
 	}
 	cs.file = make(map[string]*OAuthClient)

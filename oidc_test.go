@@ -637,6 +637,21 @@ func TestAdminRegistersOAuthClientsAndShowsASecretOnlyOnce(t *testing.T) {
 	e.adminDo(t, "PATCH", "/admin/oauth/clients/"+c.id, map[string]any{"redirect_uris": []string{"http://app.example.test/cb"}}).want(t, 400, "invalid_request")
 	e.adminDo(t, "POST", "/admin/oauth/clients", map[string]any{"type": "public", "name": "x", "redirect_uris": []string{testRedirectURI},
 		"id_token_signed_response_alg": "HS256"}).want(t, 400, "invalid_request")
+	// A redirect URI a reader could misread, and a setting the service does not know, are refused.
+	for _, body := range []map[string]any{
+		{"redirect_uris": []string{"https://app.example.test@evil.example/cb"}},
+		{"redirect_uris": []string{"https://*.example.test/cb"}},
+		{"redirect_uris": []string{"https://app..example.test/cb"}},
+		{"redirect_uris": []string{testRedirectURI}, "grant_types": []string{"implicit"}},
+	} {
+		body["type"], body["name"] = "confidential", "x"
+		r := e.adminDo(t, "POST", "/admin/oauth/clients", body).want(t, 400, "invalid_request")
+		if body["grant_types"] != nil && !strings.Contains(r.str("message"), "grant_types") {
+			t.Errorf("an unknown setting: %s", r.raw)
+		}
+	}
+	e.adminDo(t, "POST", "/admin/oauth/clients", map[string]any{"type": "public", "name": "x",
+		"redirect_uris": []string{"http://[::1]:8000/cb", "http://127.0.0.1/cb", "com.example.app:/cb"}}).want(t, 201, "")
 
 	rotated := e.adminDo(t, "POST", "/admin/oauth/clients/"+c.id+"/secret", nil).want(t, 200, "")
 	if rotated.str("client_secret") == "" || rotated.str("client_secret") == c.secret {
@@ -790,6 +805,11 @@ func TestOpenIDAccessTokenCarriesNoAddressWithoutTheEmailScope(t *testing.T) {
 	if info.str("email") != "" || info.str("sub") == "" {
 		t.Fatalf("userinfo %s", info.raw)
 	}
+	// The token in the body (RFC 6750 section 2.2) works, but not with another in the header.
+	body := url.Values{"access_token": {tok.str("access_token")}}.Encode()
+	send(t, e.srv.Client(), "POST", e.srv.URL+oauthUserinfoPath, body, "Content-Type", "application/x-www-form-urlencoded").want(t, 200, "")
+	send(t, e.srv.Client(), "POST", e.srv.URL+oauthUserinfoPath, body, "Content-Type", "application/x-www-form-urlencoded",
+		"Authorization", "Bearer "+tok.str("access_token")).want(t, 400, "invalid_request")
 }
 
 // max_age sends a browser signed in longer ago through the sign-in again, once; acr_values=aal2

@@ -354,16 +354,20 @@ func userinfoBearer(w http.ResponseWriter, r *http.Request) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if v != "" {
+	var body []string
+	if r.Method == http.MethodPost && readForm(w, r) == nil {
+		body = r.PostForm["access_token"]
+	}
+	switch {
+	case v != "" && len(body) > 0:
+		return "", oauthError("invalid_request", "send the access token one way, in the Authorization header or in the body, not both")
+	case v != "":
 		if len(v) < 7 || !strings.EqualFold(v[:7], "bearer ") {
 			return "", errTokenMissing
 		}
 		return strings.TrimSpace(v[7:]), nil
-	}
-	if r.Method == http.MethodPost {
-		if err := readForm(w, r); err == nil {
-			return r.PostForm.Get("access_token"), nil
-		}
+	case len(body) > 0:
+		return body[0], nil
 	}
 	return "", nil
 }

@@ -193,8 +193,18 @@ func decode[T any](w http.ResponseWriter, r *http.Request) (T, error) {
 // decodeUpTo is decode with a body of up to maxBytes bytes: an authenticator's answer, with its
 // attestation, may be larger than any other body.
 func decodeUpTo[T any](w http.ResponseWriter, r *http.Request, maxBytes int64) (T, error) {
+	return decodeInto[T](w, r, maxBytes, false)
+}
+
+// decodeStrict is decode that refuses unknown fields: for the admin API's settings, where a field
+// the service does not know is one the operator believes set.
+func decodeStrict[T any](w http.ResponseWriter, r *http.Request) (T, error) {
+	return decodeInto[T](w, r, maxBody, true)
+}
+
+func decodeInto[T any](w http.ResponseWriter, r *http.Request, maxBytes int64, strict bool) (T, error) {
 	var v T
-	err := decodeLimited(w, r, &v, maxBytes)
+	err := decodeLimited(w, r, &v, maxBytes, strict)
 	if errors.Is(err, io.EOF) {
 		return v, &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "the request body is empty; send a JSON object"}
 	}
@@ -206,10 +216,10 @@ func decodeUpTo[T any](w http.ResponseWriter, r *http.Request, maxBytes int64) (
 // HTML form on another site can post text/plain without a preflight, and spread login guesses
 // over its visitors' browsers; a JSON body it cannot send.
 func decodeOptional(w http.ResponseWriter, r *http.Request, v any) error {
-	return decodeLimited(w, r, v, maxBody)
+	return decodeLimited(w, r, v, maxBody, false)
 }
 
-func decodeLimited(w http.ResponseWriter, r *http.Request, v any, maxBytes int64) error {
+func decodeLimited(w http.ResponseWriter, r *http.Request, v any, maxBytes int64, strict bool) error {
 	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
 		return io.EOF
 	}
@@ -223,6 +233,9 @@ func decodeLimited(w http.ResponseWriter, r *http.Request, v any, maxBytes int64
 		return errUnsupportedMedia
 	}
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBytes))
+	if strict {
+		dec.DisallowUnknownFields()
+	}
 	err := dec.Decode(v)
 	if err == io.EOF {
 		return io.EOF
@@ -244,6 +257,9 @@ func decodeLimited(w http.ResponseWriter, r *http.Request, v any, maxBytes int64
 	case errors.As(err, &typeErr) && typeErr.Field != "":
 		return &apiError{status: http.StatusBadRequest, code: "invalid_request",
 			message: fmt.Sprintf("field %q must be a JSON %s", typeErr.Field, jsonKind(typeErr.Type.Kind()))}
+	case strict && strings.HasPrefix(err.Error(), "json: unknown field "):
+		return &apiError{status: http.StatusBadRequest, code: "invalid_request",
+			message: strings.TrimPrefix(err.Error(), "json: ") + ": the service has no such setting"}
 	}
 	return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "the request body is not a valid JSON object"}
 }
