@@ -6,6 +6,9 @@ package main
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -175,6 +178,28 @@ var (
 	pkceVerifier  = regexp.MustCompile(`^[A-Za-z0-9._~-]{43,128}$`)
 )
 
+// loginAfterMark is the login_after parameter of a request that sends the browser to sign in at
+// time t: t and a MAC over t and the rest of the request q, so that no one can forge it to skip
+// prompt=login or max_age, nor move it to another request.
+func (o *oidcProvider) loginAfterMark(q url.Values, t int64) string {
+	rest := cloneValues(q)
+	rest.Del("login_after")
+	m := hmac.New(sha256.New, o.portal.csrfKey)
+	m.Write([]byte("oidc login_after\x00" + strconv.FormatInt(t, 10) + "\x00" + rest.Encode()))
+	return strconv.FormatInt(t, 10) + "." + base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// loginAfter is the time of q's login_after mark, 0 when it has none or it is not the service's.
+func (o *oidcProvider) loginAfter(q url.Values) int64 {
+	v := q.Get("login_after")
+	ts, _, ok := strings.Cut(v, ".")
+	t, err := strconv.ParseInt(ts, 10, 64)
+	if !ok || err != nil || t <= 0 || !hmac.Equal([]byte(v), []byte(o.loginAfterMark(q, t))) {
+		return 0
+	}
+	return t
+}
+
 // parse checks an authorization request. The client and its redirect URI come first: until both
 // are known good, a refusal is a pageError.
 func (o *oidcProvider) parse(ctx context.Context, q url.Values) (*authRequest, error) {
@@ -257,9 +282,7 @@ func (o *oidcProvider) parse(ctx context.Context, q url.Values) (*authRequest, e
 		}
 		ar.maxAge = n
 	}
-	if v := q.Get("login_after"); v != "" {
-		ar.loginAfter, _ = strconv.ParseInt(v, 10, 64)
-	}
+	ar.loginAfter = o.loginAfter(q)
 	ar.aal2 = slices.Contains(strings.Fields(q.Get("acr_values")), levelTwoFactor.ACR)
 	return ar, nil
 }
@@ -378,7 +401,7 @@ func (o *oidcProvider) decide(w http.ResponseWriter, r *http.Request, d *pageDat
 		if again.Get("prompt") == "" {
 			again.Del("prompt")
 		}
-		again.Set("login_after", strconv.FormatInt(now.Unix(), 10))
+		again.Set("login_after", o.loginAfterMark(again, now.Unix()))
 		to := "/login?rd=" + url.QueryEscape(o.cfg.issuer+oauthAuthorizePath+"?"+again.Encode())
 		if hint := q.Get("login_hint"); hint != "" {
 			to += "&login_hint=" + url.QueryEscape(hint)

@@ -522,6 +522,21 @@ func TestOpenIDPromptNoneAndLoginAreHonoured(t *testing.T) {
 	if p.status != 303 || !strings.HasPrefix(p.header.Get("Location"), "/login?") {
 		t.Fatalf("prompt=login signed in: %d %s", p.status, p.header.Get("Location"))
 	}
+	// The mark of a sign-in the request sent the browser to is the service's own: one made up, or
+	// taken from another request, is ignored.
+	sent, _ := url.Parse(p.header.Get("Location"))
+	rd, _ := url.Parse(sent.Query().Get("rd"))
+	mark := rd.Query().Get("login_after")
+	if !strings.Contains(mark, ".") {
+		t.Fatalf("the sign-in's way back carries no login_after mark: %s", rd)
+	}
+	for _, forged := range []string{"1", mark} {
+		p = b.send(t, "GET", local(t, c.cfg.AuthCodeURL("other", oauth2.SetAuthURLParam("max_age", "0"),
+			oauth2.SetAuthURLParam("login_after", forged))), nil)
+		if p.status != 303 || !strings.HasPrefix(p.header.Get("Location"), "/login?") {
+			t.Fatalf("login_after=%s: %d %s", forged, p.status, p.header.Get("Location"))
+		}
+	}
 	back := authorize(t, b, c.cfg.AuthCodeURL("s", oauth2.SetAuthURLParam("prompt", "login")), email)
 	if b.cookies[cookieName] == first || back.Query().Get("code") == "" {
 		t.Fatalf("prompt=login did not sign in again: %s", back)
