@@ -189,6 +189,9 @@ func (o *oidcProvider) loginAfterMark(q url.Values, t int64) string {
 	return strconv.FormatInt(t, 10) + "." + base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
+// loginAfterLen bounds the length of a login_after mark: a time and a MAC.
+const loginAfterLen = 20 + 1 + 43
+
 // loginAfter is the time of q's login_after mark, 0 when it has none or it is not the service's.
 func (o *oidcProvider) loginAfter(q url.Values) int64 {
 	v := q.Get("login_after")
@@ -235,6 +238,9 @@ func (o *oidcProvider) parse(ctx context.Context, q url.Values) (*authRequest, e
 		return ar, redirectErrorf("invalid_request", "response_mode must be query")
 	case len(ar.state) > 2048:
 		return ar, redirectErrorf("invalid_request", "state is longer than 2048 bytes")
+	case len(o.cfg.issuer+oauthAuthorizePath)+len(q.Encode())+len("?&login_after=")+loginAfterLen > maxReturnLen:
+		// The request goes through the sign-in as its way back (rd), which is bounded.
+		return ar, redirectErrorf("invalid_request", "the request is too long to carry through the sign-in; send a shorter state or nonce")
 	}
 	ar.nonce = q.Get("nonce")
 	if len(ar.nonce) > 512 {

@@ -312,6 +312,26 @@ func TestOpenIDAuthorizationWithoutS256PKCEIsRefusedAtTheRedirectURI(t *testing.
 	}
 }
 
+// A request goes through the sign-in as its way back, which is bounded: one whose state fits
+// comes back whole, and one too long to carry is refused at the redirect URI, not lost on the way.
+func TestOpenIDLongStateComesBackWholeOrIsRefused(t *testing.T) {
+	t.Parallel()
+	e := newOIDCEnv(t)
+	email, _, _ := e.user(t)
+	c := registerClient(t, e, map[string]any{"type": "confidential", "first_party": true})
+	state := strings.Repeat("s", 2000)
+	back := authorize(t, newBrowser(e), c.cfg.AuthCodeURL(state), email)
+	if back.Query().Get("state") != state || back.Query().Get("code") == "" {
+		t.Fatalf("a 2000-byte state came back as %d bytes: %.200s", len(back.Query().Get("state")), back)
+	}
+	state = strings.Repeat("/", 1500) // thrice as long once encoded
+	p := newBrowser(e).send(t, "GET", local(t, c.cfg.AuthCodeURL(state)), nil)
+	loc, _ := url.Parse(p.header.Get("Location"))
+	if p.status != 303 || loc.Query().Get("error") != "invalid_request" || loc.Query().Get("state") != state {
+		t.Fatalf("a state too long to carry: %d to %.300s", p.status, loc)
+	}
+}
+
 // An unknown client, or a redirect URI the client did not register, gets an error page: the
 // browser is never sent to an address nobody vouched for.
 func TestOpenIDUnknownClientOrUnregisteredRedirectURIShowsAPageAndNeverRedirects(t *testing.T) {

@@ -270,11 +270,14 @@ func (p *portal) returnTo(rd string) string {
 	return p.cfg.publicURL + "/account"
 }
 
+// maxReturnLen bounds a return address.
+const maxReturnLen = 4096
+
 // safeReturn returns rd, re-serialised, when it is an absolute http(s) URL to the portal's host, a
 // host under COOKIE_DOMAIN or one of REDIRECT_ALLOWED_HOSTS, over https when the portal is; never
 // anything a browser could read as another host (backslashes, user info, no scheme, controls).
 func safeReturn(p portalConfig, rd string) (string, bool) {
-	if rd == "" || len(rd) > 4096 || strings.ContainsAny(rd, "\\") {
+	if rd == "" || len(rd) > maxReturnLen || strings.ContainsAny(rd, "\\") {
 		return "", false
 	}
 	for _, r := range rd {
