@@ -153,6 +153,19 @@ func redirectErrorf(code, format string, a ...any) *redirectError {
 	return &redirectError{code, fmt.Sprintf(format, a...)}
 }
 
+// covers is whether g allows every one of scopes; a nil grant allows nothing.
+func (g *ConsentGrant) covers(scopes []string) bool {
+	if g == nil {
+		return false
+	}
+	for _, s := range scopes {
+		if !slices.Contains(g.Scopes, s) {
+			return false
+		}
+	}
+	return true
+}
+
 // pageError is a refusal shown to the user, never redirected: the client or its redirect URI
 // cannot be trusted with it.
 type pageError struct{ message string }
@@ -432,11 +445,7 @@ func (o *oidcProvider) decide(w http.ResponseWriter, r *http.Request, d *pageDat
 			if err != nil && !errors.Is(err, ErrNotFound) {
 				return o.failed(w, r, ar, err)
 			}
-			covered := g != nil && !slices.Contains(ar.prompt, "consent")
-			for _, s := range ar.scopes {
-				covered = covered && slices.Contains(g.Scopes, s)
-			}
-			if !covered {
+			if !g.covers(ar.scopes) || slices.Contains(ar.prompt, "consent") {
 				if none {
 					o.redirectTo(w, r, ar, url.Values{"error": {"consent_required"}, "error_description": {"the user must allow this client"}})
 					return nil

@@ -515,6 +515,8 @@ func TestOpenIDThirdPartyClientAsksConsentOnceAndRevokingItEndsTheClientsTokens(
 	}
 	e.do(t, "DELETE", "/auth/grants/"+c.id, nil, "Authorization", "Bearer "+access).want(t, 204, "")
 	exchange(t, e, c, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {tok.str("refresh_token")}}).want(t, 400, "invalid_grant")
+	// A code issued before the withdrawal is not redeemed after it.
+	exchange(t, e, c, url.Values{"code": {back.Query().Get("code")}, "code_verifier": {verifier}}).want(t, 400, "invalid_grant")
 	e.do(t, "DELETE", "/auth/grants/"+c.id, nil, "Authorization", "Bearer "+access).want(t, 404, "not_found")
 	// Asked again, with prompt=none: consent_required.
 	p = b.send(t, "GET", local(t, c.cfg.AuthCodeURL("s3", oauth2.S256ChallengeOption(verifier), oauth2.SetAuthURLParam("prompt", "none"))), nil)

@@ -29,6 +29,7 @@ var (
 	errGrantInvalid   = oauthError("invalid_grant", "the code or refresh token is invalid, expired, used, or was issued to another client")
 	errCodeReplayed   = oauthError("invalid_grant", "this code was used already; the tokens issued for it are revoked")
 	errCodeStamp      = oauthError("invalid_grant", "the account's credentials changed after this code was issued")
+	errCodeWithdrawn  = oauthError("invalid_grant", "the user withdrew this client's access after this code was issued")
 	errPKCEFailed     = oauthError("invalid_grant", "code_verifier does not match the code's code_challenge")
 	errPKCEDowngrade  = oauthError("invalid_grant", "code_verifier was sent for a code issued without a code_challenge")
 	errRedirectDiffer = oauthError("invalid_grant", "redirect_uri is not the one the code was issued for")
@@ -194,6 +195,15 @@ func (o *oidcProvider) redeem(ctx context.Context, r *http.Request, client *OAut
 	}
 	if stamp != ac.Stamp {
 		return nil, errCodeStamp
+	}
+	if !client.FirstParty { // the user may have withdrawn the client's access since
+		g, err := o.store.GrantOf(ctx, ac.UserID, client.ID)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return nil, err
+		}
+		if !g.covers(strings.Fields(ac.Scope)) {
+			return nil, errCodeWithdrawn
+		}
 	}
 	sid := newID()
 	first, won, err := o.store.RedeemAuthCode(ctx, CodeRedemption{Digest: ac.Digest, Session: sid, ExpiresAt: ac.ExpiresAt})
