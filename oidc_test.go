@@ -425,6 +425,33 @@ func TestOpenIDCodeReplayIsRefusedAndRevokesTheTokensOfItsFirstUse(t *testing.T)
 	exchange(t, e, c, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {first.str("refresh_token")}}).want(t, 400, "invalid_grant")
 }
 
+// A replay after the code expired, and after the code itself is purged, still ends the session
+// its first use started; another client replaying it ends nothing.
+func TestOpenIDCodeReplayedAfterItExpiredStillRevokesTheTokensOfItsFirstUse(t *testing.T) {
+	t.Parallel()
+	e := newOIDCEnv(t)
+	email, _, _ := e.user(t)
+	c := registerClient(t, e, map[string]any{"type": "confidential", "first_party": true})
+	other := registerClient(t, e, map[string]any{"type": "confidential", "first_party": true})
+	verifier := oauth2.GenerateVerifier()
+	code := codeFlow(t, e, newBrowser(e), c, email, verifier)
+	first := exchange(t, e, c, url.Values{"code": {code}, "code_verifier": {verifier}}).want(t, 200, "")
+	e.clock.Advance(oauthCodeTTL + time.Second)
+	if err := e.store.purgeOAuth(t.Context(), e.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	userinfo := func() response {
+		return e.do(t, "GET", oauthUserinfoPath, nil, "Authorization", "Bearer "+first.str("access_token"))
+	}
+	exchange(t, e, other, url.Values{"code": {code}, "code_verifier": {verifier}}).want(t, 400, "invalid_grant")
+	userinfo().want(t, 200, "")
+	r := exchange(t, e, c, url.Values{"code": {code}, "code_verifier": {verifier}}).want(t, 400, "invalid_grant")
+	if !strings.Contains(r.str("error_description"), "used already") {
+		t.Fatalf("a late replay: %s", r.raw)
+	}
+	userinfo().want(t, 401, "token_revoked")
+}
+
 func TestOpenIDCodeOfAnotherClientIsRefused(t *testing.T) {
 	t.Parallel()
 	e := newOIDCEnv(t)

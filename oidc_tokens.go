@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -175,11 +176,11 @@ func (o *oidcProvider) redeem(ctx context.Context, r *http.Request, client *OAut
 	}
 	ac, err := o.store.AuthCodeByDigest(ctx, digest(raw))
 	switch {
-	case errors.Is(err, ErrNotFound):
-		return nil, errGrantInvalid
+	case errors.Is(err, ErrNotFound), err == nil && !o.now().Before(ac.ExpiresAt):
+		return nil, o.lateReplay(ctx, digest(raw), client)
 	case err != nil:
 		return nil, err
-	case ac.ClientID != client.ID, !o.now().Before(ac.ExpiresAt):
+	case ac.ClientID != client.ID:
 		return nil, errGrantInvalid
 	case form.Get("redirect_uri") != ac.RedirectURI:
 		return nil, errRedirectDiffer
@@ -206,17 +207,13 @@ func (o *oidcProvider) redeem(ctx context.Context, r *http.Request, client *OAut
 		}
 	}
 	sid := newID()
-	first, won, err := o.store.RedeemAuthCode(ctx, CodeRedemption{Digest: ac.Digest, Session: sid, ExpiresAt: ac.ExpiresAt})
+	first, won, err := o.store.RedeemAuthCode(ctx, CodeRedemption{Digest: ac.Digest, Session: sid, Client: client.ID,
+		ExpiresAt: o.now().Add(o.sessionLife())})
 	if err != nil {
 		return nil, err
 	}
 	if !won {
-		if err := o.sessions.end(ctx, first.Session, endCodeReplayed); err != nil {
-			return nil, err
-		}
-		o.log.LogAttrs(ctx, slog.LevelWarn, "authorization code replayed; the tokens issued for it are revoked",
-			slog.String("request_id", requestID(ctx)), slog.String("client_id", client.ID), slog.String("user_id", ac.UserID))
-		return nil, errCodeReplayed
+		return nil, o.replayed(ctx, &first)
 	}
 	noteUser(ctx, ac.UserID)
 	u, err := o.store.UserByID(ctx, ac.UserID)
@@ -246,6 +243,41 @@ func (o *oidcProvider) redeem(ctx context.Context, r *http.Request, client *OAut
 		answer.RefreshToken = pair.RefreshToken
 	}
 	return answer, nil
+}
+
+// sessionLife is how long a session may live, and so how long the record of a code's use is
+// kept: SESSION_MAX_AGE, or 30 days when sessions have no limit.
+func (o *oidcProvider) sessionLife() time.Duration {
+	if o.sessions.maxAge > 0 {
+		return o.sessions.maxAge
+	}
+	return 30 * 24 * time.Hour
+}
+
+// replayed ends the session the first use of a code started, and answers the replay (RFC 6749
+// section 4.1.2: the tokens issued for the code should be revoked).
+func (o *oidcProvider) replayed(ctx context.Context, first *CodeRedemption) error {
+	if err := o.sessions.end(ctx, first.Session, endCodeReplayed); err != nil {
+		return err
+	}
+	o.log.LogAttrs(ctx, slog.LevelWarn, "authorization code replayed; the tokens issued for it are revoked",
+		slog.String("request_id", requestID(ctx)), slog.String("client_id", first.Client))
+	return errCodeReplayed
+}
+
+// lateReplay answers a code that is expired or gone: a replay of one that client used ends the
+// session its use started, however late it comes.
+func (o *oidcProvider) lateReplay(ctx context.Context, sum string, client *OAuthClient) error {
+	first, err := o.store.CodeRedemptionOf(ctx, sum)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return errGrantInvalid
+	case err != nil:
+		return err
+	case first.Client != client.ID:
+		return errGrantInvalid
+	}
+	return o.replayed(ctx, first)
 }
 
 // refresh exchanges a client's refresh token, with the rotation and reuse detection of the API's.

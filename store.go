@@ -493,6 +493,9 @@ type codeStore interface {
 	// even under concurrency; the others get the record that caller wrote, which names the
 	// session it started, so that a replay can end it.
 	RedeemAuthCode(ctx context.Context, r CodeRedemption) (first CodeRedemption, won bool, err error)
+	// CodeRedemptionOf finds the record of a code's use, which outlives the code; ErrNotFound
+	// when there is none.
+	CodeRedemptionOf(ctx context.Context, sum string) (*CodeRedemption, error)
 }
 
 // grantStore keeps the consents users gave to third-party clients.
@@ -545,8 +548,10 @@ type AuthCode struct {
 // CodeRedemption is the one use of an authorization code, inserted under the code's digest, and
 // the session its tokens belong to.
 type CodeRedemption struct {
-	Digest    string    `bson:"_id"`
-	Session   string    `bson:"session"`
+	Digest  string `bson:"_id"`
+	Session string `bson:"session"`
+	Client  string `bson:"client_id"`
+	// As long as the session it started may live: a replay after the code expired still ends it.
 	ExpiresAt time.Time `bson:"expires_at"`
 }
 

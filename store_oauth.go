@@ -129,6 +129,14 @@ func (s *mongoStore) RedeemAuthCode(ctx context.Context, r CodeRedemption) (Code
 	return first, false, nil
 }
 
+func (s *mongoStore) CodeRedemptionOf(ctx context.Context, sum string) (*CodeRedemption, error) {
+	var r CodeRedemption
+	if err := s.codeRedemptions().FindOne(ctx, bson.D{{Key: "_id", Value: sum}}).Decode(&r); err != nil {
+		return nil, s.err(err)
+	}
+	return &r, nil
+}
+
 func (s *mongoStore) SaveGrant(ctx context.Context, g ConsentGrant) error {
 	g.ID = grantID(g.UserID, g.ClientID)
 	_, err := s.grants().ReplaceOne(ctx, bson.D{{Key: "_id", Value: g.ID}}, g, options.Replace().SetUpsert(true))
