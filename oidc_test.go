@@ -929,7 +929,9 @@ func TestOpenIDDeletedClientsTokensAreRefused(t *testing.T) {
 // as it does RS256 ones.
 func TestOpenIDClientMayAskForIDTokensInJWTAlg(t *testing.T) {
 	t.Parallel()
-	e := newOIDCEnv(t, func(c *config) { c.jwtAlg = algEdDSA })
+	// The API's tokens carry the provider's issuer too: the one set-up where a client's access
+	// token and its ID tokens share key, algorithm and iss.
+	e := newOIDCEnv(t, func(c *config) { c.jwtAlg, c.issuer = algEdDSA, testPortalURL })
 	if err := e.deps.keys.load(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -946,6 +948,13 @@ func TestOpenIDClientMayAskForIDTokensInJWTAlg(t *testing.T) {
 	v := c.provider.Verifier(&oidc.Config{ClientID: c.id, SupportedSigningAlgs: []string{"EdDSA"}})
 	if _, err := v.Verify(c.ctx, raw); err != nil {
 		t.Fatal(err)
+	}
+	// Still, the relying party's check of an ID token refuses the client's access and refresh
+	// tokens: their aud is not the client.
+	for _, other := range []string{tok.AccessToken, tok.RefreshToken} {
+		if _, err := v.Verify(c.ctx, other); err == nil || !strings.Contains(err.Error(), "audience") {
+			t.Fatalf("a client's token passed as its ID token: %v", err)
+		}
 	}
 }
 

@@ -39,8 +39,8 @@ type claims struct {
 	// login), in Unix seconds, 0 for never: refresh needs it before it may read anything.
 	SessionEnd *int64 `json:"sxp,omitempty"`
 
-	// Client and Scope, in the OpenID provider's tokens only: the client they were issued to (also
-	// their aud) and the scopes granted, space-separated.
+	// Client and Scope, in the OpenID provider's tokens only: the client they were issued to and
+	// the scopes granted, space-separated.
 	Client string `json:"client_id,omitempty"`
 	Scope  string `json:"scope,omitempty"`
 
@@ -91,7 +91,7 @@ func (t *tokens) audienceOf(c *claims) string {
 	case c.Use == useCookie:
 		return cookieAudience
 	case c.isOAuth():
-		return c.Client
+		return clientTokenAudience
 	}
 	return t.audience
 }
@@ -366,6 +366,12 @@ type cookieCredential struct {
 	value   string
 	expires time.Time
 }
+
+// clientTokenAudience is the aud of the OpenID provider's access and refresh tokens: the
+// provider's userinfo endpoint, their one resource. Never the client's id, which is an ID token's
+// aud: a relying party checking an ID token (signature, iss, aud) must not take a client's access
+// token for one, though with JWT_ALG's algorithm both may be signed by the same key.
+const clientTokenAudience = "auth-oauth2-userinfo"
 
 // cookieAudience is the aud of every cookie credential, whatever JWT_AUDIENCE is, so that a
 // service checking tokens itself against JWT_AUDIENCE refuses a cookie as a bearer token; the
