@@ -114,7 +114,7 @@ func (o *oidcProvider) discovery() http.Handler {
 		"claims_supported": []string{"iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "sid",
 			"azp", "at_hash", "email", "email_verified"},
 		"acr_values_supported":                           []string{levelPassword.ACR, levelTwoFactor.ACR},
-		"prompt_values_supported":                        []string{"none", "login", "consent"},
+		"prompt_values_supported":                        []string{"none", "login", "consent", "select_account"},
 		"claims_parameter_supported":                     false,
 		"request_parameter_supported":                    false,
 		"request_uri_parameter_supported":                false,
@@ -201,6 +201,13 @@ func (o *oidcProvider) loginAfterMark(q url.Values, t int64) string {
 	m.Write([]byte("oidc login_after\x00" + strconv.FormatInt(t, 10) + "\x00" + rest.Encode()))
 	return strconv.FormatInt(t, 10) + "." + base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
+
+// signInAgainPrompt is whether a prompt value asks for a sign-in even when the browser has a
+// session: login, and select_account, which with one account per browser means signing in as
+// whom the user chooses.
+func signInAgainPrompt(p string) bool { return p == "login" || p == "select_account" }
+
+func signInAgain(prompt []string) bool { return slices.ContainsFunc(prompt, signInAgainPrompt) }
 
 // loginAfterLen bounds the length of a login_after mark: a time and a MAC.
 const loginAfterLen = 20 + 1 + 43
@@ -409,14 +416,14 @@ func (o *oidcProvider) decide(w http.ResponseWriter, r *http.Request, d *pageDat
 	// whatever seconds it took.
 	fresh := c != nil && ar.loginAfter > 0 && c.IssuedAt >= ar.loginAfter
 	switch {
-	case c == nil, !fresh && (slices.Contains(ar.prompt, "login") || ar.loginAfter > 0 ||
+	case c == nil, !fresh && (signInAgain(ar.prompt) || ar.loginAfter > 0 ||
 		ar.maxAge >= 0 && now.Unix()-c.IssuedAt > ar.maxAge):
 		if none {
 			o.redirectTo(w, r, ar, url.Values{"error": {"login_required"}, "error_description": {"the user must sign in"}})
 			return nil
 		}
 		again := cloneValues(q)
-		again.Set("prompt", strings.Join(slices.DeleteFunc(slices.Clone(ar.prompt), func(p string) bool { return p == "login" }), " "))
+		again.Set("prompt", strings.Join(slices.DeleteFunc(slices.Clone(ar.prompt), signInAgainPrompt), " "))
 		if again.Get("prompt") == "" {
 			again.Del("prompt")
 		}

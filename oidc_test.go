@@ -567,9 +567,11 @@ func TestOpenIDPromptNoneAndLoginAreHonoured(t *testing.T) {
 	b.signIn(t, email, "")
 	first := b.cookies[cookieName]
 	e.clock.Advance(time.Minute)
-	p = b.send(t, "GET", local(t, c.cfg.AuthCodeURL("s", oauth2.SetAuthURLParam("prompt", "login"))), nil)
-	if p.status != 303 || !strings.HasPrefix(p.header.Get("Location"), "/login?") {
-		t.Fatalf("prompt=login signed in: %d %s", p.status, p.header.Get("Location"))
+	for _, prompt := range []string{"select_account", "login"} { // choosing an account is signing in as it
+		p = b.send(t, "GET", local(t, c.cfg.AuthCodeURL("s", oauth2.SetAuthURLParam("prompt", prompt))), nil)
+		if p.status != 303 || !strings.HasPrefix(p.header.Get("Location"), "/login?") {
+			t.Fatalf("prompt=%s signed in: %d %s", prompt, p.status, p.header.Get("Location"))
+		}
 	}
 	// The mark of a sign-in the request sent the browser to is the service's own: one made up, or
 	// taken from another request, is ignored.
