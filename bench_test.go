@@ -6,12 +6,15 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/coreos/go-oidc/v3/oidc"
 	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/oauth2"
 )
 
 // Speed lives here and in scripts/loadtest.sh, never in timed assertions; BENCHMARKS.md has the
@@ -302,4 +305,53 @@ func BenchmarkRevocationPoll(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkOpenIDCodeFlow is a relying party's whole sign-in through the OpenID provider, as
+// go-oidc and x/oauth2 make it over HTTP: the authorization request, the portal's sign-in form
+// when the browser has no session (with-sign-in, a password hash included) or single sign-on when
+// it has one (signed-in), the code exchange with PKCE at the token endpoint, and the check of the
+// ID token against the published keys (RS256).
+func BenchmarkOpenIDCodeFlow(b *testing.B) {
+	e := newOIDCEnv(b)
+	email, _, _ := e.user(b)
+	c := registerClient(b, e, map[string]any{"type": "confidential", "first_party": true})
+	verify := c.provider.Verifier(&oidc.Config{ClientID: c.id})
+	flow := func(br *browser) {
+		verifier := oauth2.GenerateVerifier()
+		tok, err := c.cfg.Exchange(c.ctx, codeFlow(b, e, br, c, email, verifier), oauth2.VerifierOption(verifier))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := verify.Verify(c.ctx, tok.Extra("id_token").(string)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("signed-in", func(b *testing.B) {
+		br := newBrowser(e)
+		br.signIn(b, email, "")
+		for b.Loop() {
+			flow(br)
+		}
+	})
+	b.Run("with-sign-in", func(b *testing.B) {
+		for b.Loop() {
+			flow(newBrowser(e))
+		}
+	})
+}
+
+// BenchmarkOpenIDTokenRefresh is the token endpoint's refresh_token grant from every core at once,
+// each goroutine a client session of its own rotating its refresh token over HTTP: its ns/op is
+// the endpoint's time per request at full load, its requests per second 1e9 / ns/op.
+func BenchmarkOpenIDTokenRefresh(b *testing.B) {
+	e := newOIDCEnv(b)
+	email, _, _ := e.user(b)
+	c := registerClient(b, e, map[string]any{"type": "confidential", "first_party": true})
+	b.RunParallel(func(pb *testing.PB) {
+		refresh := exchange(b, e, c, url.Values{"code": {codeFlow(b, e, newBrowser(e), c, email, "")}}).want(b, 200, "").str("refresh_token")
+		for pb.Next() {
+			refresh = exchange(b, e, c, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {refresh}}).want(b, 200, "").str("refresh_token")
+		}
+	})
 }
