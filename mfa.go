@@ -133,7 +133,7 @@ func (m *mfa) verify(ctx context.Context, client netip.Addr, u *User, secret []b
 	} else if step, match := totpMatch(secret, code, m.tokens.now()); match {
 		// A step is claimed, and with it every earlier one: its code again, or the code before
 		// it, fails. The claim lasts while they could still be accepted.
-		err = m.store.ClaimTOTPStep(ctx, u.ID, step, time.Unix((step+totpSkew+1)*int64(totpStep/time.Second), 0))
+		err = m.store.ClaimStep(ctx, u.ID, step, time.Unix((step+totpSkew+1)*int64(totpStep/time.Second), 0))
 		ok = err == nil
 		if errors.Is(err, ErrDuplicate) {
 			m.metrics.factor(mfaReplayed)

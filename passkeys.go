@@ -693,6 +693,17 @@ func (k *passkeys) assert(ctx context.Context, client netip.Addr, cer *Ceremony,
 				return fail(fmt.Sprintf("sign counter %d not above the stored %d: a cloned authenticator?",
 					parsed.Response.AuthenticatorData.Counter, cred.Authenticator.SignCount))
 			}
+			// Two assertions with one counter, at once, both pass the check above against the
+			// record as it was: the claim of the counter lets one through (see ClaimStep).
+			if n := parsed.Response.AuthenticatorData.Counter; n > 0 {
+				err := k.store.ClaimStep(ctx, "passkey:"+p.ID, int64(n), k.tokens.now().Add(counterClaimTTL))
+				if errors.Is(err, ErrDuplicate) {
+					return fail(fmt.Sprintf("sign counter %d used by another assertion at once: a cloned authenticator?", n))
+				} else if err != nil {
+					att.forget(ctx)
+					return nil, nil, err
+				}
+			}
 			var record []byte
 			if record, err = json.Marshal(cred); err == nil {
 				err = k.store.UsePasskey(ctx, p.ID, record, k.tokens.now().UTC().Truncate(time.Millisecond))
@@ -709,6 +720,10 @@ func (k *passkeys) assert(ctx context.Context, client netip.Addr, cer *Ceremony,
 	k.metrics.factor(mfaVerified)
 	return u, p, att.succeeded(ctx)
 }
+
+// counterClaimTTL is how long the claim of a sign counter is kept: long past the update of the
+// passkey's record that follows it, after which the stored counter refuses the same value.
+const counterClaimTTL = 10 * time.Minute
 
 // passkeyLevel is the level of a session signed in or raised with p: aal2, hwk for a key bound to
 // its device, swk for one that may be synced (backup eligible). Without a password it is two

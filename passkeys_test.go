@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/go-webauthn/webauthn/protocol"
@@ -387,6 +388,41 @@ func TestACounterNotAboveTheStoredOneIsRefused(t *testing.T) {
 	}
 	key.count = 5
 	e.passkeySignIn(t, key).want(t, http.StatusOK, "")
+}
+
+// A clone and its original answering with one counter at once both pass the comparison with
+// the stored counter, read before either wrote: the claim of the counter lets one through.
+func TestTwoAssertionsWithOneCounterAtOnceLetOneThrough(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	_, access, _ := e.user(t)
+	key := newSoftKey(t)
+	e.addPasskey(t, access, key)
+	for round := range 3 {
+		var answers [2]map[string]any
+		for i := range answers {
+			opts := e.do(t, "POST", "/auth/passkeys/login/begin", nil).want(t, http.StatusOK, "")
+			answers[i] = key.get(t, opts.body)
+			key.count-- // the clone answers with the same counter
+		}
+		key.count++
+		var got [2]response
+		var wg sync.WaitGroup
+		for i := range answers {
+			wg.Go(func() {
+				got[i] = e.do(t, "POST", "/auth/passkeys/login/finish", map[string]any{"credential": answers[i]})
+			})
+		}
+		wg.Wait()
+		if ok := (got[0].status == 200) != (got[1].status == 200); !ok {
+			t.Fatalf("round %d: %d %s and %d %s, want one 200", round, got[0].status, got[0].raw, got[1].status, got[1].raw)
+		}
+		for _, r := range got {
+			if r.status != 200 {
+				r.want(t, http.StatusUnauthorized, "passkey_invalid")
+			}
+		}
+	}
 }
 
 func TestACredentialOfOneAccountCannotBeAddedToAnother(t *testing.T) {

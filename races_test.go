@@ -54,7 +54,7 @@ func TestRacingStoreCalls(t *testing.T) {
 		{"exactly one of many simultaneous accounts with one email is created, and the rest are duplicates", raceCreateUser},
 		{"simultaneous revocations of the same entries all succeed and record each entry once", raceRevoke},
 		{"simultaneous attempts are all counted", raceAddAttempts},
-		{"exactly one of many simultaneous uses of one TOTP step wins", raceClaimTOTPStep},
+		{"exactly one of many simultaneous uses of one TOTP step wins", raceClaimStep},
 		{"exactly one of many simultaneous uses of one recovery code wins", raceUseRecoveryCode},
 		{"exactly one of many simultaneous uses of one login challenge wins", raceConsumeMFAChallenge},
 		{"exactly one of many simultaneous activations of a second factor wins", raceActivateTOTP},
@@ -258,10 +258,10 @@ func unknownOutcome(t *testing.T, i int, err error) bool {
 	return true
 }
 
-func raceClaimTOTPStep(t *testing.T, s *mongoStore, round int) {
+func raceClaimStep(t *testing.T, s *mongoStore, round int) {
 	user, step := newID(), int64(round)
 	errs := make([]error, racers)
-	race(racers, func(i int) { errs[i] = s.ClaimTOTPStep(t.Context(), user, step, time.Now().Add(time.Hour)) })
+	race(racers, func(i int) { errs[i] = s.ClaimStep(t.Context(), user, step, time.Now().Add(time.Hour)) })
 	exactlyOne(t, errs, ErrDuplicate)
 }
 

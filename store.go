@@ -314,10 +314,11 @@ type factorStore interface {
 	RemoveTOTP(ctx context.Context, user string) error
 	// ClearRecoveryCodes deletes user's recovery codes.
 	ClearRecoveryCodes(ctx context.Context, user string) error
-	// ClaimTOTPStep records that user used the code of a time step, kept until expires;
-	// ErrDuplicate when that step or a later one was claimed (RFC 6238 section 5.2), by a claim
-	// racing this one too.
-	ClaimTOTPStep(ctx context.Context, user string, step int64, expires time.Time) error
+	// ClaimStep records that key reached step, kept until expires; ErrDuplicate when that step or
+	// a later one was claimed, by a claim racing this one too. Keys are a user's id for the time
+	// steps of their TOTP codes (used once, RFC 6238 section 5.2), and "passkey:" and a passkey's
+	// id for its sign counter (always rising; a clone of the authenticator repeats one).
+	ClaimStep(ctx context.Context, key string, step int64, expires time.Time) error
 	// SetRecoveryCodes replaces user's recovery codes with these digests.
 	SetRecoveryCodes(ctx context.Context, user string, digests []string) error
 	// RecoveryCodesLeft counts user's unused recovery codes.

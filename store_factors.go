@@ -43,19 +43,19 @@ func (s *mongoStore) ClearRecoveryCodes(ctx context.Context, user string) error 
 	return s.err(err)
 }
 
-func (s *mongoStore) ClaimTOTPStep(ctx context.Context, user string, step int64, expires time.Time) error {
+func (s *mongoStore) ClaimStep(ctx context.Context, key string, step int64, expires time.Time) error {
 	// The unique insert decides between uses of one step. Then any claim of a step as late or
 	// later refuses this one: each claim is written before it looks, so of two racing the one
 	// that looks last sees the other, and only the earlier step can be refused.
-	id := user + ":" + strconv.FormatInt(step, 10)
+	id := key + ":" + strconv.FormatInt(step, 10)
 	if _, err := s.totpSteps.InsertOne(ctx, bson.D{
-		{Key: "_id", Value: id}, {Key: "user_id", Value: user}, {Key: "step", Value: step},
+		{Key: "_id", Value: id}, {Key: "user_id", Value: key}, {Key: "step", Value: step},
 		{Key: "expires_at", Value: expires},
 	}); err != nil {
 		return s.err(err)
 	}
 	err := s.totpSteps.FindOne(ctx, bson.D{
-		{Key: "user_id", Value: user}, {Key: "step", Value: bson.D{{Key: "$gte", Value: step}}},
+		{Key: "user_id", Value: key}, {Key: "step", Value: bson.D{{Key: "$gte", Value: step}}},
 		{Key: "_id", Value: bson.D{{Key: "$ne", Value: id}}},
 	}, options.FindOne().SetProjection(bson.D{{Key: "_id", Value: 1}})).Err()
 	switch {
