@@ -149,7 +149,7 @@ func loginRequestOf(r *http.Request, email, mfaToken string) (loginRequest, erro
 
 // handlePasskeyLoginBegin answers the request options of a sign-in ceremony (see
 // passkeys.loginBegin). The body is optional: without one, a discoverable sign-in.
-func handlePasskeyLoginBegin(log *slog.Logger, k *passkeys) http.Handler {
+func handlePasskeyLoginBegin(log *slog.Logger, clients clientIPs, k *passkeys) http.Handler {
 	type request struct {
 		Email    string `json:"email"`
 		MFAToken string `json:"mfa_token"`
@@ -163,7 +163,7 @@ func handlePasskeyLoginBegin(log *slog.Logger, k *passkeys) http.Handler {
 		if err != nil {
 			return err
 		}
-		opts, err := k.loginBegin(r.Context(), lr)
+		opts, err := k.loginBegin(r.Context(), lr, clients.of(r))
 		if err != nil {
 			return err
 		}

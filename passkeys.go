@@ -410,7 +410,7 @@ type loginRequest struct {
 
 // loginBegin answers the request options of a ceremony for req, the object that a browser's
 // PublicKeyCredential.parseRequestOptionsFromJSON takes.
-func (k *passkeys) loginBegin(ctx context.Context, req loginRequest) (*protocol.PublicKeyCredentialRequestOptions, error) {
+func (k *passkeys) loginBegin(ctx context.Context, req loginRequest, client netip.Addr) (*protocol.PublicKeyCredentialRequestOptions, error) {
 	if err := k.on(); err != nil {
 		return nil, err
 	}
@@ -444,13 +444,17 @@ func (k *passkeys) loginBegin(ctx context.Context, req loginRequest) (*protocol.
 			return nil, err
 		}
 	case req.email != "":
-		return k.loginBeginWithEmail(ctx, req.email)
+		return k.loginBeginWithEmail(ctx, req.email, client)
 	default:
+		att, err := k.limits.ceremony(ctx, client)
+		if err != nil {
+			return nil, err
+		}
 		assertion, sd, err := k.rp.BeginDiscoverableLogin(uv)
 		if err != nil {
 			return nil, err
 		}
-		if err := k.begin(ctx, Ceremony{Kind: ceremonyLogin}, sd); err != nil {
+		if err := k.begin(ctx, Ceremony{Kind: ceremonyLogin, Attempt: firstID(att)}, sd); err != nil {
 			return nil, err
 		}
 		return &assertion.Response, nil
@@ -479,7 +483,11 @@ func (k *passkeys) loginBegin(ctx context.Context, req loginRequest) (*protocol.
 // loginBeginWithEmail begins a sign-in for the account of email, listing its passkeys for
 // authenticators that keep none themselves. An address without an account, or without passkeys,
 // gets as many decoy ids as an account's usual one, the same every time, after the same reads.
-func (k *passkeys) loginBeginWithEmail(ctx context.Context, email string) (*protocol.PublicKeyCredentialRequestOptions, error) {
+func (k *passkeys) loginBeginWithEmail(ctx context.Context, email string, client netip.Addr) (*protocol.PublicKeyCredentialRequestOptions, error) {
+	att, err := k.limits.ceremony(ctx, client)
+	if err != nil {
+		return nil, err
+	}
 	email = normalizeEmail(email)
 	u, err := k.store.UserByEmail(ctx, email)
 	if err != nil && !errors.Is(err, ErrNotFound) {
@@ -516,7 +524,7 @@ func (k *passkeys) loginBeginWithEmail(ctx context.Context, email string) (*prot
 	if err != nil {
 		return nil, err
 	}
-	if err := k.begin(ctx, Ceremony{Kind: ceremonyLogin, UserID: owner, ForEmail: true, Stamp: stamp}, sd); err != nil {
+	if err := k.begin(ctx, Ceremony{Kind: ceremonyLogin, UserID: owner, ForEmail: true, Stamp: stamp, Attempt: firstID(att)}, sd); err != nil {
 		return nil, err
 	}
 	return &assertion.Response, nil
@@ -561,6 +569,9 @@ func (k *passkeys) loginFinish(ctx context.Context, req loginRequest, client net
 	pair, err := k.second.sessions.startAs(ctx, req.kind, u, client, userAgent, passkeyLevel(p, false))
 	if err != nil {
 		return tokenPair{}, err
+	}
+	if err := k.limits.forgetCeremony(ctx, cer.Attempt); err != nil {
+		k.log.Warn("forgetting a passkey sign-in's begin failed", "err", err)
 	}
 	noteUser(ctx, u.ID)
 	k.metrics.login(loginSuccess)
@@ -724,6 +735,14 @@ func (k *passkeys) assert(ctx context.Context, client netip.Addr, cer *Ceremony,
 // counterClaimTTL is how long the claim of a sign counter is kept: long past the update of the
 // passkey's record that follows it, after which the stored counter refuses the same value.
 const counterClaimTTL = 10 * time.Minute
+
+// firstID is the id of att's record, "" when it has none (no limit).
+func firstID(att *attempt) string {
+	if len(att.docs) == 0 {
+		return ""
+	}
+	return att.docs[0].ID
+}
 
 // passkeyLevel is the level of a session signed in or raised with p: aal2, hwk for a key bound to
 // its device, swk for one that may be synced (backup eligible). Without a password it is two

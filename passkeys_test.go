@@ -425,6 +425,27 @@ func TestTwoAssertionsWithOneCounterAtOnceLetOneThrough(t *testing.T) {
 	}
 }
 
+// A passkey sign-in's begin writes a ceremony, for anyone: begins that sign nobody in count
+// toward the client's limit, and those that do are forgotten.
+func TestUnfinishedPasskeySignInsAreLimitedPerClient(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, func(c *config) { c.maxClientFails = 3 })
+	email, access, _ := e.user(t)
+	key := newSoftKey(t)
+	e.addPasskey(t, access, key)
+	for range 5 {
+		e.passkeySignIn(t, key).want(t, http.StatusOK, "")
+	}
+	e.do(t, "POST", "/auth/passkeys/login/begin", nil).want(t, http.StatusOK, "")
+	e.do(t, "POST", "/auth/passkeys/login/begin", map[string]string{"email": email}).want(t, http.StatusOK, "")
+	e.do(t, "POST", "/auth/passkeys/login/begin", map[string]string{"email": "nobody@example.com"}).want(t, http.StatusOK, "")
+	r := e.do(t, "POST", "/auth/passkeys/login/begin", nil).want(t, http.StatusTooManyRequests, "too_many_attempts")
+	if r.header.Get("Retry-After") == "" {
+		t.Fatal("no Retry-After")
+	}
+	e.do(t, "POST", "/auth/passkeys/login/begin", map[string]string{"email": email}).want(t, http.StatusTooManyRequests, "too_many_attempts")
+}
+
 func TestACredentialOfOneAccountCannotBeAddedToAnother(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
@@ -610,13 +631,17 @@ func TestWrongPasskeyAnswersCountAgainstTheAccountsSecondFactorLimit(t *testing.
 func TestPasskeysOfNobodyCountAgainstTheClient(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t, func(c *config) { c.maxClientFails = 3 })
-	_, access, _ := e.user(t)
+	email, access, _ := e.user(t)
 	nobodys := newSoftKey(t)
 	nobodys.userHandle = []byte("nobody")
 	for range 3 {
 		e.passkeySignIn(t, nobodys).want(t, http.StatusUnauthorized, "passkey_invalid")
 	}
-	e.passkeySignIn(t, nobodys).want(t, http.StatusTooManyRequests, "too_many_attempts")
+	// Its three begins, which signed nobody in, count as well: the fourth is refused at its begin.
+	e.do(t, "POST", "/auth/passkeys/login/begin", nil).want(t, http.StatusTooManyRequests, "too_many_attempts")
+	// The three wrong passkeys count as the client's failed logins: a password login waits too.
+	e.do(t, "POST", "/auth/login", map[string]string{"email": email, "password": "correct horse battery"}).
+		want(t, http.StatusTooManyRequests, "too_many_attempts")
 	_ = access
 }
 

@@ -36,7 +36,7 @@ func (p *portal) passkeyBegin() http.Handler {
 		if err := r.ParseForm(); err != nil || !p.sameOrigin(r) || !p.csrfValid(r) {
 			return errCSRFInvalid
 		}
-		opts, err := p.passkeys.loginBegin(r.Context(), loginRequest{kind: sessionCookie, mfaToken: r.PostForm.Get("mfa_token")})
+		opts, err := p.passkeys.loginBegin(r.Context(), loginRequest{kind: sessionCookie, mfaToken: r.PostForm.Get("mfa_token")}, p.clients.of(r))
 		if err != nil {
 			return err
 		}

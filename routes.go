@@ -40,7 +40,7 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("GET /auth/passkeys", on(signedIn(handlePasskeys(d.log, d.passkeys))))
 	mux.Handle("PATCH /auth/passkeys/{id}", on(signedIn(handleRenamePasskey(d.log, d.passkeys))))
 	mux.Handle("DELETE /auth/passkeys/{id}", on(signedIn(handleRemovePasskey(d.log, d.clients, d.passkeys))))
-	mux.Handle("POST /auth/passkeys/login/begin", on(handlePasskeyLoginBegin(d.log, d.passkeys)))
+	mux.Handle("POST /auth/passkeys/login/begin", on(handlePasskeyLoginBegin(d.log, d.clients, d.passkeys)))
 	mux.Handle("POST /auth/passkeys/login/finish", on(handlePasskeyLoginFinish(d.log, d.clients, d.passkeys)))
 	mux.Handle("POST /auth/password/forgot", handleMailRequest(d.log, d.clients, d.mail, mailReset,
 		"if an account has this address, a reset link is on its way to it"))

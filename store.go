@@ -615,6 +615,7 @@ type Ceremony struct {
 	Stamp     int64     `bson:"stamp"`
 	Session   string    `bson:"session,omitempty"`   // the sid that began a registration or step-up
 	Challenge string    `bson:"challenge,omitempty"` // the MFAChallenge a second factor answers
+	Attempt   string    `bson:"attempt,omitempty"`   // the throttle's record of a sign-in's begin
 	Data      []byte    `bson:"data"`                // the library's session data, as JSON
 	ExpiresAt time.Time `bson:"expires_at"`
 }

@@ -260,6 +260,29 @@ func (g *loginLimits) factor(ctx context.Context, client netip.Addr, user, chall
 	return g.throttle.begin(ctx, limits...)
 }
 
+// ceremony begins a passkey sign-in from client that names no session (discoverable, or with an
+// address): its begin writes the ceremony. Begins count toward the client's limit of unfinished
+// ceremonies, LOGIN_MAX_CLIENT_FAILURES within the window; one that signs in is forgotten
+// (forgetCeremony).
+func (g *loginLimits) ceremony(ctx context.Context, client netip.Addr) (*attempt, error) {
+	try, err := g.throttle.begin(ctx, limit{key: "ceremony|" + clientPrefix(client), max: g.maxClient})
+	if err == nil {
+		err = try.check(ctx)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return try, nil
+}
+
+// forgetCeremony forgets the begin of a ceremony that signed in: the attempt id ceremony noted.
+func (g *loginLimits) forgetCeremony(ctx context.Context, id string) error {
+	if id == "" {
+		return nil
+	}
+	return g.throttle.store.ForgetAttempts(context.WithoutCancel(ctx), []string{id})
+}
+
 // client begins a try from client that names no account (a passkey that is nobody's, or not the
 // account's it was asked for): it counts toward the client's login limit only.
 func (g *loginLimits) client(ctx context.Context, client netip.Addr) (*attempt, error) {
