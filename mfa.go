@@ -85,6 +85,7 @@ type mfa struct {
 		startAs(ctx context.Context, kind string, u *User, ip netip.Addr, userAgent string, lvl level) (tokenPair, error)
 		raise(ctx context.Context, c *claims, lvl level) (tokenPair, error)
 		endAll(ctx context.Context, user, except, reason string) (int, error)
+		end(ctx context.Context, sid, reason string) error
 	}
 	stamps interface { // a factor added, removed or used up moves the account's stamp
 		moveStamp(ctx context.Context, user, event string) error

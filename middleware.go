@@ -307,7 +307,7 @@ func cors(origins []string) func(http.Handler) http.Handler {
 				next.ServeHTTP(w, r)
 				return
 			}
-			h.Set("Access-Control-Expose-Headers", "WWW-Authenticate, Retry-After, X-Request-Id, X-User-Id, X-User-Email, X-User-Email-Verified, X-User-Acr")
+			h.Set("Access-Control-Expose-Headers", "WWW-Authenticate, Retry-After, X-Request-Id, X-User-Id, X-User-Email, X-User-Email-Verified, X-User-Acr, X-User-Amr")
 			asks, err := header(r, "Access-Control-Request-Method")
 			if guardedMethod(r) == http.MethodOptions && asks != "" && err == nil {
 				h.Set("Access-Control-Allow-Methods", "GET, HEAD, POST, DELETE, OPTIONS")
@@ -323,6 +323,7 @@ func cors(origins []string) func(http.Handler) http.Handler {
 					h["X-User-Email"] = []string{""}
 					h["X-User-Email-Verified"] = []string{""}
 					h["X-User-Acr"] = []string{""}
+					h["X-User-Amr"] = []string{""}
 				}
 				if info, ok := r.Context().Value(infoKey).(*reqInfo); ok {
 					info.route = "preflight"

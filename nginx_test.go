@@ -199,7 +199,7 @@ func testOnlyRealPreflightsPass(t *testing.T, px *proxyFront, listed string) {
 }
 
 // identityHeaders are the headers a proxy copies from the service's answer onto the request.
-var identityHeaders = []string{"X-User-Id", "X-User-Email", "X-User-Email-Verified", "X-User-Acr"}
+var identityHeaders = []string{"X-User-Id", "X-User-Email", "X-User-Email-Verified", "X-User-Acr", "X-User-Amr"}
 
 // identitySpellings are the names under which a client might slip an identity past a proxy: each
 // identity header with "_" or "-" at each of its joins, which CGI, PHP, WSGI and Rack read as the
@@ -280,7 +280,8 @@ func (got echoed) wantIdentity(tb testing.TB, id, email string) {
 			tb.Fatalf("the app saw %s %q, want only %q; headers %v", name, values, want, got.Header)
 		}
 	}
-	for name, allowed := range map[string][]string{"x-user-email-verified": {"true", "false"}, "x-user-acr": {"aal1", "aal2"}} {
+	for name, allowed := range map[string][]string{"x-user-email-verified": {"true", "false"}, "x-user-acr": {"aal1", "aal2"},
+		"x-user-amr": {"pwd", "pwd,otp", "pwd,hwk", "pwd,swk", "hwk,mfa", "swk,mfa"}} {
 		if values := got.identity(name); len(values) != 1 || !slices.Contains(allowed, values[0]) {
 			tb.Fatalf("the app saw %s %q, want only the service's; headers %v", name, values, got.Header)
 		}

@@ -402,10 +402,18 @@ func (k *passkeys) remove(ctx context.Context, c *claims, client netip.Addr, id,
 
 // loginRequest is what login/begin and login/finish are asked: a sign-in without a password
 // (with an email or none), or, with mfa_token, a password login's second factor. Step-up comes
-// with an access token instead, and raw is that.
+// with an access token instead, or the portal's cookie, and raw is that.
 type loginRequest struct {
 	email, mfaToken, raw string
 	kind                 string // of the session a sign-in opens (Session.Kind): the portal's is a cookie
+}
+
+// stepUpUse is the use of the token a step-up raises: the portal's cookie, or an access token.
+func (req loginRequest) stepUpUse() string {
+	if req.kind == sessionCookie {
+		return useCookie
+	}
+	return useAccess
 }
 
 // loginBegin answers the request options of a ceremony for req, the object that a browser's
@@ -432,7 +440,7 @@ func (k *passkeys) loginBegin(ctx context.Context, req loginRequest, client neti
 		}
 		cer = Ceremony{Kind: ceremonySecond, UserID: u.ID, Stamp: ch.Stamp, Challenge: ch.ID}
 	case req.raw != "":
-		c, err := accept(k.tokens, k.revs, req.raw, useAccess)
+		c, err := accept(k.tokens, k.revs, req.raw, req.stepUpUse())
 		if err != nil {
 			return nil, err
 		}
@@ -548,7 +556,7 @@ func (k *passkeys) loginFinish(ctx context.Context, req loginRequest, client net
 	case req.mfaToken != "":
 		return k.finishSecond(ctx, req.kind, req.mfaToken, challenge, parsed, client, userAgent)
 	case req.raw != "":
-		return k.finishStepUp(ctx, req.raw, challenge, parsed, client)
+		return k.finishStepUp(ctx, req, challenge, parsed, client, userAgent)
 	}
 	cer, sd, err := k.take(ctx, challenge, ceremonyLogin)
 	if err != nil {
@@ -612,10 +620,12 @@ func (k *passkeys) finishSecond(ctx context.Context, kind, mfaToken, challenge s
 	return pair, nil
 }
 
-// finishStepUp raises the session of the access token raw with a passkey of its user.
-func (k *passkeys) finishStepUp(ctx context.Context, raw, challenge string, parsed *protocol.ParsedCredentialAssertionData,
-	client netip.Addr) (tokenPair, error) {
-	c, err := accept(k.tokens, k.revs, raw, useAccess)
+// finishStepUp raises the session of req.raw with a passkey of its user: an access token's
+// session is raised in place; a portal cookie's is replaced by a new one at the new level (a fresh
+// id, as the portal's step-up with a code does), and ends.
+func (k *passkeys) finishStepUp(ctx context.Context, req loginRequest, challenge string, parsed *protocol.ParsedCredentialAssertionData,
+	client netip.Addr, userAgent string) (tokenPair, error) {
+	c, err := accept(k.tokens, k.revs, req.raw, req.stepUpUse())
 	if err != nil {
 		return tokenPair{}, err
 	}
@@ -626,7 +636,8 @@ func (k *passkeys) finishStepUp(ctx context.Context, raw, challenge string, pars
 	if cer.UserID != c.Subject || cer.Session != c.Session {
 		return tokenPair{}, errCeremonyInvalid
 	}
-	if _, err := k.second.signedIn(ctx, c); err != nil {
+	u, err := k.second.signedIn(ctx, c)
+	if err != nil {
 		return tokenPair{}, err
 	}
 	_, p, err := k.assert(ctx, client, cer, sd, parsed, nil)
@@ -634,12 +645,28 @@ func (k *passkeys) finishStepUp(ctx context.Context, raw, challenge string, pars
 		return tokenPair{}, err
 	}
 	// A session the password opened keeps pwd among its methods; one a passkey opened has none.
-	pair, err := k.second.sessions.raise(ctx, c, passkeyLevel(p, slices.Contains(c.level().AMR, "pwd")))
+	lvl := passkeyLevel(p, slices.Contains(c.level().AMR, "pwd"))
+	noteUser(ctx, c.Subject)
+	if req.kind != sessionCookie {
+		return k.second.sessions.raise(ctx, c, lvl)
+	}
+	pair, err := k.second.sessions.startAs(ctx, sessionCookie, u, client, userAgent, lvl)
 	if err != nil {
 		return tokenPair{}, err
 	}
-	noteUser(ctx, c.Subject)
+	if err := k.second.sessions.end(ctx, c.Session, endSteppedUp); err != nil {
+		k.log.Warn("ending the session a step-up replaced failed", "session_id", c.Session, "err", err)
+	}
 	return pair, nil
+}
+
+// has is whether user has a passkey; false when passkeys are off.
+func (k *passkeys) has(ctx context.Context, user string) (bool, error) {
+	if k.on() != nil {
+		return false, nil
+	}
+	ps, err := k.store.PasskeysOf(ctx, user)
+	return len(ps) > 0, err
 }
 
 // assert verifies the assertion parsed for the ceremony cer, whose library session is sd, sent

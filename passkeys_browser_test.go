@@ -36,40 +36,20 @@ func TestThePortalsPasskeysInChromium(t *testing.T) {
 	browser := startChromium(t, chromedp.Flag("host-resolver-rules", "MAP localhost 127.0.0.1"))
 	email, _, _ := e.user(t)
 	tab := newPortalTab(t, browser)
-	if _, err := chromedp.Call(tab.ctx, webauthn.Enable, webauthn.EnableParams{}); err != nil {
-		t.Fatalf("the WebAuthn domain: %v", err)
-	}
-	if _, err := chromedp.Call(tab.ctx, webauthn.AddVirtualAuthenticator, webauthn.AddVirtualAuthenticatorParams{
-		Options: &webauthn.VirtualAuthenticatorOptions{Protocol: webauthn.AuthenticatorProtocolCtap2,
-			Transport: webauthn.AuthenticatorTransportInternal, HasResidentKey: true, HasUserVerification: true,
-			IsUserVerified: true, AutomaticPresenceSimulation: true},
-	}); err != nil {
-		t.Fatalf("a virtual authenticator: %v", err)
-	}
+	addVirtualAuthenticator(t, tab)
 
 	// Two minutes are far more than the steps here take; they only keep a hang from lasting.
 	wait, cancel := context.WithTimeout(tab.ctx, 2*time.Minute)
 	defer cancel()
-
-	// Signed in with the password, the account page adds a passkey.
-	tab.navigate(t, publicURL+"/login", 200)
-	tab.submit(t, map[string]string{"email": email, "password": "correct horse battery"}, 200)
-	tab.navigate(t, publicURL+"/account", 200)
-	if err := chromedp.Do(wait,
-		chromedp.SetValue(chromedp.ID("passkey_password"), "correct horse battery"),
-		chromedp.SetValue(chromedp.ID("passkey_name"), "virtual"),
-	); err != nil {
-		t.Fatalf("the form to add a passkey: %v: %s", err, tab.text(t))
-	}
-	// Clicked from the page, and the next page awaited by its text: a wait for an element may
-	// stay bound to the page that the ceremony's form submission replaces.
-	if _, err := chromedp.Run(wait, chromedp.Evaluate[bool](`document.getElementById("passkey-add-button").click(), true`)); err != nil {
-		t.Fatalf("adding a passkey: %v", err)
-	}
 	pageText := func() string {
 		text, _ := chromedp.Run(wait, chromedp.Evaluate[string](`document.body ? document.body.innerText : ""`))
 		return text
 	}
+
+	// Signed in with the password, the account page adds a passkey.
+	tab.navigate(t, publicURL+"/login", 200)
+	tab.submit(t, map[string]string{"email": email, "password": "correct horse battery"}, 200)
+	addPasskeyOnTheAccountPage(t, tab, publicURL, wait)
 	waitFor(t, "the recovery codes of the first passkey", func() bool { return strings.Contains(pageText(), "Keep these recovery codes") })
 
 	// Signed out, the passkey alone signs in.
@@ -96,6 +76,108 @@ func TestThePortalsPasskeysInChromium(t *testing.T) {
 		chromedp.EvalAwaitPromise))
 	if err != nil || got != http.StatusOK {
 		t.Fatalf("phr for the passkey's cookie session: %d %v", got, err)
+	}
+}
+
+// addVirtualAuthenticator gives tab's browser Chromium's virtual authenticator: a platform one
+// that keeps passkeys, verifies the user and answers at once.
+func addVirtualAuthenticator(t *testing.T, tab *portalTab) {
+	t.Helper()
+	if _, err := chromedp.Call(tab.ctx, webauthn.Enable, webauthn.EnableParams{}); err != nil {
+		t.Fatalf("the WebAuthn domain: %v", err)
+	}
+	if _, err := chromedp.Call(tab.ctx, webauthn.AddVirtualAuthenticator, webauthn.AddVirtualAuthenticatorParams{
+		Options: &webauthn.VirtualAuthenticatorOptions{Protocol: webauthn.AuthenticatorProtocolCtap2,
+			Transport: webauthn.AuthenticatorTransportInternal, HasResidentKey: true, HasUserVerification: true,
+			IsUserVerified: true, AutomaticPresenceSimulation: true},
+	}); err != nil {
+		t.Fatalf("a virtual authenticator: %v", err)
+	}
+}
+
+// addPasskeyOnTheAccountPage adds a passkey named "virtual" on the portal's account page, with the
+// password of the tests' users. It returns once the button is clicked: the caller awaits the page.
+func addPasskeyOnTheAccountPage(t *testing.T, tab *portalTab, publicURL string, wait context.Context) {
+	t.Helper()
+	tab.navigate(t, publicURL+"/account", 200)
+	if err := chromedp.Do(wait,
+		chromedp.SetValue(chromedp.ID("passkey_password"), "correct horse battery"),
+		chromedp.SetValue(chromedp.ID("passkey_name"), "virtual"),
+	); err != nil {
+		t.Fatalf("the form to add a passkey: %v: %s", err, tab.text(t))
+	}
+	// Clicked from the page, and the next page awaited by its text: a wait for an element may
+	// stay bound to the page that the ceremony's form submission replaces.
+	if _, err := chromedp.Run(wait, chromedp.Evaluate[bool](`document.getElementById("passkey-add-button").click(), true`)); err != nil {
+		t.Fatalf("adding a passkey: %v", err)
+	}
+}
+
+// A route that only a passkey opens, behind deploy/nginx-portal.conf, in real Chromium: a session
+// signed in with a password and a code reaches the app's other routes, but on /keys/ it is sent
+// to the step-up page, which asks for the passkey alone (Chromium's virtual authenticator) and
+// comes back to the route, where the app is told how the user signed in.
+func TestAPhishingResistantRouteBehindNginxTakesAPasskeyInChromium(t *testing.T) {
+	t.Parallel()
+	bin := nginxBinary(t)
+	addr := freeLoopbackAddr(t)
+	_, port, _ := net.SplitHostPort(addr)
+	publicURL := "http://auth.example.test:" + port
+	e := newTestEnv(t, func(c *config) {
+		c.portalCfg.publicURL, c.portalCfg.secure, c.portalCfg.cookieDomain = publicURL, false, "example.test"
+		c.passkeys = passkeyConfig{rpID: "example.test", rpName: "Example", origins: []string{publicURL}}
+	})
+	one, two := startSeenApp(t), startSeenApp(t)
+	site := nginxPortalSite(t, addr, publicURL, hostPort(t, e.srv.URL), hostPort(t, one.srv.URL), hostPort(t, two.srv.URL))
+	if err := runNginx(t, bin, nginxConfFile(t, bin, site), addr); err != nil {
+		t.Fatal(err)
+	}
+	// WebAuthn needs a secure context, which plain http on a name other than localhost is not;
+	// Chromium's flag makes the portal's origin one, as TLS would in production.
+	browser := startChromium(t,
+		chromedp.Flag("host-resolver-rules", "MAP *.example.test 127.0.0.1"),
+		chromedp.Flag("explicitly-allowed-ports", port),
+		chromedp.Flag("no-proxy-server", true),
+		chromedp.Flag("unsafely-treat-insecure-origin-as-secure", publicURL),
+		chromedp.Flag("disable-features", "site-per-process,Translate,BlinkGenPropertyTrees,HttpsUpgrades,HttpsFirstBalancedModeAutoEnable"),
+	)
+	email, access, _ := e.user(t)
+	secret, _ := e.enrolTOTP(t, access)
+	tab := newPortalTab(t, browser)
+	addVirtualAuthenticator(t, tab)
+	wait, cancel := context.WithTimeout(tab.ctx, 2*time.Minute)
+	defer cancel()
+	pageText := func() string {
+		text, _ := chromedp.Run(wait, chromedp.Evaluate[string](`document.body ? document.body.innerText : ""`))
+		return text
+	}
+
+	// Signed in with the password and the code, the browser adds a passkey on the account page.
+	app := "http://app1.example.test:" + port
+	tab.navigate(t, app+"/", 200)
+	tab.submit(t, map[string]string{"email": email, "password": "correct horse battery"}, 200)
+	tab.submit(t, map[string]string{"code": oathtool(t, secret, e.clock.Now())}, 200)
+	tab.wantAt(t, app+"/")
+	addPasskeyOnTheAccountPage(t, tab, publicURL, wait)
+	waitFor(t, "the account page after adding a passkey", func() bool { return strings.Contains(pageText(), "The passkey is added") })
+
+	// The route that only a passkey opens: the step-up page, with the passkey and no code.
+	tab.navigate(t, app+"/keys/signing", 200)
+	tab.wantAt(t, publicURL+"/step-up?level=phr&rd="+app+"/keys/signing")
+	if text := tab.text(t); !strings.Contains(text, "This page asks for a passkey") || strings.Contains(text, "Enter the code") {
+		t.Fatalf("the step-up page for phr: %s", text)
+	}
+	if one.saw("/keys/signing") {
+		t.Fatal("the app saw the route before the passkey")
+	}
+	if _, err := chromedp.Run(wait, chromedp.Evaluate[bool](
+		`(b => !!b && !b.hidden && (b.click(), true))(document.getElementById("passkey-button"))`)); err != nil {
+		t.Fatalf("the passkey button: %v", err)
+	}
+	waitFor(t, "the app's route after the passkey", func() bool { return one.saw("/keys/signing") })
+	tab.wantAt(t, app+"/keys/signing")
+	if amr := tab.echoed(t).Header.Get("X-User-Amr"); amr != "pwd,hwk" && amr != "pwd,swk" {
+		t.Fatalf("the app saw X-User-Amr %q, want the password and the passkey", amr)
 	}
 }
 

@@ -687,15 +687,19 @@ func TestThePortalSignsInWithAPasskeyAlone(t *testing.T) {
 	if phr.status != http.StatusOK || phr.header.Get("X-User-Amr") != "hwk,mfa" {
 		t.Fatalf("the cookie session: %d %v", phr.status, phr.header)
 	}
-	// A browser signed in with a password is sent to sign in with a passkey, not to the step-up
-	// page, whose codes never meet phr.
+	// A browser signed in with a password is sent to the step-up page for a passkey, which says
+	// that the account has none: its codes would never meet phr.
 	other, _, _ := e.user(t)
 	pw := newBrowser(e)
 	pw.signIn(t, other, "")
 	to := pw.forward(t, "/auth/forward", "X-Auth-Require", "phr", "Sec-Fetch-Mode", "navigate", "X-Forwarded-Host", "app.example.test",
 		"X-Forwarded-Proto", "https", "X-Forwarded-Uri", "/x")
-	if to.status != http.StatusFound || !strings.HasPrefix(to.header.Get("Location"), testPortalURL+"/login") {
+	if to.status != http.StatusFound || to.header.Get("Location") != testPortalURL+"/step-up?level=phr&rd=https%3A%2F%2Fapp.example.test%2Fx" {
 		t.Fatalf("phr for a password's cookie session: %d %s", to.status, to.header.Get("Location"))
+	}
+	if page := pw.send(t, "GET", "/step-up?level=phr&rd=https%3A%2F%2Fapp.example.test%2Fx", nil); page.status != http.StatusForbidden ||
+		!strings.Contains(page.body, "needs a passkey") {
+		t.Fatalf("the step-up page for phr without a passkey: %d %s", page.status, page.body)
 	}
 	// The same answer again is a used ceremony.
 	b2 := newBrowser(e)
@@ -741,6 +745,58 @@ func TestThePortalsSecondFactorPageTakesAPasskey(t *testing.T) {
 	phr := b.forward(t, forwardAuthPath, "X-Auth-Require", "phr")
 	if phr.status != http.StatusOK || phr.header.Get("X-User-Amr") != "pwd,hwk" {
 		t.Fatalf("the cookie session: %d %v", phr.status, phr.header)
+	}
+}
+
+// A cookie session signed in with a password and a code meets aal2 but not phr: the step-up page
+// for phr offers the account's passkey and no code, and the passkey replaces the session with one
+// that meets phr.
+func TestThePortalsStepUpPageRaisesACookieSessionWithAPasskey(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, withPortalPasskeys)
+	email, access, _ := e.user(t)
+	secret, _ := e.enrolTOTP(t, access)
+	key := newSoftKey(t)
+	key.origin, key.rpID = testPortalURL, "example.test"
+	e.addPasskey(t, access, key)
+
+	b := newBrowser(e)
+	page := b.signIn(t, email, "")
+	b.post(t, "/login/code", url.Values{"mfa_token": {mfaTokenField.FindStringSubmatch(page.body)[1]},
+		"code": {codeAt(t, secret, stepAt(e.clock.Now()))}})
+	first := b.cookies[cookieName]
+	nav := []string{"X-Auth-Require", "phr", "Sec-Fetch-Mode", "navigate", "X-Forwarded-Host", "app.example.test",
+		"X-Forwarded-Proto", "https", "X-Forwarded-Uri", "/keys"}
+	to := b.forward(t, "/auth/forward", nav...)
+	stepUp := local(t, to.header.Get("Location"))
+	if to.status != http.StatusFound || !strings.HasPrefix(stepUp, "/step-up?level=phr&") {
+		t.Fatalf("phr for a code's cookie session: %d %s", to.status, to.header.Get("Location"))
+	}
+	page = b.send(t, "GET", stepUp, nil)
+	if page.status != http.StatusOK || !strings.Contains(page.body, `name="step_up"`) || strings.Contains(page.body, `name="code"`) {
+		t.Fatalf("the step-up page for phr: %d %s", page.status, page.body)
+	}
+	csrf := csrfField.FindStringSubmatch(page.body)[1]
+	begin := b.send(t, "POST", "/login/passkey/begin", url.Values{"csrf": {csrf}, "step_up": {"1"}})
+	var opts map[string]any
+	if err := json.Unmarshal([]byte(begin.body), &opts); err != nil || begin.status != http.StatusOK {
+		t.Fatalf("begin: %d %s", begin.status, begin.body)
+	}
+	assertion, _ := json.Marshal(key.get(t, opts))
+	done := b.send(t, "POST", "/login/passkey", url.Values{"csrf": {csrf}, "step_up": {"1"}, "level": {"phr"},
+		"credential": {string(assertion)}, "rd": {"https://app.example.test/keys"}})
+	if done.status != http.StatusSeeOther || done.header.Get("Location") != "https://app.example.test/keys" {
+		t.Fatalf("the step-up: %d %v %s", done.status, done.header, done.body)
+	}
+	if b.cookies[cookieName] == first {
+		t.Fatal("the step-up kept the session's cookie: it must open a new session")
+	}
+	if f := b.forward(t, "/auth/forward", nav...); f.status != http.StatusOK || f.header.Get("X-User-Amr") != "pwd,hwk" {
+		t.Fatalf("after the step-up: %d %v", f.status, f.header)
+	}
+	old := newBrowserWith(e, first)
+	if f := old.forward(t, forwardAuthPath); f.status != http.StatusUnauthorized {
+		t.Fatalf("the replaced session: %d, want it ended", f.status)
 	}
 }
 

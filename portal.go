@@ -100,6 +100,8 @@ type pageData struct {
 	PublicURL                     string // for links on pages shown on other hosts
 	SignupOpen, MailOn            bool   // whether to link to /signup and /forgot-password
 	Passkeys                      bool   // the login page offers a passkey (and its script)
+	StepUp                        bool   // the passkey offered raises the browser's session
+	PHR                           bool   // a step-up for a route that only a passkey opens
 	status                        int
 	template                      string
 }
@@ -429,8 +431,33 @@ func (p *portal) stepUpForm(w http.ResponseWriter, r *http.Request, d *pageData)
 		return toSignIn(w, r, d.RD)
 	}
 	d.Title, d.Email, d.Action, d.template = "Confirm with your second factor", c.Email, "/step-up", "code"
-	if has, err := p.mfa.enrolled(r.Context(), c.Subject); err == nil && !has {
+	d.PHR = r.URL.Query().Get("level") == "phr"
+	return p.stepUpFactors(w, r, d, c)
+}
+
+// stepUpFactors fills the step-up page d of c's account with its factors: the code form, and a
+// passkey when it has one; the account page when it has neither.
+func (p *portal) stepUpFactors(w http.ResponseWriter, r *http.Request, d *pageData, c *claims) *pageData {
+	totp, err := p.mfa.enrolled(r.Context(), c.Subject)
+	if err != nil {
+		return p.failed(w, r, d, err)
+	}
+	passkey, err := p.passkeys.has(r.Context(), c.Subject)
+	if err != nil {
+		return p.failed(w, r, d, err)
+	}
+	if d.PHR && !passkey {
+		d.Title, d.template = "Passkey needed", "message"
+		d.Error, d.status = "This page needs a passkey, and your account has none. Add one to your account first.", http.StatusForbidden
+		d.Link, d.LinkText = "/account", "Go to your account"
+		return d
+	}
+	if !totp && !passkey {
 		return noSecondFactor(d)
+	}
+	if passkey {
+		p.offerPasskeys(w, d)
+		d.StepUp = true
 	}
 	return d
 }
@@ -439,7 +466,7 @@ func (p *portal) stepUpForm(w http.ResponseWriter, r *http.Request, d *pageData)
 // page adds one.
 func noSecondFactor(d *pageData) *pageData {
 	d.Title, d.template = "Second factor needed", "message"
-	d.Error, d.status = "This page needs a second factor, and your account has none. Add an authenticator app to your account first.", http.StatusForbidden
+	d.Error, d.status = "This page needs a second factor, and your account has none. Add an authenticator app or a passkey to your account first.", http.StatusForbidden
 	d.Link, d.LinkText = "/account", "Go to your account"
 	return d
 }
@@ -463,6 +490,9 @@ func (p *portal) stepUp(w http.ResponseWriter, r *http.Request, d *pageData) *pa
 	if err := p.mfa.prove(ctx, client, u, code, recovery); errors.Is(err, errMFANotEnrolled) {
 		return noSecondFactor(d)
 	} else if err != nil {
+		if d := p.stepUpFactors(w, r, d, c); d.template != "code" {
+			return d
+		}
 		return p.failed(w, r, d, err)
 	}
 	pair, err := p.sessions.startAs(ctx, sessionCookie, u, client, r.UserAgent(), levelTwoFactor)
@@ -527,14 +557,18 @@ func (p *portal) forward() http.Handler {
 			pass.ServeHTTP(w, withClaims(r, c))
 			return
 		}
-		to := "/login"
-		// A route that asks for a passkey (phr) sends the browser to sign in with one: the step-up
-		// page takes codes, which never meet it.
-		if errors.Is(err, errMFARequired) && err != errPHRRequired && c != nil && c.Use == useCookie {
+		to, q := "/login", url.Values{}
+		if errors.Is(err, errMFARequired) && c != nil && c.Use == useCookie {
 			to = "/step-up"
+			if err == errPHRRequired { // a route that only a passkey opens: the page offers no code
+				q.Set("level", "phr")
+			}
 		}
 		if orig := originalURL(r); orig != "" {
-			to += "?rd=" + url.QueryEscape(orig)
+			q.Set("rd", orig)
+		}
+		if len(q) > 0 {
+			to += "?" + q.Encode()
 		}
 		w.Header().Set("Cache-Control", "no-store")
 		http.Redirect(w, r, p.cfg.publicURL+to, http.StatusFound)

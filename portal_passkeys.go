@@ -36,7 +36,11 @@ func (p *portal) passkeyBegin() http.Handler {
 		if err := r.ParseForm(); err != nil || !p.sameOrigin(r) || !p.csrfValid(r) {
 			return errCSRFInvalid
 		}
-		opts, err := p.passkeys.loginBegin(r.Context(), loginRequest{kind: sessionCookie, mfaToken: r.PostForm.Get("mfa_token")}, p.clients.of(r))
+		req, err := p.passkeyRequest(r)
+		if err != nil {
+			return err
+		}
+		opts, err := p.passkeys.loginBegin(r.Context(), req, p.clients.of(r))
 		if err != nil {
 			return err
 		}
@@ -45,15 +49,36 @@ func (p *portal) passkeyBegin() http.Handler {
 	})
 }
 
+// passkeyRequest is what a passkey form of the portal asks: a sign-in, a password sign-in's
+// second factor (mfa_token), or the step-up of the browser's session (step_up, with its cookie).
+func (p *portal) passkeyRequest(r *http.Request) (loginRequest, error) {
+	req := loginRequest{kind: sessionCookie, mfaToken: r.PostForm.Get("mfa_token")}
+	if r.PostForm.Get("step_up") != "" {
+		raw, n := sessionCookieValue(r)
+		if n != 1 {
+			return req, errTokenMissing
+		}
+		req.raw = raw
+	}
+	return req, nil
+}
+
 // passkeySignIn is the passkey form's POST: the passkey's answer signs the browser in to a cookie
 // session at aal2 (amr hwk or swk, and mfa), or, with the mfa_token of a password sign-in,
 // finishes that (pwd, and hwk or swk).
 func (p *portal) passkeySignIn(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
 	d.Title, d.template, d.RD = "Sign in", "login", r.PostForm.Get("rd")
-	req := loginRequest{kind: sessionCookie, mfaToken: r.PostForm.Get("mfa_token")}
-	if req.mfaToken != "" {
+	req, err := p.passkeyRequest(r)
+	if err != nil {
+		return toSignIn(w, r, d.RD)
+	}
+	switch {
+	case req.mfaToken != "":
 		// The second step of a password sign-in: its page again, on failure.
 		d.Title, d.MFAToken, d.Action, d.template = "Second factor", req.mfaToken, "/login/code", "code"
+	case req.raw != "":
+		d.Title, d.Action, d.template, d.StepUp = "Confirm with your second factor", "/step-up", "code", true
+		d.PHR = r.PostForm.Get("level") == "phr"
 	}
 	p.offerPasskeys(w, d)
 	credential := r.PostForm.Get("credential")
@@ -62,6 +87,10 @@ func (p *portal) passkeySignIn(w http.ResponseWriter, r *http.Request, d *pageDa
 		return d
 	}
 	pair, err := p.passkeys.loginFinish(r.Context(), req, p.clients.of(r), r.UserAgent(), json.RawMessage(credential))
+	if req.raw != "" && apiErrorOf(err) != nil && apiErrorOf(err).status == http.StatusUnauthorized &&
+		!errors.Is(err, errPasskeyInvalid) {
+		return toSignIn(w, r, d.RD) // the browser's session ended meanwhile
+	}
 	if errors.Is(err, errTokenInvalid) {
 		d.Title, d.MFAToken, d.template = "Sign in", "", "login"
 		d.Error, d.status = "This sign-in has expired; sign in again.", http.StatusUnauthorized

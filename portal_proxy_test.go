@@ -141,14 +141,14 @@ func nginxPortalSite(tb testing.TB, listen, publicURL, auth, app1, app2 string) 
 	site += "upstream app2 { server " + app2 + "; }\n" +
 		replaceIn(tb, nginxPortalConf, block,
 			[3]string{"server_name app.example.com;", "server_name app2.example.test;", "1"},
-			[3]string{"proxy_pass http://app;", "proxy_pass http://app2;", "3"})
+			[3]string{"proxy_pass http://app;", "proxy_pass http://app2;", "4"})
 	return replaceIn(tb, nginxPortalConf, site,
 		[3]string{"listen 80;", "listen " + listen + ";", "3"},
 		[3]string{"server 127.0.0.1:7878;", "server " + auth + ";", "1"},
 		[3]string{"server 127.0.0.1:8080;", "server " + app1 + ";", "1"},
 		[3]string{"server_name auth.example.com;", "server_name auth.example.test;", "1"},
 		[3]string{"server_name app.example.com;", "server_name app1.example.test;", "1"},
-		[3]string{"https://auth.example.com/", publicURL + "/", "4"})
+		[3]string{"https://auth.example.com/", publicURL + "/", "6"})
 }
 
 // caddyPortalSite is deploy/Caddyfile-portal for the test, as nginxPortalSite is for nginx.

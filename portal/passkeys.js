@@ -52,6 +52,7 @@
     pending = ctl;
     var body = new URLSearchParams({ csrf: form.elements.csrf.value });
     if (form.elements.mfa_token) body.set("mfa_token", form.elements.mfa_token.value);
+    if (form.elements.step_up) body.set("step_up", "1");
     return fetch("/login/passkey/begin", { method: "POST", body: body, credentials: "same-origin" })
       .then(function (res) {
         if (!res.ok) throw new Error("the service answered " + res.status);
