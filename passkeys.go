@@ -7,8 +7,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/sha512"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +21,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/go-webauthn/webauthn/protocol"
 	"github.com/go-webauthn/webauthn/webauthn"
@@ -30,6 +34,7 @@ const (
 	ceremonyLogin    = "login"   // sign-in without a password
 	ceremonySecond   = "second"  // the second factor of a password login
 	ceremonyStepUp   = "step_up" // step-up of a session
+	ceremonyClaimed  = "claimed" // the record of an unkept challenge's one use
 	ceremonyTTL      = 5 * time.Minute
 	maxPasskeys      = 20 // per account: each is listed in every assertion's allowCredentials
 	maxPasskeyName   = 64
@@ -153,6 +158,9 @@ func ceremonyID(challenge string) string { return digest("webauthn:" + challenge
 // on the service's clock.
 func (k *passkeys) take(ctx context.Context, challenge, kind string) (*Ceremony, webauthn.SessionData, error) {
 	var sd webauthn.SessionData
+	if expires, ok := k.unkeptExpiry(challenge); ok {
+		return k.claim(ctx, challenge, kind, expires)
+	}
 	cer, err := k.store.TakeCeremony(ctx, ceremonyID(challenge))
 	if errors.Is(err, ErrNotFound) {
 		return nil, sd, errCeremonyInvalid
@@ -172,6 +180,57 @@ func (k *passkeys) take(ctx context.Context, challenge, kind string) (*Ceremony,
 	if err := json.Unmarshal(cer.Data, &sd); err != nil {
 		return nil, sd, err
 	}
+	sd.Expires = time.Time{}
+	return cer, sd, nil
+}
+
+// unkeptChallenge is the challenge of a discoverable sign-in, which the service keeps nowhere
+// until its answer comes: its expiry, 16 random bytes, and a MAC over both. The portal's sign-in
+// page asks for one at every view, for the browser's autofill: a kept ceremony would be a write
+// per page view, for anyone who asks. Its answer claims it, once (claim).
+func (k *passkeys) unkeptChallenge(expires time.Time) []byte {
+	b := make([]byte, 24, 40)
+	binary.BigEndian.PutUint64(b, uint64(expires.Unix()))
+	rand.Read(b[8:])
+	return append(b, k.challengeMAC(b)...)
+}
+
+func (k *passkeys) challengeMAC(b []byte) []byte {
+	m := hmac.New(sha256.New, k.decoyKey)
+	m.Write([]byte("unkept challenge\x00"))
+	m.Write(b)
+	return m.Sum(nil)[:16]
+}
+
+// unkeptExpiry is the expiry of challenge (base64url), when it is one of unkeptChallenge's.
+func (k *passkeys) unkeptExpiry(challenge string) (time.Time, bool) {
+	b, err := base64.RawURLEncoding.DecodeString(challenge)
+	if err != nil || len(b) != 40 || !hmac.Equal(b[24:], k.challengeMAC(b[:24])) {
+		return time.Time{}, false
+	}
+	return time.Unix(int64(binary.BigEndian.Uint64(b)), 0), true
+}
+
+// claim takes an unkept challenge for a discoverable sign-in: alive, and used once, which a
+// unique insert of its record decides. It answers the library's session data as begin made it.
+func (k *passkeys) claim(ctx context.Context, challenge, kind string, expires time.Time) (*Ceremony, webauthn.SessionData, error) {
+	var sd webauthn.SessionData
+	if kind != ceremonyLogin || !k.tokens.now().Before(expires) {
+		return nil, sd, errCeremonyInvalid
+	}
+	raw, _ := base64.RawURLEncoding.DecodeString(challenge)
+	_, made, err := k.rp.BeginDiscoverableLogin(webauthn.WithUserVerification(protocol.VerificationRequired), webauthn.WithChallenge(raw))
+	if err != nil {
+		return nil, sd, err
+	}
+	cer := &Ceremony{ID: ceremonyID(challenge), Kind: ceremonyClaimed, ExpiresAt: expires}
+	if err := k.store.CreateCeremony(ctx, cer); errors.Is(err, ErrDuplicate) {
+		return nil, sd, errCeremonyInvalid
+	} else if err != nil {
+		return nil, sd, err
+	}
+	cer.Kind = ceremonyLogin
+	sd = *made
 	sd.Expires = time.Time{}
 	return cer, sd, nil
 }
@@ -290,10 +349,10 @@ func (k *passkeys) registerFinish(ctx context.Context, c *claims, credential jso
 	if err != nil {
 		return passkeyView{}, nil, err
 	}
-	if name = strings.TrimSpace(name); name == "" {
+	if name = passkeyName(name); name == "" {
 		name = "Passkey " + k.tokens.now().UTC().Format("2006-01-02")
 	}
-	p := Passkey{ID: base64.RawURLEncoding.EncodeToString(cred.ID), UserID: u.ID, Name: cut(name, maxPasskeyName),
+	p := Passkey{ID: base64.RawURLEncoding.EncodeToString(cred.ID), UserID: u.ID, Name: name,
 		Credential: record, CreatedAt: k.tokens.now().UTC().Truncate(time.Millisecond)}
 	if err := k.store.AddPasskey(ctx, &p); errors.Is(err, ErrDuplicate) {
 		return passkeyView{}, nil, errPasskeyTaken
@@ -335,15 +394,27 @@ func (k *passkeys) list(ctx context.Context, c *claims) ([]passkeyView, error) {
 	return views, nil
 }
 
+// passkeyName is name as a passkey keeps it: without control or format characters (a
+// right-to-left override would make a list read otherwise than it is), trimmed, and bounded.
+func passkeyName(name string) string {
+	name = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+			return -1
+		}
+		return r
+	}, name)
+	return cut(strings.TrimSpace(name), maxPasskeyName)
+}
+
 // rename names the passkey id of the user of c.
 func (k *passkeys) rename(ctx context.Context, c *claims, id, name string) error {
 	if err := k.on(); err != nil {
 		return err
 	}
-	if name = strings.TrimSpace(name); name == "" {
+	if name = passkeyName(name); name == "" {
 		return &apiError{status: http.StatusBadRequest, code: "invalid_request", message: "name is required"}
 	}
-	if err := k.store.RenamePasskey(ctx, c.Subject, id, cut(name, maxPasskeyName)); errors.Is(err, ErrNotFound) {
+	if err := k.store.RenamePasskey(ctx, c.Subject, id, name); errors.Is(err, ErrNotFound) {
 		return errNoSuchPasskey
 	} else if err != nil {
 		return err
@@ -423,6 +494,19 @@ func (k *passkeys) loginBegin(ctx context.Context, req loginRequest, client neti
 		return nil, err
 	}
 	uv := webauthn.WithUserVerification(protocol.VerificationRequired)
+	if req.mfaToken == "" && req.raw == "" && req.email == "" {
+		assertion, _, err := k.rp.BeginDiscoverableLogin(uv, webauthn.WithChallenge(k.unkeptChallenge(k.tokens.now().Add(ceremonyTTL))))
+		if err != nil {
+			return nil, err
+		}
+		return &assertion.Response, nil
+	}
+	// Every other ceremony is kept until its answer: begins count toward the client's limit of
+	// unfinished ones, and one that ends well is forgotten.
+	att, err := k.limits.ceremony(ctx, client)
+	if err != nil {
+		return nil, err
+	}
 	var (
 		cer Ceremony
 		u   *User
@@ -451,22 +535,10 @@ func (k *passkeys) loginBegin(ctx context.Context, req loginRequest, client neti
 		if cer.Stamp, err = k.store.Stamp(ctx, u.ID); err != nil {
 			return nil, err
 		}
-	case req.email != "":
-		return k.loginBeginWithEmail(ctx, req.email, client)
 	default:
-		att, err := k.limits.ceremony(ctx, client)
-		if err != nil {
-			return nil, err
-		}
-		assertion, sd, err := k.rp.BeginDiscoverableLogin(uv)
-		if err != nil {
-			return nil, err
-		}
-		if err := k.begin(ctx, Ceremony{Kind: ceremonyLogin, Attempt: firstID(att)}, sd); err != nil {
-			return nil, err
-		}
-		return &assertion.Response, nil
+		return k.loginBeginWithEmail(ctx, req.email, firstID(att))
 	}
+	cer.Attempt = firstID(att)
 	ps, err := k.store.PasskeysOf(ctx, u.ID)
 	if err != nil {
 		return nil, err
@@ -491,11 +563,7 @@ func (k *passkeys) loginBegin(ctx context.Context, req loginRequest, client neti
 // loginBeginWithEmail begins a sign-in for the account of email, listing its passkeys for
 // authenticators that keep none themselves. An address without an account, or without passkeys,
 // gets as many decoy ids as an account's usual one, the same every time, after the same reads.
-func (k *passkeys) loginBeginWithEmail(ctx context.Context, email string, client netip.Addr) (*protocol.PublicKeyCredentialRequestOptions, error) {
-	att, err := k.limits.ceremony(ctx, client)
-	if err != nil {
-		return nil, err
-	}
+func (k *passkeys) loginBeginWithEmail(ctx context.Context, email, attemptID string) (*protocol.PublicKeyCredentialRequestOptions, error) {
 	email = normalizeEmail(email)
 	u, err := k.store.UserByEmail(ctx, email)
 	if err != nil && !errors.Is(err, ErrNotFound) {
@@ -520,22 +588,39 @@ func (k *passkeys) loginBeginWithEmail(ctx context.Context, email string, client
 			return nil, err
 		}
 		for _, c := range ru.creds {
-			allow = append(allow, c.Descriptor())
+			d := c.Descriptor()
+			d.Transport = nil // which a decoy could not name alike; the browser then tries each way
+			allow = append(allow, d)
 		}
 	} else {
-		m := hmac.New(sha256.New, k.decoyKey)
-		m.Write([]byte(email))
-		allow = []protocol.CredentialDescriptor{{Type: protocol.PublicKeyCredentialType, CredentialID: m.Sum(nil)}}
+		allow = k.decoys(email)
 	}
 	assertion, sd, err := k.rp.BeginDiscoverableLogin(webauthn.WithUserVerification(protocol.VerificationRequired),
 		webauthn.WithAllowedCredentials(allow))
 	if err != nil {
 		return nil, err
 	}
-	if err := k.begin(ctx, Ceremony{Kind: ceremonyLogin, UserID: owner, ForEmail: true, Stamp: stamp, Attempt: firstID(att)}, sd); err != nil {
+	if err := k.begin(ctx, Ceremony{Kind: ceremonyLogin, UserID: owner, ForEmail: true, Stamp: stamp, Attempt: attemptID}, sd); err != nil {
 		return nil, err
 	}
 	return &assertion.Response, nil
+}
+
+// decoys are the credential ids that a sign-in begun with email lists when the address has no
+// passkey: one or two, of 16, 32 or 64 bytes as authenticators make them, the same every time for
+// one address, so that their shape does not tell a known address from another.
+func (k *passkeys) decoys(email string) []protocol.CredentialDescriptor {
+	m := hmac.New(sha512.New, k.decoyKey)
+	m.Write([]byte(email))
+	sum := m.Sum(nil)
+	var out []protocol.CredentialDescriptor
+	for i := range 1 + int(sum[0]&1) {
+		n := []int{16, 32, 64, 32}[sum[1+i]&3]
+		id := hmac.New(sha512.New, k.decoyKey)
+		id.Write(append(sum[:], byte(i)))
+		out = append(out, protocol.CredentialDescriptor{Type: protocol.PublicKeyCredentialType, CredentialID: id.Sum(nil)[:n]})
+	}
+	return out
 }
 
 // loginFinish checks the assertion credential for the ceremony req began, sent from client with
@@ -578,9 +663,7 @@ func (k *passkeys) loginFinish(ctx context.Context, req loginRequest, client net
 	if err != nil {
 		return tokenPair{}, err
 	}
-	if err := k.limits.forgetCeremony(ctx, cer.Attempt); err != nil {
-		k.log.Warn("forgetting a passkey sign-in's begin failed", "err", err)
-	}
+	k.forgetBegin(ctx, cer)
 	noteUser(ctx, u.ID)
 	k.metrics.login(loginSuccess)
 	return pair, nil
@@ -615,6 +698,7 @@ func (k *passkeys) finishSecond(ctx context.Context, kind, mfaToken, challenge s
 	if err != nil {
 		return tokenPair{}, err
 	}
+	k.forgetBegin(ctx, cer)
 	noteUser(ctx, u.ID)
 	k.metrics.login(loginSuccess)
 	return pair, nil
@@ -646,6 +730,7 @@ func (k *passkeys) finishStepUp(ctx context.Context, req loginRequest, challenge
 	}
 	// A session the password opened keeps pwd among its methods; one a passkey opened has none.
 	lvl := passkeyLevel(p, slices.Contains(c.level().AMR, "pwd"))
+	k.forgetBegin(ctx, cer)
 	noteUser(ctx, c.Subject)
 	if req.kind != sessionCookie {
 		return k.second.sessions.raise(ctx, c, lvl)
@@ -660,8 +745,8 @@ func (k *passkeys) finishStepUp(ctx context.Context, req loginRequest, challenge
 	return pair, nil
 }
 
-// has is whether user has a passkey; false when passkeys are off.
-func (k *passkeys) has(ctx context.Context, user string) (bool, error) {
+// anyOf is whether user has a passkey; false when passkeys are off.
+func (k *passkeys) anyOf(ctx context.Context, user string) (bool, error) {
 	if k.on() != nil {
 		return false, nil
 	}
@@ -697,7 +782,19 @@ func (k *passkeys) assert(ctx context.Context, client netip.Addr, cer *Ceremony,
 	} else if err != nil {
 		return nil, nil, err
 	}
-	att, err := k.second.attempt(ctx, client, u, ch)
+	// A sign-in without a password counts against the client alone: its passkey id is no secret
+	// (login/begin with an email lists it), and whoever sends wrong answers for it must not lock
+	// the owner out of every second factor. After a password, or in a session, the account's
+	// limit applies, as to any second factor.
+	var att *attempt
+	if cer.Kind == ceremonyLogin {
+		att, err = k.limits.client(ctx, client)
+		if err == nil {
+			err = att.check(ctx)
+		}
+	} else {
+		att, err = k.second.attempt(ctx, client, u, ch)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -705,7 +802,9 @@ func (k *passkeys) assert(ctx context.Context, client netip.Addr, cer *Ceremony,
 		k.log.LogAttrs(ctx, slog.LevelWarn, "passkey assertion refused", slog.String("request_id", requestID(ctx)),
 			slog.String("user_id", u.ID), slog.String("passkey_id", p.ID), slog.String("why", why))
 		k.metrics.factor(mfaInvalid)
-		k.second.missed(ctx, att, u, ch, true)
+		if cer.Kind != ceremonyLogin {
+			k.second.missed(ctx, att, u, ch, true)
+		}
 		return nil, nil, errPasskeyInvalid
 	}
 	ps, err := k.store.PasskeysOf(ctx, u.ID)
@@ -762,6 +861,13 @@ func (k *passkeys) assert(ctx context.Context, client netip.Addr, cer *Ceremony,
 // counterClaimTTL is how long the claim of a sign counter is kept: long past the update of the
 // passkey's record that follows it, after which the stored counter refuses the same value.
 const counterClaimTTL = 10 * time.Minute
+
+// forgetBegin forgets the count of cer's begin: its ceremony ended well.
+func (k *passkeys) forgetBegin(ctx context.Context, cer *Ceremony) {
+	if err := k.limits.forgetCeremony(ctx, cer.Attempt); err != nil {
+		k.log.Warn("forgetting a passkey ceremony's begin failed", "err", err)
+	}
+}
 
 // firstID is the id of att's record, "" when it has none (no limit).
 func firstID(att *attempt) string {

@@ -13,6 +13,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -211,7 +212,8 @@ func TestPasskeyRegistrationAnswersTheInnerCreationOptionsAndTheFirstFactorsReco
 	if r := e.addPasskey(t, access, second); r.body["recovery_codes"] != nil {
 		t.Fatalf("a second passkey comes without new recovery codes: %s", r.raw)
 	}
-	e.do(t, "PATCH", "/auth/passkeys/"+b64u(second.id), map[string]string{"name": "phone"}, bearerOf(access)...).want(t, http.StatusNoContent, "")
+	// Control and format characters (a right-to-left override) are dropped from a name.
+	e.do(t, "PATCH", "/auth/passkeys/"+b64u(second.id), map[string]string{"name": "\u202ephone\x00\n"}, bearerOf(access)...).want(t, http.StatusNoContent, "")
 	list = e.do(t, "GET", "/auth/passkeys", nil, bearerOf(access)...).want(t, http.StatusOK, "")
 	if !strings.Contains(list.raw, `"name":"phone","created_at"`) || !strings.Contains(list.raw, `"backup_eligible":true,"backed_up":true`) {
 		t.Fatalf("renamed, synced: %s", list.raw)
@@ -289,9 +291,15 @@ func TestSignInWithAnEmailListsItsPasskeysAndAnUnknownAddressLooksTheSame(t *tes
 	unknown := e.do(t, "POST", "/auth/passkeys/login/begin", map[string]string{"email": "nobody@example.com"}).want(t, http.StatusOK, "")
 	again := e.do(t, "POST", "/auth/passkeys/login/begin", map[string]string{"email": "nobody@example.com"}).want(t, http.StatusOK, "")
 	decoys, _ := unknown.body["allowCredentials"].([]any)
-	if len(decoys) != 1 || fmt.Sprint(decoys) != fmt.Sprint(again.body["allowCredentials"]) ||
+	if len(decoys) == 0 || fmt.Sprint(decoys) != fmt.Sprint(again.body["allowCredentials"]) ||
 		strings.Join(keysOf(unknown.body), ",") != strings.Join(keysOf(known.body), ",") {
 		t.Fatalf("unknown address: %s, known: %s", unknown.raw, known.raw)
+	}
+	// Each entry has the same fields, the transports named by neither.
+	for _, d := range append(decoys, allow...) {
+		if keys := strings.Join(keysOf(d.(map[string]any)), ","); keys != "id,type" {
+			t.Fatalf("a listed credential with %s: known %s, unknown %s", keys, known.raw, unknown.raw)
+		}
 	}
 	// Another account's passkey does not finish a ceremony begun for this address.
 	e.do(t, "POST", "/auth/passkeys/login/finish", map[string]any{"credential": key.get(t, unknown.body)}).
@@ -425,25 +433,57 @@ func TestTwoAssertionsWithOneCounterAtOnceLetOneThrough(t *testing.T) {
 	}
 }
 
-// A passkey sign-in's begin writes a ceremony, for anyone: begins that sign nobody in count
-// toward the client's limit, and those that do are forgotten.
-func TestUnfinishedPasskeySignInsAreLimitedPerClient(t *testing.T) {
+// A discoverable sign-in's begin keeps nothing (the portal's page asks for one at every view);
+// every other begin keeps a ceremony until its answer, and counts toward the client's limit of
+// unfinished ones, those that end well being forgotten.
+func TestUnfinishedPasskeyCeremoniesAreLimitedPerClient(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t, func(c *config) { c.maxClientFails = 3 })
 	email, access, _ := e.user(t)
 	key := newSoftKey(t)
 	e.addPasskey(t, access, key)
-	for range 5 {
+	for range 10 { // discoverable, whether answered or not
 		e.passkeySignIn(t, key).want(t, http.StatusOK, "")
+		e.do(t, "POST", "/auth/passkeys/login/begin", nil).want(t, http.StatusOK, "")
 	}
-	e.do(t, "POST", "/auth/passkeys/login/begin", nil).want(t, http.StatusOK, "")
-	e.do(t, "POST", "/auth/passkeys/login/begin", map[string]string{"email": email}).want(t, http.StatusOK, "")
+	withEmail := func() response {
+		return e.do(t, "POST", "/auth/passkeys/login/begin", map[string]string{"email": email})
+	}
+	for range 5 { // with an email, answered
+		opts := withEmail().want(t, http.StatusOK, "")
+		e.do(t, "POST", "/auth/passkeys/login/finish", map[string]any{"credential": key.get(t, opts.body)}).want(t, http.StatusOK, "")
+	}
+	withEmail().want(t, http.StatusOK, "")
 	e.do(t, "POST", "/auth/passkeys/login/begin", map[string]string{"email": "nobody@example.com"}).want(t, http.StatusOK, "")
-	r := e.do(t, "POST", "/auth/passkeys/login/begin", nil).want(t, http.StatusTooManyRequests, "too_many_attempts")
+	e.do(t, "POST", "/auth/passkeys/login/begin", nil, bearerOf(access)...).want(t, http.StatusOK, "") // a step-up
+	r := withEmail().want(t, http.StatusTooManyRequests, "too_many_attempts")
 	if r.header.Get("Retry-After") == "" {
 		t.Fatal("no Retry-After")
 	}
-	e.do(t, "POST", "/auth/passkeys/login/begin", map[string]string{"email": email}).want(t, http.StatusTooManyRequests, "too_many_attempts")
+	e.do(t, "POST", "/auth/passkeys/login/begin", nil).want(t, http.StatusOK, "")
+}
+
+// An answer to a discoverable sign-in's challenge is taken once, though nothing was kept of it
+// at its begin; a challenge the service did not make, or one past its five minutes, is refused.
+func TestAnUnkeptChallengeIsTakenOnceAndOnlyAlive(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	_, access, _ := e.user(t)
+	key := newSoftKey(t)
+	e.addPasskey(t, access, key)
+	opts := e.do(t, "POST", "/auth/passkeys/login/begin", nil).want(t, http.StatusOK, "")
+	answer := key.get(t, opts.body)
+	e.do(t, "POST", "/auth/passkeys/login/finish", map[string]any{"credential": answer}).want(t, http.StatusOK, "")
+	e.do(t, "POST", "/auth/passkeys/login/finish", map[string]any{"credential": answer}).want(t, http.StatusUnauthorized, "ceremony_invalid")
+
+	made := e.do(t, "POST", "/auth/passkeys/login/begin", nil).want(t, http.StatusOK, "").body
+	forged := maps.Clone(made)
+	raw := unb64(t, made["challenge"].(string))
+	raw[9] ^= 1 // another random part under the same MAC
+	forged["challenge"] = b64u(raw)
+	e.do(t, "POST", "/auth/passkeys/login/finish", map[string]any{"credential": key.get(t, forged)}).want(t, http.StatusUnauthorized, "ceremony_invalid")
+	e.clock.Advance(ceremonyTTL)
+	e.do(t, "POST", "/auth/passkeys/login/finish", map[string]any{"credential": key.get(t, made)}).want(t, http.StatusUnauthorized, "ceremony_invalid")
 }
 
 func TestACredentialOfOneAccountCannotBeAddedToAnother(t *testing.T) {
@@ -610,22 +650,33 @@ func TestPasskeySettings(t *testing.T) {
 	}
 }
 
-func TestWrongPasskeyAnswersCountAgainstTheAccountsSecondFactorLimit(t *testing.T) {
+// Wrong answers to a sign-in without a password count against the client, never the account:
+// the passkey's id is no secret, and whoever forges answers for it, from however many addresses,
+// does not lock its owner out; the owner's own passkey signs in meanwhile. After a password they
+// count against the account, as any second factor's (TestWrongCodesFromManyClientsAreLimitedPerAccount).
+func TestWrongPasskeyAnswersWithoutAPasswordCountAgainstTheClientOnly(t *testing.T) {
 	t.Parallel()
-	e := newTestEnv(t, func(c *config) { c.mfaMaxFailures = 3 })
+	e := newTestEnv(t, trustLoopback, func(c *config) { c.mfaMaxFailures, c.maxClientFails = 3, 3 })
 	_, access, _ := e.user(t)
 	key := newSoftKey(t)
 	e.addPasskey(t, access, key)
 	forged := *key // the credential's id and user handle, another private key
 	forged.key = newSoftKey(t).key
-	for range 3 {
-		e.passkeySignIn(t, &forged).want(t, http.StatusUnauthorized, "passkey_invalid")
+	signIn := func(k *softKey, client string) response {
+		opts := e.do(t, "POST", "/auth/passkeys/login/begin", nil, "X-Forwarded-For", client).want(t, http.StatusOK, "")
+		return e.do(t, "POST", "/auth/passkeys/login/finish", map[string]any{"credential": k.get(t, opts.body)}, "X-Forwarded-For", client)
 	}
-	r := e.passkeySignIn(t, &forged).want(t, http.StatusTooManyRequests, "too_many_attempts")
+	for i := range 6 {
+		signIn(&forged, clientNo(i)).want(t, http.StatusUnauthorized, "passkey_invalid")
+	}
+	for range 2 {
+		signIn(&forged, clientNo(0)).want(t, http.StatusUnauthorized, "passkey_invalid")
+	}
+	r := signIn(&forged, clientNo(0)).want(t, http.StatusTooManyRequests, "too_many_attempts")
 	if r.header.Get("Retry-After") == "" {
 		t.Fatal("no Retry-After")
 	}
-	e.passkeySignIn(t, key).want(t, http.StatusTooManyRequests, "too_many_attempts") // the right one too, for now
+	signIn(key, clientNo(7)).want(t, http.StatusOK, "")
 }
 
 func TestPasskeysOfNobodyCountAgainstTheClient(t *testing.T) {
@@ -637,9 +688,8 @@ func TestPasskeysOfNobodyCountAgainstTheClient(t *testing.T) {
 	for range 3 {
 		e.passkeySignIn(t, nobodys).want(t, http.StatusUnauthorized, "passkey_invalid")
 	}
-	// Its three begins, which signed nobody in, count as well: the fourth is refused at its begin.
-	e.do(t, "POST", "/auth/passkeys/login/begin", nil).want(t, http.StatusTooManyRequests, "too_many_attempts")
-	// The three wrong passkeys count as the client's failed logins: a password login waits too.
+	e.passkeySignIn(t, nobodys).want(t, http.StatusTooManyRequests, "too_many_attempts")
+	// They count as the client's failed logins: a password login waits too.
 	e.do(t, "POST", "/auth/login", map[string]string{"email": email, "password": "correct horse battery"}).
 		want(t, http.StatusTooManyRequests, "too_many_attempts")
 	_ = access

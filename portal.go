@@ -24,9 +24,6 @@ var portalFS embed.FS
 
 var portalPages = template.Must(template.ParseFS(portalFS, "portal/*.html"))
 
-// endSteppedUp ends an aal1 cookie session that a step-up replaced with a new one at aal2.
-const endSteppedUp = "stepped_up"
-
 // portal serves the pages; it signs in through the same login, throttles and second factor as
 // the API, into cookie sessions.
 type portal struct {
@@ -442,7 +439,7 @@ func (p *portal) stepUpFactors(w http.ResponseWriter, r *http.Request, d *pageDa
 	if err != nil {
 		return p.failed(w, r, d, err)
 	}
-	passkey, err := p.passkeys.has(r.Context(), c.Subject)
+	passkey, err := p.passkeys.anyOf(r.Context(), c.Subject)
 	if err != nil {
 		return p.failed(w, r, d, err)
 	}

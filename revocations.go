@@ -30,6 +30,7 @@ const (
 	endCodeReplayed   = "code_replayed"    // an OpenID client's code came back: the session it opened
 	endClientRevoked  = "client_revoked"   // POST /oauth2/revoke of a refresh token
 	endGrantRevoked   = "grant_revoked"    // DELETE /auth/grants/{client_id}: that client's sessions
+	endSteppedUp      = "stepped_up"       // a portal step-up: the cookie session it replaced with a new one
 )
 
 // revocations is this instance's copy of the unexpired blacklist, so that checking a token never

@@ -629,7 +629,7 @@ type Ceremony struct {
 type mongoStore struct {
 	users, disabled, sessions, blacklist, refreshUses, attempts *mongo.Collection
 	signingKeys, totp, totpSteps, recoveryCodes, mfaChallenges  *mongo.Collection
-	securityEvents, passkeys, ceremonies                        *mongo.Collection
+	securityEvents, passkeyDocs, ceremonies                     *mongo.Collection
 	failures                                                    *atomic.Uint64 // counts the database's failures; may be nil
 }
 
@@ -668,7 +668,7 @@ func mongoCollections(db *mongo.Database, failures *atomic.Uint64) *mongoStore {
 		mfaChallenges:  db.Collection("mfa_challenges"),
 		signingKeys:    db.Collection("signing_keys"),
 		securityEvents: db.Collection("security_events"),
-		passkeys:       db.Collection("passkeys"),
+		passkeyDocs:    db.Collection("passkeys"),
 		ceremonies:     db.Collection("passkey_ceremonies"),
 		failures:       failures,
 	}

@@ -17,7 +17,7 @@ func (s *mongoStore) passkeyIndexes(ctx context.Context) error {
 		keys bson.D
 		ttl  bool
 	}{
-		{s.passkeys, bson.D{{Key: "user_id", Value: 1}}, false},
+		{s.passkeyDocs, bson.D{{Key: "user_id", Value: 1}}, false},
 		{s.ceremonies, bson.D{{Key: "expires_at", Value: 1}}, true},
 	} {
 		opts := options.Index()
@@ -36,12 +36,12 @@ func (s *mongoStore) passkeyIndexes(ctx context.Context) error {
 }
 
 func (s *mongoStore) AddPasskey(ctx context.Context, p *Passkey) error {
-	_, err := s.passkeys.InsertOne(ctx, p)
+	_, err := s.passkeyDocs.InsertOne(ctx, p)
 	return s.err(err)
 }
 
 func (s *mongoStore) PasskeysOf(ctx context.Context, user string) ([]Passkey, error) {
-	cur, err := s.passkeys.Find(ctx, bson.D{{Key: "user_id", Value: user}}, options.Find().SetSort(bson.D{{Key: "created_at", Value: 1}}))
+	cur, err := s.passkeyDocs.Find(ctx, bson.D{{Key: "user_id", Value: user}}, options.Find().SetSort(bson.D{{Key: "created_at", Value: 1}}))
 	if err != nil {
 		return nil, s.err(err)
 	}
@@ -54,14 +54,14 @@ func (s *mongoStore) PasskeysOf(ctx context.Context, user string) ([]Passkey, er
 
 func (s *mongoStore) PasskeyByID(ctx context.Context, id string) (*Passkey, error) {
 	var p Passkey
-	if err := s.passkeys.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&p); err != nil {
+	if err := s.passkeyDocs.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&p); err != nil {
 		return nil, s.err(err)
 	}
 	return &p, nil
 }
 
 func (s *mongoStore) RenamePasskey(ctx context.Context, user, id, name string) error {
-	res, err := s.passkeys.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}, {Key: "user_id", Value: user}},
+	res, err := s.passkeyDocs.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}, {Key: "user_id", Value: user}},
 		bson.D{{Key: "$set", Value: bson.D{{Key: "name", Value: name}}}})
 	if err != nil {
 		return s.err(err)
@@ -73,13 +73,13 @@ func (s *mongoStore) RenamePasskey(ctx context.Context, user, id, name string) e
 }
 
 func (s *mongoStore) UsePasskey(ctx context.Context, id string, credential []byte, at time.Time) error {
-	_, err := s.passkeys.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}},
+	_, err := s.passkeyDocs.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}},
 		bson.D{{Key: "$set", Value: bson.D{{Key: "credential", Value: credential}, {Key: "last_used_at", Value: at}}}})
 	return s.err(err)
 }
 
 func (s *mongoStore) RemovePasskey(ctx context.Context, user, id string) error {
-	return s.deleteOne(ctx, s.passkeys, bson.D{{Key: "_id", Value: id}, {Key: "user_id", Value: user}})
+	return s.deleteOne(ctx, s.passkeyDocs, bson.D{{Key: "_id", Value: id}, {Key: "user_id", Value: user}})
 }
 
 func (s *mongoStore) CreateCeremony(ctx context.Context, c *Ceremony) error {
