@@ -816,6 +816,30 @@ func TestOpenIDWrongGrantsAreThrottledPerAddressOnly(t *testing.T) {
 		"redirect_uri": {testRedirectURI}, "code_verifier": {verifier}, "client_id": {pub.id}}).want(t, 200, "")
 }
 
+// Only failures count: a server refreshing many users' tokens at once, from one address, is not
+// held up by its own successes in flight.
+func TestOpenIDABurstOfGoodTokenRequestsFromOneAddressGoesThrough(t *testing.T) {
+	t.Parallel()
+	e := newOIDCEnv(t, func(c *config) { c.maxFailures, c.maxClientFails = 2, 3 })
+	email, _, _ := e.user(t)
+	c := registerClient(t, e, map[string]any{"type": "confidential", "first_party": true})
+	refresh := make([]string, 12)
+	for i := range refresh {
+		refresh[i] = exchange(t, e, c, url.Values{"code": {codeFlow(t, e, newBrowser(e), c, email, "")}}).want(t, 200, "").str("refresh_token")
+	}
+	got := make([]response, len(refresh))
+	var wg sync.WaitGroup
+	for i := range refresh {
+		wg.Go(func() {
+			got[i] = exchange(t, e, c, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {refresh[i]}})
+		})
+	}
+	wg.Wait()
+	for _, r := range got {
+		r.want(t, 200, "")
+	}
+}
+
 // The back channel takes the client's credentials from one place: two Authorization headers are
 // refused, not read as the first.
 func TestOpenIDTwoAuthorizationHeadersAreRefused(t *testing.T) {

@@ -60,8 +60,9 @@ func readForm(w http.ResponseWriter, r *http.Request) error {
 // secret counts for the client from the request's address (LOGIN_MAX_FAILURES), and every
 // failure for the address (LOGIN_MAX_CLIENT_FAILURES). A public client, whose id is public, has
 // no count of its own: nobody sharing an address with an app's users can lock them out of it by
-// failing on purpose. The attempt is for the request to end: succeeded, or failed for the address
-// alone (see failedForAddress).
+// failing on purpose. Only failures are recorded: secrets and codes are not guessable, and a
+// busy server's many requests at once must not count against it. The attempt is for the request
+// to end: passed, or failed for the address alone (failedForAddress).
 func (o *oidcProvider) authenticate(ctx context.Context, r *http.Request) (*OAuthClient, *attempt, error) {
 	id, secret, err := clientCredentials(r)
 	if err != nil {
@@ -72,16 +73,13 @@ func (o *oidcProvider) authenticate(ctx context.Context, r *http.Request) (*OAut
 	if secret != "" {
 		limits = append(limits, limit{key: addr + "|" + cut(id, 200), max: o.maxFailures, forgive: true})
 	}
-	try, err := o.throttle.begin(ctx, limits...)
-	if err == nil {
-		err = try.check(ctx)
-	}
+	try, err := o.throttle.ifFailed(ctx, limits...)
 	if err != nil {
 		return nil, nil, asOAuth(err)
 	}
 	client, err := o.clients.authenticate(ctx, id, secret)
-	if e := apiErrorOf(err); err != nil && (e == nil || e.status >= 500) {
-		try.forget(ctx) // the service failed, not the client
+	if e := apiErrorOf(err); err != nil && e != nil && e.status < 500 {
+		try.recordFailure(ctx)
 	}
 	if err != nil {
 		return nil, nil, asOAuth(err)
@@ -90,14 +88,12 @@ func (o *oidcProvider) authenticate(ctx context.Context, r *http.Request) (*OAut
 }
 
 // failedForAddress ends an authenticated client's attempt that failed for another reason than its
-// secret (a wrong code or refresh token): it stays counted for the address alone. A failure of the
-// service's own is not counted at all.
+// secret (a wrong code or refresh token): it counts for the address alone. A failure of the
+// service's own is not counted.
 func failedForAddress(ctx context.Context, try *attempt, err error) {
-	if e := apiErrorOf(err); e == nil || e.status >= 500 {
-		try.forget(ctx)
-		return
+	if e := apiErrorOf(err); e != nil && e.status < 500 && len(try.docs) > 0 {
+		try.recordFailure(ctx, try.docs[0].Key)
 	}
-	try.keepOnly(ctx, try.docs[0].Key)
 }
 
 // token is the token endpoint.
@@ -117,8 +113,8 @@ func (o *oidcProvider) token() http.Handler {
 			failedForAddress(ctx, try, err)
 			return asOAuth(err)
 		}
-		if err := try.succeeded(ctx); err != nil {
-			o.log.Warn("forgetting a token request's attempt failed", "err", err)
+		if err := try.passed(ctx); err != nil {
+			o.log.Warn("forgetting a client's failed token requests failed", "err", err)
 		}
 		encode(w, http.StatusOK, answer)
 		return nil
@@ -477,7 +473,7 @@ func (o *oidcProvider) revoke() http.Handler {
 		if err != nil {
 			return err
 		}
-		try.succeeded(ctx)
+		try.passed(ctx)
 		if len(r.PostForm["token"]) == 0 {
 			return oauthError("invalid_request", "token is missing")
 		}
@@ -513,10 +509,9 @@ func (o *oidcProvider) introspect() http.Handler {
 			return err
 		}
 		if client.Type != clientConfidential {
-			try.forget(ctx)
 			return errInvalidClient
 		}
-		try.succeeded(ctx)
+		try.passed(ctx)
 		if len(r.PostForm["token"]) == 0 {
 			return oauthError("invalid_request", "token is missing")
 		}

@@ -55,17 +55,7 @@ type attempt struct {
 // attempt and returns without waiting for the record to land, so that the work asked for can
 // start meanwhile; check, which waits for the record and counts after, decides.
 func (t *throttle) begin(ctx context.Context, limits ...limit) (*attempt, error) {
-	at := t.now().Truncate(time.Millisecond)
-	a := &attempt{t: t, recorded: make(chan struct{})}
-	for _, l := range limits {
-		if l.max > 0 {
-			if l.window == 0 {
-				l.window = t.window
-			}
-			a.docs = append(a.docs, Attempt{ID: newID(), Key: l.key, At: at, ExpiresAt: at.Add(l.window)})
-			a.limits = append(a.limits, l)
-		}
-	}
+	a := t.attemptOf(limits)
 	if len(a.docs) == 0 {
 		close(a.recorded)
 		return a, nil
@@ -82,6 +72,71 @@ func (t *throttle) begin(ctx context.Context, limits ...limit) (*attempt, error)
 		a.recordErr = t.store.AddAttempts(ctx, a.docs...)
 	}()
 	return a, nil
+}
+
+// attemptOf is an attempt under limits, not recorded yet.
+func (t *throttle) attemptOf(limits []limit) *attempt {
+	at := t.now().Truncate(time.Millisecond)
+	a := &attempt{t: t, recorded: make(chan struct{})}
+	for _, l := range limits {
+		if l.max > 0 {
+			if l.window == 0 {
+				l.window = t.window
+			}
+			a.docs = append(a.docs, Attempt{ID: newID(), Key: l.key, At: at, ExpiresAt: at.Add(l.window)})
+			a.limits = append(a.limits, l)
+		}
+	}
+	return a
+}
+
+// ifFailed is an attempt recorded only once it has failed (recordFailure), for work that costs
+// little and guards no guessable secret: a busy client's successes in flight would otherwise
+// count, and refuse its burst. It answers errTooManyAttempts when the limits are reached already.
+// Failures at the same time may pass a limit by as many as run at once.
+func (t *throttle) ifFailed(ctx context.Context, limits ...limit) (*attempt, error) {
+	a := t.attemptOf(limits)
+	close(a.recorded)
+	if len(a.docs) == 0 {
+		return a, nil
+	}
+	refused, err := a.ahead(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if refused != nil {
+		return nil, refused
+	}
+	return a, nil
+}
+
+// recordFailure records an ifFailed attempt under the keys given, or all of its keys when none are.
+func (a *attempt) recordFailure(ctx context.Context, keys ...string) error {
+	var docs []Attempt
+	for _, d := range a.docs {
+		if len(keys) == 0 || slices.Contains(keys, d.Key) {
+			docs = append(docs, d)
+		}
+	}
+	if len(docs) == 0 {
+		return nil
+	}
+	return a.t.store.AddAttempts(context.WithoutCancel(ctx), docs...)
+}
+
+// passed ends an ifFailed attempt that succeeded: the failures it found under the keys of its
+// limits that forgive are forgotten.
+func (a *attempt) passed(ctx context.Context) error {
+	var clear []string
+	for i, doc := range a.docs {
+		if a.limits[i].forgive && a.others != nil && a.others[i] > 0 {
+			clear = append(clear, doc.Key)
+		}
+	}
+	if len(clear) == 0 {
+		return nil
+	}
+	return a.t.store.ForgetAttempts(context.WithoutCancel(ctx), nil, clear...)
 }
 
 // written waits for the attempt's record to land.
@@ -165,22 +220,6 @@ func (a *attempt) forget(ctx context.Context, clear ...string) error {
 	}
 	a.written()
 	return a.t.store.ForgetAttempts(context.WithoutCancel(ctx), a.ids(), clear...)
-}
-
-// keepOnly forgets the attempt's records under every key but key: the try failed in a way that
-// counts under key alone.
-func (a *attempt) keepOnly(ctx context.Context, key string) error {
-	var ids []string
-	for _, d := range a.docs {
-		if d.Key != key {
-			ids = append(ids, d.ID)
-		}
-	}
-	if len(ids) == 0 {
-		return nil
-	}
-	a.written()
-	return a.t.store.ForgetAttempts(context.WithoutCancel(ctx), ids)
 }
 
 // succeeded forgets the attempt, and every attempt under the keys of its limits that forgive. It
