@@ -55,17 +55,13 @@ type attempt struct {
 // attempt and returns without waiting for the record to land, so that the work asked for can
 // start meanwhile; check, which waits for the record and counts after, decides.
 func (t *throttle) begin(ctx context.Context, limits ...limit) (*attempt, error) {
-	a := t.attemptOf(limits)
-	if len(a.docs) == 0 {
-		close(a.recorded)
-		return a, nil
-	}
-	refused, err := a.ahead(ctx)
+	a, err := t.attemptOf(ctx, limits)
 	if err != nil {
 		return nil, err
 	}
-	if refused != nil {
-		return nil, refused
+	if len(a.docs) == 0 {
+		close(a.recorded)
+		return a, nil
 	}
 	go func() {
 		defer close(a.recorded)
@@ -74,8 +70,9 @@ func (t *throttle) begin(ctx context.Context, limits ...limit) (*attempt, error)
 	return a, nil
 }
 
-// attemptOf is an attempt under limits, not recorded yet.
-func (t *throttle) attemptOf(limits []limit) *attempt {
+// attemptOf is an attempt under limits, not recorded yet, or the refusal when the limits were
+// reached already (see ahead).
+func (t *throttle) attemptOf(ctx context.Context, limits []limit) (*attempt, error) {
 	at := t.now().Truncate(time.Millisecond)
 	a := &attempt{t: t, recorded: make(chan struct{})}
 	for _, l := range limits {
@@ -87,7 +84,17 @@ func (t *throttle) attemptOf(limits []limit) *attempt {
 			a.limits = append(a.limits, l)
 		}
 	}
-	return a
+	if len(a.docs) == 0 {
+		return a, nil
+	}
+	refused, err := a.ahead(ctx)
+	if err == nil {
+		err = refused
+	}
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
 }
 
 // ifFailed is an attempt recorded only once it has failed (recordFailure), for work that costs
@@ -95,18 +102,11 @@ func (t *throttle) attemptOf(limits []limit) *attempt {
 // count, and refuse its burst. It answers errTooManyAttempts when the limits are reached already.
 // Failures at the same time may pass a limit by as many as run at once.
 func (t *throttle) ifFailed(ctx context.Context, limits ...limit) (*attempt, error) {
-	a := t.attemptOf(limits)
-	close(a.recorded)
-	if len(a.docs) == 0 {
-		return a, nil
-	}
-	refused, err := a.ahead(ctx)
+	a, err := t.attemptOf(ctx, limits)
 	if err != nil {
 		return nil, err
 	}
-	if refused != nil {
-		return nil, refused
-	}
+	close(a.recorded)
 	return a, nil
 }
 
