@@ -113,7 +113,7 @@ func (o *oidcProvider) discovery() http.Handler {
 		"scopes_supported":                              oauthScopes,
 		"claims_supported": []string{"iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "sid",
 			"azp", "at_hash", "email", "email_verified"},
-		"acr_values_supported":                           []string{levelPassword.ACR, levelTwoFactor.ACR},
+		"acr_values_supported":                           []string{levelPassword.ACR, levelTwoFactor.ACR, "phr"},
 		"prompt_values_supported":                        []string{"none", "login", "consent", "select_account"},
 		"claims_parameter_supported":                     false,
 		"request_parameter_supported":                    false,
@@ -137,9 +137,9 @@ type authRequest struct {
 	challenge   string // S256; "" for none
 	scopes      []string
 	prompt      []string
-	maxAge      int64 // -1 for none
-	aal2        bool  // acr_values asks for aal2
-	loginAfter  int64 // prompt=login, carried through the sign-in: the session must be newer
+	maxAge      int64  // -1 for none
+	require     string // the level acr_values asks for, as X-Auth-Require names it: aal2, phr or ""
+	loginAfter  int64  // prompt=login, carried through the sign-in: the session must be newer
 	query       url.Values
 }
 
@@ -309,7 +309,11 @@ func (o *oidcProvider) parse(ctx context.Context, q url.Values) (*authRequest, e
 		ar.maxAge = n
 	}
 	ar.loginAfter = o.loginAfter(q)
-	ar.aal2 = slices.Contains(strings.Fields(q.Get("acr_values")), levelTwoFactor.ACR)
+	for _, v := range strings.Fields(q.Get("acr_values")) {
+		if v == "phr" || v == levelTwoFactor.ACR && ar.require == "" {
+			ar.require = v
+		}
+	}
 	return ar, nil
 }
 
@@ -434,12 +438,16 @@ func (o *oidcProvider) decide(w http.ResponseWriter, r *http.Request, d *pageDat
 		}
 		http.Redirect(w, r, to, http.StatusSeeOther)
 		return nil
-	case ar.aal2 && c.ACR != levelTwoFactor.ACR:
+	case !satisfies(c.level(), ar.require):
 		if none {
 			o.redirectTo(w, r, ar, url.Values{"error": {"interaction_required"}, "error_description": {"the user must confirm with a second factor"}})
 			return nil
 		}
-		http.Redirect(w, r, "/step-up?rd="+url.QueryEscape(o.cfg.issuer+oauthAuthorizePath+"?"+q.Encode()), http.StatusSeeOther)
+		to := url.Values{"rd": {o.cfg.issuer + oauthAuthorizePath + "?" + q.Encode()}}
+		if ar.require == "phr" {
+			to.Set("level", "phr")
+		}
+		http.Redirect(w, r, "/step-up?"+to.Encode(), http.StatusSeeOther)
 		return nil
 	}
 	if !ar.client.FirstParty {

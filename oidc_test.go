@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -936,6 +937,37 @@ func TestOpenIDMaxAgeAndACRValuesAskForAFresherOrStrongerSignIn(t *testing.T) {
 	p = b.send(t, "GET", local(t, c.cfg.AuthCodeURL("s", oauth2.SetAuthURLParam("acr_values", "aal2"), oauth2.SetAuthURLParam("prompt", "none"))), nil)
 	if loc, _ := url.Parse(p.header.Get("Location")); loc == nil || loc.Query().Get("error") != "interaction_required" {
 		t.Fatalf("acr_values=aal2, prompt=none: %d %s", p.status, p.header.Get("Location"))
+	}
+	// phr (phishing-resistant) is met by a passkey alone, as at forward auth: the step-up page for
+	// it asks for the passkey.
+	p = b.send(t, "GET", local(t, c.cfg.AuthCodeURL("s", oauth2.SetAuthURLParam("acr_values", "phr aal2"))), nil)
+	if p.status != 303 || !strings.HasPrefix(p.header.Get("Location"), "/step-up?level=phr&rd=") {
+		t.Fatalf("acr_values=phr: %d %s", p.status, p.header.Get("Location"))
+	}
+}
+
+// A browser signed in with a passkey meets acr_values=phr: the code comes at once, and the ID
+// token names the passkey among its methods.
+func TestOpenIDPhishingResistantRequestIsMetByAPasskeySession(t *testing.T) {
+	t.Parallel()
+	e := newOIDCEnv(t, withPortalPasskeys)
+	email, access, _ := e.user(t)
+	key := newSoftKey(t)
+	key.origin, key.rpID = testPortalURL, "example.test"
+	e.addPasskey(t, access, key)
+	c := registerClient(t, e, map[string]any{"type": "confidential", "first_party": true})
+	b := newBrowser(e)
+	csrf := csrfField.FindStringSubmatch(b.send(t, "GET", "/login", nil).body)[1]
+	var opts map[string]any
+	if err := json.Unmarshal([]byte(b.send(t, "POST", "/login/passkey/begin", url.Values{"csrf": {csrf}}).body), &opts); err != nil {
+		t.Fatal(err)
+	}
+	assertion, _ := json.Marshal(key.get(t, opts))
+	b.send(t, "POST", "/login/passkey", url.Values{"csrf": {csrf}, "credential": {string(assertion)}})
+	code := codeFlow(t, e, b, c, email, "", oauth2.SetAuthURLParam("acr_values", "phr"))
+	tok := exchange(t, e, c, url.Values{"code": {code}}).want(t, 200, "")
+	if amr := fmt.Sprint(jwtPart(t, tok.str("id_token"), 1)["amr"]); !strings.Contains(amr, "hwk") {
+		t.Fatalf("the ID token's amr %s, want the passkey's hwk", amr)
 	}
 }
 
