@@ -737,6 +737,31 @@ func TestAdminRegistersOAuthClientsAndShowsASecretOnlyOnce(t *testing.T) {
 	exchange(t, e, c, url.Values{"code": {"whatever"}}).want(t, 401, "invalid_client")
 }
 
+// A rotation of a client's secret and a change of the client at the same moment never put the
+// old secret back: the secret is kept apart from the client, which a change writes whole.
+func TestASecretRotationRacingAChangeOfTheClientKeepsTheNewSecret(t *testing.T) {
+	t.Parallel()
+	e := newOIDCEnv(t)
+	c := registerClient(t, e, map[string]any{"type": "confidential", "first_party": true})
+	for round := range 5 {
+		old := c.secret
+		var rotated response
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			rotated = e.adminDo(t, "POST", "/admin/oauth/clients/"+c.id+"/secret", nil)
+		})
+		wg.Go(func() {
+			e.adminDo(t, "PATCH", "/admin/oauth/clients/"+c.id, map[string]any{"name": fmt.Sprint("Round ", round)}).want(t, 200, "")
+		})
+		wg.Wait()
+		c.secret = rotated.want(t, 200, "").str("client_secret")
+		exchange(t, e, c, url.Values{"code": {"whatever"}}).want(t, 400, "invalid_grant")
+		c.secret, old = old, c.secret
+		exchange(t, e, c, url.Values{"code": {"whatever"}}).want(t, 401, "invalid_client")
+		c.secret = old
+	}
+}
+
 // JWT_ISSUER that is a URL must be PUBLIC_URL, the provider's issuer, or the service does not start.
 func TestAnIssuerURLOtherThanPublicURLStopsTheStart(t *testing.T) {
 	t.Parallel()

@@ -478,10 +478,15 @@ type clientStore interface {
 	ClientByID(ctx context.Context, id string) (*OAuthClient, error)
 	// Clients lists every client, oldest first.
 	Clients(ctx context.Context) ([]OAuthClient, error)
-	// ReplaceClient writes c over the client of its id; ErrNotFound when there is none.
+	// ReplaceClient writes c over the client of its id, never its secret; ErrNotFound when there
+	// is none.
 	ReplaceClient(ctx context.Context, c *OAuthClient) error
-	// DeleteClient removes client id; ErrNotFound when there is none.
+	// DeleteClient removes client id, and its secret; ErrNotFound when there is none.
 	DeleteClient(ctx context.Context, id string) error
+	// SetClientSecret keeps sum as the digest of client id's secret, in place of any other.
+	SetClientSecret(ctx context.Context, id, sum string) error
+	// ClientSecret is the digest of client id's secret; ErrNotFound when it has none.
+	ClientSecret(ctx context.Context, id string) (string, error)
 }
 
 // codeStore keeps authorization codes and their single use.
@@ -515,10 +520,13 @@ type grantStore interface {
 // its secret, kept as its SHA-256 digest (32 random bytes are not guessable: no slow hash); a
 // public one (a single-page or mobile app) has none and must use PKCE.
 type OAuthClient struct {
-	ID                     string    `bson:"_id" json:"client_id"`
-	Name                   string    `bson:"name" json:"name"`
-	Type                   string    `bson:"type" json:"type"` // clientPublic or clientConfidential
-	SecretDigest           string    `bson:"secret_digest,omitempty" json:"-"`
+	ID   string `bson:"_id" json:"client_id"`
+	Name string `bson:"name" json:"name"`
+	Type string `bson:"type" json:"type"` // clientPublic or clientConfidential
+	// SecretDigest is set for OIDC_CLIENTS_FILE's clients only: the store keeps a secret in a
+	// document of its own (SetClientSecret), so that a change of the client never writes an old
+	// secret back over a rotation made meanwhile (updates lose writes on FerretDB).
+	SecretDigest           string    `bson:"-" json:"-"`
 	RedirectURIs           []string  `bson:"redirect_uris" json:"redirect_uris"`
 	PostLogoutRedirectURIs []string  `bson:"post_logout_redirect_uris,omitempty" json:"post_logout_redirect_uris"`
 	Scopes                 []string  `bson:"scopes" json:"scopes"` // what it may ask for

@@ -27,6 +27,9 @@ func (s *mongoStore) codeRedemptions() *mongo.Collection {
 	return s.users.Database().Collection("oauth_code_uses")
 }
 func (s *mongoStore) grants() *mongo.Collection { return s.users.Database().Collection("oauth_grants") }
+func (s *mongoStore) clientSecrets() *mongo.Collection {
+	return s.users.Database().Collection("oauth_client_secrets")
+}
 
 func (s *mongoStore) oauthIndexes(ctx context.Context) error {
 	for _, ix := range []struct {
@@ -101,7 +104,27 @@ func (s *mongoStore) ReplaceClient(ctx context.Context, c *OAuthClient) error {
 }
 
 func (s *mongoStore) DeleteClient(ctx context.Context, id string) error {
-	return s.deleteOne(ctx, s.oauthClients(), bson.D{{Key: "_id", Value: id}})
+	if err := s.deleteOne(ctx, s.oauthClients(), bson.D{{Key: "_id", Value: id}}); err != nil {
+		return err
+	}
+	_, err := s.clientSecrets().DeleteOne(ctx, bson.D{{Key: "_id", Value: id}})
+	return s.err(err)
+}
+
+func (s *mongoStore) SetClientSecret(ctx context.Context, id, sum string) error {
+	_, err := s.clientSecrets().ReplaceOne(ctx, bson.D{{Key: "_id", Value: id}},
+		bson.D{{Key: "_id", Value: id}, {Key: "digest", Value: sum}}, options.Replace().SetUpsert(true))
+	return s.err(err)
+}
+
+func (s *mongoStore) ClientSecret(ctx context.Context, id string) (string, error) {
+	var doc struct {
+		Digest string `bson:"digest"`
+	}
+	if err := s.clientSecrets().FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&doc); err != nil {
+		return "", s.err(err)
+	}
+	return doc.Digest, nil
 }
 
 func (s *mongoStore) CreateAuthCode(ctx context.Context, c *AuthCode) error {
