@@ -169,7 +169,7 @@ func TestRefreshRotation(t *testing.T) {
 		t.Parallel()
 		e := newTestEnv(t)
 		_, _, refresh := e.user(t)
-		results := refreshAll(t, refresh, 8, e)
+		results := witnesses(t, refreshAll(t, refresh, 8, e))
 		for _, r := range results {
 			r.want(t, 200, "")
 			e.page(t, r.str("access_token")).want(t, 200, "")
@@ -177,10 +177,10 @@ func TestRefreshRotation(t *testing.T) {
 				t.Fatalf("two different successors: the session forked")
 			}
 		}
-		for _, r := range refreshAll(t, results[0].str("refresh_token"), 8, e) {
+		for _, r := range witnesses(t, refreshAll(t, results[0].str("refresh_token"), 8, e)) {
 			r.want(t, 200, "")
 		}
-		e.do(t, "POST", "/auth/logout", nil, "authorization_access", results[3].str("access_token")).want(t, 200, "")
+		e.do(t, "POST", "/auth/logout", nil, "authorization_access", results[len(results)-1].str("access_token")).want(t, 200, "")
 		for _, r := range results {
 			e.page(t, r.str("access_token")).want(t, 401, "token_revoked")
 		}
@@ -190,7 +190,7 @@ func TestRefreshRotation(t *testing.T) {
 		t.Parallel()
 		a, b := newTestPair(t)
 		_, _, refresh := a.user(t)
-		results := refreshAll(t, refresh, 8, a, b)
+		results := witnesses(t, refreshAll(t, refresh, 8, a, b))
 		for _, r := range results {
 			r.want(t, 200, "")
 			if r.str("refresh_token") != results[0].str("refresh_token") {
@@ -226,17 +226,19 @@ func TestRefreshRotation(t *testing.T) {
 		e := newTestEnv(t)
 		_, _, refresh := e.user(t)
 		const n = 16
-		results := refreshAll(t, refresh, n, e)
+		results := witnesses(t, refreshAll(t, refresh, n, e))
 		for _, r := range results {
 			r.want(t, 200, "")
 			if r.str("refresh_token") != results[0].str("refresh_token") {
 				t.Fatal("two different successors: more than one first use")
 			}
 		}
+		// A racer answered 503 is counted under neither; it may have been the first use.
 		fams := scrape(t, e)
 		if rotated, grace := metricValue(t, fams, "auth_refreshes_total", "outcome", "rotated"),
-			metricValue(t, fams, "auth_refreshes_total", "outcome", "reuse_grace"); rotated != 1 || grace != n-1 {
-			t.Fatalf("%v first uses and %v repeats, want 1 and %d", rotated, grace, n-1)
+			metricValue(t, fams, "auth_refreshes_total", "outcome", "reuse_grace"); rotated > 1 ||
+			rotated+grace != float64(len(results)) || len(results) == n && rotated != 1 {
+			t.Fatalf("%v first uses and %v repeats of %d answered, want 1 and the rest", rotated, grace, len(results))
 		}
 	})
 
@@ -253,6 +255,25 @@ func TestRefreshRotation(t *testing.T) {
 		}
 		a.page(t, access).want(t, 401, "token_reused")
 	})
+}
+
+// witnesses are the racers the service answered. One answered 503 (the database too slow, on a
+// busy machine under -race) saw nothing, and the race's rule holds among the others, as
+// unknownOutcome has it in races_test.go.
+func witnesses(t *testing.T, results []response) []response {
+	t.Helper()
+	var out []response
+	for i, r := range results {
+		if r.status == http.StatusServiceUnavailable {
+			t.Logf("racer %d: 503, no witness: %s", i, r.raw)
+			continue
+		}
+		out = append(out, r)
+	}
+	if len(out) == 0 {
+		t.Fatal("no racer was answered")
+	}
+	return out
 }
 
 // loginFrom sends a login as if from client ip through a trusted proxy.
@@ -547,7 +568,7 @@ func TestNoTokenOfARacingRefreshOutlivesItsSessionsEnd(t *testing.T) {
 	for round := range 5 {
 		_, access, refresh := short.user(t)
 		sid := short.claimsOf(t, access)["sid"].(string)
-		results := refreshAll(t, refresh, 8, short, long)
+		results := witnesses(t, refreshAll(t, refresh, 8, short, long))
 		short.do(t, "POST", "/auth/logout", nil, "Authorization", "Bearer "+access).want(t, 200, "")
 		revs, err := short.store.RevocationsSince(t.Context(), time.Time{}, short.clock.Now())
 		if err != nil {
