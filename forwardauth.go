@@ -109,7 +109,7 @@ func satisfies(lvl level, required string) bool {
 	case "phr":
 		// Phishing-resistant (OpenID EAP): a passkey signed the session in or stepped it up. Read
 		// from the token alone, as every level is.
-		return lvl.ACR == "aal2" && (slices.Contains(lvl.AMR, "hwk") || slices.Contains(lvl.AMR, "swk"))
+		return lvl.ACR == "aal2" && (slices.Contains(lvl.AMR, amrHardwareKey) || slices.Contains(lvl.AMR, amrSoftwareKey))
 	}
 	return false
 }

@@ -27,8 +27,17 @@ import (
 // sign in on its pages, into its cookie sessions, and each client's tokens are a session of their
 // own.
 type oidcProvider struct {
-	cfg     oidcConfig
-	portal  *portal
+	cfg oidcConfig
+	// site is the portal, where users sign in: the provider reads and ends its cookie sessions
+	// and shows its pages.
+	site interface {
+		signedIn(r *http.Request) *claims
+		signOut(w http.ResponseWriter, r *http.Request) error
+		render(w http.ResponseWriter, v interface{ page() *pageData })
+		failed(w http.ResponseWriter, r *http.Request, d *pageData, err error) *pageData
+	}
+	macKey  []byte    // for login_after; the portal's CSRF key
+	addrs   clientIPs // the client addresses the throttle and sessions record
 	clients *oauthClients
 	store   interface {
 		codeStore
@@ -197,7 +206,7 @@ var (
 func (o *oidcProvider) loginAfterMark(q url.Values, t int64) string {
 	rest := cloneValues(q)
 	rest.Del("login_after")
-	m := hmac.New(sha256.New, o.portal.csrfKey)
+	m := hmac.New(sha256.New, o.macKey)
 	m.Write([]byte("oidc login_after\x00" + strconv.FormatInt(t, 10) + "\x00" + rest.Encode()))
 	return strconv.FormatInt(t, 10) + "." + base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
@@ -414,7 +423,7 @@ func (o *oidcProvider) decide(w http.ResponseWriter, r *http.Request, d *pageDat
 		return o.failed(w, r, ar, err)
 	}
 	none := slices.Contains(ar.prompt, "none")
-	c := o.portal.signedIn(r)
+	c := o.site.signedIn(r)
 	now := o.now()
 	// A sign-in this request sent the browser to (login_after) satisfies prompt=login and max_age,
 	// whatever seconds it took.
@@ -493,7 +502,7 @@ func (o *oidcProvider) consentPage(w http.ResponseWriter, d *pageData, c *claims
 	if slices.Contains(ar.scopes, "offline_access") {
 		v.Asks = append(v.Asks, "stay signed in when you are not using it")
 	}
-	o.portal.render(w, v)
+	o.site.render(w, v)
 	return nil
 }
 

@@ -74,13 +74,13 @@ func (o *oidcProvider) logout(w http.ResponseWriter, r *http.Request, d *pageDat
 	if err != nil {
 		return o.logoutRefused(w, r, d, err)
 	}
-	c := o.portal.signedIn(r)
+	c := o.site.signedIn(r)
 	switch {
 	case c == nil:
 		return o.signedOut(w, r, d, lr) // nothing to end
 	case lr.sid != "" && lr.sid == c.Session:
-		if err := o.portal.signOut(w, r); err != nil {
-			return o.portal.failed(w, r, d, err)
+		if err := o.site.signOut(w, r); err != nil {
+			return o.site.failed(w, r, d, err)
 		}
 		return o.signedOut(w, r, d, lr)
 	}
@@ -89,7 +89,7 @@ func (o *oidcProvider) logout(w http.ResponseWriter, r *http.Request, d *pageDat
 		v.ClientName = lr.client.Name
 	}
 	d.Title, d.Email, d.template = "Sign out?", c.Email, "oidc_logout"
-	o.portal.render(w, v)
+	o.site.render(w, v)
 	return nil
 }
 
@@ -104,8 +104,8 @@ func (o *oidcProvider) confirmLogout(w http.ResponseWriter, r *http.Request, d *
 	if err != nil {
 		return o.logoutRefused(w, r, d, err)
 	}
-	if err := o.portal.signOut(w, r); err != nil {
-		return o.portal.failed(w, r, d, err)
+	if err := o.site.signOut(w, r); err != nil {
+		return o.site.failed(w, r, d, err)
 	}
 	return o.signedOut(w, r, d, lr)
 }
@@ -115,7 +115,7 @@ func (o *oidcProvider) logoutRefused(w http.ResponseWriter, r *http.Request, d *
 	if errors.As(err, &pe) {
 		return o.refusedPage(d, pe.message)
 	}
-	return o.portal.failed(w, r, d, err)
+	return o.site.failed(w, r, d, err)
 }
 
 // signedOut sends the browser to the client's registered address with its state, or shows that

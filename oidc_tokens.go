@@ -68,7 +68,7 @@ func (o *oidcProvider) authenticate(ctx context.Context, r *http.Request) (*OAut
 	if err != nil {
 		return nil, nil, err
 	}
-	addr := "oauth|" + clientPrefix(o.portal.clients.of(r))
+	addr := "oauth|" + clientPrefix(o.addrs.of(r))
 	limits := []limit{{key: addr, max: o.maxClientFailures}}
 	if secret != "" {
 		limits = append(limits, limit{key: addr + "|" + cut(id, 200), max: o.maxFailures, forgive: true})
@@ -221,7 +221,7 @@ func (o *oidcProvider) redeem(ctx context.Context, r *http.Request, client *OAut
 	case u.Disabled:
 		return nil, errGrantInvalid
 	}
-	pair, err := o.sessions.startClient(ctx, sid, u, o.portal.clients.of(r), r.UserAgent(), ac.Level,
+	pair, err := o.sessions.startClient(ctx, sid, u, o.addrs.of(r), r.UserAgent(), ac.Level,
 		tokenClient{client.ID, ac.Scope})
 	if errors.Is(err, errInvalidCredentials) || errors.Is(err, errAccountDisabled) {
 		return nil, errGrantInvalid

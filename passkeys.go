@@ -67,10 +67,30 @@ type passkeys struct {
 		factorStore
 		userStore
 	}
-	rp        *webauthn.WebAuthn // nil when passkeys are off
-	tokens    *tokens
-	revs      *revocations
-	second    *mfa // the session checks, the stamp, recovery codes, the factor's limits
+	rp     *webauthn.WebAuthn // nil when passkeys are off
+	tokens *tokens
+	revs   *revocations
+	// second is the account's second factor (an *mfa): who a session is, its other factors,
+	// recovery codes, and the limits on guessing it, which a passkey's answer counts toward.
+	second interface {
+		signedIn(ctx context.Context, c *claims) (*User, error)
+		enrolled(ctx context.Context, user string) (bool, error)
+		prove(ctx context.Context, client netip.Addr, u *User, code, recovery string) error
+		newRecoveryCodes(ctx context.Context, user string) ([]string, error)
+		dropRecoveryIfLast(ctx context.Context, user string) error
+		liveChallenge(ctx context.Context, token, kind string) (*MFAChallenge, error)
+		attempt(ctx context.Context, client netip.Addr, u *User, ch *MFAChallenge) (*attempt, error)
+		missed(ctx context.Context, att *attempt, u *User, ch *MFAChallenge, active bool)
+	}
+	sessions interface { // see sessionKeeper
+		startAs(ctx context.Context, kind string, u *User, ip netip.Addr, userAgent string, lvl level) (tokenPair, error)
+		raise(ctx context.Context, c *claims, lvl level) (tokenPair, error)
+		endAll(ctx context.Context, user, except, reason string) (int, error)
+		end(ctx context.Context, sid, reason string) error
+	}
+	stamps interface { // a passkey added or removed moves the account's stamp
+		moveStamp(ctx context.Context, user, event string) error
+	}
 	passwords *passwordCheck
 	limits    *loginLimits
 	mail      *mailFlows
@@ -365,10 +385,10 @@ func (k *passkeys) registerFinish(ctx context.Context, c *claims, credential jso
 			return passkeyView{}, nil, err
 		}
 	}
-	if err := k.second.stamps.moveStamp(ctx, u.ID, stampFactorAdded); err != nil {
+	if err := k.stamps.moveStamp(ctx, u.ID, stampFactorAdded); err != nil {
 		return passkeyView{}, nil, err
 	}
-	if _, err := k.second.sessions.endAll(ctx, u.ID, c.Session, endMFAAdded); err != nil {
+	if _, err := k.sessions.endAll(ctx, u.ID, c.Session, endMFAAdded); err != nil {
 		return passkeyView{}, nil, err
 	}
 	k.mail.notify(ctx, mailPasskeyAdded, u)
@@ -458,10 +478,10 @@ func (k *passkeys) remove(ctx context.Context, c *claims, client netip.Addr, id,
 	if err := k.second.dropRecoveryIfLast(ctx, u.ID); err != nil {
 		return err
 	}
-	if err := k.second.stamps.moveStamp(ctx, u.ID, stampFactorRemoved); err != nil {
+	if err := k.stamps.moveStamp(ctx, u.ID, stampFactorRemoved); err != nil {
 		return err
 	}
-	if _, err := k.second.sessions.endAll(ctx, u.ID, c.Session, endMFARemoved); err != nil {
+	if _, err := k.sessions.endAll(ctx, u.ID, c.Session, endMFARemoved); err != nil {
 		return err
 	}
 	k.mail.notify(ctx, mailPasskeyGone, u)
@@ -659,7 +679,7 @@ func (k *passkeys) loginFinish(ctx context.Context, req loginRequest, client net
 		k.metrics.login(loginUnverified)
 		return tokenPair{}, errEmailNotVerified
 	}
-	pair, err := k.second.sessions.startAs(ctx, req.kind, u, client, userAgent, passkeyLevel(p, false))
+	pair, err := k.sessions.startAs(ctx, req.kind, u, client, userAgent, passkeyLevel(p, false))
 	if err != nil {
 		return tokenPair{}, err
 	}
@@ -694,7 +714,7 @@ func (k *passkeys) finishSecond(ctx context.Context, kind, mfaToken, challenge s
 	} else if err != nil {
 		return tokenPair{}, err
 	}
-	pair, err := k.second.sessions.startAs(ctx, ch.Kind, u, client, userAgent, passkeyLevel(p, true))
+	pair, err := k.sessions.startAs(ctx, ch.Kind, u, client, userAgent, passkeyLevel(p, true))
 	if err != nil {
 		return tokenPair{}, err
 	}
@@ -729,17 +749,17 @@ func (k *passkeys) finishStepUp(ctx context.Context, req loginRequest, challenge
 		return tokenPair{}, err
 	}
 	// A session the password opened keeps pwd among its methods; one a passkey opened has none.
-	lvl := passkeyLevel(p, slices.Contains(c.level().AMR, "pwd"))
+	lvl := passkeyLevel(p, slices.Contains(c.level().AMR, amrPassword))
 	k.forgetBegin(ctx, cer)
 	noteUser(ctx, c.Subject)
 	if req.kind != sessionCookie {
-		return k.second.sessions.raise(ctx, c, lvl)
+		return k.sessions.raise(ctx, c, lvl)
 	}
-	pair, err := k.second.sessions.startAs(ctx, sessionCookie, u, client, userAgent, lvl)
+	pair, err := k.sessions.startAs(ctx, sessionCookie, u, client, userAgent, lvl)
 	if err != nil {
 		return tokenPair{}, err
 	}
-	if err := k.second.sessions.end(ctx, c.Session, endSteppedUp); err != nil {
+	if err := k.sessions.end(ctx, c.Session, endSteppedUp); err != nil {
 		k.log.Warn("ending the session a step-up replaced failed", "session_id", c.Session, "err", err)
 	}
 	return pair, nil
@@ -881,14 +901,14 @@ func firstID(att *attempt) string {
 // its device, swk for one that may be synced (backup eligible). Without a password it is two
 // factors in one (mfa: user verification was required); after one, pwd stays in the list.
 func passkeyLevel(p *Passkey, afterPassword bool) level {
-	method := "hwk"
+	method := amrHardwareKey
 	if c, err := credentialOf(*p); err == nil && c.Flags.BackupEligible {
-		method = "swk"
+		method = amrSoftwareKey
 	}
 	if afterPassword {
-		return level{ACR: "aal2", AMR: []string{"pwd", method}}
+		return level{ACR: "aal2", AMR: []string{amrPassword, method}}
 	}
-	return level{ACR: "aal2", AMR: []string{method, "mfa"}}
+	return level{ACR: "aal2", AMR: []string{method, amrMultiFactor}}
 }
 
 // libraryError is why the library refused a ceremony, for the log.

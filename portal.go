@@ -4,13 +4,10 @@ package main
 // forward-auth endpoint that sends a browser to them, and their guards (CSRF, return addresses).
 
 import (
-	"context"
 	"crypto/hmac"
 	"crypto/sha256"
-	"embed"
 	"encoding/base64"
 	"errors"
-	"html/template"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -18,11 +15,6 @@ import (
 	"strings"
 	"time"
 )
-
-//go:embed portal/*.html
-var portalFS embed.FS
-
-var portalPages = template.Must(template.ParseFS(portalFS, "portal/*.html"))
 
 // portal serves the pages; it signs in through the same login, throttles and second factor as
 // the API, into cookie sessions.
@@ -45,28 +37,6 @@ type portal struct {
 	csrfKey  []byte
 }
 
-// grantKeeper is what the account page shows and withdraws of the consents given to the OpenID
-// provider's third-party clients; the provider is one (nil when it is off).
-type grantKeeper interface {
-	grantsOf(ctx context.Context, user string) ([]grantView, error)
-	revokeGrant(ctx context.Context, user, client string) error
-}
-
-// errNoSuchGrant is revokeGrant's answer for a client the user gave no consent.
-var errNoSuchGrant = &apiError{status: http.StatusNotFound, code: "not_found", message: "you gave this client no consent"}
-
-// grantView is a consent as its user sees it.
-type grantView struct {
-	ClientID   string    `json:"client_id"`
-	ClientName string    `json:"client_name"`
-	Scopes     []string  `json:"scopes"`
-	CreatedAt  time.Time `json:"created_at"`
-}
-
-// portalPaths are the first segments of the portal's pages: ServeMux's own 404 and 405 under them
-// are pages too (errorPage), and JSON everywhere else.
-var portalPaths = []string{"/login", "/logout", "/signup", "/account", "/step-up", "/forgot-password", "/reset-password", "/verify-email"}
-
 // errorPage is the message page that answers ServeMux's 404 or 405 on the portal's paths, with
 // the pages' headers; nil off them.
 func (p *portal) errorPage(r *http.Request) func(http.ResponseWriter, int) {
@@ -87,25 +57,6 @@ func (p *portal) errorPage(r *http.Request) func(http.ResponseWriter, int) {
 	}
 	return nil
 }
-
-// pageData is what every page template reads.
-type pageData struct {
-	AppName, Title, Error, Notice string
-	Email, RD, CSRF, MFAToken     string
-	Action, Link, LinkText        string
-	Token                         string // a mailed link's token, carried by its form
-	PublicURL                     string // for links on pages shown on other hosts
-	SignupOpen, MailOn            bool   // whether to link to /signup and /forgot-password
-	Passkeys                      bool   // the login page offers a passkey (and its script)
-	StepUp                        bool   // the passkey offered raises the browser's session
-	PHR                           bool   // a step-up for a route that only a passkey opens
-	status                        int
-	template                      string
-}
-
-// pageFunc fills d for the request and returns it to be rendered, or answers itself (a
-// redirect) and returns nil.
-type pageFunc func(w http.ResponseWriter, r *http.Request, d *pageData) *pageData
 
 // page serves a GET page: f fills d (CSRF token included).
 func (p *portal) page(f pageFunc) http.Handler {
@@ -149,9 +100,6 @@ func (p *portal) newPage() *pageData {
 		MailOn: p.mail.cfg.enabled(), status: http.StatusOK}
 }
 
-// page is the common data of what a template reads: a *pageData, or a view that embeds one.
-func (d *pageData) page() *pageData { return d }
-
 // render writes v with its page's status and template.
 func (p *portal) render(w http.ResponseWriter, v interface{ page() *pageData }) {
 	d := v.page()
@@ -160,17 +108,6 @@ func (p *portal) render(w http.ResponseWriter, v interface{ page() *pageData }) 
 	if err := portalPages.ExecuteTemplate(w, d.template, v); err != nil {
 		p.log.Error("rendering a portal page failed", "template", d.template, "err", err)
 	}
-}
-
-// securePage sets the headers of every page: no script at all, never framed, no referrer to
-// other sites (same-origin keeps Origin on the portal's own forms), never cached.
-func securePage(w http.ResponseWriter) {
-	h := w.Header()
-	h.Set("Content-Security-Policy", "default-src 'none'; img-src 'self'; style-src 'self'; frame-ancestors 'none'; base-uri 'none'")
-	h.Set("X-Frame-Options", "DENY")
-	h.Set("Referrer-Policy", "same-origin")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
 }
 
 // sameOrigin reports whether a form's POST comes from the portal's own pages: Sec-Fetch-Site says
@@ -269,61 +206,12 @@ func (p *portal) returnTo(rd string) string {
 	return p.cfg.publicURL + "/account"
 }
 
-// maxReturnLen bounds a return address.
-const maxReturnLen = 4096
-
-// safeReturn returns rd, re-serialised, when it is an absolute http(s) URL to the portal's host, a
-// host under COOKIE_DOMAIN or one of REDIRECT_ALLOWED_HOSTS, over https when the portal is; never
-// anything a browser could read as another host (backslashes, user info, no scheme, controls).
-func safeReturn(p portalConfig, rd string) (string, bool) {
-	if rd == "" || len(rd) > maxReturnLen || strings.ContainsAny(rd, "\\") {
-		return "", false
-	}
-	for _, r := range rd {
-		if r <= ' ' || r == 0x7f || r > 0x7e {
-			return "", false
-		}
-	}
-	u, err := url.Parse(rd)
-	if err != nil || u.Opaque != "" || u.User != nil || u.Host == "" {
-		return "", false
-	}
-	if u.Scheme != "https" && (u.Scheme != "http" || p.secure) {
-		return "", false
-	}
-	host := u.Hostname()
-	if host != strings.ToLower(host) || !isHostName(host) {
-		return "", false
-	}
-	own, _ := url.Parse(p.publicURL)
-	ok := own != nil && host == own.Hostname() || p.cookieDomain != "" && underDomain(host, p.cookieDomain)
-	for _, h := range p.redirectHosts {
-		ok = ok || host == h
-	}
-	if !ok {
-		return "", false
-	}
-	return u.String(), true
-}
-
 // safeRD is rd when a sign-in may return to it (safeReturn), else "".
 func (p *portal) safeRD(rd string) string {
 	if _, ok := safeReturn(p.cfg, rd); !ok {
 		return ""
 	}
 	return rd
-}
-
-// toSignIn sends the browser to the sign-in page, which returns it to rd.
-func toSignIn(w http.ResponseWriter, r *http.Request, rd string) *pageData {
-	http.Redirect(w, r, "/login?rd="+url.QueryEscape(rd), http.StatusSeeOther)
-	return nil
-}
-
-// formCodes are a second-factor form's code, without the spaces an app shows it with, and
-// recovery code.
-func formCodes(r *http.Request) (code, recovery string) {
-	return strings.ReplaceAll(r.PostForm.Get("code"), " ", ""), strings.TrimSpace(r.PostForm.Get("recovery_code"))
 }
 
 // signedIn is the cookie session of r, if any is valid.
@@ -459,15 +347,6 @@ func (p *portal) stepUpFactors(w http.ResponseWriter, r *http.Request, d *pageDa
 	return d
 }
 
-// noSecondFactor is the step-up's answer to an account without a second factor: the account
-// page adds one.
-func noSecondFactor(d *pageData) *pageData {
-	d.Title, d.template = "Second factor needed", "message"
-	d.Error, d.status = "This page needs a second factor, and your account has none. Add an authenticator app or a passkey to your account first.", http.StatusForbidden
-	d.Link, d.LinkText = "/account", "Go to your account"
-	return d
-}
-
 // stepUp moves a signed-in browser to aal2: a right code opens a new cookie session at aal2 (a
 // fresh id), and the aal1 one ends.
 func (p *portal) stepUp(w http.ResponseWriter, r *http.Request, d *pageData) *pageData {
@@ -596,30 +475,6 @@ func (p *portal) notAdmitted(w http.ResponseWriter, r *http.Request, c *claims, 
 		d.Error = "The proxy in front of this application sent a request the service cannot read; its operator must fix it."
 	}
 	p.render(w, d)
-}
-
-// isNavigation reports whether the guarded request is a browser's navigation, which a sign-in
-// page can answer: Sec-Fetch-Mode says so, or, without it, the request accepts HTML.
-func isNavigation(r *http.Request) bool {
-	if mode := r.Header.Values("Sec-Fetch-Mode"); len(mode) > 0 {
-		return len(mode) == 1 && mode[0] == "navigate"
-	}
-	return strings.Contains(r.Header.Get("Accept"), "text/html")
-}
-
-// originalURL is the guarded request's URL from the proxy's X-Forwarded-Proto, -Host and -Uri,
-// or "" when they are missing or repeated; the sign-in checks it again before returning to it.
-func originalURL(r *http.Request) string {
-	proto, err1 := header(r, "X-Forwarded-Proto")
-	host, err2 := header(r, "X-Forwarded-Host")
-	uri, err3 := header(r, "X-Forwarded-Uri")
-	if err1 != nil || err2 != nil || err3 != nil || host == "" || (proto != "http" && proto != "https") {
-		return ""
-	}
-	if !strings.HasPrefix(uri, "/") || strings.HasPrefix(uri, "//") {
-		uri = "/"
-	}
-	return proto + "://" + host + uri
 }
 
 // offerPasskeys makes the login page d offer a passkey, when passkeys are on: its script is the

@@ -1,32 +1,13 @@
 package main
 
-// portal_passkeys.go is the portal's sign-in with a passkey: the login page's script, the
-// ceremony's options, and the form that signs the browser in with the passkey's answer.
+// portal_passkeys.go is the portal's sign-in with a passkey: the ceremony's options, and the form
+// that signs the browser in with the passkey's answer.
 
 import (
-	_ "embed"
 	"encoding/json"
 	"errors"
 	"net/http"
 )
-
-//go:embed portal/passkeys.js
-var portalPasskeysJS []byte
-
-// errCSRFInvalid refuses a script's request without its page's CSRF token, or from another origin.
-var errCSRFInvalid = &apiError{status: http.StatusForbidden, code: "csrf_invalid",
-	message: "this request did not come from the portal's own page; reload it"}
-
-// handlePortalPasskeysJS serves the login page's script.
-func handlePortalPasskeysJS() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h := w.Header()
-		h.Set("Content-Type", "text/javascript; charset=utf-8")
-		h.Set("Cache-Control", "no-cache")
-		h.Set("X-Content-Type-Options", "nosniff")
-		w.Write(portalPasskeysJS)
-	})
-}
 
 // passkeyBegin answers the request options of a sign-in with a passkey, as JSON, to the login
 // page's script: a form post with the page's CSRF token, from the portal's own origin.

@@ -64,7 +64,7 @@ func addRoutes(mux routeAdder, d *deps) {
 	mux.Handle("GET /.well-known/jwks.json", handleJWKS(d.jwks()...))
 	if d.provider != nil {
 		mux.Handle("GET /.well-known/openid-configuration", d.provider.discovery())
-		addProviderRoutes(mux, d.provider)
+		addProviderRoutes(mux, d.provider, d.portalPages)
 		mux.Handle("GET /auth/grants", signedIn(handleGrants(d.log, d.provider)))
 		mux.Handle("DELETE /auth/grants/{client_id}", signedIn(handleRevokeGrant(d.log, d.sessions, d.provider)))
 	} else {
@@ -188,7 +188,7 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 	}
 	decoy := hmac.New(sha256.New, secret)
 	decoy.Write([]byte("passkey decoys"))
-	pk := &passkeys{store: store, rp: rp, tokens: t, revs: revs, second: second, passwords: passwords, limits: limits,
+	pk := &passkeys{store: store, rp: rp, tokens: t, revs: revs, second: second, sessions: sessions, stamps: users, passwords: passwords, limits: limits,
 		mail: mail, metrics: m, decoyKey: decoy.Sum(nil), requireVerified: c.mail.verification == verificationRequired, log: log}
 	d := &deps{
 		log:         log,
@@ -243,7 +243,7 @@ func newProvider(c config, d *deps, store Store, secret []byte) *oidcProvider {
 	algs := slices.Sorted(maps.Keys(rings))
 	cfg := c.oidc
 	cfg.issuer = c.portalCfg.publicURL // the same, but where tests set the portal's
-	return &oidcProvider{cfg: cfg, portal: d.portalPages, clients: &oauthClients{store: store, algs: algs, now: d.now},
+	return &oidcProvider{cfg: cfg, site: d.portalPages, macKey: d.portalPages.csrfKey, addrs: d.clients, clients: &oauthClients{store: store, algs: algs, now: d.now},
 		store: store, sessions: d.sessions, tokens: d.tokens, revs: d.revocations, rings: rings,
 		throttle: &throttle{store: store, now: d.now, window: c.failureWindow}, maxFailures: c.maxFailures,
 		maxClientFailures: c.maxClientFails, log: d.log, now: d.now}
@@ -251,8 +251,7 @@ func newProvider(c config, d *deps, store Store, secret []byte) *oidcProvider {
 
 // addProviderRoutes lists the OpenID provider's routes, served with the portal. The authorization
 // endpoint and the consent and logout pages are the portal's pages; the others speak JSON.
-func addProviderRoutes(mux routeAdder, o *oidcProvider) {
-	p := o.portal
+func addProviderRoutes(mux routeAdder, o *oidcProvider, p *portal) {
 	mux.Handle("GET "+oauthAuthorizePath, p.page(o.authorize))
 	mux.Handle("POST "+oauthAuthorizePath, p.page(o.authorize)) // the client's form: no CSRF token of ours
 	mux.Handle("POST /oauth2/consent", p.form(o.consent))

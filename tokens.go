@@ -49,9 +49,18 @@ type claims struct {
 	EmailVerified bool `json:"email_verified"`
 }
 
+// The authentication methods a token's amr names (RFC 8176).
+const (
+	amrPassword    = "pwd"
+	amrOTP         = "otp"
+	amrHardwareKey = "hwk" // a passkey bound to its device
+	amrSoftwareKey = "swk" // a passkey that may be synced
+	amrMultiFactor = "mfa"
+)
+
 var (
-	levelPassword  = level{ACR: "aal1", AMR: []string{"pwd"}}
-	levelTwoFactor = level{ACR: "aal2", AMR: []string{"pwd", "otp"}}
+	levelPassword  = level{ACR: "aal1", AMR: []string{amrPassword}}
+	levelTwoFactor = level{ACR: "aal2", AMR: []string{amrPassword, amrOTP}}
 )
 
 // level of the token; tokens issued before levels were written are a password's.
