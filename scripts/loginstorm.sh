@@ -2,12 +2,12 @@
 # Login storm: N (400) simultaneous logins, from as many clients, against a freshly built service
 # on the embedded database. Passes when every login gets an answer (200, 429 or 503; no reset, no
 # timeout) within HASH_WAIT + 1s, at least 70% of the logins the hashing slots can serve within
-# HASH_WAIT succeed, the process's peak RSS stays at or under LIMIT_MIB (256), and the service is
+# HASH_WAIT succeed (timed before the storm, all slots at once: see scripts/loginstorm), the process's peak RSS stays at or under LIMIT_MIB (256), and the service is
 # healthy afterwards. Extra environment (HASH_CONCURRENCY, HASH_WAIT, GOMEMLIMIT, ...) is passed
 # to the service.
 #
 # DB=external runs the database in a process of its own (scripts/ferretdb) and storms a service
-# freshly started on it: the account is made and one login timed on a first instance, which then
+# freshly started on it: the account is made and the logins timed on a first instance, which then
 # stops, so that the storm is the second instance's first requests (a restart's thundering herd).
 # The peak RSS is then the service's alone.
 set -euo pipefail
@@ -77,10 +77,10 @@ slots=${HASH_CONCURRENCY:-$((cores < 4 ? cores : 4))}
 wait=${HASH_WAIT:-3s}
 storm=("$work/loginstorm" -n "$N" -email "$EMAIL" -password "$PASSWORD" -slots "$slots" -wait "$wait")
 if [[ $DB == external ]]; then
-	one=$("${storm[@]}" -url "$base/auth/login" -measure)
+	round=$("${storm[@]}" -url "$base/auth/login" -measure)
 	stop "$pid"
 	start
-	storm+=(-one "$one")
+	storm+=(-round "$round")
 fi
 rss_before=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
 "${storm[@]}" -url "$base/auth/login" || fail=1

@@ -1,8 +1,10 @@
 // Command loginstorm sends n logins at the same instant, each on its own connection and, through
 // X-Forwarded-For, from a client of its own (as a storm after an outage comes from many users), and
-// counts the answers. Before the storm it times a few logins one at a time, to know how many the
-// service's hashing slots can serve within its hashing wait; with -measure it does only that, and
-// prints the time, so that the storm can hit another instance, freshly started, given -one.
+// counts the answers. Before the storm it times rounds of as many logins at once as the service
+// has hashing slots, to know how many the slots can serve within its hashing wait: all slots at
+// once, as in a storm, since hashes that share a machine's memory bandwidth run slower side by side
+// than one alone (which is timed too, and printed). With -measure it does only that, and prints
+// the round's time, so that the storm can hit another instance, freshly started, given -round.
 //
 // It exits non-zero unless every request got an answer of 200, 429 or 503, the slowest within
 // wait plus a second, and at least 70% of that capacity succeeded.
@@ -40,8 +42,8 @@ func run(args []string, stdout io.Writer) error {
 	slots := fs.Int("slots", 2, "the service's HASH_CONCURRENCY")
 	wait := fs.Duration("wait", 3*time.Second, "the service's HASH_WAIT")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long one login may take before it counts as a timeout")
-	measure := fs.Bool("measure", false, "only time one login alone, and print the time")
-	given := fs.Duration("one", 0, "the time of one login alone, measured before with -measure; then none is timed here")
+	measure := fs.Bool("measure", false, "only time the rounds of logins, and print a round's time")
+	given := fs.Duration("round", 0, "the time of a round of slots logins at once, measured before with -measure; then none is timed here")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -68,26 +70,33 @@ func run(args []string, stdout io.Writer) error {
 		return res.StatusCode, err
 	}
 
-	// One login at a time, from clients the storm does not use: the time of one hash, as the
-	// service sees it on this machine.
-	one := *given
-	if one == 0 {
-		var alone []time.Duration
-		for i := range 9 {
+	// Rounds of slots logins at once, from clients the storm does not use: how long a turn of the
+	// service's slots takes on this machine when all of them hash. And one login alone, to show.
+	round, one := *given, time.Duration(0)
+	if round == 0 {
+		var rounds, alone []time.Duration
+		next := *n
+		for range 9 {
 			t0 := time.Now()
-			if code, err := login(*n + i); err != nil || code != 200 {
-				return fmt.Errorf("a login on its own: %d %v", code, err)
+			if err := loginsAtOnce(login, next, 1); err != nil {
+				return err
 			}
 			alone = append(alone, time.Since(t0))
+			next++
+			t0 = time.Now()
+			if err := loginsAtOnce(login, next, *slots); err != nil {
+				return err
+			}
+			rounds = append(rounds, time.Since(t0))
+			next += *slots
 		}
-		slices.Sort(alone)
-		one = alone[len(alone)/2]
+		round, one = median(rounds), median(alone)
 	}
 	if *measure {
-		fmt.Fprintln(stdout, one)
+		fmt.Fprintln(stdout, round)
 		return nil
 	}
-	capacity := int(time.Duration(*slots) * *wait / one)
+	capacity := int(time.Duration(*slots) * *wait / round)
 
 	var (
 		mu       sync.Mutex
@@ -95,6 +104,7 @@ func run(args []string, stdout io.Writer) error {
 		failures = map[string]int{}
 		slowest  time.Duration
 		inTime   int // successes answered within wait
+		times    = map[int][]time.Duration{}
 		wg       sync.WaitGroup
 	)
 	start := make(chan struct{})
@@ -110,6 +120,7 @@ func run(args []string, stdout io.Writer) error {
 			switch {
 			case err == nil:
 				statuses[code]++
+				times[code] = append(times[code], took)
 				if code == 200 && took <= *wait {
 					inTime++
 				}
@@ -125,12 +136,13 @@ func run(args []string, stdout io.Writer) error {
 	wg.Wait()
 	elapsed := time.Since(t0)
 
-	how := "median of 9"
-	if *given != 0 {
-		how = "given"
+	if one > 0 {
+		fmt.Fprintf(stdout, "one login alone: %s; %d at once: %s (medians of 9); %d slots can serve %d within %s\n",
+			one.Round(100*time.Microsecond), *slots, round.Round(100*time.Microsecond), *slots, capacity, *wait)
+	} else {
+		fmt.Fprintf(stdout, "%d logins at once: %s (given); %d slots can serve %d within %s\n",
+			*slots, round.Round(100*time.Microsecond), *slots, capacity, *wait)
 	}
-	fmt.Fprintf(stdout, "one login alone: %s (%s); %d slots can serve %d within %s\n",
-		one.Round(100*time.Microsecond), how, *slots, capacity, *wait)
 	fmt.Fprintf(stdout, "%d logins in %s (slowest %s)\n", *n, elapsed.Round(time.Millisecond), slowest.Round(time.Millisecond))
 	codes := make([]int, 0, len(statuses))
 	for c := range statuses {
@@ -140,7 +152,10 @@ func run(args []string, stdout io.Writer) error {
 	var problems []string
 	bad := 0
 	for _, c := range codes {
-		fmt.Fprintf(stdout, "  %d: %d\n", c, statuses[c])
+		ts := times[c]
+		slices.Sort(ts)
+		fmt.Fprintf(stdout, "  %d: %d, answered after %s (first), %s (median), %s (last)\n", c, statuses[c],
+			ts[0].Round(time.Millisecond), ts[len(ts)/2].Round(time.Millisecond), ts[len(ts)-1].Round(time.Millisecond))
 		if c != 200 && c != 429 && c != 503 {
 			bad += statuses[c]
 		}
@@ -165,6 +180,26 @@ func run(args []string, stdout io.Writer) error {
 		return errors.New(strings.Join(problems, "; "))
 	}
 	return nil
+}
+
+// loginsAtOnce sends k logins at once, from clients first to first+k-1, and waits for all.
+func loginsAtOnce(login func(int) (int, error), first, k int) error {
+	errs := make([]error, k)
+	var wg sync.WaitGroup
+	for j := range k {
+		wg.Go(func() {
+			if code, err := login(first + j); err != nil || code != 200 {
+				errs[j] = fmt.Errorf("a login before the storm: %d %v", code, err)
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func median(ds []time.Duration) time.Duration {
+	slices.Sort(ds)
+	return ds[len(ds)/2]
 }
 
 func isTimeout(err error) bool {
