@@ -261,7 +261,7 @@ func (p *portal) secondFactor(w http.ResponseWriter, r *http.Request, d *pageDat
 	d.Title, d.Action, d.template = "Second factor", "/login/code", "code"
 	d.RD, d.MFAToken = r.PostForm.Get("rd"), r.PostForm.Get("mfa_token")
 	if ch, err := p.mfa.liveChallenge(r.Context(), d.MFAToken, sessionCookie); err == nil {
-		if ps, err := p.passkeys.store.PasskeysOf(r.Context(), ch.UserID); err == nil && len(ps) > 0 {
+		if has, err := p.passkeys.anyOf(r.Context(), ch.UserID); err == nil && has {
 			p.offerPasskeys(w, d)
 		}
 	}
