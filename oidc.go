@@ -465,11 +465,11 @@ func (o *oidcProvider) decide(w http.ResponseWriter, r *http.Request, d *pageDat
 			o.redirectTo(w, r, ar, url.Values{"error": {"access_denied"}, "error_description": {"the user did not allow it"}})
 			return nil
 		case "":
-			g, err := o.store.GrantOf(ctx, c.Subject, ar.client.ID)
-			if err != nil && !errors.Is(err, ErrNotFound) {
+			given, err := o.consented(ctx, c.Subject, ar)
+			if err != nil {
 				return o.failed(w, r, ar, err)
 			}
-			if !g.covers(ar.scopes) || slices.Contains(ar.prompt, "consent") {
+			if !given || slices.Contains(ar.prompt, "consent") {
 				if none {
 					o.redirectTo(w, r, ar, url.Values{"error": {"consent_required"}, "error_description": {"the user must allow this client"}})
 					return nil
@@ -477,8 +477,7 @@ func (o *oidcProvider) decide(w http.ResponseWriter, r *http.Request, d *pageDat
 				return o.consentPage(w, d, c, ar)
 			}
 		case "allow":
-			if err := o.store.SaveGrant(ctx, ConsentGrant{UserID: c.Subject, ClientID: ar.client.ID, Scopes: ar.scopes,
-				CreatedAt: now.UTC().Truncate(time.Millisecond)}); err != nil {
+			if err := o.saveConsent(ctx, c.Subject, ar); err != nil {
 				return o.failed(w, r, ar, err)
 			}
 		}
@@ -539,6 +538,21 @@ func cloneValues(q url.Values) url.Values {
 		out[k] = slices.Clone(v)
 	}
 	return out
+}
+
+// consented reports whether user's consent to ar's client covers the scopes ar asks for.
+func (o *oidcProvider) consented(ctx context.Context, user string, ar *authRequest) (bool, error) {
+	g, err := o.store.GrantOf(ctx, user, ar.client.ID)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return false, err
+	}
+	return g.covers(ar.scopes), nil
+}
+
+// saveConsent records user's consent to ar's client, for the scopes ar asks for.
+func (o *oidcProvider) saveConsent(ctx context.Context, user string, ar *authRequest) error {
+	return o.store.SaveGrant(ctx, ConsentGrant{UserID: user, ClientID: ar.client.ID, Scopes: ar.scopes,
+		CreatedAt: o.now().UTC().Truncate(time.Millisecond)})
 }
 
 // grantsOf lists user's consents, with the names of their clients (a client deleted since shows

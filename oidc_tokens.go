@@ -418,30 +418,40 @@ func (o *oidcProvider) userinfo() http.Handler {
 		if err != nil {
 			return err
 		}
-		c, err := accept(o.tokens, o.revs, raw, useOAuthAccess)
+		answer, err := o.userClaims(r.Context(), raw)
 		if err != nil {
 			return err
-		}
-		if err := o.clientExists(r.Context(), c); err != nil {
-			return err
-		}
-		scopes := strings.Fields(c.Scope)
-		if !slices.Contains(scopes, "openid") {
-			return &apiError{status: http.StatusForbidden, code: "insufficient_scope", message: "the token was not granted the openid scope", oauth: true}
-		}
-		answer := map[string]any{"sub": c.Subject}
-		if slices.Contains(scopes, "email") {
-			email, verified, err := o.store.EmailOf(r.Context(), c.Subject)
-			if errors.Is(err, ErrNotFound) {
-				return errTokenRevoked
-			} else if err != nil {
-				return err
-			}
-			answer["email"], answer["email_verified"] = email, verified
 		}
 		encode(w, http.StatusOK, answer)
 		return nil
 	})
+}
+
+// userClaims is what userinfo answers for the access token raw: its user, and their address as it
+// is now with the email scope.
+func (o *oidcProvider) userClaims(ctx context.Context, raw string) (map[string]any, error) {
+	c, err := accept(o.tokens, o.revs, raw, useOAuthAccess)
+	if err != nil {
+		return nil, err
+	}
+	if err := o.clientExists(ctx, c); err != nil {
+		return nil, err
+	}
+	scopes := strings.Fields(c.Scope)
+	if !slices.Contains(scopes, "openid") {
+		return nil, &apiError{status: http.StatusForbidden, code: "insufficient_scope", message: "the token was not granted the openid scope", oauth: true}
+	}
+	answer := map[string]any{"sub": c.Subject}
+	if slices.Contains(scopes, "email") {
+		email, verified, err := o.store.EmailOf(ctx, c.Subject)
+		if errors.Is(err, ErrNotFound) {
+			return nil, errTokenRevoked
+		} else if err != nil {
+			return nil, err
+		}
+		answer["email"], answer["email_verified"] = email, verified
+	}
+	return answer, nil
 }
 
 // clientToken is a token of the provider's that a client sent to revoke or introspect: its
