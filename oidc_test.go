@@ -866,10 +866,8 @@ func TestOpenIDABurstOfGoodTokenRequestsFromOneAddressGoesThrough(t *testing.T) 
 		})
 	}
 	wg.Wait()
-	for _, r := range got {
-		if r.status != http.StatusServiceUnavailable { // a busy machine's database may time one out
-			r.want(t, 200, "")
-		}
+	for _, r := range witnesses(t, got) { // a busy machine's database may time one out
+		r.want(t, 200, "")
 	}
 }
 

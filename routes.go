@@ -188,8 +188,9 @@ func newDeps(c config, store Store, m *metrics, secret []byte, now func() time.T
 	}
 	decoy := hmac.New(sha256.New, secret)
 	decoy.Write([]byte("passkey decoys"))
-	pk := &passkeys{store: store, rp: rp, tokens: t, revs: revs, second: second, sessions: sessions, stamps: users, passwords: passwords, limits: limits,
-		mail: mail, metrics: m, decoyKey: decoy.Sum(nil), requireVerified: c.mail.verification == verificationRequired, log: log}
+	pk := &passkeys{store: store, rp: rp, tokens: t, revs: revs, second: second, sessions: sessions, stamps: users,
+		passwords: passwords, limits: limits, mail: mail, metrics: m, decoyKey: decoy.Sum(nil),
+		requireVerified: c.mail.verification == verificationRequired, log: log}
 	d := &deps{
 		log:         log,
 		now:         now,
