@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -116,4 +117,49 @@ func readResponse(tb testing.TB, conn net.Conn) *http.Response {
 		tb.Fatal(err)
 	}
 	return res
+}
+
+// A success forgets its account's failures from its client. When it found none, its own record
+// is removed after it answers; that late removal takes only that record, never the failures that
+// came after the success.
+func TestALateRemovalAfterASuccessKeepsTheFailuresThatCameAfter(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	g, ctx := e.deps.passwords.limits, t.Context()
+	client, email := netip.MustParseAddr("198.51.100.7"), "late@example.com"
+	good, err := g.password(ctx, client, email)
+	if err == nil {
+		err = good.check(ctx)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 { // wrong passwords after the good one: their records stay
+		bad, err := g.password(ctx, client, email)
+		if err == nil {
+			err = bad.check(ctx)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := good.succeeded(ctx); err != nil {
+		t.Fatal(err)
+	}
+	account, _ := loginKeys(client, email)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		left, err := e.store.Attempts(ctx, account, time.Time{}, "", 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(left) <= 3 { // the good one's record is gone
+			if len(left) != 3 {
+				t.Fatalf("%d failures left after the success's removal, want the 3 that came after it", len(left))
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the success's own record was never removed")
+		}
+	}
 }

@@ -224,8 +224,9 @@ func (a *attempt) forget(ctx context.Context, clear ...string) error {
 
 // succeeded forgets the attempt, and every attempt under the keys of its limits that forgive. It
 // returns when the attempts that check found under those keys are gone, so that the client's next
-// try counts from zero; when check found none, at once, and the attempt's own record is removed
-// after. Until then it counts as one more attempt, which errs on the safe side.
+// try counts from zero; when check found none, at once, and only the attempt's own record is
+// removed after: a removal that ran late must not take failures that came after the success.
+// Until then it counts as one more attempt, which errs on the safe side.
 func (a *attempt) succeeded(ctx context.Context) error {
 	var clear []string
 	wait := false
@@ -238,7 +239,7 @@ func (a *attempt) succeeded(ctx context.Context) error {
 	if wait {
 		return a.forget(ctx, clear...)
 	}
-	go a.forget(ctx, clear...)
+	go a.forget(ctx)
 	return nil
 }
 
