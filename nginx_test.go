@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -13,7 +14,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -360,16 +363,42 @@ func startNginxFront(tb testing.TB, e *testEnv, edits ...func(site string) strin
 }
 
 // freeLoopbackAddr returns a 127.0.0.1 address that nothing listens on at the moment. nginx and
-// Caddy cannot be told to take any free port and report it, so they get one picked here, and
-// startNginxFront and startCaddyFront try again with another when something took it in between.
+// Caddy cannot be told to take any free port and report it, so they get one picked here. It is
+// picked below the kernel's ephemeral range, where neither an outgoing connection nor a listener
+// on port 0 (every httptest server) can take it before the proxy binds it, and never twice in one
+// run. startNginxFront and startCaddyFront still try again if another program took it.
 func freeLoopbackAddr(tb testing.TB) string {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
+	lo := 10000
+	hi := ephemeralLow()
+	for range 200 {
+		port := lo + rand.IntN(hi-lo)
+		if _, taken := pickedPorts.LoadOrStore(port, true); taken {
+			continue
+		}
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return ln.Addr().String()
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	tb.Fatalf("no free port on 127.0.0.1 between %d and %d", lo, hi)
+	return ""
+}
+
+var pickedPorts sync.Map // port → true: the ports freeLoopbackAddr handed out in this run
+
+// ephemeralLow is the lowest port the kernel hands to outgoing connections and to port 0, or
+// 32768, its usual value, where that cannot be read.
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if f := strings.Fields(string(b)); err == nil && len(f) == 2 {
+		if n, err := strconv.Atoi(f[0]); err == nil && n > 11000 {
+			return n
+		}
+	}
+	return 32768
 }
 
 func hostPort(tb testing.TB, rawURL string) string {
