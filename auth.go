@@ -159,7 +159,7 @@ func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, emai
 		return nil, nil, took, errAccountDisabled
 	}
 	if rehash {
-		// Moved over from bcrypt, or from older argon2id parameters: upgrade while the password is
+		// Moved over from bcrypt, or argon2id below OWASP's settings: upgrade while the password is
 		// known, unless the password changed meanwhile (then the change ends the session this login
 		// opened, see opening). A failure here costs nothing but a later retry.
 		fresh := hashPassword(password)

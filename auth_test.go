@@ -14,6 +14,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
+	"golang.org/x/crypto/argon2"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -124,7 +125,7 @@ func TestSignupStoresOnlyAnArgon2idHash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasPrefix(u.PasswordHash, "$argon2id$v=19$m=19456,t=2,p=1$") || strings.Contains(u.PasswordHash, "password123") {
+	if !strings.HasPrefix(u.PasswordHash, "$argon2id$v=19$m=12288,t=3,p=1$") || strings.Contains(u.PasswordHash, "password123") {
 		t.Fatalf("stored hash %q, want an argon2id PHC string with OWASP parameters", u.PasswordHash)
 	}
 	if parts := strings.Split(u.PasswordHash, "$"); len(parts) != 6 || len(parts[4]) != 22 {
@@ -560,6 +561,45 @@ func TestLoginAcceptsBcryptHashesAndUpgradesThem(t *testing.T) {
 	e.login(t, "legacy@example.com", "node-era-password")
 }
 
+// A hash made at the 19 MiB, two-pass setting of earlier versions, or at a stronger one, meets
+// one of OWASP's equal settings and stays as it is at a login; one below all of them is made again
+// at today's.
+func TestLoginKeepsHashesThatMeetOWASPAndUpgradesWeakerOnes(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	ctx := context.Background()
+	argonHash := func(mem, passes uint32) string {
+		salt := []byte("sixteen byte sal")
+		key := argon2.IDKey([]byte("node-era-password"), salt, passes, mem, 1, 32)
+		return fmt.Sprintf("$argon2id$v=19$m=%d,t=%d,p=1$%s$%s", mem, passes, b64.EncodeToString(salt), b64.EncodeToString(key))
+	}
+	for _, c := range []struct {
+		name, hash string
+		kept       bool
+	}{
+		{"earlier", argonHash(19456, 2), true},
+		{"stronger", argonHash(65536, 3), true},
+		{"weaker", argonHash(4096, 2), false},
+	} {
+		email := c.name + "@example.com"
+		if err := e.store.CreateUser(ctx, &User{ID: c.name, Email: email, PasswordHash: c.hash, CreatedAt: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+		e.login(t, email, "node-era-password")
+		u, err := e.store.UserByEmail(ctx, email)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if kept := u.PasswordHash == c.hash; kept != c.kept {
+			t.Errorf("%s hash after a login: %q, kept %v, want %v", c.name, u.PasswordHash, kept, c.kept)
+		}
+		if !strings.HasPrefix(u.PasswordHash, "$argon2id$v=19$m=12288,t=3,p=1$") && !c.kept {
+			t.Errorf("%s hash upgraded to %q, want today's setting", c.name, u.PasswordHash)
+		}
+		e.login(t, email, "node-era-password")
+	}
+}
+
 // A login's rehash of an imported hash must not undo a password change made while that login
 // was checking the old password: the upgrade applies only to the hash it checked.
 func TestPasswordUpgradeDoesNotUndoAPasswordChange(t *testing.T) {
@@ -753,7 +793,7 @@ func TestTimeoutsInMongoDBURIWinOverTheDefaults(t *testing.T) {
 func TestFailedLoginsWaitForTheSlowestKindOfCheck(t *testing.T) {
 	t.Parallel()
 	var c checkTimes
-	c.observe("argon2id m=19456,t=2,p=1", 20*time.Millisecond)
+	c.observe("argon2id m=12288,t=3,p=1", 20*time.Millisecond)
 	c.observe("bcrypt 10", 60*time.Millisecond)
 	start := time.Now()
 	c.pad(t.Context(), 20*time.Millisecond)
@@ -763,7 +803,7 @@ func TestFailedLoginsWaitForTheSlowestKindOfCheck(t *testing.T) {
 	if got := hashKind("$2b$10$abcdefghijklmnopqrstuu"); got != "bcrypt 10" {
 		t.Fatalf("hashKind of a bcrypt hash: %q", got)
 	}
-	if got := hashKind(dummyHash); got != "argon2id m=19456,t=2,p=1" {
+	if got := hashKind(dummyHash); got != "argon2id m=12288,t=3,p=1" {
 		t.Fatalf("hashKind of the dummy: %q", got)
 	}
 }

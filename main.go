@@ -35,8 +35,8 @@ func main() {
 }
 
 // tuneRuntime sets the Go runtime's soft memory limit from MEMORY_LIMIT_MIB unless GOMEMLIMIT is
-// set. The limit makes the collector reclaim the 19 MiB buffers of finished hashes before the heap
-// doubles, which is what keeps a login storm's peak RSS flat.
+// set. The limit makes the collector reclaim the 12 MiB buffers of finished hashes before the
+// heap doubles, which is what keeps a login storm's peak RSS flat.
 func tuneRuntime(c config, getenv func(string) string) {
 	if c.memoryLimit <= 0 || getenv("GOMEMLIMIT") != "" {
 		return
@@ -53,8 +53,8 @@ func tuneRuntime(c config, getenv func(string) string) {
 
 // warmHeap has the kernel back, before the service listens, the memory the heap may grow to under
 // limit, and leaves it to the heap. A page touched for the first time costs a fault, two when read
-// before written as argon2 does, about 16 µs each on some VMs: a 19 MiB hash on fresh memory took
-// 180 ms instead of 22. A login storm after a restart grew the heap to the limit on such pages.
+// before written as argon2 does, about 16 µs each on some VMs: a 19 MiB hash (the setting then)
+// on fresh memory took 180 ms instead of 22. A login storm after a restart grew the heap to the limit on such pages.
 // The runtime gives the memory back to the system when the service stays idle.
 func warmHeap(limit int64) {
 	if limit <= 0 || limit == math.MaxInt64 {
