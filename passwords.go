@@ -22,9 +22,9 @@ import (
 // argon2id with 12 MiB, 3 passes, 1 lane. OWASP's Password Storage Cheat Sheet lists five
 // settings that "provide an equal level of defense", trading memory for passes (owaspArgon2id);
 // this is the one whose hashes side by side still fit a shared cache of 32 MiB, as two of 19 MiB
-// do not. On the 2-core VM of BENCHMARKS.md, against 19 MiB and two passes, a hash alone took about
-// a tenth less time, and a login storm on a database in its own process was served about a fifth
-// more logins in time; with the database in the process, no difference showed beyond the noise.
+// do not. On the 2-core VM of BENCHMARKS.md, against 19 MiB and two passes, a hash by itself costs
+// the same, but a login storm on a database in its own process was served about a fifth more
+// logins in time; with the database in the process, no difference showed beyond the noise.
 const (
 	argonMemory  = 12 * 1024 // KiB
 	argonTime    = 3
