@@ -38,6 +38,10 @@ const (
 // login (the 19 MiB, 2-pass hashes of earlier versions among them); one below all is.
 var owaspArgon2id = [...][2]int{{47104, 1}, {19456, 2}, {12288, 3}, {9216, 4}, {7168, 5}}
 
+// earlierArgonHash is a hash at the setting of earlier versions, 19 MiB and two passes, which
+// stored hashes keep: its key matches no password, and only the cost of checking it counts.
+const earlierArgonHash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2U"
+
 // meetsOWASP reports whether an argon2id hash of mem KiB and t passes meets one of owaspArgon2id.
 func meetsOWASP(mem, t int) bool {
 	for _, m := range owaspArgon2id {
