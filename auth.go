@@ -173,12 +173,10 @@ func (p *passwordCheck) checkInSlot(ctx context.Context, client netip.Addr, emai
 	return u, att, took, nil
 }
 
-// learnImportedHashes times one check at the argon2id setting of earlier versions, which stored
-// hashes keep, and one at the bcrypt cost of an imported account, if any account still has a
-// bcrypt hash, so that failed logins are padded from the first one after a start. It reads the
-// users without an index, once, in the background.
+// learnImportedHashes times one check at the bcrypt cost of an imported account, if any account
+// still has a bcrypt hash, so that failed logins are padded from the first one after a start. It
+// reads the users without an index, once, in the background.
 func (p *passwordCheck) learnImportedHashes(ctx context.Context) {
-	p.timeCheck(ctx, func() string { return earlierArgonHash })
 	hash, err := p.store.BcryptHash(ctx)
 	if err != nil {
 		if !errors.Is(err, ErrNotFound) && ctx.Err() == nil {
@@ -190,28 +188,19 @@ func (p *passwordCheck) learnImportedHashes(ctx context.Context) {
 	if err != nil || cost > maxBcryptCost {
 		return
 	}
-	p.timeCheck(ctx, func() string {
-		dummy, _ := bcrypt.GenerateFromPassword([]byte("not the password of anyone at all"), cost)
-		return string(dummy)
-	})
-}
-
-// timeCheck times, in a hashing slot, one check of a wrong password against the hash that dummy
-// makes there ("" for none), as the cost of its kind.
-func (p *passwordCheck) timeCheck(ctx context.Context, dummy func() string) {
 	turn, err := p.hasher.admit()
 	if err != nil {
 		return
 	}
 	defer turn.done()
 	turn.do(ctx, func() {
-		hash := dummy()
-		if hash == "" {
+		dummy, err := bcrypt.GenerateFromPassword([]byte("not the password of anyone at all"), cost)
+		if err != nil {
 			return
 		}
 		started := time.Now()
-		checkPassword(hash, "a wrong password")
-		p.times.observe(hashKind(hash), time.Since(started))
+		checkPassword(string(dummy), "a wrong password")
+		p.times.observe(hashKind(string(dummy)), time.Since(started))
 	})
 }
 

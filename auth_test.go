@@ -561,25 +561,31 @@ func TestLoginAcceptsBcryptHashesAndUpgradesThem(t *testing.T) {
 	e.login(t, "legacy@example.com", "node-era-password")
 }
 
-// A hash made at the 19 MiB, two-pass setting of earlier versions, or at a stronger one, meets
-// one of OWASP's equal settings and stays as it is at a login; one below all of them is made again
-// at today's.
-func TestLoginKeepsHashesThatMeetOWASPAndUpgradesWeakerOnes(t *testing.T) {
+// A hash made at the 19 MiB, two-pass setting of earlier versions, or at another of OWASP's equal
+// settings no heavier than it, stays as it is at a login; one below all of them, or heavier than
+// the earlier setting (the hashing memory and the padding of failures assume no more), is made
+// again at today's.
+func TestLoginKeepsHashesOfOWASPsSettingsNoHeavierThanTheEarlierOne(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
 	ctx := context.Background()
-	argonHash := func(mem, passes uint32) string {
+	argonHash := func(mem, passes uint32, lanes uint8) string {
 		salt := []byte("sixteen byte sal")
-		key := argon2.IDKey([]byte("node-era-password"), salt, passes, mem, 1, 32)
-		return fmt.Sprintf("$argon2id$v=19$m=%d,t=%d,p=1$%s$%s", mem, passes, b64.EncodeToString(salt), b64.EncodeToString(key))
+		key := argon2.IDKey([]byte("node-era-password"), salt, passes, mem, lanes, 32)
+		return fmt.Sprintf("$argon2id$v=19$m=%d,t=%d,p=%d$%s$%s", mem, passes, lanes, b64.EncodeToString(salt), b64.EncodeToString(key))
 	}
 	for _, c := range []struct {
 		name, hash string
 		kept       bool
 	}{
-		{"earlier", argonHash(19456, 2), true},
-		{"stronger", argonHash(65536, 3), true},
-		{"weaker", argonHash(4096, 2), false},
+		{"earlier", argonHash(19456, 2, 1), true},
+		{"owasp-9mib", argonHash(9216, 4, 1), true},
+		{"just-below-owasp", argonHash(19455, 2, 1), false},
+		{"fewer-passes", argonHash(12288, 2, 1), false},
+		{"weaker", argonHash(4096, 2, 1), false},
+		{"more-memory", argonHash(47104, 1, 1), false}, // OWASP's too, but heavier than the earlier setting
+		{"more-work", argonHash(19456, 3, 1), false},
+		{"two-lanes", argonHash(19456, 2, 2), false},
 	} {
 		email := c.name + "@example.com"
 		if err := e.store.CreateUser(ctx, &User{ID: c.name, Email: email, PasswordHash: c.hash, CreatedAt: time.Now()}); err != nil {
@@ -808,6 +814,23 @@ func TestFailedLoginsWaitForTheSlowestKindOfCheck(t *testing.T) {
 	}
 }
 
+// A start times a check at the earlier versions' setting, which stored hashes keep, beside the
+// slots' turn: it is the kind that padding then knows (see run).
+func TestAStartTimesACheckAtTheEarlierSetting(t *testing.T) {
+	t.Parallel()
+	// A hash the check refused to run would take microseconds; no 19 MiB hash takes under 1ms.
+	turn, earlier := calibrateHashing(1, 1)
+	if turn < time.Millisecond || earlier < time.Millisecond {
+		t.Fatalf("calibration timed %s and %s: a check that hashed nothing", turn, earlier)
+	}
+	if got := hashKind(earlierArgonHash); got != "argon2id m=19456,t=2,p=1" {
+		t.Fatalf("hashKind of the earlier setting's hash: %q", got)
+	}
+	if ok, rehash := checkPassword(earlierArgonHash, "not the password either"); ok || rehash {
+		t.Fatalf("a check of the earlier setting's hash: ok %v, rehash %v", ok, rehash)
+	}
+}
+
 func TestAnInstanceLearnsTheCostOfImportedHashesAtStart(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
@@ -819,10 +842,8 @@ func TestAnInstanceLearnsTheCostOfImportedHashesAtStart(t *testing.T) {
 	e.deps.passwords.learnImportedHashes(t.Context())
 	e.deps.passwords.times.mu.Lock()
 	defer e.deps.passwords.times.mu.Unlock()
-	for _, kind := range []string{"bcrypt 05", "argon2id m=19456,t=2,p=1"} {
-		if _, ok := e.deps.passwords.times.avg[kind]; !ok {
-			t.Fatalf("kinds known: %v, want %s", e.deps.passwords.times.avg, kind)
-		}
+	if _, ok := e.deps.passwords.times.avg["bcrypt 05"]; !ok {
+		t.Fatalf("kinds known: %v, want bcrypt 05", e.deps.passwords.times.avg)
 	}
 }
 

@@ -113,8 +113,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 		mfaMaxFailures:   s.num("MFA_MAX_FAILURES", 5),
 		signupMax:        s.num("SIGNUP_MAX_PER_CLIENT", 10),
 		signupWindow:     s.dur("SIGNUP_WINDOW", "10m", false),
-		// Each hash holds 12 MiB: more than four at once would break the login storm's memory
-		// budget on a large machine without buying much.
+		// Each hash holds 12 MiB (19 MiB one kept from earlier versions): more than four at once
+		// would break the login storm's memory budget on a large machine without buying much.
 		hashConcurrent: max(s.num("HASH_CONCURRENCY", min(runtime.NumCPU(), 4)), 1),
 		hashQueue:      s.num("HASH_QUEUE", 512),
 		hashWait:       s.dur("HASH_WAIT", "3s", false),

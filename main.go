@@ -105,9 +105,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer logOut.Flush()
 	log := newLogger(logOut, c)
 	// The hashing slots' first estimate of a turn, timed while the database starts: a storm after
-	// a restart is admitted on it before any of its logins is done.
-	calibration := make(chan time.Duration, 1)
-	go func() { calibration <- calibrateHashing(c.hashConcurrent, 2) }()
+	// a restart is admitted on it before any of its logins is done. And the cost of a check at the
+	// earlier versions' argon2id setting, for the padding of failed logins.
+	calibration := make(chan [2]time.Duration, 1)
+	go func() {
+		turn, earlier := calibrateHashing(c.hashConcurrent, 2)
+		calibration <- [2]time.Duration{turn, earlier}
+	}()
 
 	secret := []byte(c.jwtSecret)
 	uri := c.mongoURI
@@ -156,7 +160,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		log.Warn("normalising the stored addresses failed", "err", err)
 	}
 	d := newDeps(c, store, m, secret, time.Now, log)
-	d.hasher.seed(<-calibration)
+	timed := <-calibration
+	d.hasher.seed(timed[0])
+	d.passwords.times.observe(hashKind(earlierArgonHash), timed[1])
 	if err := retryAtStart(startCtx, func() error { return d.revocations.sync(startCtx) }); err != nil {
 		return fmt.Errorf("loading the blacklist: %w", err)
 	}
