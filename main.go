@@ -54,8 +54,8 @@ func tuneRuntime(c config, getenv func(string) string) {
 // warmHeap has the kernel back, before the service listens, the memory the heap may grow to under
 // limit, and leaves it to the heap. A page touched for the first time costs a fault, two when read
 // before written as argon2 does, about 16 µs each on some VMs: a 19 MiB hash (the setting then)
-// on fresh memory took 180 ms instead of 22. A login storm after a restart grew the heap to the limit on such pages.
-// The runtime gives the memory back to the system when the service stays idle.
+// on fresh memory took 180 ms instead of 22. A login storm after a restart grew the heap to the
+// limit on such pages. The runtime gives the memory back to the system when the service stays idle.
 func warmHeap(limit int64) {
 	if limit <= 0 || limit == math.MaxInt64 {
 		return // tests, and a process without a limit: no size to warm to

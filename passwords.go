@@ -36,9 +36,13 @@ const (
 // owaspArgon2id are OWASP's equal minimums for argon2id with 1 lane: memory in KiB, passes.
 var owaspArgon2id = [...][2]int{{47104, 1}, {19456, 2}, {12288, 3}, {9216, 4}, {7168, 5}}
 
-// earlierArgonHash is a hash at the setting of earlier versions, 19 MiB and two passes, which
-// stored hashes keep: its key matches no password, and only the cost of checking it counts.
-const earlierArgonHash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$bm90IHRoZSBrZXkgb2YgYW55IHBhc3N3b3JkIGF0IGE"
+// The setting of earlier versions, 19 MiB and two passes, which stored hashes keep. earlierArgonHash
+// is a hash at it: its key matches no password, and only the cost of checking it counts.
+const (
+	earlierArgonMemory = 19 * 1024 // KiB
+	earlierArgonTime   = 2
+	earlierArgonHash   = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$bm90IHRoZSBrZXkgb2YgYW55IHBhc3N3b3JkIGF0IGE"
+)
 
 // keptAsIs reports whether a stored argon2id hash of mem KiB and t passes (1 lane) stays as it is
 // at a login: it meets one of owaspArgon2id, so it is as strong as a fresh one, and costs no more
@@ -46,7 +50,7 @@ const earlierArgonHash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$
 // and failed logins are padded to a cost a start has learnt. The 19 MiB, two-pass hashes of
 // earlier versions are kept; a hash below every setting, or heavier, is made again.
 func keptAsIs(mem, t int) bool {
-	if mem > 19456 || mem*t > 19456*2 {
+	if mem > earlierArgonMemory || mem*t > earlierArgonMemory*earlierArgonTime {
 		return false
 	}
 	for _, m := range owaspArgon2id {
